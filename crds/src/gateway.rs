@@ -1,0 +1,310 @@
+//! `SealGateway` and the settings it shares with the standalone `SealGatewayConfig` file.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::SecretValue;
+
+/// A data plane: its settings (the `spec` of `SealGatewayConfig`), its size, and which resources it serves.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "seal.100monkeys.ai",
+    version = "v1",
+    kind = "SealGateway",
+    namespaced,
+    status = "SealGatewayStatus",
+    shortname = "sealgw",
+    category = "seal",
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Workflows","type":"integer","jsonPath":".status.workflows"}"#,
+    printcolumn = r#"{"name":"Snapshot","type":"string","jsonPath":".status.snapshot_hash","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+pub struct SealGatewaySpec {
+    /// Data-plane pods (more than one needs Postgres).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Data-plane image; defaults to the operator's own release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default)]
+    pub resource_selector: ResourceSelector,
+    #[serde(flatten)]
+    pub settings: GatewaySettings,
+}
+
+/// Which Workflow, CliTool and SecurityContext resources a gateway serves.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ResourceSelector {
+    #[serde(default)]
+    pub namespaces: NamespaceScope,
+    /// Only resources whose labels match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum NamespaceScope {
+    /// The SealGateway's own namespace.
+    #[default]
+    Same,
+    /// Every namespace.
+    All,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct SealGatewayStatus {
+    /// `Ready` and `Accepted`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(
+        default,
+        rename = "observedGeneration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub observed_generation: Option<i64>,
+    /// Hash of the snapshot the data plane was last given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_hash: Option<String>,
+    #[serde(default)]
+    pub workflows: u32,
+    #[serde(default)]
+    pub cli_tools: u32,
+    #[serde(default)]
+    pub security_contexts: u32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+}
+
+/// Every setting of a data plane: the `spec` of the `SealGatewayConfig` file, and the settings part of a
+/// SealGateway. Each section and key is optional and defaults as the reference §11.1 says.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct GatewaySettings {
+    #[serde(default)]
+    pub network: NetworkSettings,
+    #[serde(default)]
+    pub database: DatabaseSettings,
+    #[serde(default)]
+    pub auth: AuthSettings,
+    #[serde(default)]
+    pub credentials: CredentialSettings,
+    #[serde(default)]
+    pub cli: CliSettings,
+    #[serde(default)]
+    pub ui: UiSettings,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct NetworkSettings {
+    /// HTTP listener (HTTP/1.1 and h2c).
+    #[serde(default = "default_bind_addr")]
+    pub bind_addr: String,
+    /// gRPC listener.
+    #[serde(default = "default_grpc_bind_addr")]
+    pub grpc_bind_addr: String,
+    /// Largest accepted request body.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Largest accepted request head (request line and headers).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: u32,
+}
+
+pub const DEFAULT_BIND_ADDR: &str = "0.0.0.0:8089";
+pub const DEFAULT_GRPC_BIND_ADDR: &str = "0.0.0.0:50055";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://gateway.db";
+
+fn default_bind_addr() -> String {
+    DEFAULT_BIND_ADDR.into()
+}
+fn default_grpc_bind_addr() -> String {
+    DEFAULT_GRPC_BIND_ADDR.into()
+}
+fn default_max_body_bytes() -> u64 {
+    2 * 1024 * 1024
+}
+fn default_max_header_bytes() -> u32 {
+    64 * 1024
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        Self {
+            bind_addr: default_bind_addr(),
+            grpc_bind_addr: default_grpc_bind_addr(),
+            max_body_bytes: default_max_body_bytes(),
+            max_header_bytes: default_max_header_bytes(),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct DatabaseSettings {
+    /// `sqlite://path` (the default, `sqlite://gateway.db`) or `postgres://...`.
+    #[serde(default = "default_database_url")]
+    pub url: SecretValue,
+}
+
+fn default_database_url() -> SecretValue {
+    SecretValue::Literal(DEFAULT_DATABASE_URL.into())
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: default_database_url(),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct AuthSettings {
+    /// Turns operator-endpoint authentication off. Never affects envelope verification.
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub operator_jwks_uri: String,
+    #[serde(default = "default_jwks_cache_ttl_secs")]
+    pub jwks_cache_ttl_secs: u64,
+    #[serde(default = "default_operator_jwt_issuer")]
+    pub operator_jwt_issuer: String,
+    #[serde(default = "default_operator_jwt_audience")]
+    pub operator_jwt_audience: String,
+    /// Claim holding the operator role; `aegis_role` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_role_claim: Option<String>,
+    /// PEM public key verifying SEAL security tokens.
+    #[serde(default)]
+    pub seal_jwt_public_key_pem: String,
+    #[serde(default = "default_seal_jwt_issuer")]
+    pub seal_jwt_issuer: String,
+    #[serde(default = "default_seal_jwt_audience")]
+    pub seal_jwt_audience: String,
+}
+
+fn default_jwks_cache_ttl_secs() -> u64 {
+    300
+}
+fn default_operator_jwt_issuer() -> String {
+    "aegis-keycloak".into()
+}
+fn default_operator_jwt_audience() -> String {
+    "aegis-seal-gateway".into()
+}
+fn default_seal_jwt_issuer() -> String {
+    "aegis-orchestrator".into()
+}
+fn default_seal_jwt_audience() -> String {
+    "aegis-agents".into()
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            disabled: false,
+            operator_jwks_uri: String::new(),
+            jwks_cache_ttl_secs: default_jwks_cache_ttl_secs(),
+            operator_jwt_issuer: default_operator_jwt_issuer(),
+            operator_jwt_audience: default_operator_jwt_audience(),
+            operator_role_claim: None,
+            seal_jwt_public_key_pem: String::new(),
+            seal_jwt_issuer: default_seal_jwt_issuer(),
+            seal_jwt_audience: default_seal_jwt_audience(),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct CredentialSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openbao_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openbao_token: Option<SecretValue>,
+    #[serde(default = "default_openbao_kv_mount")]
+    pub openbao_kv_mount: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keycloak_token_exchange_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keycloak_client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keycloak_client_secret: Option<SecretValue>,
+}
+
+fn default_openbao_kv_mount() -> String {
+    "secret".into()
+}
+
+impl Default for CredentialSettings {
+    fn default() -> Self {
+        Self {
+            openbao_addr: None,
+            openbao_token: None,
+            openbao_kv_mount: default_openbao_kv_mount(),
+            keycloak_token_exchange_url: None,
+            keycloak_client_id: None,
+            keycloak_client_secret: None,
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct CliSettings {
+    /// Path or name of the container CLI; auto-detects podman, then docker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_cli: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic_judge_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orchestrator_url: Option<String>,
+    #[serde(default = "default_nfs_server_host")]
+    pub nfs_server_host: String,
+    #[serde(default = "default_nfs_port")]
+    pub nfs_port: u16,
+    #[serde(default = "default_nfs_mount_port")]
+    pub nfs_mount_port: u16,
+}
+
+fn default_nfs_server_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_nfs_port() -> u16 {
+    2049
+}
+fn default_nfs_mount_port() -> u16 {
+    20048
+}
+
+impl Default for CliSettings {
+    fn default() -> Self {
+        Self {
+            container_cli: None,
+            semantic_judge_url: None,
+            orchestrator_url: None,
+            nfs_server_host: default_nfs_server_host(),
+            nfs_port: default_nfs_port(),
+            nfs_mount_port: default_nfs_mount_port(),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct UiSettings {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for UiSettings {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}

@@ -1,0 +1,37 @@
+//! The SEAL Gateway API: the four custom resources, the settings a data plane runs with, the compiled
+//! [`Snapshot`] a data plane serves, and [`compile`], which turns resources into a snapshot. No I/O.
+
+pub mod cli_tool;
+pub mod common;
+pub mod compile;
+pub mod gateway;
+pub mod manifest;
+pub mod openapi;
+pub mod security_context;
+pub mod snapshot;
+pub mod workflow;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+pub use cli_tool::{CliTool, CliToolSpec, ContainerResources};
+pub use common::{
+    API_VERSION, ConfigMapKeyRef, CredentialResolutionPath, GROUP, SecretKeyRef, SecretValue,
+    ToolStatus, VERSION,
+};
+pub use compile::{Compiled, Problem, ResourceResult, Resources, compile};
+pub use gateway::{GatewaySettings, SealGateway, SealGatewaySpec, SealGatewayStatus};
+pub use manifest::{ManifestError, parse_manifests};
+pub use security_context::{Capability, RateLimit, SecurityContext, SecurityContextSpec};
+pub use snapshot::{CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot, WorkflowEntry};
+pub use workflow::{ApiSpecSource, OnError, OpenApiSource, Workflow, WorkflowSpec, WorkflowStep};
+
+/// Every CustomResourceDefinition of the API, in a stable order.
+pub fn custom_resource_definitions() -> Vec<CustomResourceDefinition> {
+    vec![
+        SealGateway::crd(),
+        Workflow::crd(),
+        CliTool::crd(),
+        SecurityContext::crd(),
+    ]
+}
