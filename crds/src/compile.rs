@@ -229,8 +229,15 @@ fn tenant_phrase(tenant: Option<&str>) -> String {
 }
 
 /// Older first; resources without a creation time (manifest files) after those with one, by name.
-fn age_key(meta: &ObjectMeta) -> (bool, Option<String>, Option<&str>, Option<&str>) {
-    let created = meta.creation_timestamp.as_ref().map(|t| t.0.to_string());
+fn age_key(
+    meta: &ObjectMeta,
+) -> (
+    bool,
+    Option<k8s_openapi::jiff::Timestamp>,
+    Option<&str>,
+    Option<&str>,
+) {
+    let created = meta.creation_timestamp.as_ref().map(|t| t.0);
     (
         created.is_none(),
         created,
@@ -262,11 +269,16 @@ fn check_tool_name(problems: &mut Problems, field: &str, name: &str) {
 }
 
 fn check_tenant(problems: &mut Problems, tenant: Option<&str>) {
-    if tenant.is_some_and(|t| t.trim().is_empty()) {
-        problems.add(
+    match tenant {
+        Some(t) if t.trim().is_empty() => problems.add(
             "spec.tenant_id",
             "must not be empty (omit it for a system-global resource)",
-        );
+        ),
+        Some(t) if t.trim() != t => problems.add(
+            "spec.tenant_id",
+            format!("\"{t}\" has leading or trailing whitespace"),
+        ),
+        _ => {}
     }
 }
 
@@ -453,14 +465,44 @@ fn compile_workflow(
     (result, entry)
 }
 
+/// `http(s)://host[:port][/path]`, with a host name, IPv4 or bracketed IPv6 address and no user info.
 fn is_http_url(url: &str) -> bool {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"));
     rest.is_some_and(|r| {
-        let host = r.split(['/', '?', '#']).next().unwrap_or_default();
-        !host.is_empty() && !host.contains(char::is_whitespace)
+        let authority = r.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = if authority.starts_with('[') {
+            authority.split_inclusive(']').next().unwrap_or_default()
+        } else {
+            authority.split(':').next().unwrap_or_default()
+        };
+        let port = &authority[host.len()..];
+        let host_ok = if let Some(v6) = host.strip_prefix('[') {
+            v6.strip_suffix(']')
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+        } else {
+            is_host_name(host)
+        };
+        let port_ok = port.is_empty()
+            || port
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+        host_ok && port_ok
     })
+}
+
+/// Letters, digits, `-` and `.`, in labels that neither start nor end with `-` or `.`.
+fn is_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 /// Finds, parses and reads the workflow's OpenAPI document; `None` (with a problem) when it cannot.
@@ -485,11 +527,11 @@ fn load_operations(
     } else if let Some(cm_ref) = &source.config_map_ref {
         let f = format!("{field}.config_map_ref");
         let namespace = wf.metadata.namespace.as_deref();
+        let at = namespace.map(|ns| format!("{ns}/")).unwrap_or_default();
         let Some(cm) = resources.config_maps.iter().find(|cm| {
             cm.metadata.name.as_deref() == Some(&cm_ref.name)
                 && cm.metadata.namespace.as_deref() == namespace
         }) else {
-            let at = namespace.map(|ns| format!("{ns}/")).unwrap_or_default();
             p.add(f, format!("ConfigMap {at}{} not found", cm_ref.name));
             return None;
         };
@@ -497,7 +539,7 @@ fn load_operations(
             p.add(
                 f,
                 format!(
-                    "key \"{}\" not found in ConfigMap {}",
+                    "key \"{}\" not found in ConfigMap {at}{}",
                     cm_ref.key, cm_ref.name
                 ),
             );
@@ -566,15 +608,15 @@ fn compile_cli_tool(tool: &CliTool) -> (ResourceResult, Option<CliToolEntry>) {
     {
         p.add(
             "spec.resources.memory",
-            format!("\"{m}\" is not a memory quantity (e.g. 256Mi, 1Gi, 512M)"),
+            format!("\"{m}\" is not a memory quantity of at least 6Mi (e.g. 256Mi, 1Gi, 512M)"),
         );
     }
     if let Some(c) = &requested.cpus
-        && !c.parse::<f64>().is_ok_and(|v| v > 0.0 && v <= 64.0)
+        && !c.parse::<f64>().is_ok_and(|v| (0.01..=64.0).contains(&v))
     {
         p.add(
             "spec.resources.cpus",
-            format!("\"{c}\" is not a CPU count between 0 and 64 (e.g. \"0.5\")"),
+            format!("\"{c}\" is not a CPU count between 0.01 and 64 (e.g. \"0.5\")"),
         );
     }
     if requested.pids == Some(0) {
@@ -608,13 +650,27 @@ fn compile_cli_tool(tool: &CliTool) -> (ResourceResult, Option<CliToolEntry>) {
     (result, entry)
 }
 
+/// Smallest memory limit container runtimes accept.
+const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
+
+/// A Kubernetes-style quantity (`256Mi`, `1G`, `67108864`) of at least [`MIN_MEMORY_BYTES`].
 fn is_memory_quantity(q: &str) -> bool {
     let digits = q.bytes().take_while(u8::is_ascii_digit).count();
-    digits > 0
-        && matches!(
-            &q[digits..],
-            "" | "k" | "K" | "M" | "G" | "Ki" | "Mi" | "Gi"
-        )
+    let unit: u64 = match &q[digits..] {
+        "" => 1,
+        "k" | "K" => 1000,
+        "M" => 1000 * 1000,
+        "G" => 1000 * 1000 * 1000,
+        "Ki" => 1024,
+        "Mi" => 1024 * 1024,
+        "Gi" => 1024 * 1024 * 1024,
+        _ => return false,
+    };
+    q[..digits]
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .is_some_and(|bytes| bytes >= MIN_MEMORY_BYTES)
 }
 
 /// `*`, `prefix.*`, or an exact name with no `*`.
@@ -668,10 +724,13 @@ fn compile_security_context(
             );
         }
         for (j, d) in cap.domain_allowlist.iter().flatten().enumerate() {
-            if d.trim().is_empty() || d.contains(['/', ':', ' ']) {
+            if !is_host_name(d) {
+                // `*.example.com` is a common guess; `example.com` already covers its subdomains.
                 p.add(
                     format!("{f}.domain_allowlist[{j}]"),
-                    format!("\"{d}\" is not a host name"),
+                    format!(
+                        "\"{d}\" is not a host name (write example.com; it also matches api.example.com)"
+                    ),
                 );
             }
         }

@@ -21,7 +21,7 @@ pub use common::{
 };
 pub use compile::{Compiled, Problem, ResourceResult, Resources, compile};
 pub use gateway::{GatewaySettings, SealGateway, SealGatewaySpec, SealGatewayStatus};
-pub use manifest::{ManifestError, parse_manifests};
+pub use manifest::{ManifestError, ManifestOrigin, parse_manifests};
 pub use security_context::{Capability, RateLimit, SecurityContext, SecurityContextSpec};
 pub use snapshot::{CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot, WorkflowEntry};
 pub use workflow::{ApiSpecSource, OnError, OpenApiSource, Workflow, WorkflowSpec, WorkflowStep};

@@ -40,9 +40,23 @@ impl fmt::Display for ManifestError {
 
 impl std::error::Error for ManifestError {}
 
+/// Where a resource was read from: its document in a manifest file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestOrigin {
+    /// 1-based position of the document in its file.
+    pub document: usize,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
 /// Adds every document of `text` to `resources`. Nothing is added when any document is bad.
-pub fn parse_manifests(text: &str, resources: &mut Resources) -> Result<(), ManifestError> {
+pub fn parse_manifests(
+    text: &str,
+    resources: &mut Resources,
+) -> Result<Vec<ManifestOrigin>, ManifestError> {
     let mut parsed = Resources::default();
+    let mut origins = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let n = i + 1;
         let err =
@@ -57,37 +71,48 @@ pub fn parse_manifests(text: &str, resources: &mut Resources) -> Result<(), Mani
         if value.is_null() {
             continue; // an empty document, e.g. after a trailing `---`
         }
-        let kind = value
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let api_version = value
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let meta = value.get("metadata");
-        let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str);
-        let namespace = meta
-            .and_then(|m| m.get("namespace"))
-            .and_then(Value::as_str);
-        let label = Some(match (namespace, name) {
-            (Some(ns), Some(name)) => format!("{kind} {ns}/{name}"),
-            (None, Some(name)) => format!("{kind} {name}"),
-            _ => kind.clone(),
+        let text_at = |pointer: &str| {
+            value
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let kind = text_at("/kind").unwrap_or_default();
+        let api_version = text_at("/apiVersion").unwrap_or_default();
+        let name = text_at("/metadata/name").unwrap_or_default();
+        let namespace = text_at("/metadata/namespace");
+        let label = Some(match (&namespace, name.is_empty()) {
+            (_, true) => kind.clone(),
+            (Some(ns), false) => format!("{kind} {ns}/{name}"),
+            (None, false) => format!("{kind} {name}"),
         });
-        if name.is_none_or(str::is_empty) {
+        if name.is_empty() && !kind.is_empty() {
             return Err(err(
                 label,
                 Some("metadata.name".into()),
                 "is required".into(),
             ));
         }
+        origins.push(ManifestOrigin {
+            document: n,
+            kind: kind.clone(),
+            namespace,
+            name,
+        });
         let expected = if kind == "ConfigMap" {
             "v1"
         } else {
             API_VERSION
         };
+        // kube's generated types carry apiVersion and kind implicitly: they are checked here, and
+        // removed so that strict parsing does not call them unknown.
+        let mut value = value;
+        if kind != "ConfigMap"
+            && let Some(map) = value.as_object_mut()
+        {
+            map.remove("apiVersion");
+            map.remove("kind");
+        }
         match kind.as_str() {
             "Workflow" | "CliTool" | "SecurityContext" | "ConfigMap" if api_version != expected => {
                 return Err(err(
@@ -126,13 +151,17 @@ pub fn parse_manifests(text: &str, resources: &mut Resources) -> Result<(), Mani
         .security_contexts
         .append(&mut parsed.security_contexts);
     resources.config_maps.append(&mut parsed.config_maps);
-    Ok(())
+    Ok(origins)
 }
 
 /// Deserializes `value` as `T`, rejecting fields `T` does not have. Errors carry the field path.
 pub fn strict<T: DeserializeOwned>(value: Value) -> Result<T, (Option<String>, String)> {
+    // serde fills a struct from a list too, by position; a document must be a mapping.
+    if !value.is_object() {
+        return Err((None, "must be a mapping of keys to values".into()));
+    }
     let mut unknown = Vec::new();
-    let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let mut record = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path));
     let result: Result<T, _> =
         serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut record));
     let parsed = result.map_err(|e| {
@@ -143,6 +172,26 @@ pub fn strict<T: DeserializeOwned>(value: Value) -> Result<T, (Option<String>, S
     match unknown.into_iter().next() {
         Some(field) => Err((Some(field), "unknown field".into())),
         None => Ok(parsed),
+    }
+}
+
+/// `spec.steps[1].colour`: the same spelling serde_path_to_error uses for type errors.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = field_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
     }
 }
 
