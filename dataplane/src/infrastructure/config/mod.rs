@@ -1,0 +1,435 @@
+//! The `SealGatewayConfig` file: discovery, `env:` indirection, `SEAL_GATEWAY_*` overrides and
+//! validation (reference §11), and the manifests folder (DESIGN §3).
+
+mod manifests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use aegis_seal_crds::gateway::GatewaySettings;
+use aegis_seal_crds::manifest::strict;
+use aegis_seal_crds::{API_VERSION, SecretValue};
+use serde::Deserialize;
+
+pub use manifests::load_manifests;
+
+/// File name looked for in the working directory, `~/.aegis/` and `/etc/aegis/`.
+pub const CONFIG_FILE_NAME: &str = "seal-gateway-config.yaml";
+pub const CONFIG_KIND: &str = "SealGatewayConfig";
+
+/// A configuration problem, already phrased as the one line the gateway prints before it exits.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The file as written.
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(rename_all = "camelCase")]
+struct ConfigFile {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    metadata: ConfigMetadata,
+    #[serde(default)]
+    spec: GatewaySettings,
+}
+
+#[derive(Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ConfigMetadata {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The settings the gateway runs with, with every secret resolved to its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// The file the settings came from; `None` means built-in defaults.
+    pub source: Option<PathBuf>,
+    pub metadata: ConfigMetadata,
+    pub settings: GatewaySettings,
+}
+
+impl GatewayConfig {
+    /// The database URL (a secret: never log it whole).
+    pub fn database_url(&self) -> &str {
+        literal(&self.settings.database.url)
+    }
+
+    pub fn bind_addr(&self) -> SocketAddr {
+        // validate() proved it parses.
+        self.settings
+            .network
+            .bind_addr
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8089)))
+    }
+}
+
+fn literal(v: &SecretValue) -> &str {
+    match v {
+        SecretValue::Literal(s) => s,
+        SecretValue::FromSecret { .. } => "",
+    }
+}
+
+/// Where to look for the file and which environment to read, so tests need not touch the process.
+pub struct ConfigSources<'a> {
+    /// `--config`: must exist.
+    pub explicit: Option<&'a Path>,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    pub home: Option<PathBuf>,
+    pub working_dir: PathBuf,
+}
+
+impl ConfigSources<'_> {
+    /// The process's own environment, home and working directory.
+    pub fn process(explicit: Option<&Path>) -> ConfigSources<'_> {
+        ConfigSources {
+            explicit,
+            env: &|k| std::env::var(k).ok(),
+            home: std::env::var_os("HOME").map(PathBuf::from),
+            working_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        }
+    }
+
+    fn var(&self, key: &str) -> Option<String> {
+        (self.env)(key)
+    }
+
+    /// A variable that is set and not blank.
+    fn non_blank(&self, key: &str) -> Option<String> {
+        self.var(key).filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// Finds, reads, resolves and validates the configuration.
+pub fn load_config(sources: &ConfigSources<'_>) -> Result<GatewayConfig, ConfigError> {
+    let path = discover(sources)?;
+    let mut file = match &path {
+        Some(path) => {
+            tracing::info!("Loading SEAL gateway config from {path:?}");
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+            parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?
+        }
+        None => {
+            tracing::warn!("No seal-gateway-config.yaml found; using defaults");
+            ConfigFile {
+                api_version: API_VERSION.into(),
+                kind: CONFIG_KIND.into(),
+                metadata: ConfigMetadata {
+                    name: "aegis-seal-gateway".into(),
+                    ..Default::default()
+                },
+                spec: GatewaySettings::default(),
+            }
+        }
+    };
+    resolve_env_references(&mut file.spec, sources);
+    apply_overrides(&mut file.spec, sources);
+    let where_ = path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "built-in defaults".into());
+    validate(&file).map_err(|e| ConfigError(format!("{where_}: {e}")))?;
+    Ok(GatewayConfig {
+        source: path,
+        metadata: file.metadata,
+        settings: file.spec,
+    })
+}
+
+fn discover(sources: &ConfigSources<'_>) -> Result<Option<PathBuf>, ConfigError> {
+    // An explicitly named file that is missing is an error, not a silent fall-through to defaults.
+    let named = sources
+        .explicit
+        .map(Path::to_path_buf)
+        .map(|p| (p, "--config"))
+        .or_else(|| {
+            sources
+                .non_blank("SEAL_GATEWAY_CONFIG_PATH")
+                .map(|p| (PathBuf::from(p), "SEAL_GATEWAY_CONFIG_PATH"))
+        });
+    if let Some((path, origin)) = named {
+        return if path.is_file() {
+            Ok(Some(path))
+        } else {
+            let problem = if path.exists() {
+                "is not a file"
+            } else {
+                "does not exist"
+            };
+            Err(ConfigError(format!(
+                "{}: config file named by {origin} {problem}",
+                path.display()
+            )))
+        };
+    }
+    let mut candidates = vec![sources.working_dir.join(CONFIG_FILE_NAME)];
+    if let Some(home) = &sources.home {
+        candidates.push(home.join(".aegis").join(CONFIG_FILE_NAME));
+    }
+    candidates.push(PathBuf::from("/etc/aegis").join(CONFIG_FILE_NAME));
+    Ok(candidates.into_iter().find(|p| p.is_file()))
+}
+
+fn parse(text: &str) -> Result<ConfigFile, String> {
+    let value: serde_json::Value =
+        serde_yaml::from_str(text).map_err(|e| format!("malformed YAML: {e}"))?;
+    strict::<ConfigFile>(value).map_err(|(field, message)| match field {
+        Some(field) => format!("{field}: {message}"),
+        None => message,
+    })
+}
+
+/// Replaces `env:VAR` values with the variable (reference §11.3). An unset or blank variable clears
+/// the field, so a later `SEAL_GATEWAY_*` override may still fill it.
+fn resolve_env_references(s: &mut GatewaySettings, sources: &ConfigSources<'_>) {
+    let lookup = |v: &str| -> Option<Option<String>> {
+        v.strip_prefix("env:")
+            .map(|var| sources.non_blank(var.trim()))
+    };
+    let required = |field: &mut String| {
+        if let Some(value) = lookup(field) {
+            *field = value.unwrap_or_default();
+        }
+    };
+    let optional = |field: &mut Option<String>| {
+        if let Some(value) = field.as_deref().and_then(lookup) {
+            *field = value;
+        }
+    };
+    let secret = |field: &mut SecretValue| {
+        if let SecretValue::Literal(v) = field
+            && let Some(value) = lookup(v)
+        {
+            *v = value.unwrap_or_default();
+        }
+    };
+    required(&mut s.network.bind_addr);
+    required(&mut s.network.grpc_bind_addr);
+    secret(&mut s.database.url);
+    required(&mut s.auth.operator_jwks_uri);
+    required(&mut s.auth.operator_jwt_issuer);
+    required(&mut s.auth.operator_jwt_audience);
+    required(&mut s.auth.seal_jwt_public_key_pem);
+    required(&mut s.auth.seal_jwt_issuer);
+    required(&mut s.auth.seal_jwt_audience);
+    optional(&mut s.credentials.openbao_addr);
+    if let Some(token) = &mut s.credentials.openbao_token {
+        secret(token);
+    }
+    required(&mut s.credentials.openbao_kv_mount);
+    optional(&mut s.credentials.keycloak_token_exchange_url);
+    optional(&mut s.credentials.keycloak_client_id);
+    if let Some(client_secret) = &mut s.credentials.keycloak_client_secret {
+        secret(client_secret);
+    }
+    optional(&mut s.cli.container_cli);
+    optional(&mut s.cli.semantic_judge_url);
+    optional(&mut s.cli.orchestrator_url);
+    required(&mut s.cli.nfs_server_host);
+
+    // Empty optional settings mean "unset".
+    for field in [
+        &mut s.credentials.openbao_addr,
+        &mut s.credentials.keycloak_token_exchange_url,
+        &mut s.credentials.keycloak_client_id,
+        &mut s.cli.container_cli,
+        &mut s.cli.semantic_judge_url,
+        &mut s.cli.orchestrator_url,
+    ] {
+        if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            *field = None;
+        }
+    }
+    for field in [
+        &mut s.credentials.openbao_token,
+        &mut s.credentials.keycloak_client_secret,
+    ] {
+        if matches!(field, Some(SecretValue::Literal(v)) if v.trim().is_empty()) {
+            *field = None;
+        }
+    }
+}
+
+/// The `SEAL_GATEWAY_*` environment overrides of reference §11.4.
+fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
+    let set = |field: &mut String, key: &str| {
+        if let Some(v) = src.non_blank(key) {
+            *field = v;
+        }
+    };
+    let set_opt = |field: &mut Option<String>, key: &str| {
+        if let Some(v) = src.non_blank(key) {
+            *field = Some(v);
+        }
+    };
+    let set_secret = |field: &mut Option<SecretValue>, key: &str| {
+        if let Some(v) = src.non_blank(key) {
+            *field = Some(SecretValue::Literal(v));
+        }
+    };
+    set(&mut s.network.bind_addr, "SEAL_GATEWAY_BIND");
+    set(&mut s.network.grpc_bind_addr, "SEAL_GATEWAY_GRPC_BIND");
+    if let Some(url) = src.non_blank("SEAL_GATEWAY_DB") {
+        s.database.url = SecretValue::Literal(url);
+    }
+    if let Some(v) = src.var("SEAL_GATEWAY_AUTH_DISABLED") {
+        s.auth.disabled = v.trim().eq_ignore_ascii_case("true");
+    }
+    // These two are set even when empty, as upstream does.
+    if let Some(v) = src.var("SEAL_GATEWAY_OPERATOR_JWKS_URI") {
+        s.auth.operator_jwks_uri = v;
+    }
+    if let Some(v) = src.var("SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM") {
+        s.auth.seal_jwt_public_key_pem = v;
+    }
+    if let Some(ttl) = src
+        .var("SEAL_GATEWAY_JWKS_CACHE_TTL_SECS")
+        .and_then(|v| v.trim().parse().ok())
+    {
+        s.auth.jwks_cache_ttl_secs = ttl;
+    }
+    set(
+        &mut s.auth.operator_jwt_issuer,
+        "SEAL_GATEWAY_OPERATOR_JWT_ISSUER",
+    );
+    set(
+        &mut s.auth.operator_jwt_audience,
+        "SEAL_GATEWAY_OPERATOR_JWT_AUDIENCE",
+    );
+    set_opt(
+        &mut s.auth.operator_role_claim,
+        "SEAL_GATEWAY_OPERATOR_ROLE_CLAIM",
+    );
+    set(&mut s.auth.seal_jwt_issuer, "SEAL_GATEWAY_SEAL_JWT_ISSUER");
+    set(
+        &mut s.auth.seal_jwt_audience,
+        "SEAL_GATEWAY_SEAL_JWT_AUDIENCE",
+    );
+    set_opt(&mut s.credentials.openbao_addr, "SEAL_GATEWAY_OPENBAO_ADDR");
+    set_secret(
+        &mut s.credentials.openbao_token,
+        "SEAL_GATEWAY_OPENBAO_TOKEN",
+    );
+    set(
+        &mut s.credentials.openbao_kv_mount,
+        "SEAL_GATEWAY_OPENBAO_KV_MOUNT",
+    );
+    set_opt(
+        &mut s.credentials.keycloak_token_exchange_url,
+        "SEAL_GATEWAY_KEYCLOAK_TOKEN_EXCHANGE_URL",
+    );
+    set_opt(
+        &mut s.credentials.keycloak_client_id,
+        "SEAL_GATEWAY_KEYCLOAK_CLIENT_ID",
+    );
+    set_secret(
+        &mut s.credentials.keycloak_client_secret,
+        "SEAL_GATEWAY_KEYCLOAK_CLIENT_SECRET",
+    );
+    set_opt(&mut s.cli.container_cli, "SEAL_GATEWAY_CONTAINER_CLI");
+    set_opt(
+        &mut s.cli.semantic_judge_url,
+        "SEAL_GATEWAY_SEMANTIC_JUDGE_URL",
+    );
+    set_opt(&mut s.cli.orchestrator_url, "SEAL_GATEWAY_ORCHESTRATOR_URL");
+    set(&mut s.cli.nfs_server_host, "SEAL_GATEWAY_NFS_HOST");
+    if let Some(port) = src
+        .var("SEAL_GATEWAY_NFS_PORT")
+        .and_then(|v| v.trim().parse().ok())
+    {
+        s.cli.nfs_port = port;
+    }
+    if let Some(port) = src
+        .var("SEAL_GATEWAY_NFS_MOUNT_PORT")
+        .and_then(|v| v.trim().parse().ok())
+    {
+        s.cli.nfs_mount_port = port;
+    }
+    if let Some(v) = src.var("SEAL_GATEWAY_UI_ENABLED") {
+        s.ui.enabled = !v.trim().eq_ignore_ascii_case("false");
+    }
+}
+
+fn validate(file: &ConfigFile) -> Result<(), String> {
+    if file.api_version != API_VERSION {
+        return Err(format!(
+            "Invalid apiVersion: '{}'. Must be '{API_VERSION}'",
+            file.api_version
+        ));
+    }
+    if file.kind != CONFIG_KIND {
+        return Err(format!(
+            "Invalid kind: '{}'. Must be '{CONFIG_KIND}'",
+            file.kind
+        ));
+    }
+    if file.metadata.name.trim().is_empty() {
+        return Err("metadata.name cannot be empty".into());
+    }
+    let s = &file.spec;
+    for (field, value) in [
+        ("spec.network.bind_addr", &s.network.bind_addr),
+        ("spec.network.grpc_bind_addr", &s.network.grpc_bind_addr),
+    ] {
+        if value.trim().is_empty() {
+            return Err(format!("{field} cannot be empty"));
+        }
+        if value.parse::<SocketAddr>().is_err() {
+            return Err(format!(
+                "{field}: \"{value}\" is not a socket address (e.g. 0.0.0.0:8089)"
+            ));
+        }
+    }
+    if s.network.max_header_bytes < 8192 {
+        return Err("spec.network.max_header_bytes: must be at least 8192".into());
+    }
+    if s.network.max_body_bytes == 0 {
+        return Err("spec.network.max_body_bytes: must be at least 1".into());
+    }
+    for (field, value) in [
+        ("spec.database.url", Some(&s.database.url)),
+        (
+            "spec.credentials.openbao_token",
+            s.credentials.openbao_token.as_ref(),
+        ),
+        (
+            "spec.credentials.keycloak_client_secret",
+            s.credentials.keycloak_client_secret.as_ref(),
+        ),
+    ] {
+        if let Some(SecretValue::FromSecret { .. }) = value {
+            return Err(format!(
+                "{field}: secret_key_ref is only understood in a SealGateway resource; use env:VAR in a config file"
+            ));
+        }
+    }
+    let url = literal(&s.database.url);
+    if url.trim().is_empty() {
+        return Err("spec.database.url cannot be empty".into());
+    }
+    if !(url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://"))
+    {
+        return Err(
+            "spec.database.url: must start with sqlite:, postgres:// or postgresql://".into(),
+        );
+    }
+    if !s.auth.disabled && s.auth.operator_jwks_uri.trim().is_empty() {
+        return Err("spec.auth.operator_jwks_uri is required when auth is enabled".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

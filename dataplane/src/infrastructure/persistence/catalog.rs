@@ -1,0 +1,186 @@
+//! Catalog tables (`workflows`, `cli_tools`, `security_contexts`) mirror what the gateway serves, so
+//! the runbook's queries (`SELECT id, name, tenant_id FROM workflows WHERE name = ...`) see objects
+//! that came from manifests or custom resources as well as those registered over REST.
+
+use aegis_seal_crds::{ResourceRef, Snapshot};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{Backend, Database, PersistenceError};
+
+/// Where declarative catalog rows came from. REST-registered rows (`rest`) are never touched here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogSource {
+    /// The standalone gateway's manifests folder.
+    Manifest,
+    /// Custom resources, through the operator's snapshot.
+    Kubernetes,
+}
+
+impl CatalogSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manifest => "manifest",
+            Self::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatalogCounts {
+    pub workflows: usize,
+    pub cli_tools: usize,
+    pub security_contexts: usize,
+}
+
+/// A stable row id for a declarative object, so a reload does not churn ids.
+fn row_id(source: &ResourceRef) -> String {
+    let key = format!(
+        "{}/{}/{}",
+        source.kind,
+        source.namespace.as_deref().unwrap_or_default(),
+        source.name
+    );
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, key.as_bytes()).to_string()
+}
+
+/// The statement in the backend's dialect: `$n::jsonb` is a JSONB cast on Postgres, plain `?n` text
+/// on SQLite (whose JSON columns are checked text); `now_utc()` is the current UTC time.
+fn dialect(backend: Backend, sql: &str) -> String {
+    match backend {
+        Backend::Postgres => sql.replace("now_utc()", "now()"),
+        Backend::Sqlite => sql
+            .replace("::jsonb", "")
+            .replace('$', "?")
+            .replace("now_utc()", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
+    }
+}
+
+/// Runs one statement with the same binds on whichever backend.
+macro_rules! execute {
+    ($tx:expr, $sql:expr $(, $bind:expr)* $(,)?) => {
+        match &mut $tx {
+            Tx::Sqlite(tx) => {
+                sqlx::query(sqlx::AssertSqlSafe($sql)) $(.bind($bind))* .execute(&mut **tx).await?;
+            }
+            Tx::Postgres(tx) => {
+                sqlx::query(sqlx::AssertSqlSafe($sql)) $(.bind($bind))* .execute(&mut **tx).await?;
+            }
+        }
+    };
+}
+
+enum Tx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl Database {
+    /// Replaces the declarative rows of `source` with the snapshot's entries, in one transaction.
+    pub async fn sync_catalog(
+        &self,
+        snapshot: &Snapshot,
+        source: CatalogSource,
+    ) -> Result<CatalogCounts, PersistenceError> {
+        let backend = self.backend();
+        let sql = |s: &str| dialect(backend, s);
+        let mut tx = match self {
+            Self::Sqlite(pool) => Tx::Sqlite(pool.begin().await?),
+            Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        };
+        let src = source.as_str();
+        for table in ["workflows", "cli_tools", "security_contexts"] {
+            execute!(
+                tx,
+                sql(&format!("DELETE FROM {table} WHERE source = $1")),
+                src
+            );
+        }
+
+        // A declarative object owns its name: it takes over a REST row of the same tenant and name.
+        let upsert_workflow = sql(
+            "INSERT INTO workflows (id, name, tenant_id, description, input_schema, api_spec_id, steps, source, created_at) \
+             VALUES ($1, $2, $3, $4, $5::jsonb, NULL, $6::jsonb, $7, now_utc()) \
+             ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
+             description = excluded.description, input_schema = excluded.input_schema, \
+             api_spec_id = NULL, steps = excluded.steps, source = excluded.source",
+        );
+        for w in &snapshot.workflows {
+            execute!(
+                tx,
+                upsert_workflow.clone(),
+                row_id(&w.source),
+                &w.tool_name,
+                &w.tenant_id,
+                &w.description,
+                w.input_schema.to_string(),
+                serde_json::to_string(&w.steps).unwrap_or_else(|_| "[]".into()),
+                src,
+            );
+        }
+
+        let upsert_cli = sql(
+            "INSERT INTO cli_tools (id, name, tenant_id, description, docker_image, allowed_subcommands, \
+             require_semantic_judge, default_timeout_seconds, resources, registry_credential_path, source, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, $10::jsonb, $11, now_utc()) \
+             ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
+             description = excluded.description, docker_image = excluded.docker_image, \
+             allowed_subcommands = excluded.allowed_subcommands, \
+             require_semantic_judge = excluded.require_semantic_judge, \
+             default_timeout_seconds = excluded.default_timeout_seconds, resources = excluded.resources, \
+             registry_credential_path = excluded.registry_credential_path, source = excluded.source",
+        );
+        for t in &snapshot.cli_tools {
+            execute!(
+                tx,
+                upsert_cli.clone(),
+                row_id(&t.source),
+                &t.tool_name,
+                &t.tenant_id,
+                &t.description,
+                &t.docker_image,
+                Value::from(t.allowed_subcommands.clone()).to_string(),
+                t.require_semantic_judge,
+                i64::from(t.default_timeout_seconds),
+                serde_json::to_string(&t.resources).unwrap_or_else(|_| "{}".into()),
+                t.registry_credential_path
+                    .as_ref()
+                    .and_then(|p| serde_json::to_string(p).ok()),
+                src,
+            );
+        }
+
+        let upsert_context = sql(
+            "INSERT INTO security_contexts (id, name, tenant_id, description, capabilities, deny_list, source, created_at) \
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, now_utc()) \
+             ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
+             description = excluded.description, capabilities = excluded.capabilities, \
+             deny_list = excluded.deny_list, source = excluded.source",
+        );
+        for c in &snapshot.security_contexts {
+            execute!(
+                tx,
+                upsert_context.clone(),
+                row_id(&c.source),
+                &c.name,
+                &c.tenant_id,
+                &c.description,
+                serde_json::to_string(&c.capabilities).unwrap_or_else(|_| "[]".into()),
+                Value::from(c.deny_list.clone()).to_string(),
+                src,
+            );
+        }
+
+        match tx {
+            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Postgres(tx) => tx.commit().await?,
+        }
+        let counts = CatalogCounts {
+            workflows: snapshot.workflows.len(),
+            cli_tools: snapshot.cli_tools.len(),
+            security_contexts: snapshot.security_contexts.len(),
+        };
+        tracing::debug!(source = src, ?counts, "catalog tables synchronised");
+        Ok(counts)
+    }
+}

@@ -1,0 +1,188 @@
+//! The database: SQLite (embedded default) or Postgres, chosen by URL, with versioned migrations
+//! that make a restart on an existing database a no-op.
+
+mod catalog;
+mod events;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use catalog::{CatalogCounts, CatalogSource};
+pub use events::AuditEvent;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+#[derive(Debug, thiserror::Error)]
+pub enum PersistenceError {
+    /// No connection came free within the acquire timeout: the request path is starved.
+    #[error("database pool acquire timeout")]
+    PoolTimedOut,
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+}
+
+impl From<sqlx::Error> for PersistenceError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut => Self::PoolTimedOut,
+            other => Self::Database(other),
+        }
+    }
+}
+
+/// Logs pool starvation the way the runbook greps for it (`grep -i 'pool acquire'`).
+pub fn log_pool_starvation(handler: &str, error: &PersistenceError) {
+    tracing::error!(
+        target: "sqlx::pool",
+        handler,
+        error = %error,
+        "database pool acquire timed out — request path starved"
+    );
+}
+
+/// Connection pool sizing. The acquire timeout is short on purpose: starvation must surface fast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl PoolSettings {
+    /// Reference §9.1: 50 connections, 5 kept warm, 5 s acquire, 10 min idle.
+    pub const POSTGRES: Self = Self {
+        max_connections: 50,
+        min_connections: 5,
+        acquire_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(600),
+    };
+    /// One file: a few readers beside SQLite's single writer.
+    pub const SQLITE: Self = Self {
+        max_connections: 8,
+        min_connections: 1,
+        acquire_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(600),
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn for_url(url: &str) -> Self {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Self::Postgres
+        } else {
+            Self::Sqlite
+        }
+    }
+}
+
+/// A migrated database, shared by the whole process.
+#[derive(Clone, Debug)]
+pub enum Database {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Database {
+    /// Connects with the backend's default pool settings and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self, PersistenceError> {
+        let settings = match Backend::for_url(url) {
+            Backend::Sqlite => PoolSettings::SQLITE,
+            Backend::Postgres => PoolSettings::POSTGRES,
+        };
+        Self::connect_with(url, settings).await
+    }
+
+    pub async fn connect_with(url: &str, pool: PoolSettings) -> Result<Self, PersistenceError> {
+        let db = match Backend::for_url(url) {
+            Backend::Postgres => {
+                let options = PgConnectOptions::from_str(url)
+                    .map_err(|e| PersistenceError::InvalidUrl(e.to_string()))?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(pool.max_connections)
+                    .min_connections(pool.min_connections)
+                    .acquire_timeout(pool.acquire_timeout)
+                    .idle_timeout(pool.idle_timeout)
+                    .connect_with(options)
+                    .await?;
+                POSTGRES_MIGRATIONS.run(&pool).await?;
+                Self::Postgres(pool)
+            }
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url)
+                    .map_err(|e| PersistenceError::InvalidUrl(e.to_string()))?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true);
+                let file = options.get_filename();
+                if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty())
+                    && file.to_str() != Some(":memory:")
+                {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        PersistenceError::InvalidUrl(format!(
+                            "cannot create {}: {e}",
+                            parent.display()
+                        ))
+                    })?;
+                }
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(pool.max_connections)
+                    .min_connections(pool.min_connections)
+                    .acquire_timeout(pool.acquire_timeout)
+                    .idle_timeout(pool.idle_timeout)
+                    .connect_with(options)
+                    .await?;
+                SQLITE_MIGRATIONS.run(&pool).await?;
+                Self::Sqlite(pool)
+            }
+        };
+        tracing::debug!(backend = ?db.backend(), "database ready");
+        Ok(db)
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(_) => Backend::Sqlite,
+            Self::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// One round trip, through the pool like any request: the readiness check.
+    pub async fn ping(&self) -> Result<(), PersistenceError> {
+        match self {
+            Self::Sqlite(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+            Self::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for checked-out connections to return, then closes the pool.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+}

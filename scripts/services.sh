@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Installs (when missing) and starts the throwaway services the tests need, on a Debian machine.
+#
+#   eval "$(scripts/services.sh start)"   # prints `export ...` lines; logs go to stderr
+#   scripts/services.sh stop              # stops what `start` started
+#
+# State lives under target/test-services and tools under target/tools: everything this script
+# makes is inside the checkout's target/ folder and is rebuilt from the package registries.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+STATE="${SEAL_TEST_STATE_DIR:-$ROOT/target/test-services}"
+TOOLS="${SEAL_TOOLS_DIR:-$ROOT/target/tools}"
+KUBERNETES_VALIDATE_VERSION="1.37.0"
+
+log() { printf '[services] %s\n' "$*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+APT_UPDATED=0
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null || { log "missing packages ${missing[*]} and no apt-get"; return 1; }
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  if [ "$APT_UPDATED" = 0 ]; then log "apt-get update"; $sudo apt-get update -qq >&2; APT_UPDATED=1; fi
+  log "apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+# Runs a Postgres server command as the `postgres` user when we are root (initdb refuses root).
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true; }
+
+start_postgres() {
+  local bin; bin=$(pg_bin)
+  if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then apt_install postgresql; bin=$(pg_bin); fi
+  local dir="$STATE/postgres"
+  if [ -f "$dir/port" ] && as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+    log "postgres already running on port $(cat "$dir/port")"; return 0
+  fi
+  rm -rf "$dir"; mkdir -p "$dir"
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
+  local port; port=$(free_port)
+  as_pg "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+  # Test-only settings: no durability, room for parallel test binaries.
+  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 start -o \
+    "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" >/dev/null
+  as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres gateway_test
+  echo "$port" > "$dir/port"
+  log "postgres $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
+}
+
+stop_postgres() {
+  local bin dir="$STATE/postgres"; bin=$(pg_bin)
+  if [ -n "$bin" ] && [ -d "$dir/data" ]; then
+    as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 && log "postgres stopped" || true
+  fi
+  rm -f "$dir/port"
+}
+
+setup_python_tools() {
+  if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
+    python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+    mkdir -p "$TOOLS"
+    python3 -m venv "$TOOLS/venv"
+    "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2
+    log "kubernetes-validate $KUBERNETES_VALIDATE_VERSION installed"
+  fi
+}
+
+print_env() {
+  local port; port=$(cat "$STATE/postgres/port")
+  echo "export DATABASE_URL=postgres://postgres@127.0.0.1:$port/gateway_test"
+  echo "export KUBERNETES_VALIDATE=$TOOLS/venv/bin/kubernetes-validate"
+}
+
+case "${1:-start}" in
+  start)
+    mkdir -p "$STATE"
+    setup_python_tools
+    start_postgres
+    print_env ;;
+  stop) stop_postgres ;;
+  *) echo "usage: $0 [start|stop]" >&2; exit 2 ;;
+esac
