@@ -179,9 +179,15 @@ pub struct AuthSettings {
     /// Claim holding the operator role; `aegis_role` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator_role_claim: Option<String>,
-    /// PEM public key verifying SEAL security tokens.
+    /// PEM RSA public key verifying RS256 SEAL security tokens.
     #[serde(default)]
     pub seal_jwt_public_key_pem: String,
+    /// PEM Ed25519 public key verifying EdDSA SEAL security tokens.
+    #[serde(default)]
+    pub seal_jwt_eddsa_public_key_pem: String,
+    /// Clock skew tolerated on the security token's `exp` and `nbf`.
+    #[serde(default = "default_seal_jwt_leeway_secs")]
+    pub seal_jwt_leeway_secs: u64,
     #[serde(default = "default_seal_jwt_issuer")]
     pub seal_jwt_issuer: String,
     #[serde(default = "default_seal_jwt_audience")]
@@ -196,6 +202,9 @@ fn default_operator_jwt_issuer() -> String {
 }
 fn default_operator_jwt_audience() -> String {
     "aegis-seal-gateway".into()
+}
+fn default_seal_jwt_leeway_secs() -> u64 {
+    60
 }
 fn default_seal_jwt_issuer() -> String {
     "aegis-orchestrator".into()
@@ -214,6 +223,8 @@ impl Default for AuthSettings {
             operator_jwt_audience: default_operator_jwt_audience(),
             operator_role_claim: None,
             seal_jwt_public_key_pem: String::new(),
+            seal_jwt_eddsa_public_key_pem: String::new(),
+            seal_jwt_leeway_secs: default_seal_jwt_leeway_secs(),
             seal_jwt_issuer: default_seal_jwt_issuer(),
             seal_jwt_audience: default_seal_jwt_audience(),
         }

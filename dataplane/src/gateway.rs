@@ -1,7 +1,8 @@
-//! A running data plane: shared state, the listener, and an orderly stop.
+//! A running data plane: shared state, background tasks, the listener, and an orderly stop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aegis_seal_crds::Snapshot;
 use arc_swap::ArcSwap;
@@ -9,17 +10,42 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::application::catalog::ServedSnapshot;
+use crate::application::clock::Clock;
+use crate::application::invocation::InvocationService;
+use crate::application::sessions::SessionCache;
+use crate::domain::policy::RateLimiter;
+use crate::infrastructure::auth::operator::{OperatorAuthConfig, OperatorAuthenticator};
+use crate::infrastructure::auth::token::SealTokenVerifier;
 use crate::infrastructure::config::GatewayConfig;
-use crate::infrastructure::persistence::Database;
+use crate::infrastructure::persistence::{AuditWriter, Database, ReplayGuard};
 use crate::presentation::server;
+
+/// How often expired jtis are purged.
+pub const JTI_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What every request handler can reach.
 pub struct GatewayState {
     pub db: Database,
     /// The snapshot being served; swapped whole on reload, so a request keeps the one it started with.
-    pub snapshot: ArcSwap<Snapshot>,
+    pub served: ArcSwap<ServedSnapshot>,
+    pub invocation: InvocationService,
+    pub audit: AuditWriter,
+    /// `None` when operator authentication is disabled by configuration.
+    pub operator_auth: Option<OperatorAuthenticator>,
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A gateway serving on its listener.
@@ -28,42 +54,99 @@ pub struct RunningGateway {
     pub state: Arc<GatewayState>,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
 }
 
 impl RunningGateway {
-    /// Binds the configured address and starts serving `snapshot`.
+    /// Binds the configured address and starts serving `snapshot`, with time read from `clock`.
     pub async fn start(
         config: &GatewayConfig,
         db: Database,
         snapshot: Snapshot,
-    ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(config.bind_addr()).await?;
-        let local_addr = listener.local_addr()?;
+        clock: Clock,
+    ) -> Result<Self, StartError> {
+        let auth = &config.settings.auth;
+        let tokens = SealTokenVerifier::from_settings(auth).map_err(StartError::Config)?;
+        if !tokens.is_configured() {
+            tracing::warn!(
+                "no SEAL token key configured (seal_jwt_public_key_pem, seal_jwt_eddsa_public_key_pem): every invocation will be refused"
+            );
+        }
+        let operator_auth = if auth.disabled {
+            None
+        } else {
+            let http = reqwest::Client::builder()
+                .build()
+                .map_err(|e| StartError::Config(format!("cannot build the JWKS client: {e}")))?;
+            Some(OperatorAuthenticator::new(
+                OperatorAuthConfig::from_settings(auth),
+                http,
+            ))
+        };
+        let replay = ReplayGuard::start(db.clone());
+        let invocation = InvocationService {
+            tokens,
+            sessions: SessionCache::new(db.clone()),
+            replay: replay.clone(),
+            limiter: RateLimiter::new(),
+            clock,
+        };
+
+        let addr = config.bind_addr();
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr, source })?;
         let network = &config.settings.network;
         let state = Arc::new(GatewayState {
+            audit: AuditWriter::start(db.clone()),
             db,
-            snapshot: ArcSwap::from_pointee(snapshot),
+            served: ArcSwap::from_pointee(ServedSnapshot::new(snapshot)),
+            invocation,
+            operator_auth,
             max_body_bytes: network.max_body_bytes,
             max_header_bytes: usize::try_from(network.max_header_bytes).unwrap_or(usize::MAX),
         });
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(server::serve(listener, state.clone(), stopped));
+        let sweeper = tokio::spawn(sweep_jtis(state.clone()));
         tracing::info!("aegis-seal-gateway listening on {local_addr}");
         Ok(Self {
             local_addr,
             state,
             stop,
             server,
+            sweeper,
         })
     }
 
-    /// Stops accepting, drains in-flight requests, then closes the database pool.
+    /// Stops accepting, drains in-flight requests (their audit events commit), then closes the pool.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         if let Err(e) = self.server.await {
             tracing::error!(error = %e, "server task failed");
         }
+        self.sweeper.abort();
         self.state.db.close().await;
         tracing::info!("aegis-seal-gateway stopped");
+    }
+}
+
+/// Purges expired jtis every [`JTI_SWEEP_INTERVAL`]; the first sweep runs at start.
+async fn sweep_jtis(state: Arc<GatewayState>) {
+    let mut tick = tokio::time::interval(JTI_SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = state.invocation.clock.now();
+        if let Err(e) = state.invocation.replay.sweep(now).await {
+            tracing::warn!(
+                target: "aegis_seal_gateway::infrastructure::persistence",
+                error = %e,
+                "JTI cleanup failed: {e}"
+            );
+        }
     }
 }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use aegis_seal_crds::Snapshot;
+use aegis_seal_gateway::application::catalog::with_default_contexts;
+use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
 use aegis_seal_gateway::infrastructure::config::{ConfigSources, load_config, load_manifests};
 use aegis_seal_gateway::infrastructure::persistence::{CatalogSource, Database};
@@ -87,18 +89,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
 
+    let snapshot = with_default_contexts(snapshot);
     let db = Database::connect(config.database_url())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     db.sync_catalog(&snapshot, CatalogSource::Manifest).await?;
-    let gateway = RunningGateway::start(&config, db, snapshot)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on {}: {e}",
-                config.settings.network.bind_addr
-            )
-        })?;
+    let gateway = RunningGateway::start(&config, db, snapshot, Clock::System).await?;
     shutdown_signal().await;
     gateway.shutdown().await;
     Ok(())

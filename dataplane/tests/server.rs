@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aegis_seal_crds::Snapshot;
+use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
 use aegis_seal_gateway::infrastructure::persistence::{Database, PoolSettings};
 
@@ -40,7 +41,7 @@ impl Write for LogWriter {
 
 async fn start(db: Database) -> RunningGateway {
     let config = support::gateway_config(&[]);
-    RunningGateway::start(&config, db, Snapshot::default())
+    RunningGateway::start(&config, db, Snapshot::default(), Clock::System)
         .await
         .unwrap()
 }

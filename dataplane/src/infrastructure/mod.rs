@@ -1,4 +1,5 @@
-//! Adapters to the outside world: configuration files, the database.
+//! Adapters to the outside world: authentication, configuration files, the database.
 
+pub mod auth;
 pub mod config;
 pub mod persistence;

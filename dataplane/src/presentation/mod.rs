@@ -1,4 +1,7 @@
-//! The HTTP face of the data plane: the hyper server, routing and error bodies.
+//! The HTTP face of the data plane: the hyper server, routing, handlers and error bodies.
 
+pub mod http;
+pub mod invoke;
 pub mod routes;
 pub mod server;
+pub mod sessions;

@@ -2,85 +2,124 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::gateway::GatewayState;
-use crate::infrastructure::persistence::{PersistenceError, log_pool_starvation};
-
-pub type Body = Full<Bytes>;
+use crate::infrastructure::auth::operator::OperatorIdentity;
+use crate::presentation::http::{Body, empty, json_response, read_body, too_large, unavailable};
+use crate::presentation::{invoke, sessions};
 
 /// Answers one request.
-pub async fn handle<B>(state: Arc<GatewayState>, req: Request<B>) -> Response<Body> {
+pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Response<Body> {
     let declared_len = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared_len.is_some_and(|n| n > state.max_body_bytes) {
-        return json_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &json!({"error": format!("request body exceeds {} bytes", state.max_body_bytes)}),
-        );
+        return too_large(state.max_body_bytes);
     }
-    let response = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/health") => health(),
-        (&Method::GET, "/ready") => ready(&state).await,
-        (_, "/health") => method_not_allowed("GET, HEAD"),
-        (_, "/ready") => method_not_allowed("GET"),
-        _ => empty(StatusCode::NOT_FOUND),
-    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let response = route(&state, req).await;
     tracing::debug!(
-        method = %req.method(),
-        path = req.uri().path(),
+        method = %method,
+        path,
         status = response.status().as_u16(),
         "request"
     );
     response
 }
 
+async fn route(state: &GatewayState, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match (req.method().clone(), segments.as_slice()) {
+        (Method::GET | Method::HEAD, ["health"]) => health(),
+        (Method::GET, ["ready"]) => ready(state).await,
+        (Method::POST, ["v1", "invoke"] | ["v1", "seal", "invoke"]) => {
+            match read_body(req.into_body(), state.max_body_bytes).await {
+                Ok(body) => invoke::invoke(state, body).await,
+                Err(response) => response,
+            }
+        }
+        (Method::POST, ["v1", "seal", "sessions"]) => {
+            let operator = match authenticate(state, &req).await {
+                Ok(o) => o,
+                Err(response) => return response,
+            };
+            match read_body(req.into_body(), state.max_body_bytes).await {
+                Ok(body) => sessions::upsert(state, &operator, body).await,
+                Err(response) => response,
+            }
+        }
+        (Method::GET, ["v1", "seal", "sessions"]) => match authenticate(state, &req).await {
+            Ok(operator) => sessions::list(state, &operator).await,
+            Err(response) => response,
+        },
+        (Method::GET, ["v1", "seal", "sessions", id]) => match authenticate(state, &req).await {
+            Ok(operator) => sessions::get(state, &operator, id).await,
+            Err(response) => response,
+        },
+        (Method::DELETE, ["v1", "seal", "sessions", id]) => match authenticate(state, &req).await {
+            Ok(operator) => sessions::revoke(state, &operator, id).await,
+            Err(response) => response,
+        },
+        (_, ["health"]) => method_not_allowed("GET, HEAD"),
+        (_, ["ready"]) => method_not_allowed("GET"),
+        (_, ["v1", "invoke"] | ["v1", "seal", "invoke"]) => method_not_allowed("POST"),
+        (_, ["v1", "seal", "sessions"]) => method_not_allowed("GET, POST"),
+        (_, ["v1", "seal", "sessions", _]) => method_not_allowed("GET, DELETE"),
+        _ => empty(StatusCode::NOT_FOUND),
+    }
+}
+
+/// The operator behind a request to an operator endpoint (or a platform operator when operator
+/// authentication is disabled by configuration).
+async fn authenticate(
+    state: &GatewayState,
+    req: &Request<Incoming>,
+) -> Result<OperatorIdentity, Response<Body>> {
+    let Some(authenticator) = &state.operator_auth else {
+        return Ok(OperatorIdentity::unauthenticated_platform());
+    };
+    authenticator
+        .authenticate(req.headers())
+        .await
+        .map_err(|e| json_response(e.status(), &e.body()))
+}
+
 /// Liveness: never touches the database, so a starved pool cannot make the kubelet restart pods.
 fn health() -> Response<Body> {
-    Response::builder()
-        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Body::from("ok"))
-        .unwrap_or_default()
+    let mut response = Response::new(Body::from("ok"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 /// Readiness: a database round trip through the same pool requests use.
 async fn ready(state: &GatewayState) -> Response<Body> {
     match state.db.ping().await {
         Ok(()) => {
-            let snapshot = state.snapshot.load();
+            let served = state.served.load();
+            let s = &served.snapshot;
             json_response(
                 StatusCode::OK,
                 &json!({
                     "status": "ready",
-                    "snapshot_hash": snapshot.hash(),
-                    "workflows": snapshot.workflows.len(),
-                    "cli_tools": snapshot.cli_tools.len(),
-                    "security_contexts": snapshot.security_contexts.len(),
+                    "snapshot_hash": served.hash,
+                    "workflows": s.workflows.len(),
+                    "cli_tools": s.cli_tools.len(),
+                    "security_contexts": s.security_contexts.len(),
                 }),
             )
         }
-        Err(e) => {
-            if matches!(e, PersistenceError::PoolTimedOut) {
-                log_pool_starvation("ready", &e);
-            } else {
-                tracing::warn!(error = %e, "readiness check failed");
-            }
-            let mut response = json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"status": "unavailable", "error": e.to_string()}),
-            );
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
-            response
-        }
+        Err(e) => unavailable("ready", &e),
     }
 }
 
@@ -88,22 +127,6 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = empty(StatusCode::METHOD_NOT_ALLOWED);
     response
         .headers_mut()
-        .insert(ALLOW, http::HeaderValue::from_static(allow));
-    response
-}
-
-fn empty(status: StatusCode) -> Response<Body> {
-    let mut response = Response::new(Body::default());
-    *response.status_mut() = status;
-    response
-}
-
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Body::from(body.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
+        .insert(ALLOW, HeaderValue::from_static(allow));
     response
 }

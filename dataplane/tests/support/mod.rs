@@ -81,3 +81,101 @@ pub fn gateway_config(overrides: &[(&str, &str)]) -> GatewayConfig {
     })
     .expect("test config")
 }
+
+/// Signs envelopes the way the SEAL SDKs do, with the keys of `tests/vectors/python-sdk.json`.
+pub struct Signer {
+    pub agent: ed25519_dalek::SigningKey,
+    token_key: jsonwebtoken::EncodingKey,
+    pub rs256_public_key_pem: String,
+    pub issuer: String,
+    pub audience: String,
+    pub session: serde_json::Value,
+}
+
+impl Signer {
+    pub fn from_vectors() -> Self {
+        let path = format!(
+            "{}/tests/vectors/python-sdk.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let seed = file["agent_ed25519_seed_hex"].as_str().unwrap();
+        let seed: Vec<u8> = (0..seed.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&seed[i..i + 2], 16).unwrap())
+            .collect();
+        let issuer = &file["token_issuer"];
+        Self {
+            agent: ed25519_dalek::SigningKey::from_bytes(&seed.try_into().unwrap()),
+            token_key: jsonwebtoken::EncodingKey::from_rsa_pem(
+                issuer["rs256_private_key_pem"].as_str().unwrap().as_bytes(),
+            )
+            .unwrap(),
+            rs256_public_key_pem: issuer["rs256_public_key_pem"].as_str().unwrap().into(),
+            issuer: issuer["iss"].as_str().unwrap().into(),
+            audience: issuer["aud"].as_str().unwrap().into(),
+            session: file["session"].clone(),
+        }
+    }
+
+    /// A signed envelope for `tool`, dated `now`, whose token carries `jti`.
+    pub fn envelope(
+        &self,
+        tool: &str,
+        arguments: serde_json::Value,
+        jti: &str,
+        now: i64,
+    ) -> String {
+        use base64::Engine;
+        use ed25519_dalek::Signer as _;
+        let claims = serde_json::json!({
+            "sub": self.session["agent_id"], "exec_id": self.session["execution_id"],
+            "tenant_id": self.session["tenant_id"], "scp": self.session["security_context"],
+            "wid": "docker://test", "jti": jti, "iat": now, "exp": now + 3600,
+            "iss": self.issuer, "aud": self.audience,
+        });
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &claims,
+            &self.token_key,
+        )
+        .unwrap();
+        let payload = serde_json::json!({
+            "jsonrpc": "2.0", "id": "req-1", "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments},
+        });
+        let unsigned = serde_json::json!({
+            "protocol": "seal/v1", "security_token": token, "signature": "",
+            "payload": payload, "timestamp": now,
+        });
+        let parsed =
+            aegis_seal_gateway::domain::envelope::Envelope::parse(unsigned.to_string().as_bytes())
+                .unwrap();
+        let signature = self.agent.sign(&parsed.canonical_message().unwrap());
+        let mut envelope = unsigned;
+        envelope["signature"] = base64::engine::general_purpose::STANDARD
+            .encode(signature.to_bytes())
+            .into();
+        envelope.to_string()
+    }
+
+    /// The session row the vectors' envelopes belong to.
+    pub fn session_record(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> aegis_seal_gateway::infrastructure::persistence::SessionRecord {
+        let text = |k: &str| self.session[k].as_str().unwrap().to_owned();
+        aegis_seal_gateway::infrastructure::persistence::SessionRecord {
+            execution_id: text("execution_id"),
+            agent_id: text("agent_id"),
+            security_context: text("security_context"),
+            public_key_b64: text("public_key_b64"),
+            security_token: "stored-by-the-orchestrator".into(),
+            status: aegis_seal_gateway::infrastructure::persistence::SessionStatus::Active,
+            expires_at: now + chrono::Duration::hours(1),
+            allowed_tool_patterns: vec!["*".into()],
+            tenant_id: self.session["tenant_id"].as_str().map(str::to_owned),
+        }
+    }
+}

@@ -220,6 +220,7 @@ fn resolve_env_references(s: &mut GatewaySettings, sources: &ConfigSources<'_>) 
     required(&mut s.auth.operator_jwt_issuer);
     required(&mut s.auth.operator_jwt_audience);
     required(&mut s.auth.seal_jwt_public_key_pem);
+    required(&mut s.auth.seal_jwt_eddsa_public_key_pem);
     required(&mut s.auth.seal_jwt_issuer);
     required(&mut s.auth.seal_jwt_audience);
     optional(&mut s.credentials.openbao_addr);
@@ -291,6 +292,15 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
     }
     if let Some(v) = src.var("SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM") {
         s.auth.seal_jwt_public_key_pem = v;
+    }
+    if let Some(v) = src.var("SEAL_GATEWAY_SEAL_JWT_EDDSA_PUBLIC_KEY_PEM") {
+        s.auth.seal_jwt_eddsa_public_key_pem = v;
+    }
+    if let Some(leeway) = src
+        .var("SEAL_GATEWAY_SEAL_JWT_LEEWAY_SECS")
+        .and_then(|v| v.trim().parse().ok())
+    {
+        s.auth.seal_jwt_leeway_secs = leeway;
     }
     if let Some(ttl) = src
         .var("SEAL_GATEWAY_JWKS_CACHE_TTL_SECS")

@@ -1,8 +1,11 @@
 //! The database: SQLite (embedded default) or Postgres, chosen by URL, with versioned migrations
 //! that make a restart on an existing database a no-op.
 
+mod audit_writer;
 mod catalog;
 mod events;
+mod replay;
+mod sessions;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -12,8 +15,11 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use audit_writer::AuditWriter;
 pub use catalog::{CatalogCounts, CatalogSource};
 pub use events::AuditEvent;
+pub use replay::ReplayGuard;
+pub use sessions::{SessionRecord, SessionStatus, SessionWrite};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -29,6 +35,11 @@ pub enum PersistenceError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("invalid database URL: {0}")]
     InvalidUrl(String),
+    /// A batched write (group commit) failed; the message is the underlying error's.
+    #[error("{0}")]
+    Batch(String),
+    #[error("the database writer has stopped")]
+    WriterStopped,
 }
 
 impl From<sqlx::Error> for PersistenceError {
@@ -36,6 +47,17 @@ impl From<sqlx::Error> for PersistenceError {
         match e {
             sqlx::Error::PoolTimedOut => Self::PoolTimedOut,
             other => Self::Database(other),
+        }
+    }
+}
+
+impl PersistenceError {
+    /// The same failure, for each caller of a batched write (the error itself is not `Clone`).
+    pub fn for_each_caller(&self) -> Self {
+        match self {
+            Self::PoolTimedOut => Self::PoolTimedOut,
+            Self::WriterStopped => Self::WriterStopped,
+            other => Self::Batch(other.to_string()),
         }
     }
 }

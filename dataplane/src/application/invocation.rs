@@ -1,0 +1,393 @@
+//! The invocation pipeline: from a request body to an authorized call, or one precise refusal.
+//!
+//! Order (DESIGN §5): parse -> session (named by the token's `exec_id`) -> freshness -> signature ->
+//! token -> session binding -> replay -> tenancy -> session tool patterns -> SecurityContext policy.
+//! Each refusal has one status, one SEAL code, one message and one log line.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::application::catalog::{Lookup, ServedSnapshot, ToolRef};
+use crate::application::clock::Clock;
+use crate::application::sessions::SessionCache;
+use crate::domain::envelope::{Envelope, PROTOCOL};
+use crate::domain::policy::{self, Grant, RateLimiter};
+use crate::domain::seal_error::{SealError, code};
+use crate::domain::tenancy::IdentityKind;
+use crate::infrastructure::auth::envelope::{TARGET as AUTH_TARGET, verify_signature};
+use crate::infrastructure::auth::token::{SealTokenVerifier, unverified_execution_id};
+use crate::infrastructure::persistence::{
+    AuditEvent, PersistenceError, ReplayGuard, SessionStatus,
+};
+
+/// Envelopes older or newer than this (seconds) are refused, and jtis are remembered this long.
+pub const FRESHNESS_WINDOW_SECS: i64 = 30;
+
+const TARGET: &str = "aegis_seal_gateway::application::invocation";
+
+/// A call that passed every check.
+#[derive(Debug, Clone)]
+pub struct AuthorizedCall {
+    pub execution_id: String,
+    pub agent_id: String,
+    /// The tenant the call acts for (the token's, or the one a service account delegates to).
+    pub tenant_id: String,
+    pub tool_name: String,
+    /// `None` when no such tool exists: authorized by policy, answered 404 at dispatch.
+    pub tool: Option<ToolRef>,
+    pub arguments: Value,
+    pub grant: Grant,
+    pub security_context: String,
+    /// `ToolCallAuthorized`, to commit with the call's other events before answering.
+    pub events: Vec<AuditEvent>,
+}
+
+/// Why a call was refused, with what must be recorded about it.
+#[derive(Debug)]
+pub enum Refusal {
+    Seal {
+        error: SealError,
+        /// Rejections worth auditing (policy, tenancy), committed before the answer.
+        event: Option<AuditEvent>,
+    },
+    /// The database could not answer: 503 with `Retry-After`.
+    Unavailable(PersistenceError),
+}
+
+impl From<SealError> for Refusal {
+    fn from(error: SealError) -> Self {
+        Self::Seal { error, event: None }
+    }
+}
+
+impl From<PersistenceError> for Refusal {
+    fn from(e: PersistenceError) -> Self {
+        Self::Unavailable(e)
+    }
+}
+
+#[derive(Deserialize)]
+struct ToolsCall {
+    method: String,
+    params: Value,
+}
+
+pub struct InvocationService {
+    pub tokens: SealTokenVerifier,
+    pub sessions: SessionCache,
+    pub replay: Arc<ReplayGuard>,
+    pub limiter: RateLimiter,
+    pub clock: Clock,
+}
+
+impl InvocationService {
+    pub async fn authorize(
+        &self,
+        body: &[u8],
+        served: &ServedSnapshot,
+    ) -> Result<AuthorizedCall, Refusal> {
+        let now = self.clock.now();
+        let envelope = Envelope::parse(body).inspect_err(|e| reject(None, e))?;
+        if envelope.protocol != PROTOCOL {
+            let e =
+                SealError::malformed(format!("unsupported SEAL protocol '{}'", envelope.protocol));
+            reject(None, &e);
+            return Err(e.into());
+        }
+        let execution_id =
+            unverified_execution_id(&envelope.security_token).inspect_err(|e| reject(None, e))?;
+        let Some(session) = self.sessions.get(&execution_id).await? else {
+            let e = SealError::new(
+                StatusCode::UNAUTHORIZED,
+                code::SESSION_NOT_FOUND,
+                "session not found",
+            );
+            reject(Some(&execution_id), &e);
+            return Err(e.into());
+        };
+        let exec = Some(execution_id.as_str());
+
+        let skew = now.timestamp() - envelope.timestamp;
+        if skew.abs() > FRESHNESS_WINDOW_SECS {
+            let e = SealError::new(
+                StatusCode::UNAUTHORIZED,
+                code::TOKEN_EXPIRED,
+                format!(
+                    "envelope timestamp is outside the {FRESHNESS_WINDOW_SECS} second freshness window ({skew}s)"
+                ),
+            );
+            reject(exec, &e);
+            return Err(e.into());
+        }
+
+        let key = session.key.as_ref().map_err(|e| {
+            reject(exec, e);
+            e.clone()
+        })?;
+        verify_signature(&envelope, key)?;
+
+        let claims = self
+            .tokens
+            .verify(&envelope.security_token, now.timestamp())
+            .inspect_err(|e| reject(exec, e))?;
+        let record = &session.record;
+        let binding = if claims.execution_id != record.execution_id {
+            Some(SealError::token(
+                "security token exec_id does not match the session",
+            ))
+        } else if claims.subject != record.agent_id {
+            Some(SealError::token(
+                "security token subject does not match the session agent",
+            ))
+        } else if claims.scope != record.security_context {
+            Some(SealError::new(
+                StatusCode::BAD_REQUEST,
+                code::SCOPE_NOT_FOUND,
+                "security context mismatch: scp claim does not match session security_context",
+            ))
+        } else if record.status != SessionStatus::Active {
+            Some(SealError::new(
+                StatusCode::UNAUTHORIZED,
+                code::SESSION_INACTIVE,
+                format!("session is {}", record.status.as_str().to_lowercase()),
+            ))
+        } else if record.expires_at <= now {
+            Some(SealError::new(
+                StatusCode::UNAUTHORIZED,
+                code::SESSION_INACTIVE,
+                "session expired",
+            ))
+        } else {
+            None
+        };
+        if let Some(e) = binding {
+            reject(exec, &e);
+            return Err(e.into());
+        }
+
+        let call: ToolsCall = serde_json::from_str(envelope.payload_raw.get())
+            .map_err(|e| SealError::malformed(format!("invalid payload: {e}")))
+            .inspect_err(|e| reject(exec, e))?;
+        if call.method != "tools/call" {
+            let e = SealError::malformed("payload method must be tools/call");
+            reject(exec, &e);
+            return Err(e.into());
+        }
+        let (tool_name, arguments, requested_tenant) = read_params(&call.params)
+            .map_err(SealError::malformed)
+            .inspect_err(|e| reject(exec, e))?;
+
+        // Remembered until the envelope can no longer be fresh, future-dated ones included.
+        let envelope_time = DateTime::from_timestamp(envelope.timestamp, 0).unwrap_or(now);
+        let live_until = envelope_time.max(now) + Duration::seconds(FRESHNESS_WINDOW_SECS);
+        if !self.replay.first_use(&claims.jti, live_until, now).await? {
+            let e = SealError::new(
+                StatusCode::UNAUTHORIZED,
+                code::TOKEN_EXPIRED,
+                "replay detected: jti already seen",
+            );
+            tracing::warn!(target: AUTH_TARGET, execution_id, jti = %claims.jti, "replay detected: jti already seen");
+            return Err(e.into());
+        }
+
+        let audit = |violation_type: &str, error: &SealError| {
+            AuditEvent::new(
+                "PolicyViolationBlocked",
+                object(json!({
+                    "execution_id": execution_id,
+                    "agent_id": record.agent_id,
+                    "tool_name": tool_name,
+                    "security_context": record.security_context,
+                    "tenant_id": claims.tenant_id,
+                    "violation_type": violation_type,
+                    "code": error.code,
+                    "reason": error.message,
+                    "blocked_at": now,
+                })),
+            )
+        };
+        let refuse = |violation_type: &str, error: SealError| {
+            tracing::warn!(
+                target: TARGET,
+                execution_id,
+                tool = %tool_name,
+                violation_type,
+                code = error.code,
+                "{}",
+                error.message
+            );
+            Refusal::Seal {
+                event: Some(audit(violation_type, &error)),
+                error,
+            }
+        };
+        let forbidden =
+            |code: u32, message: String| SealError::new(StatusCode::FORBIDDEN, code, message);
+
+        // Tenancy (reference §4.2).
+        let mut tenant = claims.tenant_id.clone();
+        if let Some(requested) = requested_tenant
+            && requested != claims.tenant_id
+        {
+            if claims.identity_kind != IdentityKind::ServiceAccount {
+                return Err(refuse(
+                    "unauthorized_tenant",
+                    forbidden(
+                        code::TOOL_NOT_ALLOWED,
+                        format!(
+                            "unauthorized tenant: a consumer token for tenant '{}' cannot act for tenant '{requested}'",
+                            claims.tenant_id
+                        ),
+                    ),
+                ));
+            }
+            tenant = requested;
+        }
+        if let Some(owner) = &record.tenant_id
+            && owner != &claims.tenant_id
+        {
+            return Err(refuse(
+                "tenant_mismatch",
+                forbidden(
+                    code::TOOL_NOT_ALLOWED,
+                    format!(
+                        "tenant mismatch: session {execution_id} belongs to another tenant than the token's '{}'",
+                        claims.tenant_id
+                    ),
+                ),
+            ));
+        }
+        let tool = match served.tool(&tenant, &tool_name) {
+            Lookup::Found(tool) => Some(tool),
+            Lookup::OtherTenant => {
+                return Err(refuse(
+                    "tenant_mismatch",
+                    forbidden(
+                        code::TOOL_NOT_ALLOWED,
+                        format!(
+                            "tenant mismatch: tool '{tool_name}' belongs to another tenant than '{tenant}'"
+                        ),
+                    ),
+                ));
+            }
+            Lookup::Missing => None,
+        };
+
+        if !policy::session_allows(&record.allowed_tool_patterns, &tool_name) {
+            return Err(refuse(
+                "tool_not_allowed",
+                forbidden(
+                    code::TOOL_NOT_ALLOWED,
+                    format!("tool not allowed: {tool_name}"),
+                ),
+            ));
+        }
+
+        let context = match served.security_context(&tenant, &record.security_context) {
+            Lookup::Found(context) => context,
+            Lookup::OtherTenant => {
+                return Err(refuse(
+                    "tenant_mismatch",
+                    forbidden(
+                        code::TOOL_NOT_ALLOWED,
+                        format!(
+                            "tenant mismatch: security context '{}' belongs to another tenant than '{tenant}'",
+                            record.security_context
+                        ),
+                    ),
+                ));
+            }
+            Lookup::Missing => {
+                return Err(refuse(
+                    "security_context_not_found",
+                    forbidden(
+                        code::TOOL_NOT_ALLOWED,
+                        format!("security context not found: {}", record.security_context),
+                    ),
+                ));
+            }
+        };
+        let grant = policy::evaluate(
+            &context,
+            &tool_name,
+            &arguments,
+            &execution_id,
+            &self.limiter,
+            std::time::Instant::now(),
+        )
+        .map_err(|v| refuse(v.metric_label(), forbidden(v.code(), v.message())))?;
+
+        tracing::debug!(target: TARGET, execution_id, tool = %tool_name, tenant = %tenant, "tool call authorized");
+        let authorized = AuditEvent::new(
+            "ToolCallAuthorized",
+            object(json!({
+                "execution_id": execution_id,
+                "agent_id": record.agent_id,
+                "tool_name": tool_name,
+                "security_context": record.security_context,
+                "tenant_id": tenant,
+                "authorized_at": now,
+            })),
+        );
+        Ok(AuthorizedCall {
+            execution_id: execution_id.clone(),
+            agent_id: record.agent_id.clone(),
+            tenant_id: tenant,
+            tool_name,
+            tool,
+            arguments,
+            grant,
+            security_context: record.security_context.clone(),
+            events: vec![authorized],
+        })
+    }
+}
+
+/// `params.name`, `params.arguments` (required) and the MCP metadata's `tenant_id`, if any.
+fn read_params(params: &Value) -> Result<(String, Value, Option<String>), String> {
+    let params = params
+        .as_object()
+        .ok_or("invalid tools/call params: not an object")?;
+    let name = params
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or("invalid tools/call params: missing field `name`")?;
+    let arguments = params
+        .get("arguments")
+        .cloned()
+        .ok_or("invalid tools/call params: missing field `arguments`")?;
+    let tenant = match params.get("_meta").and_then(|m| m.get("tenant_id")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) if !t.trim().is_empty() => Some(t.clone()),
+        Some(_) => {
+            return Err(
+                "invalid tools/call params: _meta.tenant_id must be a non-empty string".into(),
+            );
+        }
+    };
+    Ok((name.to_owned(), arguments, tenant))
+}
+
+/// Logs a refusal of the verification stages (the runbook's recipe traces this target).
+fn reject(execution_id: Option<&str>, error: &SealError) {
+    tracing::warn!(
+        target: AUTH_TARGET,
+        execution_id = execution_id.unwrap_or("-"),
+        code = error.code,
+        status = error.status.as_u16(),
+        "envelope rejected: {}",
+        error.message
+    );
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}

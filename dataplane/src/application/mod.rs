@@ -1,0 +1,6 @@
+//! Use cases: invocation (verify, authorize, dispatch), sessions, workflows.
+
+pub mod catalog;
+pub mod clock;
+pub mod invocation;
+pub mod sessions;

@@ -1,0 +1,299 @@
+//! The SEAL envelope on the wire, and the canonical bytes its Ed25519 signature covers.
+//!
+//! The canonical message is `{"payload":…,"security_token":…,"timestamp":<seconds>}` with keys sorted at
+//! every level, no whitespace, raw UTF-8, and numbers spelled exactly as they arrived: the Python SDK
+//! signs `1.0` and `1e-07`, the TypeScript SDK `1`, and re-formatting a parsed float would break both.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::DateTime;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::seal_error::SealError;
+
+/// The only protocol version there is.
+pub const PROTOCOL: &str = "seal/v1";
+/// Deepest JSON nesting accepted in a payload: canonicalization recurses, so it is bounded.
+pub const MAX_DEPTH: usize = 64;
+
+/// An envelope as it arrived, parsed once.
+#[derive(Debug)]
+pub struct Envelope {
+    pub protocol: String,
+    pub security_token: String,
+    pub signature: String,
+    /// The payload's exact bytes, for canonicalization.
+    pub payload_raw: Box<RawValue>,
+    /// Unix seconds (an RFC 3339 timestamp floored to the second, as the SDKs sign it).
+    pub timestamp: i64,
+    pub container_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireEnvelope {
+    protocol: String,
+    security_token: String,
+    signature: String,
+    payload: Box<RawValue>,
+    timestamp: Box<RawValue>,
+    #[serde(default)]
+    container_id: Option<String>,
+}
+
+impl Envelope {
+    /// Parses the request body. Unknown top-level fields are ignored, duplicates refused.
+    pub fn parse(body: &[u8]) -> Result<Self, SealError> {
+        let wire: WireEnvelope = serde_json::from_slice(body)
+            .map_err(|e| SealError::malformed(format!("malformed envelope: {e}")))?;
+        let timestamp = parse_timestamp(wire.timestamp.get())?;
+        Ok(Self {
+            protocol: wire.protocol,
+            security_token: wire.security_token,
+            signature: wire.signature,
+            payload_raw: wire.payload,
+            timestamp,
+            container_id: wire.container_id,
+        })
+    }
+
+    /// The bytes the RFC and both SDKs sign: keys sorted at every level.
+    pub fn canonical_message(&self) -> Result<Vec<u8>, SealError> {
+        self.message(Order::Sorted)
+    }
+
+    /// The bytes upstream gateways verified: the payload's keys in the order they arrived.
+    /// Accepted as a fallback so that signers written against upstream keep working.
+    pub fn wire_order_message(&self) -> Result<Vec<u8>, SealError> {
+        self.message(Order::Wire)
+    }
+
+    fn message(&self, order: Order) -> Result<Vec<u8>, SealError> {
+        let mut out =
+            Vec::with_capacity(self.payload_raw.get().len() + self.security_token.len() + 64);
+        out.extend_from_slice(b"{\"payload\":");
+        write_canonical(&mut out, self.payload_raw.get(), order, 0)?;
+        out.extend_from_slice(b",\"security_token\":");
+        write_string(&mut out, &self.security_token);
+        out.extend_from_slice(b",\"timestamp\":");
+        out.extend_from_slice(self.timestamp.to_string().as_bytes());
+        out.push(b'}');
+        Ok(out)
+    }
+}
+
+/// Integer seconds (upstream) or an RFC 3339 string (RFC, SDKs). Floats and other types are refused.
+fn parse_timestamp(raw: &str) -> Result<i64, SealError> {
+    let invalid = || {
+        SealError::malformed(format!(
+            "invalid envelope timestamp {raw}: expected integer Unix seconds or an RFC 3339 string"
+        ))
+    };
+    if raw.starts_with('"') {
+        let text: String = serde_json::from_str(raw).map_err(|_| invalid())?;
+        let instant = DateTime::parse_from_rfc3339(&text).map_err(|_| invalid())?;
+        Ok(instant.timestamp())
+    } else {
+        raw.parse::<i64>().map_err(|_| invalid())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Order {
+    Sorted,
+    Wire,
+}
+
+/// Writes one JSON value compactly: objects with their keys sorted (or in wire order), strings
+/// re-escaped the way the SDKs' serializers escape them, numbers and literals as spelled.
+fn write_canonical(
+    out: &mut Vec<u8>,
+    raw: &str,
+    order: Order,
+    depth: usize,
+) -> Result<(), SealError> {
+    if depth > MAX_DEPTH {
+        return Err(SealError::malformed(format!(
+            "payload nests deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    let invalid = |e: serde_json::Error| SealError::malformed(format!("invalid payload JSON: {e}"));
+    match raw.trim_start().as_bytes().first() {
+        Some(b'{') => {
+            let members: Members = serde_json::from_str(raw).map_err(invalid)?;
+            let mut members = members.0;
+            if let Order::Sorted = order {
+                // Byte order of UTF-8 equals code-point order: what Python's sort_keys produces.
+                members.sort_by(|a, b| a.0.cmp(&b.0));
+            }
+            out.push(b'{');
+            for (i, (key, value)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(out, key);
+                out.push(b':');
+                write_canonical(out, value.get(), order, depth + 1)?;
+            }
+            out.push(b'}');
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(raw).map_err(invalid)?;
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(out, item.get(), order, depth + 1)?;
+            }
+            out.push(b']');
+        }
+        Some(b'"') => {
+            let text: String = serde_json::from_str(raw).map_err(invalid)?;
+            write_string(out, &text);
+        }
+        // Numbers, true, false, null: RawValue has validated them; keep their spelling.
+        Some(_) => out.extend_from_slice(raw.trim().as_bytes()),
+        None => return Err(SealError::malformed("invalid payload JSON: empty value")),
+    }
+    Ok(())
+}
+
+/// JSON string escaping as Python's `json.dumps(ensure_ascii=False)` and `JSON.stringify` do it:
+/// `"` `\` and the short control escapes, other C0 controls as `\u00xx`, everything else raw.
+fn write_string(out: &mut Vec<u8>, s: &str) {
+    // serde_json's compact writer escapes exactly that set, lower-case hex included.
+    if let Ok(bytes) = serde_json::to_vec(s) {
+        out.extend_from_slice(&bytes);
+    }
+}
+
+/// An object's members in wire order, refusing duplicate keys: two values under one key would let
+/// the signed bytes and the executed arguments disagree.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for MembersVisitor<'a> {
+            type Value = Members<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members: Vec<(String, &'a RawValue)> = Vec::new();
+                let mut seen = BTreeMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if seen.insert(key.clone(), ()).is_some() {
+                        return Err(de::Error::custom(format!("duplicate key \"{key}\"")));
+                    }
+                    let value: &'a RawValue = map.next_value()?;
+                    members.push((key, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(payload: &str, timestamp: &str) -> Envelope {
+        Envelope::parse(
+            format!(
+                r#"{{"protocol":"seal/v1","security_token":"t.o.k","signature":"c2ln","payload":{payload},"timestamp":{timestamp}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sorts_keys_at_every_level_and_keeps_number_spelling() {
+        let e = envelope(
+            r#"{"b": {"z": [3, {"y": 1.0, "x": 1e-07}], "a": null}, "a": "é\u00e9\n\u0001/"}"#,
+            "1771338721",
+        );
+        assert_eq!(
+            String::from_utf8(e.canonical_message().unwrap()).unwrap(),
+            "{\"payload\":{\"a\":\"éé\\n\\u0001/\",\"b\":{\"a\":null,\"z\":[3,{\"x\":1e-07,\"y\":1.0}]}},\"security_token\":\"t.o.k\",\"timestamp\":1771338721}"
+        );
+        assert_eq!(
+            String::from_utf8(e.wire_order_message().unwrap()).unwrap(),
+            "{\"payload\":{\"b\":{\"z\":[3,{\"y\":1.0,\"x\":1e-07}],\"a\":null},\"a\":\"éé\\n\\u0001/\"},\"security_token\":\"t.o.k\",\"timestamp\":1771338721}"
+        );
+    }
+
+    #[test]
+    fn timestamps_are_integer_seconds_or_rfc3339_floored() {
+        assert_eq!(envelope("{}", "1771338721").timestamp, 1771338721);
+        assert_eq!(
+            envelope("{}", "\"2026-02-17T14:32:01.999Z\"").timestamp,
+            1771338721
+        );
+        assert_eq!(
+            envelope("{}", "\"2026-02-17T15:32:01+01:00\"").timestamp,
+            1771338721
+        );
+        for bad in ["1.5", "\"yesterday\"", "null", "[1]", "1e3"] {
+            let body = format!(
+                r#"{{"protocol":"seal/v1","security_token":"t","signature":"s","payload":{{}},"timestamp":{bad}}}"#
+            );
+            let err = Envelope::parse(body.as_bytes()).unwrap_err();
+            assert_eq!(err.code, 1000, "{bad}");
+            assert!(
+                err.message.starts_with("invalid envelope timestamp"),
+                "{bad}: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_duplicate_keys_and_deep_nesting() {
+        let e = envelope(r#"{"a": 1, "a": 2}"#, "1");
+        let err = e.canonical_message().unwrap_err().message;
+        assert!(
+            err.starts_with("invalid payload JSON: duplicate key \"a\""),
+            "{err}"
+        );
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 2), "]".repeat(MAX_DEPTH + 2));
+        let e = envelope(&deep, "1");
+        assert_eq!(
+            e.canonical_message().unwrap_err().message,
+            format!("payload nests deeper than {MAX_DEPTH} levels")
+        );
+        let body = br#"{"protocol":"seal/v1","protocol":"x","security_token":"t","signature":"s","payload":{},"timestamp":1}"#;
+        assert!(
+            Envelope::parse(body)
+                .unwrap_err()
+                .message
+                .contains("duplicate field")
+        );
+    }
+
+    #[test]
+    fn canonical_form_is_stable_under_key_permutations() {
+        let a = envelope(
+            r#"{"x": {"k1": 1, "k2": [true, {"p": "q", "o": 2}]}, "y": "z"}"#,
+            "5",
+        );
+        let b = envelope(
+            r#"{"y": "z", "x": {"k2": [true, {"o": 2, "p": "q"}], "k1": 1}}"#,
+            "5",
+        );
+        assert_eq!(
+            a.canonical_message().unwrap(),
+            b.canonical_message().unwrap()
+        );
+        assert_ne!(
+            a.wire_order_message().unwrap(),
+            b.wire_order_message().unwrap()
+        );
+    }
+}

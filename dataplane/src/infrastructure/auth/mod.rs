@@ -1,0 +1,5 @@
+//! Authentication: SEAL envelopes and their security tokens, and operator JWTs.
+
+pub mod envelope;
+pub mod operator;
+pub mod token;

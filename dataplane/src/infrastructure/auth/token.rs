@@ -1,0 +1,154 @@
+//! The SEAL security token: a JWT minted by the orchestrator, RS256 or EdDSA, with the session's
+//! identity. Keys are parsed once at start; `exp`/`nbf` are checked against an injected clock.
+
+use aegis_seal_crds::gateway::AuthSettings;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde_json::{Map, Value};
+
+use crate::domain::seal_error::{SealError, code};
+use crate::domain::tenancy::IdentityKind;
+
+/// The claims a verified token carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SealClaims {
+    pub subject: String,
+    pub execution_id: String,
+    pub tenant_id: String,
+    pub jti: String,
+    /// The SecurityContext name the session runs under.
+    pub scope: String,
+    pub workload_id: String,
+    pub expires_at: i64,
+    pub identity_kind: IdentityKind,
+}
+
+/// Verifies security tokens against the configured keys, issuer and audience.
+pub struct SealTokenVerifier {
+    rs256: Option<DecodingKey>,
+    eddsa: Option<DecodingKey>,
+    issuer: String,
+    audience: String,
+    leeway: i64,
+}
+
+impl SealTokenVerifier {
+    /// Parses the configured PEM keys. A key that is set but unreadable is a start-up error.
+    pub fn from_settings(auth: &AuthSettings) -> Result<Self, String> {
+        let rs256 = match auth.seal_jwt_public_key_pem.trim() {
+            "" => None,
+            pem => Some(DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| {
+                format!("spec.auth.seal_jwt_public_key_pem: invalid RSA public key: {e}")
+            })?),
+        };
+        let eddsa = match auth.seal_jwt_eddsa_public_key_pem.trim() {
+            "" => None,
+            pem => Some(DecodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| {
+                format!("spec.auth.seal_jwt_eddsa_public_key_pem: invalid Ed25519 public key: {e}")
+            })?),
+        };
+        Ok(Self {
+            rs256,
+            eddsa,
+            issuer: auth.seal_jwt_issuer.clone(),
+            audience: auth.seal_jwt_audience.clone(),
+            leeway: i64::try_from(auth.seal_jwt_leeway_secs).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// Whether any key is configured: without one, no envelope can be accepted.
+    pub fn is_configured(&self) -> bool {
+        self.rs256.is_some() || self.eddsa.is_some()
+    }
+
+    /// Verifies signature, issuer, audience, `exp` and `nbf` (at `now`), and the SEAL claims.
+    pub fn verify(&self, token: &str, now: i64) -> Result<SealClaims, SealError> {
+        let header = decode_header(token)
+            .map_err(|e| SealError::token(format!("security token invalid: {e}")))?;
+        let key = match header.alg {
+            Algorithm::RS256 => self
+                .rs256
+                .as_ref()
+                .ok_or_else(|| SealError::token("SEAL JWT public key is not configured (RS256)"))?,
+            Algorithm::EdDSA => self
+                .eddsa
+                .as_ref()
+                .ok_or_else(|| SealError::token("SEAL JWT public key is not configured (EdDSA)"))?,
+            other => {
+                return Err(SealError::token(format!(
+                    "security token invalid: algorithm {other:?} is not accepted (RS256 or EdDSA)"
+                )));
+            }
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // Time claims are checked below against the gateway's clock, not the library's.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
+        let data = decode::<Map<String, Value>>(token, key, &validation)
+            .map_err(|e| SealError::token(format!("security token invalid: {e}")))?;
+        let claims = data.claims;
+
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| SealError::token("security token invalid: exp is not an integer"))?;
+        if expires_at + self.leeway < now {
+            return Err(SealError::new(
+                http::StatusCode::UNAUTHORIZED,
+                code::TOKEN_EXPIRED,
+                "security token expired",
+            ));
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            let nbf = nbf
+                .as_i64()
+                .ok_or_else(|| SealError::token("security token invalid: nbf is not an integer"))?;
+            if nbf - self.leeway > now {
+                return Err(SealError::token("security token is not valid yet (nbf)"));
+            }
+        }
+        let text = |name: &str| -> Result<String, SealError> {
+            match claims.get(name).and_then(Value::as_str).map(str::trim) {
+                Some(v) if !v.is_empty() => Ok(v.to_owned()),
+                _ => Err(SealError::token(format!("security token missing {name}"))),
+            }
+        };
+        Ok(SealClaims {
+            subject: text("sub")?,
+            execution_id: text("exec_id")?,
+            tenant_id: text("tenant_id")?,
+            jti: text("jti")?,
+            scope: text("scp")?,
+            workload_id: text("wid")?,
+            expires_at,
+            identity_kind: IdentityKind::from_claims(&Value::Object(claims)),
+        })
+    }
+}
+
+/// The `exec_id` claim, read before verification: it names the session whose key verifies the
+/// envelope. Nothing else is trusted until the signature and the token are verified.
+pub fn unverified_execution_id(token: &str) -> Result<String, SealError> {
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(SealError::token(
+            "security token invalid: not a compact JWT",
+        ));
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|e| SealError::token(format!("security token invalid: payload encoding: {e}")))?;
+    let claims: Map<String, Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| SealError::token(format!("security token invalid: payload JSON: {e}")))?;
+    match claims.get("exec_id").and_then(Value::as_str) {
+        Some(id) if !id.trim().is_empty() => Ok(id.to_owned()),
+        _ => Err(SealError::token("security token missing exec_id")),
+    }
+}

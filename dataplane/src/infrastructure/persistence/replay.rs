@@ -1,0 +1,242 @@
+//! Single use of security-token `jti`s: an in-memory set answers repeats without a round trip, and
+//! `seen_jtis` makes first uses durable and shared (several replicas on one Postgres). Concurrent
+//! first uses are batched into one statement.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use tokio::sync::{mpsc, oneshot};
+
+use super::events::sqlite_time;
+use super::{Database, PersistenceError};
+
+/// Rows deleted per statement by the sweep, so no statement holds a connection for long.
+pub const SWEEP_BATCH: i64 = 1000;
+/// Most first uses written by one statement.
+const MAX_BATCH: usize = 512;
+
+struct Claim {
+    jti: String,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    reply: oneshot::Sender<Result<bool, PersistenceError>>,
+}
+
+/// Decides whether a `jti` is seen for the first time.
+pub struct ReplayGuard {
+    db: Database,
+    /// jti -> expiry, for every jti this process saw; rows past expiry are dead.
+    seen: Mutex<HashMap<String, DateTime<Utc>>>,
+    writer: mpsc::Sender<Claim>,
+}
+
+impl ReplayGuard {
+    /// Starts the batch writer on the current runtime.
+    pub fn start(db: Database) -> Arc<Self> {
+        let (writer, claims) = mpsc::channel(4096);
+        tokio::spawn(write_batches(db.clone(), claims));
+        Arc::new(Self {
+            db,
+            seen: Mutex::new(HashMap::new()),
+            writer,
+        })
+    }
+
+    /// `Ok(true)` the first time `jti` is used while live; `Ok(false)` for a replay.
+    pub async fn first_use(
+        &self,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, PersistenceError> {
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.get(jti).is_some_and(|live_until| *live_until > now) {
+                return Ok(false);
+            }
+            seen.insert(jti.to_owned(), expires_at);
+        }
+        let (reply, answer) = oneshot::channel();
+        let claim = Claim {
+            jti: jti.to_owned(),
+            expires_at,
+            now,
+            reply,
+        };
+        let result = match self.writer.send(claim).await {
+            Ok(()) => answer.await.unwrap_or(Err(PersistenceError::WriterStopped)),
+            Err(_) => Err(PersistenceError::WriterStopped),
+        };
+        if result.is_err() {
+            // Not recorded: let the caller retry with the same token.
+            self.seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(jti);
+        }
+        result
+    }
+
+    /// Forgets expired jtis, in memory and in `seen_jtis`. Returns the rows deleted.
+    pub async fn sweep(&self, now: DateTime<Utc>) -> Result<u64, PersistenceError> {
+        let started = Instant::now();
+        let in_memory = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let before = seen.len();
+            seen.retain(|_, live_until| *live_until > now);
+            before - seen.len()
+        };
+        let rows = self.db.sweep_expired_jtis(now).await?;
+        tracing::debug!(
+            target: "aegis_seal_gateway::infrastructure::persistence",
+            rows_purged = rows,
+            memory_purged = in_memory,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "jti sweep finished"
+        );
+        Ok(rows)
+    }
+
+    /// jtis held in memory (a gauge for operators).
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+async fn write_batches(db: Database, mut claims: mpsc::Receiver<Claim>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = claims.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match claims.try_recv() {
+                Ok(claim) => batch.push(claim),
+                Err(_) => break,
+            }
+        }
+        let rows: Vec<(String, DateTime<Utc>)> = batch
+            .iter()
+            .map(|c| (c.jti.clone(), c.expires_at))
+            .collect();
+        let now = batch.iter().map(|c| c.now).max().unwrap_or_else(Utc::now);
+        match db.record_jtis(&rows, now).await {
+            Ok(first_uses) => {
+                for (claim, new) in batch.drain(..).zip(first_uses) {
+                    let _ = claim.reply.send(Ok(new));
+                }
+            }
+            Err(e) => {
+                for claim in batch.drain(..) {
+                    let _ = claim.reply.send(Err(e.for_each_caller()));
+                }
+            }
+        }
+    }
+}
+
+impl Database {
+    /// Records each `(jti, expires_at)` unless a live row holds it; per input, whether it was new.
+    /// A row whose `expires_at` has passed counts as absent, swept or not.
+    pub async fn record_jtis(
+        &self,
+        jtis: &[(String, DateTime<Utc>)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>, PersistenceError> {
+        // Within one batch, only the first use of a jti can be new.
+        let mut first_index: HashMap<&str, usize> = HashMap::new();
+        let mut unique = Vec::new();
+        for (i, (jti, expires_at)) in jtis.iter().enumerate() {
+            if let std::collections::hash_map::Entry::Vacant(slot) = first_index.entry(jti.as_str())
+            {
+                slot.insert(i);
+                unique.push((jti.as_str(), *expires_at));
+            }
+        }
+        let inserted: std::collections::HashSet<String> = match self {
+            Self::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let mut inserted = std::collections::HashSet::new();
+                for (jti, expires_at) in &unique {
+                    let done = sqlx::query(
+                        "INSERT INTO seen_jtis (jti, expires_at) VALUES (?, ?) \
+                         ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at \
+                         WHERE seen_jtis.expires_at <= ?",
+                    )
+                    .bind(*jti)
+                    .bind(sqlite_time(*expires_at))
+                    .bind(sqlite_time(now))
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 1 {
+                        inserted.insert((*jti).to_owned());
+                    }
+                }
+                tx.commit().await?;
+                inserted
+            }
+            Self::Postgres(pool) => {
+                let (names, expiries): (Vec<&str>, Vec<DateTime<Utc>>) =
+                    unique.iter().copied().unzip();
+                sqlx::query(
+                    "INSERT INTO seen_jtis (jti, expires_at) \
+                     SELECT * FROM UNNEST($1::text[], $2::timestamptz[]) \
+                     ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at \
+                     WHERE seen_jtis.expires_at <= $3 \
+                     RETURNING jti",
+                )
+                .bind(names)
+                .bind(expiries)
+                .bind(now)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| row.try_get::<String, _>("jti"))
+                .collect::<Result<_, _>>()?
+            }
+        };
+        Ok(jtis
+            .iter()
+            .enumerate()
+            .map(|(i, (jti, _))| {
+                first_index.get(jti.as_str()) == Some(&i) && inserted.contains(jti)
+            })
+            .collect())
+    }
+
+    /// Deletes expired rows in batches of [`SWEEP_BATCH`], releasing the connection between them.
+    pub async fn sweep_expired_jtis(&self, now: DateTime<Utc>) -> Result<u64, PersistenceError> {
+        let mut total = 0;
+        loop {
+            let deleted = match self {
+                Self::Sqlite(pool) => sqlx::query(
+                    "DELETE FROM seen_jtis WHERE jti IN \
+                     (SELECT jti FROM seen_jtis WHERE expires_at < ? LIMIT ?)",
+                )
+                .bind(sqlite_time(now))
+                .bind(SWEEP_BATCH)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+                Self::Postgres(pool) => sqlx::query(
+                    "DELETE FROM seen_jtis WHERE jti IN \
+                     (SELECT jti FROM seen_jtis WHERE expires_at < $1 LIMIT $2)",
+                )
+                .bind(now)
+                .bind(SWEEP_BATCH)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            };
+            total += deleted;
+            if deleted < SWEEP_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}

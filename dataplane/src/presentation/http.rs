@@ -1,0 +1,72 @@
+//! Response and body helpers shared by the handlers.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use crate::domain::seal_error::SealError;
+use crate::infrastructure::persistence::{PersistenceError, log_pool_starvation};
+
+pub type Body = Full<Bytes>;
+
+pub fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    json_response(status, &json!({"error": message.into()}))
+}
+
+pub fn empty(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = status;
+    response
+}
+
+/// A SEAL error body with a fresh request id.
+pub fn seal_error(e: &SealError) -> Response<Body> {
+    json_response(e.status, &e.body(&uuid::Uuid::new_v4().to_string()))
+}
+
+/// The database could not serve the request: 503 with `Retry-After`, and the runbook's log line
+/// when the pool is starved.
+pub fn unavailable(handler: &str, e: &PersistenceError) -> Response<Body> {
+    if matches!(e, PersistenceError::PoolTimedOut) {
+        log_pool_starvation(handler, e);
+    } else {
+        tracing::error!(handler, error = %e, "database unavailable");
+    }
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// Reads a whole request body, refusing more than `limit` bytes (413) while it streams in.
+pub async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, Response<Body>> {
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    match Limited::new(body, limit_usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+pub fn too_large(limit: u64) -> Response<Body> {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body exceeds {limit} bytes"),
+    )
+}
