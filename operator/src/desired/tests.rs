@@ -1,0 +1,772 @@
+use std::collections::BTreeMap;
+
+use aegis_seal_crds::gateway::GatewaySettings;
+use aegis_seal_crds::manifest::strict;
+use aegis_seal_crds::{Compiled, Resources, compile};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::fixtures::{self, GW, GW_UID, IMAGE, NS};
+use crate::snapshot_shards::{self, INDEX_KEY, MAX_CONFIG_MAP_BYTES};
+
+fn compiled(workflows: usize) -> Compiled {
+    compile(&Resources {
+        workflows: (0..workflows)
+            .map(|i| fixtures::workflow(&format!("wf-{i}")))
+            .collect(),
+        cli_tools: vec![fixtures::cli_tool("git")],
+        security_contexts: vec![fixtures::security_context("default-ctx")],
+        ..Default::default()
+    })
+}
+
+fn desired(spec: Value) -> Desired {
+    desired_objects(&fixtures::gateway(spec), &compiled(1), IMAGE).unwrap()
+}
+
+fn all_metadata(d: &Desired) -> Vec<(&'static str, &ObjectMeta)> {
+    let mut v = vec![
+        ("ServiceAccount", &d.service_account.metadata),
+        ("Role", &d.role.metadata),
+        ("RoleBinding", &d.role_binding.metadata),
+        ("ConfigMap", &d.config_map.metadata),
+        ("Service", &d.service.metadata),
+        ("Deployment", &d.deployment.metadata),
+        ("PodDisruptionBudget", &d.pod_disruption_budget.metadata),
+    ];
+    v.extend(
+        d.snapshot_config_maps
+            .iter()
+            .map(|cm| ("ConfigMap", &cm.metadata)),
+    );
+    v
+}
+
+#[test]
+fn every_object_is_named_labelled_and_owned_by_the_gateway() {
+    let d = desired(json!({}));
+    let names: Vec<_> = all_metadata(&d)
+        .iter()
+        .map(|(kind, m)| (*kind, m.name.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("ServiceAccount", GW),
+            ("Role", GW),
+            ("RoleBinding", GW),
+            ("ConfigMap", "edge-config"),
+            ("Service", GW),
+            ("Deployment", GW),
+            ("PodDisruptionBudget", GW),
+        ]
+        .map(|(k, n)| (k, n.to_string()))
+    );
+    let labels = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "seal-gateway".to_string(),
+        ),
+        ("app.kubernetes.io/instance".into(), GW.into()),
+        (
+            "app.kubernetes.io/managed-by".into(),
+            "aegis-seal-operator".into(),
+        ),
+        ("app.kubernetes.io/component".into(), "data-plane".into()),
+    ]);
+    for (kind, meta) in all_metadata(&d) {
+        assert_eq!(meta.namespace.as_deref(), Some(NS), "{kind}");
+        assert_eq!(meta.labels.as_ref(), Some(&labels), "{kind}");
+        let owners = meta.owner_references.as_ref().unwrap();
+        assert_eq!(owners.len(), 1, "{kind}");
+        let o = &owners[0];
+        assert_eq!(
+            (
+                o.api_version.as_str(),
+                o.kind.as_str(),
+                o.name.as_str(),
+                o.uid.as_str()
+            ),
+            ("seal.100monkeys.ai/v1", "SealGateway", GW, GW_UID),
+            "{kind}"
+        );
+        assert_eq!(o.controller, Some(true), "{kind}");
+        assert_eq!(o.block_owner_deletion, Some(true), "{kind}");
+    }
+}
+
+#[test]
+fn the_deployment_runs_the_data_plane_restricted() {
+    let d = desired(json!({
+        "replicas": 1,
+        "resources": {"limits": {"memory": "512Mi"}, "requests": {"cpu": "100m"}}
+    }));
+    let deploy = &d.deployment;
+    let spec = &deploy.spec;
+    assert_eq!(spec.replicas, Some(1));
+    let selector = spec.selector.match_labels.as_ref().unwrap();
+    assert_eq!(selector.len(), 2);
+    assert_eq!(selector["app.kubernetes.io/instance"], GW);
+    let template_meta = spec.template.metadata.as_ref().unwrap();
+    assert_eq!(
+        template_meta.annotations.as_ref().unwrap()[RESTART_HASH_ANNOTATION],
+        d.restart_hash
+    );
+    assert_eq!(d.restart_hash.len(), 16);
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some(GW));
+    assert_eq!(pod.automount_service_account_token, Some(true));
+    assert_eq!(pod.enable_service_links, Some(false));
+    let psc = pod.security_context.as_ref().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.run_as_user, Some(65532));
+    assert_eq!(
+        psc.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
+
+    assert_eq!(pod.containers.len(), 1);
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some(IMAGE));
+    assert_eq!(
+        c.args.as_deref().unwrap(),
+        [
+            "serve",
+            "--config",
+            "/etc/seal-gateway/seal-gateway-config.yaml"
+        ]
+    );
+    assert_eq!(c.working_dir.as_deref(), Some("/var/lib/seal-gateway"));
+    let csc = c.security_context.as_ref().unwrap();
+    assert_eq!(csc.run_as_non_root, Some(true));
+    assert_eq!(csc.run_as_user, Some(65532));
+    assert_eq!(csc.read_only_root_filesystem, Some(true));
+    assert_eq!(csc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        csc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    assert!(csc.capabilities.as_ref().unwrap().add.is_none());
+    assert_eq!(csc.privileged, None);
+    assert_eq!(
+        csc.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
+
+    let ports: Vec<_> = c
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| (p.name.as_deref().unwrap(), p.container_port))
+        .collect();
+    assert_eq!(ports, [("http", 8089), ("grpc", 50055), ("metrics", 9092)]);
+    for (probe, path) in [
+        (c.liveness_probe.as_ref().unwrap(), "/health"),
+        (c.readiness_probe.as_ref().unwrap(), "/ready"),
+    ] {
+        let get = probe.http_get.as_ref().unwrap();
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(get.port, IntOrString::String("http".into()));
+    }
+    let env: BTreeMap<_, _> = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| (e.name.as_str(), e.value.as_deref()))
+        .collect();
+    assert_eq!(env["SEAL_GATEWAY_CONFIGMAP"], Some("tools/edge-config"));
+    assert_eq!(env["METRICS_BIND"], Some("0.0.0.0"));
+    assert_eq!(env["METRICS_PORT"], Some("9092"));
+    let resources = c.resources.as_ref().unwrap();
+    assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "512Mi");
+    assert_eq!(resources.requests.as_ref().unwrap()["cpu"].0, "100m");
+
+    let mounts: Vec<_> = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("config", "/etc/seal-gateway", Some(true)),
+            ("tmp", "/tmp", None),
+            ("data", "/var/lib/seal-gateway", None),
+        ]
+    );
+    let volumes = pod.volumes.as_ref().unwrap();
+    let config = volumes[0].config_map.as_ref().unwrap();
+    assert_eq!(config.name, "edge-config");
+    assert_eq!(config.items.as_ref().unwrap()[0].key, CONFIG_FILE_KEY);
+    assert!(volumes[1].empty_dir.is_some() && volumes[2].empty_dir.is_some());
+}
+
+#[test]
+fn spec_image_and_listener_ports_are_used() {
+    let d = desired(json!({
+        "image": "registry.local/seal:2",
+        "network": {"bind_addr": "0.0.0.0:9000", "grpc_bind_addr": "[::]:9001"}
+    }));
+    let c = &d.deployment.spec.template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(c.image.as_deref(), Some("registry.local/seal:2"));
+    let ports: Vec<_> = c
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| p.container_port)
+        .collect();
+    assert_eq!(ports, [9000, 9001, 9092]);
+    // The Service keeps its well-known ports and targets the container's named ports.
+    let svc: Vec<_> = d
+        .service
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| (p.name.clone().unwrap(), p.port, p.target_port.clone()))
+        .collect();
+    assert_eq!(
+        svc,
+        [
+            (
+                "http".into(),
+                8089,
+                Some(IntOrString::String("http".into()))
+            ),
+            (
+                "grpc".into(),
+                50055,
+                Some(IntOrString::String("grpc".into()))
+            ),
+            (
+                "metrics".into(),
+                9092,
+                Some(IntOrString::String("metrics".into()))
+            ),
+        ]
+    );
+}
+
+#[test]
+fn service_pdb_and_rbac() {
+    let d = desired(json!({}));
+    let svc = d.service.spec.as_ref().unwrap();
+    assert_eq!(svc.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(svc.selector.as_ref().unwrap().len(), 2);
+
+    let pdb = d.pod_disruption_budget.spec.as_ref().unwrap();
+    assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(pdb.min_available, None);
+    assert_eq!(
+        pdb.selector.as_ref().unwrap().match_labels,
+        d.deployment.spec.selector.match_labels
+    );
+
+    let rules = d.role.rules.as_ref().unwrap();
+    assert_eq!(rules.len(), 1);
+    let rule = &rules[0];
+    assert_eq!(rule.api_groups.as_deref(), Some(&[String::new()][..]));
+    assert_eq!(
+        rule.resources.as_deref(),
+        Some(&["configmaps".to_string()][..])
+    );
+    assert_eq!(rule.verbs, ["get", "list", "watch"]);
+    assert_eq!(
+        rule.resource_names.as_deref(),
+        Some(&["edge-config".to_string()][..])
+    );
+
+    let rb = &d.role_binding;
+    assert_eq!(rb.role_ref.kind, "Role");
+    assert_eq!(rb.role_ref.name, GW);
+    let subject = &rb.subjects.as_ref().unwrap()[0];
+    assert_eq!(
+        (
+            subject.kind.as_str(),
+            subject.name.as_str(),
+            subject.namespace.as_deref()
+        ),
+        ("ServiceAccount", GW, Some(NS))
+    );
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigDocument {
+    api_version: String,
+    kind: String,
+    metadata: ConfigMetadata,
+    spec: GatewaySettings,
+}
+
+#[derive(Deserialize)]
+struct ConfigMetadata {
+    name: String,
+}
+
+fn config_document(d: &Desired) -> ConfigDocument {
+    let yaml = &d.config_map.data.as_ref().unwrap()[CONFIG_FILE_KEY];
+    let value: Value = serde_yaml::from_str(yaml).unwrap();
+    strict(value).unwrap()
+}
+
+#[test]
+fn the_config_file_is_a_strict_sealgatewayconfig_of_the_settings() {
+    let d = desired(json!({
+        "auth": {"disabled": true, "seal_jwt_issuer": "me"},
+        "cli": {"semantic_judge_url": "http://judge:8080"}
+    }));
+    let doc = config_document(&d);
+    assert_eq!(doc.api_version, "seal.100monkeys.ai/v1");
+    assert_eq!(doc.kind, "SealGatewayConfig");
+    assert_eq!(doc.metadata.name, GW);
+    let gw = fixtures::gateway(json!({
+        "auth": {"disabled": true, "seal_jwt_issuer": "me"},
+        "cli": {"semantic_judge_url": "http://judge:8080"}
+    }));
+    assert_eq!(doc.spec, gw.spec.settings);
+}
+
+#[test]
+fn secret_refs_become_env_references_and_secret_env_vars() {
+    let d = desired(json!({
+        "replicas": 2,
+        "database": {"url": {"secret_key_ref": {"name": "db", "key": "url"}}},
+        "credentials": {
+            "openbao_addr": "http://openbao:8200",
+            "openbao_token": {"secret_key_ref": {"name": "bao", "key": "token"}},
+            "keycloak_client_secret": "literal-is-kept"
+        }
+    }));
+    let doc = config_document(&d);
+    // Numbered in the order of the settings' paths: credentials.openbao_token < database.url.
+    assert_eq!(
+        doc.spec.credentials.openbao_token,
+        Some(SecretValue::Literal("env:SEAL_GW_SECRET_0".into()))
+    );
+    assert_eq!(
+        doc.spec.database.url,
+        SecretValue::Literal("env:SEAL_GW_SECRET_1".into())
+    );
+    assert_eq!(
+        doc.spec.credentials.keycloak_client_secret,
+        Some(SecretValue::Literal("literal-is-kept".into()))
+    );
+    let yaml = &d.config_map.data.as_ref().unwrap()[CONFIG_FILE_KEY];
+    assert!(!yaml.contains("secret_key_ref"), "{yaml}");
+
+    let c = &d.deployment.spec.template.spec.as_ref().unwrap().containers[0];
+    let secret_env: Vec<_> = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            assert!(e.value.is_none());
+            Some((e.name.as_str(), r.name.as_str(), r.key.as_str(), r.optional))
+        })
+        .collect();
+    assert_eq!(
+        secret_env,
+        [
+            ("SEAL_GW_SECRET_0", "bao", "token", Some(false)),
+            ("SEAL_GW_SECRET_1", "db", "url", Some(false)),
+        ]
+    );
+    let fields: Vec<_> = config_file(GW, &fixtures::gateway(json!({
+        "database": {"url": {"secret_key_ref": {"name": "db", "key": "url"}}},
+        "credentials": {"keycloak_client_secret": {"secret_key_ref": {"name": "kc", "key": "s"}}}
+    })).spec.settings)
+    .unwrap()
+    .secret_env
+    .into_iter()
+    .map(|s| s.field)
+    .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.credentials.keycloak_client_secret",
+            "spec.database.url"
+        ]
+    );
+}
+
+#[test]
+fn the_restart_hash_changes_only_for_restart_requiring_settings() {
+    let base = json!({
+        "network": {"bind_addr": "0.0.0.0:8089", "grpc_bind_addr": "0.0.0.0:50055"},
+        "database": {"url": "postgres://db/seal"},
+        "credentials": {"openbao_token": {"secret_key_ref": {"name": "bao", "key": "token"}}},
+        "replicas": 1
+    });
+    let hash = |patch: Value| {
+        let mut spec = base.clone();
+        merge(&mut spec, patch);
+        let d = desired(spec);
+        (d.restart_hash, d.config_map)
+    };
+    let (original, original_cm) = hash(json!({}));
+
+    let restart = [
+        json!({"network": {"bind_addr": "0.0.0.0:9000"}}),
+        json!({"network": {"grpc_bind_addr": "0.0.0.0:9001"}}),
+        json!({"database": {"url": "postgres://other/seal"}}),
+        json!({"database": {"url": {"secret_key_ref": {"name": "db", "key": "url"}}}}),
+        json!({"image": "registry.local/seal:2"}),
+        json!({"credentials": {"openbao_token": {"secret_key_ref": {"name": "bao2", "key": "token"}}}}),
+        json!({"credentials": {"openbao_token": {"secret_key_ref": {"name": "bao", "key": "other"}}}}),
+        json!({"credentials": {"keycloak_client_secret": {"secret_key_ref": {"name": "kc", "key": "s"}}}}),
+    ];
+    for patch in restart {
+        let (h, _) = hash(patch.clone());
+        assert_ne!(h, original, "{patch} must change the restart hash");
+    }
+
+    let hot = [
+        json!({"network": {"max_body_bytes": 1024}}),
+        json!({"auth": {"disabled": true}}),
+        json!({"auth": {"operator_jwks_uri": "https://idp/jwks", "seal_jwt_leeway_secs": 5}}),
+        json!({"credentials": {"openbao_addr": "http://bao:8200", "openbao_kv_mount": "kv"}}),
+        json!({"cli": {"semantic_judge_url": "http://judge"}}),
+        json!({"ui": {"enabled": false}}),
+        json!({"replicas": 2}),
+        json!({"resources": {"limits": {"memory": "1Gi"}}}),
+    ];
+    for patch in hot {
+        let (h, cm) = hash(patch.clone());
+        assert_eq!(h, original, "{patch} must not change the restart hash");
+        let reloads = patch.get("replicas").is_none() && patch.get("resources").is_none();
+        assert_eq!(
+            cm.data != original_cm.data,
+            reloads,
+            "{patch}: the ConfigMap carries exactly the hot-reloaded settings"
+        );
+    }
+
+    // A new snapshot reaches pods by hot reload only.
+    let gw = fixtures::gateway(base.clone());
+    let one = desired_objects(&gw, &compiled(1), IMAGE).unwrap();
+    let two = desired_objects(&gw, &compiled(2), IMAGE).unwrap();
+    assert_eq!(one.restart_hash, two.restart_hash);
+    assert_eq!(one.deployment, two.deployment);
+    assert_ne!(one.snapshot_hash, two.snapshot_hash);
+    assert_ne!(one.config_map, two.config_map);
+}
+
+fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, p) => *b = p,
+    }
+}
+
+#[test]
+fn more_than_one_replica_on_sqlite_is_refused() {
+    let gw = |spec: Value| fixtures::gateway(spec);
+    let c = compiled(1);
+    for spec in [
+        json!({"replicas": 2}),
+        json!({"replicas": 3, "database": {"url": "sqlite:///var/lib/seal-gateway/gw.db"}}),
+    ] {
+        let err = desired_objects(&gw(spec.clone()), &c, IMAGE).unwrap_err();
+        assert!(
+            matches!(err, DesiredError::ReplicasNeedPostgres { .. }),
+            "{spec}: {err}"
+        );
+        assert_eq!(err.reason(), "ReplicasRequirePostgres");
+        let message = err.to_string();
+        assert!(message.contains("SQLite"), "{message}");
+        assert!(message.contains("postgres://"), "{message}");
+    }
+    assert!(
+        desired_objects(&gw(json!({"replicas": 1})), &c, IMAGE).is_ok(),
+        "one replica on SQLite is fine"
+    );
+    for spec in [
+        json!({"replicas": 3, "database": {"url": "postgres://db/seal"}}),
+        json!({"replicas": 3, "database": {"url": {"secret_key_ref": {"name": "db", "key": "url"}}}}),
+    ] {
+        let d = desired_objects(&gw(spec.clone()), &c, IMAGE).unwrap();
+        assert_eq!(d.deployment.spec.replicas, Some(3), "{spec}");
+    }
+}
+
+#[test]
+fn unusable_specs_are_refused_with_a_reason() {
+    let c = compiled(0);
+    let err = |spec: Value| desired_objects(&fixtures::gateway(spec), &c, IMAGE).unwrap_err();
+    assert_eq!(
+        err(json!({"network": {"bind_addr": "localhost"}})).to_string(),
+        "spec.network.bind_addr: \"localhost\" is not a socket address (e.g. 0.0.0.0:8089)"
+    );
+    assert_eq!(
+        err(json!({"replicas": -1})),
+        DesiredError::NegativeReplicas(-1)
+    );
+
+    let mut gw = fixtures::gateway(json!({}));
+    gw.metadata.name = Some("Edge.Gateway".into());
+    assert!(matches!(
+        desired_objects(&gw, &c, IMAGE),
+        Err(DesiredError::InvalidName(_))
+    ));
+    let mut gw = fixtures::gateway(json!({}));
+    gw.metadata.uid = None;
+    assert_eq!(
+        desired_objects(&gw, &c, IMAGE).unwrap_err(),
+        DesiredError::MissingMetadata("metadata.uid")
+    );
+}
+
+/// The snapshot's JSON, read back from the ConfigMaps the way a data plane does.
+fn reassembled_json(d: &Desired) -> Vec<u8> {
+    let maps: Vec<&ConfigMap> = std::iter::once(&d.config_map)
+        .chain(&d.snapshot_config_maps)
+        .collect();
+    let index =
+        snapshot_shards::parse_index(&d.config_map.data.as_ref().unwrap()[INDEX_KEY]).unwrap();
+    snapshot_shards::reassemble_json(&index, |cm, key| {
+        let map = maps
+            .iter()
+            .find(|m| m.metadata.name.as_deref() == Some(cm))?;
+        map.binary_data.as_ref()?.get(key).map(|b| b.0.as_slice())
+    })
+    .unwrap()
+}
+
+fn annotation<'a>(cm: &'a ConfigMap, key: &str) -> &'a str {
+    &cm.metadata.annotations.as_ref().unwrap()[key]
+}
+
+fn check_limits(d: &Desired, limits: &SnapshotLimits) {
+    for cm in std::iter::once(&d.config_map).chain(&d.snapshot_config_maps) {
+        assert!(
+            config_maps::payload_bytes(cm) <= limits.max_config_map_bytes,
+            "{:?} holds {} bytes",
+            cm.metadata.name,
+            config_maps::payload_bytes(cm)
+        );
+        for shard in cm.binary_data.iter().flatten() {
+            assert!(shard.1.0.len() <= limits.max_shard_bytes);
+        }
+    }
+}
+
+#[test]
+fn the_snapshot_is_stored_compressed_with_its_index_and_hash() {
+    let c = compiled(3);
+    let d = desired_objects(&fixtures::gateway(json!({})), &c, IMAGE).unwrap();
+    assert_eq!(d.snapshot_hash, c.snapshot.hash());
+    assert!(d.snapshot_config_maps.is_empty());
+    assert_eq!(
+        annotation(&d.config_map, SNAPSHOT_HASH_ANNOTATION),
+        c.snapshot.hash()
+    );
+    assert_eq!(annotation(&d.config_map, SNAPSHOT_SHARDS_ANNOTATION), "1");
+    assert_eq!(
+        annotation(&d.config_map, SNAPSHOT_CONFIG_MAPS_ANNOTATION),
+        "1"
+    );
+    let binary = d.config_map.binary_data.as_ref().unwrap();
+    assert_eq!(binary.keys().collect::<Vec<_>>(), ["snapshot.json.gz.0"]);
+    // gzip magic
+    assert_eq!(&binary["snapshot.json.gz.0"].0[..2], &[0x1f, 0x8b]);
+    let index: Value =
+        serde_json::from_str(&d.config_map.data.as_ref().unwrap()[INDEX_KEY]).unwrap();
+    assert_eq!(index["format"], "seal.100monkeys.ai/snapshot-shards/v1");
+    assert_eq!(index["snapshot_hash"], c.snapshot.hash());
+    assert_eq!(index["shards"][0]["config_map"], "edge-config");
+    assert_eq!(index["shards"][0]["key"], "snapshot.json.gz.0");
+    assert_eq!(
+        reassembled_json(&d),
+        serde_json::to_vec(&c.snapshot).unwrap()
+    );
+    // Deterministic: the same input applies the same bytes (an apply that changes nothing).
+    assert_eq!(
+        d,
+        desired_objects(&fixtures::gateway(json!({})), &c, IMAGE).unwrap()
+    );
+}
+
+/// `n` workflows, each described in a paragraph of its own; `ids` makes every word a 64-bit hex
+/// id, which compresses poorly.
+fn many_workflows(n: usize, words_per_description: usize) -> Compiled {
+    many_workflows_with(n, words_per_description, false)
+}
+
+fn many_workflows_with(n: usize, words_per_description: usize, ids: bool) -> Compiled {
+    const WORDS: [&str; 16] = [
+        "repository",
+        "team",
+        "grant",
+        "access",
+        "create",
+        "issue",
+        "label",
+        "branch",
+        "protect",
+        "review",
+        "deploy",
+        "release",
+        "archive",
+        "member",
+        "invite",
+        "audit",
+    ];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let workflows = (0..n)
+        .map(|i| {
+            let description: Vec<String> = (0..words_per_description)
+                .map(|_| {
+                    let r = next();
+                    if ids {
+                        format!("{r:016x}")
+                    } else {
+                        format!("{}{}", WORDS[(r % 16) as usize], r % 997)
+                    }
+                })
+                .collect();
+            serde_json::from_value(fixtures::workflow_json(
+                &format!("workflow-{i:04}"),
+                &description.join(" "),
+            ))
+            .unwrap()
+        })
+        .collect();
+    let c = compile(&Resources {
+        workflows,
+        ..Default::default()
+    });
+    assert_eq!(c.snapshot.workflows.len(), n);
+    c
+}
+
+#[test]
+fn two_thousand_workflows_fit_and_reassemble_byte_identically() {
+    let c = many_workflows(2000, 40);
+    let json = serde_json::to_vec(&c.snapshot).unwrap();
+    assert!(
+        json.len() > 2 * MAX_CONFIG_MAP_BYTES,
+        "uncompressed the snapshot would not fit one ConfigMap: {} bytes",
+        json.len()
+    );
+    let d = desired_objects(&fixtures::gateway(json!({})), &c, IMAGE).unwrap();
+    check_limits(&d, &SnapshotLimits::default());
+    let compressed: usize = d
+        .config_map
+        .binary_data
+        .iter()
+        .flatten()
+        .map(|(_, b)| b.0.len())
+        .sum();
+    eprintln!(
+        "2,000 workflows: {} bytes of JSON, {compressed} compressed",
+        json.len()
+    );
+    assert_eq!(reassembled_json(&d), json);
+    assert_eq!(d.snapshot_hash, c.snapshot.hash());
+}
+
+#[test]
+fn a_snapshot_larger_than_one_config_map_spreads_over_several() {
+    // Descriptions full of ids compress poorly: more than 1 MiB compressed.
+    let c = many_workflows_with(2000, 80, true);
+    let d = desired_objects(&fixtures::gateway(json!({})), &c, IMAGE).unwrap();
+    let limits = SnapshotLimits::default();
+    check_limits(&d, &limits);
+    assert!(
+        !d.snapshot_config_maps.is_empty(),
+        "expected additional ConfigMaps"
+    );
+    let names: Vec<_> = d
+        .snapshot_config_maps
+        .iter()
+        .map(|cm| cm.metadata.name.clone().unwrap())
+        .collect();
+    let expected: Vec<_> = (1..=names.len())
+        .map(|i| format!("edge-snapshot-{i}"))
+        .collect();
+    assert_eq!(names, expected);
+    for cm in &d.snapshot_config_maps {
+        assert_eq!(cm.metadata.labels.as_ref().unwrap()[SNAPSHOT_OF_LABEL], GW);
+        assert!(cm.data.is_none());
+    }
+    let shard_count: usize = std::iter::once(&d.config_map)
+        .chain(&d.snapshot_config_maps)
+        .map(|cm| cm.binary_data.iter().flatten().count())
+        .sum();
+    assert!(shard_count >= 2);
+    assert_eq!(
+        annotation(&d.config_map, SNAPSHOT_SHARDS_ANNOTATION),
+        shard_count.to_string()
+    );
+    assert_eq!(
+        annotation(&d.config_map, SNAPSHOT_CONFIG_MAPS_ANNOTATION),
+        (names.len() + 1).to_string()
+    );
+    let mut role_names = vec!["edge-config".to_string()];
+    role_names.extend(names);
+    assert_eq!(
+        d.role.rules.as_ref().unwrap()[0].resource_names.as_ref(),
+        Some(&role_names)
+    );
+    assert_eq!(
+        reassembled_json(&d),
+        serde_json::to_vec(&c.snapshot).unwrap()
+    );
+}
+
+#[test]
+fn small_limits_spread_shards_and_a_cap_refuses_too_many() {
+    let c = many_workflows(50, 40);
+    let gw = fixtures::gateway(json!({}));
+    let config_len = config_file(GW, &gw.spec.settings).unwrap().yaml.len();
+    let shards = snapshot_shards::encode(&c.snapshot, 300)
+        .unwrap()
+        .shards
+        .len();
+    // Room in the main ConfigMap for the config, the index and one shard.
+    let limits = SnapshotLimits {
+        max_shard_bytes: 300,
+        max_config_map_bytes: config_len + 1024 + 192 * shards + 300,
+        max_config_maps: 64,
+    };
+    let d = desired_objects_with_limits(&gw, &c, IMAGE, &limits).unwrap();
+    check_limits(&d, &limits);
+    assert_eq!(d.config_map.binary_data.as_ref().unwrap().len(), 1);
+    assert!(d.snapshot_config_maps.len() >= 2, "{shards} shards");
+    assert_eq!(
+        reassembled_json(&d),
+        serde_json::to_vec(&c.snapshot).unwrap()
+    );
+
+    let capped = SnapshotLimits {
+        max_config_maps: 2,
+        ..limits
+    };
+    let err = desired_objects_with_limits(&gw, &c, IMAGE, &capped).unwrap_err();
+    assert!(matches!(err, DesiredError::SnapshotTooLarge(_)), "{err}");
+}

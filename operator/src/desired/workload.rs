@@ -1,0 +1,286 @@
+//! The data-plane Deployment, its Service and its PodDisruptionBudget.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use aegis_seal_crds::gateway::GatewaySettings;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::config::SecretEnv;
+use super::{
+    CONFIG_FILE_KEY, CONFIG_MOUNT_DIR, CONFIGMAP_ENV, DATA_DIR, DesiredError, GRPC_PORT,
+    GatewayContext, HTTP_PORT, METRICS_PORT, RESTART_HASH_ANNOTATION, RUN_AS_USER,
+};
+
+/// Container name of the data plane.
+pub const CONTAINER_NAME: &str = "seal-gateway";
+
+/// The ports the data plane listens on, from its listener settings.
+pub(super) struct ContainerPorts {
+    http: i32,
+    grpc: i32,
+}
+
+impl ContainerPorts {
+    pub fn from_settings(settings: &GatewaySettings) -> Result<Self, DesiredError> {
+        let port = |field: &str, value: &str| -> Result<i32, DesiredError> {
+            value
+                .trim()
+                .parse::<SocketAddr>()
+                .map(|a| i32::from(a.port()))
+                .map_err(|_| DesiredError::InvalidSetting {
+                    field: field.into(),
+                    message: format!("\"{value}\" is not a socket address (e.g. 0.0.0.0:8089)"),
+                })
+        };
+        Ok(Self {
+            http: port("spec.network.bind_addr", &settings.network.bind_addr)?,
+            grpc: port(
+                "spec.network.grpc_bind_addr",
+                &settings.network.grpc_bind_addr,
+            )?,
+        })
+    }
+}
+
+fn env(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..Default::default()
+    }
+}
+
+fn port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            scheme: Some("HTTP".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    }
+}
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    }
+}
+
+pub(super) fn deployment(
+    ctx: &GatewayContext,
+    replicas: i32,
+    ports: &ContainerPorts,
+    secret_env: &[SecretEnv],
+    restart_hash: &str,
+    resources: Option<ResourceRequirements>,
+) -> Deployment {
+    let mut env_vars = vec![
+        env(
+            CONFIGMAP_ENV,
+            format!("{}/{}", ctx.namespace, ctx.config_map_name()),
+        ),
+        // The data plane's metrics listener defaults to loopback; the Service needs it reachable.
+        env("METRICS_BIND", "0.0.0.0".into()),
+        env("METRICS_PORT", METRICS_PORT.to_string()),
+    ];
+    env_vars.extend(secret_env.iter().map(|s| EnvVar {
+        name: s.env.clone(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: s.secret.name.clone(),
+                key: s.secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }));
+
+    let container = Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(ctx.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(vec![
+            "serve".into(),
+            "--config".into(),
+            format!("{CONFIG_MOUNT_DIR}/{CONFIG_FILE_KEY}"),
+        ]),
+        // A relative SQLite URL (the default `sqlite://gateway.db`) lands on the writable volume.
+        working_dir: Some(DATA_DIR.into()),
+        ports: Some(vec![
+            port("http", ports.http),
+            port("grpc", ports.grpc),
+            port("metrics", METRICS_PORT),
+        ]),
+        env: Some(env_vars),
+        resources,
+        liveness_probe: Some(http_probe("/health", 10, 3)),
+        readiness_probe: Some(http_probe("/ready", 5, 2)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            run_as_group: Some(RUN_AS_USER),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "config".into(),
+                mount_path: CONFIG_MOUNT_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "data".into(),
+                mount_path: DATA_DIR.into(),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+
+    let volumes = vec![
+        // Only the config file: the snapshot is read through the API, never from the volume.
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: ctx.config_map_name(),
+                items: Some(vec![KeyToPath {
+                    key: CONFIG_FILE_KEY.into(),
+                    path: CONFIG_FILE_KEY.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+        Volume {
+            name: "data".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+    ];
+
+    Deployment {
+        metadata: ctx.metadata(ctx.name.clone()),
+        spec: DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(ctx.selector_labels()),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(ctx.labels()),
+                    annotations: Some(BTreeMap::from([(
+                        RESTART_HASH_ANNOTATION.into(),
+                        restart_hash.to_owned(),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(ctx.name.clone()),
+                    // The data plane watches its ConfigMap through the API with this token.
+                    automount_service_account_token: Some(true),
+                    // Service links would put `SEAL_GATEWAY_*_PORT`-style variables next to the
+                    // data plane's own `SEAL_GATEWAY_*` overrides.
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS_USER),
+                        run_as_group: Some(RUN_AS_USER),
+                        fs_group: Some(RUN_AS_USER),
+                        seccomp_profile: Some(runtime_default_seccomp()),
+                        ..Default::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+pub(super) fn service(ctx: &GatewayContext) -> Service {
+    let port = |name: &str, number: i32, app_protocol: Option<&str>| ServicePort {
+        name: Some(name.into()),
+        port: number,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        app_protocol: app_protocol.map(Into::into),
+        ..Default::default()
+    };
+    Service {
+        metadata: ctx.metadata(ctx.name.clone()),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(ctx.selector_labels()),
+            ports: Some(vec![
+                port("http", HTTP_PORT, Some("http")),
+                port("grpc", GRPC_PORT, Some("kubernetes.io/h2c")),
+                port("metrics", METRICS_PORT, Some("http")),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub(super) fn pod_disruption_budget(ctx: &GatewayContext) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: ctx.metadata(ctx.name.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(ctx.selector_labels()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

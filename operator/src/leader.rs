@@ -1,0 +1,374 @@
+//! Leader election with a `coordination.k8s.io/v1` Lease, so that of several operator replicas
+//! exactly one runs the controllers. kube-runtime has no elector; this is the client-go protocol
+//! reduced to what one Lease needs: read it, then take it over (when free or expired) or renew it
+//! (when ours) with an optimistic-concurrency `replace`, so two candidates never both win.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::Api;
+use kube::api::PostParams;
+
+use crate::metrics::Metrics;
+
+/// What one attempt found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// We hold the Lease (acquired or renewed).
+    Held,
+    /// Someone else holds it and it has not expired.
+    HeldBy(String),
+    /// Another writer got there first; try again later.
+    Conflict,
+}
+
+/// One Lease and who we are.
+#[derive(Clone)]
+pub struct LeaseLock {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+impl LeaseLock {
+    pub fn new(
+        api: Api<Lease>,
+        name: impl Into<String>,
+        identity: impl Into<String>,
+        duration: Duration,
+    ) -> Self {
+        Self {
+            api,
+            name: name.into(),
+            identity: identity.into(),
+            duration,
+        }
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    fn duration_seconds(&self) -> i32 {
+        i32::try_from(self.duration.as_secs())
+            .unwrap_or(i32::MAX)
+            .max(1)
+    }
+
+    /// Acquires the Lease when it is free, expired or ours, and renews it when ours.
+    pub async fn try_acquire_or_renew(&self, now: Timestamp) -> Result<Attempt, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.identity.clone()),
+                    lease_duration_seconds: Some(self.duration_seconds()),
+                    acquire_time: Some(MicroTime(now)),
+                    renew_time: Some(MicroTime(now)),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(Attempt::Held),
+                Err(e) if is_conflict(&e) => Ok(Attempt::Conflict),
+                Err(e) => Err(e),
+            };
+        };
+        let mut spec = lease.spec.take().unwrap_or_default();
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+        let ours = holder.as_deref() == Some(self.identity.as_str());
+        if !ours {
+            let expires = spec.renew_time.as_ref().map(|t| {
+                t.0 + SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)))
+            });
+            if let Some(holder) = holder
+                && expires.is_some_and(|e| e > now)
+            {
+                return Ok(Attempt::HeldBy(holder));
+            }
+            spec.holder_identity = Some(self.identity.clone());
+            spec.acquire_time = Some(MicroTime(now));
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        }
+        spec.renew_time = Some(MicroTime(now));
+        spec.lease_duration_seconds = Some(self.duration_seconds());
+        lease.spec = Some(spec);
+        // `replace` carries the resourceVersion read above: a concurrent writer makes it fail.
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(Attempt::Held),
+            Err(e) if is_conflict(&e) => Ok(Attempt::Conflict),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the Lease up, if ours, so a standby takes over at once rather than after expiry.
+    pub async fn release(&self, now: Timestamp) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let mut spec = lease.spec.take().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(now));
+        lease.spec = Some(spec);
+        self.api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Runs the election loop for one [`LeaseLock`].
+pub struct LeaderElector {
+    pub lock: LeaseLock,
+    /// How often the leader renews, and a candidate retries.
+    pub retry_every: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+impl LeaderElector {
+    pub fn new(lock: LeaseLock, metrics: Arc<Metrics>) -> Self {
+        // client-go's proportions: renew three times per lease duration.
+        let retry_every = lock.duration / 3;
+        Self {
+            lock,
+            retry_every,
+            metrics,
+        }
+    }
+
+    /// Returns once this replica holds the Lease.
+    pub async fn acquire(&self) {
+        let mut last_holder = None;
+        loop {
+            match self.lock.try_acquire_or_renew(Timestamp::now()).await {
+                Ok(Attempt::Held) => {
+                    tracing::info!(identity = %self.lock.identity, lease = %self.lock.name, "became the leader");
+                    self.metrics.set_leader(true);
+                    return;
+                }
+                Ok(Attempt::HeldBy(holder)) => {
+                    if last_holder.as_ref() != Some(&holder) {
+                        tracing::info!(leader = %holder, "standing by: another replica leads");
+                        last_holder = Some(holder);
+                    }
+                }
+                Ok(Attempt::Conflict) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read or write the leader Lease"),
+            }
+            tokio::time::sleep(self.retry_every).await;
+        }
+    }
+
+    /// Renews the Lease until it is lost: held by another, or not renewed for a whole lease
+    /// duration (after which another replica may already lead). Then returns.
+    pub async fn hold(&self) {
+        let mut renewed = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(self.retry_every).await;
+            match self.lock.try_acquire_or_renew(Timestamp::now()).await {
+                Ok(Attempt::Held) => renewed = tokio::time::Instant::now(),
+                Ok(Attempt::HeldBy(holder)) => {
+                    tracing::error!(leader = %holder, "leadership lost to another replica");
+                    break;
+                }
+                Ok(Attempt::Conflict) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot renew the leader Lease"),
+            }
+            // Stop a little before the Lease can expire, so two leaders never overlap.
+            if renewed.elapsed() + self.retry_every / 2 >= self.lock.duration {
+                tracing::error!("leadership lost: the Lease could not be renewed in time");
+                break;
+            }
+        }
+        self.metrics.set_leader(false);
+    }
+
+    /// Releases the Lease (on shutdown).
+    pub async fn release(&self) {
+        self.metrics.set_leader(false);
+        match self.lock.release(Timestamp::now()).await {
+            Ok(()) => tracing::info!("leader Lease released"),
+            Err(e) => tracing::warn!(error = %e, "cannot release the leader Lease"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Request, Response, StatusCode};
+    use http_body_util::BodyExt;
+    use kube::Client;
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use tokio::time::timeout;
+
+    use super::*;
+
+    const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/aegis-seal-operator";
+    const LIST: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
+
+    /// Answers each expected `(method, path)` in order with `(status, body)`; returns the bodies sent.
+    async fn scripted<F, Fut, T>(
+        script: Vec<(&'static str, &'static str, u16, Value)>,
+        f: F,
+    ) -> (T, Vec<Value>)
+    where
+        F: FnOnce(LeaseLock) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let mut bodies = Vec::new();
+            for (method, path, status, answer) in script {
+                let (req, send) = handle.next_request().await.expect("a request");
+                assert_eq!(req.method().as_str(), method);
+                assert_eq!(req.uri().path(), path);
+                let bytes = req.into_body().collect().await.unwrap().to_bytes();
+                bodies.push(serde_json::from_slice(&bytes).unwrap_or(Value::Null));
+                send.send_response(
+                    Response::builder()
+                        .status(StatusCode::from_u16(status).unwrap())
+                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .unwrap(),
+                );
+            }
+            assert!(
+                handle.next_request().await.is_none(),
+                "an unexpected request"
+            );
+            bodies
+        });
+        let api = Api::namespaced(Client::new(svc, "default"), "ops");
+        let lock = LeaseLock::new(api, "aegis-seal-operator", "pod-a", Duration::from_secs(15));
+        let out = timeout(Duration::from_secs(10), f(lock))
+            .await
+            .expect("hung");
+        let bodies = timeout(Duration::from_secs(5), server)
+            .await
+            .expect("hung")
+            .unwrap();
+        (out, bodies)
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn lease(holder: &str, renewed_secs_ago: i64) -> Value {
+        let renew = now() - SignedDuration::from_secs(renewed_secs_ago);
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "aegis-seal-operator", "namespace": "ops", "resourceVersion": "41"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "leaseTransitions": 4,
+                     "renewTime": renew.to_string()}
+        })
+    }
+
+    fn not_found() -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+    }
+
+    #[tokio::test]
+    async fn a_missing_lease_is_created_held_by_us() {
+        let (out, bodies) = scripted(
+            vec![
+                ("GET", PATH, 404, not_found()),
+                ("POST", LIST, 201, lease("pod-a", 0)),
+            ],
+            |l| async move { l.try_acquire_or_renew(now()).await.unwrap() },
+        )
+        .await;
+        assert_eq!(out, Attempt::Held);
+        let spec = &bodies[1]["spec"];
+        assert_eq!(spec["holderIdentity"], "pod-a");
+        assert_eq!(spec["leaseDurationSeconds"], 15);
+        assert_eq!(spec["leaseTransitions"], 0);
+    }
+
+    #[tokio::test]
+    async fn a_live_lease_of_another_is_left_alone() {
+        let (out, _) = scripted(
+            vec![("GET", PATH, 200, lease("pod-b", 5))],
+            |l| async move { l.try_acquire_or_renew(now()).await.unwrap() },
+        )
+        .await;
+        assert_eq!(out, Attempt::HeldBy("pod-b".into()));
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_with_its_resource_version() {
+        let (out, bodies) = scripted(
+            vec![
+                ("GET", PATH, 200, lease("pod-b", 20)),
+                ("PUT", PATH, 200, lease("pod-a", 0)),
+            ],
+            |l| async move { l.try_acquire_or_renew(now()).await.unwrap() },
+        )
+        .await;
+        assert_eq!(out, Attempt::Held);
+        let put = &bodies[1];
+        assert_eq!(put["metadata"]["resourceVersion"], "41");
+        assert_eq!(put["spec"]["holderIdentity"], "pod-a");
+        assert_eq!(put["spec"]["leaseTransitions"], 5);
+    }
+
+    #[tokio::test]
+    async fn our_lease_is_renewed_and_a_lost_race_is_a_conflict() {
+        let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "changed"});
+        let (out, bodies) = scripted(
+            vec![
+                ("GET", PATH, 200, lease("pod-a", 5)),
+                ("PUT", PATH, 409, conflict),
+            ],
+            |l| async move { l.try_acquire_or_renew(now()).await.unwrap() },
+        )
+        .await;
+        assert_eq!(out, Attempt::Conflict);
+        assert_eq!(
+            bodies[1]["spec"]["leaseTransitions"], 4,
+            "a renewal is no transition"
+        );
+    }
+
+    #[tokio::test]
+    async fn release_clears_the_holder() {
+        let (_, bodies) = scripted(
+            vec![
+                ("GET", PATH, 200, lease("pod-a", 1)),
+                ("PUT", PATH, 200, lease("", 0)),
+            ],
+            |l| async move { l.release(now()).await.unwrap() },
+        )
+        .await;
+        assert!(bodies[1]["spec"].get("holderIdentity").is_none());
+        assert_eq!(bodies[1]["spec"]["leaseDurationSeconds"], 1);
+
+        // Someone else's Lease is not ours to release.
+        let (_, bodies) = scripted(
+            vec![("GET", PATH, 200, lease("pod-b", 1))],
+            |l| async move { l.release(now()).await.unwrap() },
+        )
+        .await;
+        assert_eq!(bodies.len(), 1);
+    }
+}

@@ -1,0 +1,509 @@
+//! The statuses a reconcile writes, and the transitions between them that deserve an Event. Pure:
+//! the caller passes the clock's reading.
+
+use aegis_seal_crds::{ResourceResult, SealGatewayStatus, ToolStatus};
+use k8s_openapi::api::apps::v1::DeploymentStatus;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+pub const ACCEPTED: &str = "Accepted";
+pub const READY: &str = "Ready";
+
+/// Longest Event note the API server accepts.
+const MAX_NOTE_BYTES: usize = 1024;
+
+/// Now, to the second: a condition time survives a round trip through the API unchanged, so an
+/// unchanged status compares equal to what the server holds.
+pub fn now() -> Time {
+    let now = Timestamp::now();
+    Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
+}
+
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// A condition that keeps its previous transition time when its status did not change.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = find(previous, type_)
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// The status of a resource the gateway `gateway` selected and compiled.
+pub fn resource_status(
+    previous: Option<&ToolStatus>,
+    result: &ResourceResult,
+    generation: Option<i64>,
+    gateway: &str,
+    now: &Time,
+) -> ToolStatus {
+    let empty = ToolStatus::default();
+    let previous = previous.unwrap_or(&empty);
+    let accepted = result.accepted();
+    let (reason, message) = if accepted {
+        ("Accepted", "compiled without problems".to_string())
+    } else {
+        ("Invalid", result.message())
+    };
+    let mut gateways: Vec<String> = previous
+        .gateways
+        .iter()
+        .filter(|g| g.as_str() != gateway)
+        .cloned()
+        .collect();
+    // Only a gateway that serves the resource lists itself; a rejected one is not served.
+    if accepted {
+        gateways.push(gateway.to_owned());
+    }
+    gateways.sort();
+    gateways.dedup();
+    ToolStatus {
+        conditions: vec![condition(
+            &previous.conditions,
+            ACCEPTED,
+            accepted,
+            reason,
+            message,
+            generation,
+            now,
+        )],
+        observed_generation: generation,
+        tool_name: Some(result.name.clone()),
+        gateways,
+    }
+}
+
+/// The status of a resource the gateway no longer selects, or `None` when it does not list the gateway.
+pub fn without_gateway(previous: &ToolStatus, gateway: &str) -> Option<ToolStatus> {
+    previous.gateways.iter().any(|g| g == gateway).then(|| {
+        let mut status = previous.clone();
+        status.gateways.retain(|g| g != gateway);
+        status
+    })
+}
+
+/// What became of a gateway's spec.
+#[derive(Clone, Debug)]
+pub enum SpecOutcome<'a> {
+    /// Its objects were applied.
+    Applied {
+        snapshot_hash: &'a str,
+        workflows: u32,
+        cli_tools: u32,
+        security_contexts: u32,
+        rejected: usize,
+        replicas: i32,
+        deployment_generation: Option<i64>,
+        deployment: Option<&'a DeploymentStatus>,
+    },
+    /// It cannot be run; nothing was applied and what ran before keeps running.
+    Refused { reason: &'a str, message: String },
+}
+
+pub fn gateway_status(
+    previous: Option<&SealGatewayStatus>,
+    generation: Option<i64>,
+    outcome: &SpecOutcome<'_>,
+    now: &Time,
+) -> SealGatewayStatus {
+    let empty = SealGatewayStatus::default();
+    let previous = previous.unwrap_or(&empty);
+    let prev = &previous.conditions;
+    match outcome {
+        SpecOutcome::Refused { reason, message } => SealGatewayStatus {
+            conditions: vec![
+                condition(prev, ACCEPTED, false, reason, message.clone(), generation, now),
+                condition(
+                    prev,
+                    READY,
+                    false,
+                    "NotAccepted",
+                    "the spec is not applied (see Accepted); the data plane keeps its previous configuration"
+                        .into(),
+                    generation,
+                    now,
+                ),
+            ],
+            observed_generation: generation,
+            ..previous.clone()
+        },
+        SpecOutcome::Applied {
+            snapshot_hash,
+            workflows,
+            cli_tools,
+            security_contexts,
+            rejected,
+            replicas,
+            deployment_generation,
+            deployment,
+        } => {
+            let accepted = format!(
+                "serving {workflows} workflows, {cli_tools} CLI tools and {security_contexts} security contexts; {rejected} selected resources rejected"
+            );
+            let (ready, reason, message) = readiness(*replicas, *deployment_generation, *deployment);
+            SealGatewayStatus {
+                conditions: vec![
+                    condition(prev, ACCEPTED, true, "Accepted", accepted, generation, now),
+                    condition(prev, READY, ready, reason, message, generation, now),
+                ],
+                observed_generation: generation,
+                snapshot_hash: Some((*snapshot_hash).to_owned()),
+                workflows: *workflows,
+                cli_tools: *cli_tools,
+                security_contexts: *security_contexts,
+                ready_replicas: deployment.and_then(|d| d.ready_replicas).unwrap_or(0),
+            }
+        }
+    }
+}
+
+fn readiness(
+    replicas: i32,
+    generation: Option<i64>,
+    status: Option<&DeploymentStatus>,
+) -> (bool, &'static str, String) {
+    if replicas == 0 {
+        return (false, "ScaledToZero", "spec.replicas is 0".into());
+    }
+    let Some(status) = status else {
+        return (
+            false,
+            "Progressing",
+            "the Deployment reports no status yet".into(),
+        );
+    };
+    let ready = status.ready_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let current = status.observed_generation.unwrap_or(0) >= generation.unwrap_or(0);
+    let message = format!("{ready}/{replicas} replicas ready, {updated} up to date");
+    if current && ready >= replicas && updated >= replicas {
+        (true, "DataPlaneReady", message)
+    } else {
+        (false, "Progressing", message)
+    }
+}
+
+/// An Event to publish about one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+impl Notice {
+    fn new(warning: bool, reason: &'static str, note: String) -> Self {
+        Self {
+            warning,
+            reason,
+            note: truncate(note, MAX_NOTE_BYTES),
+        }
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max - 3;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
+}
+
+/// `Rejected` when an Accepted condition turns False or changes its message while False;
+/// `Accepted` when it recovers.
+fn acceptance_notice(previous: &[Condition], new: &[Condition]) -> Option<Notice> {
+    let new = find(new, ACCEPTED)?;
+    let old = find(previous, ACCEPTED);
+    match (old.map(|c| c.status.as_str()), new.status.as_str()) {
+        (Some("False"), "True") => Some(Notice::new(false, "Accepted", new.message.clone())),
+        (Some("False"), "False") if old.is_some_and(|o| o.message == new.message) => None,
+        (_, "False") => Some(Notice::new(true, "Rejected", new.message.clone())),
+        _ => None,
+    }
+}
+
+pub fn resource_notices(previous: Option<&ToolStatus>, new: &ToolStatus) -> Vec<Notice> {
+    let prev = previous
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    acceptance_notice(prev, &new.conditions)
+        .into_iter()
+        .collect()
+}
+
+pub fn gateway_notices(
+    previous: Option<&SealGatewayStatus>,
+    new: &SealGatewayStatus,
+) -> Vec<Notice> {
+    let prev = previous
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let mut notices: Vec<Notice> = acceptance_notice(prev, &new.conditions)
+        .into_iter()
+        .collect();
+    let was_ready = find(prev, READY).is_some_and(|c| c.status == "True");
+    if let Some(ready) = find(&new.conditions, READY) {
+        match (was_ready, ready.status == "True") {
+            (false, true) => notices.push(Notice::new(false, "Ready", ready.message.clone())),
+            (true, false) => notices.push(Notice::new(true, "NotReady", ready.message.clone())),
+            _ => {}
+        }
+    }
+    if let Some(hash) = &new.snapshot_hash
+        && previous.and_then(|p| p.snapshot_hash.as_ref()) != Some(hash)
+    {
+        notices.push(Notice::new(
+            false,
+            "SnapshotPublished",
+            format!(
+                "snapshot {hash}: {} workflows, {} CLI tools, {} security contexts",
+                new.workflows, new.cli_tools, new.security_contexts
+            ),
+        ));
+    }
+    notices
+}
+
+#[cfg(test)]
+mod tests {
+    use aegis_seal_crds::{Problem, ResourceRef};
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+
+    fn at(second: i64) -> Time {
+        Time(Timestamp::from_second(second).unwrap())
+    }
+
+    fn result(problems: &[&str]) -> ResourceResult {
+        ResourceResult {
+            resource: ResourceRef {
+                kind: "Workflow".into(),
+                namespace: Some("ns".into()),
+                name: "wf".into(),
+                generation: Some(4),
+            },
+            name: "wf_tool".into(),
+            problems: problems
+                .iter()
+                .map(|m| Problem {
+                    field: "spec.steps[0].operation_id".into(),
+                    message: (*m).into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn transition_time_moves_only_with_the_status() {
+        let first = resource_status(None, &result(&[]), Some(4), "ns/gw", &at(10));
+        assert_eq!(first.conditions[0].last_transition_time, at(10));
+        assert_eq!(first.gateways, ["ns/gw"]);
+        assert_eq!(first.tool_name.as_deref(), Some("wf_tool"));
+        assert_eq!(first.observed_generation, Some(4));
+        assert_eq!(first.conditions[0].observed_generation, Some(4));
+
+        let same = resource_status(Some(&first), &result(&[]), Some(4), "ns/gw", &at(20));
+        assert_eq!(same, first, "nothing changed, so nothing to write");
+
+        let rejected = resource_status(Some(&first), &result(&["boom"]), Some(5), "ns/gw", &at(30));
+        let c = &rejected.conditions[0];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+            ("False", "Invalid", "spec.steps[0].operation_id: boom")
+        );
+        assert_eq!(c.last_transition_time, at(30));
+        assert!(rejected.gateways.is_empty());
+
+        let again = resource_status(
+            Some(&rejected),
+            &result(&["other"]),
+            Some(6),
+            "ns/gw",
+            &at(40),
+        );
+        assert_eq!(again.conditions[0].last_transition_time, at(30));
+    }
+
+    #[test]
+    fn other_gateways_are_kept() {
+        let prev = ToolStatus {
+            gateways: vec!["a/one".into(), "z/two".into()],
+            ..Default::default()
+        };
+        let s = resource_status(Some(&prev), &result(&[]), None, "m/gw", &at(1));
+        assert_eq!(s.gateways, ["a/one", "m/gw", "z/two"]);
+        let s = resource_status(Some(&s), &result(&["x"]), None, "m/gw", &at(1));
+        assert_eq!(s.gateways, ["a/one", "z/two"]);
+        assert_eq!(without_gateway(&s, "m/gw"), None);
+        assert_eq!(without_gateway(&s, "a/one").unwrap().gateways, ["z/two"]);
+    }
+
+    #[test]
+    fn resource_events_on_rejection_and_recovery_only() {
+        let ok = resource_status(None, &result(&[]), None, "g", &at(1));
+        assert!(resource_notices(None, &ok).is_empty());
+        let bad = resource_status(Some(&ok), &result(&["boom"]), None, "g", &at(2));
+        let n = resource_notices(Some(&ok), &bad);
+        assert_eq!(n.len(), 1);
+        assert!(n[0].warning);
+        assert_eq!(n[0].reason, "Rejected");
+        assert!(resource_notices(Some(&bad), &bad).is_empty());
+        let worse = resource_status(Some(&bad), &result(&["bang"]), None, "g", &at(3));
+        assert_eq!(resource_notices(Some(&bad), &worse)[0].reason, "Rejected");
+        let fixed = resource_status(Some(&worse), &result(&[]), None, "g", &at(4));
+        let n = resource_notices(Some(&worse), &fixed);
+        assert_eq!(
+            n,
+            [Notice::new(
+                false,
+                "Accepted",
+                "compiled without problems".into()
+            )]
+        );
+        // Rejected from the start is a transition too.
+        let first_bad = resource_status(None, &result(&["boom"]), None, "g", &at(1));
+        assert_eq!(resource_notices(None, &first_bad)[0].reason, "Rejected");
+    }
+
+    fn applied<'a>(hash: &'a str, status: Option<&'a DeploymentStatus>) -> SpecOutcome<'a> {
+        SpecOutcome::Applied {
+            snapshot_hash: hash,
+            workflows: 2,
+            cli_tools: 1,
+            security_contexts: 0,
+            rejected: 1,
+            replicas: 1,
+            deployment_generation: Some(2),
+            deployment: status,
+        }
+    }
+
+    #[test]
+    fn gateway_readiness_follows_the_deployment() {
+        let progressing = DeploymentStatus {
+            observed_generation: Some(2),
+            ready_replicas: None,
+            updated_replicas: Some(1),
+            ..Default::default()
+        };
+        let s1 = gateway_status(
+            None,
+            Some(7),
+            &applied("sha256:a", Some(&progressing)),
+            &at(1),
+        );
+        let ready = find(&s1.conditions, READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Progressing")
+        );
+        assert_eq!(s1.snapshot_hash.as_deref(), Some("sha256:a"));
+        assert_eq!((s1.workflows, s1.cli_tools, s1.ready_replicas), (2, 1, 0));
+        let n = gateway_notices(None, &s1);
+        assert_eq!(
+            n.iter().map(|n| n.reason).collect::<Vec<_>>(),
+            ["SnapshotPublished"]
+        );
+
+        let done = DeploymentStatus {
+            observed_generation: Some(2),
+            ready_replicas: Some(1),
+            updated_replicas: Some(1),
+            ..Default::default()
+        };
+        let s2 = gateway_status(
+            Some(&s1),
+            Some(7),
+            &applied("sha256:a", Some(&done)),
+            &at(2),
+        );
+        assert_eq!(find(&s2.conditions, READY).unwrap().status, "True");
+        assert_eq!(
+            find(&s2.conditions, ACCEPTED).unwrap().last_transition_time,
+            at(1)
+        );
+        let n = gateway_notices(Some(&s1), &s2);
+        assert_eq!(n.iter().map(|n| n.reason).collect::<Vec<_>>(), ["Ready"]);
+        assert_eq!(s2.ready_replicas, 1);
+
+        // A Deployment whose controller has not seen the new template yet is not ready.
+        let stale = DeploymentStatus {
+            observed_generation: Some(1),
+            ..done.clone()
+        };
+        let s3 = gateway_status(
+            Some(&s2),
+            Some(7),
+            &applied("sha256:a", Some(&stale)),
+            &at(3),
+        );
+        assert_eq!(find(&s3.conditions, READY).unwrap().status, "False");
+        assert_eq!(gateway_notices(Some(&s2), &s3)[0].reason, "NotReady");
+    }
+
+    #[test]
+    fn a_refused_spec_keeps_the_last_snapshot_facts() {
+        let done = DeploymentStatus {
+            observed_generation: Some(2),
+            ready_replicas: Some(1),
+            updated_replicas: Some(1),
+            ..Default::default()
+        };
+        let s1 = gateway_status(None, Some(1), &applied("sha256:a", Some(&done)), &at(1));
+        let refused = SpecOutcome::Refused {
+            reason: "ReplicasRequirePostgres",
+            message: "use postgres".into(),
+        };
+        let s2 = gateway_status(Some(&s1), Some(2), &refused, &at(2));
+        let accepted = find(&s2.conditions, ACCEPTED).unwrap();
+        assert_eq!(
+            (
+                accepted.status.as_str(),
+                accepted.reason.as_str(),
+                accepted.message.as_str()
+            ),
+            ("False", "ReplicasRequirePostgres", "use postgres")
+        );
+        assert_eq!(accepted.observed_generation, Some(2));
+        assert_eq!(s2.snapshot_hash, s1.snapshot_hash);
+        assert_eq!(s2.ready_replicas, 1);
+        assert_eq!(s2.observed_generation, Some(2));
+        let reasons: Vec<_> = gateway_notices(Some(&s1), &s2)
+            .iter()
+            .map(|n| n.reason)
+            .collect();
+        assert_eq!(reasons, ["Rejected", "NotReady"]);
+    }
+
+    #[test]
+    fn notes_are_bounded() {
+        let long = "é".repeat(2000);
+        let n = Notice::new(true, "Rejected", long);
+        assert!(n.note.len() <= MAX_NOTE_BYTES);
+        assert!(n.note.ends_with("..."));
+    }
+}
