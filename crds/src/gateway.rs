@@ -231,24 +231,56 @@ impl Default for AuthSettings {
     }
 }
 
+/// Where per-invocation upstream credentials come from (reference §5.6): OpenBao (dynamic secrets and
+/// KV v2) and Keycloak (RFC 8693 token exchange of a verified user token).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct CredentialSettings {
+    /// OpenBao (Vault API) address, e.g. `https://openbao.vault.svc:8200`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openbao_addr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openbao_token: Option<SecretValue>,
+    /// Mount of the KV v2 engine read by `StaticRef` and `UserBound`.
     #[serde(default = "default_openbao_kv_mount")]
     pub openbao_kv_mount: String,
+    /// OpenBao namespace, sent as `X-Vault-Namespace` when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openbao_namespace: Option<String>,
+    /// Keycloak token endpoint used for the RFC 8693 exchange.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keycloak_token_exchange_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keycloak_client_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keycloak_client_secret: Option<SecretValue>,
+    /// JWKS that user tokens (`X-Seal-User-Token`) must verify against before they are exchanged.
+    /// When unset, it is discovered from `keycloak_user_jwt_issuer`'s OpenID configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keycloak_user_jwks_uri: Option<String>,
+    /// Required `iss` of user tokens (checked when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keycloak_user_jwt_issuer: Option<String>,
+    /// Required `aud` of user tokens (checked when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keycloak_user_jwt_audience: Option<String>,
+    /// Bound on each OpenBao or Keycloak request, from connecting to the last byte.
+    #[serde(default = "default_credential_request_timeout_ms")]
+    #[schemars(range(min = 1, max = 300_000))]
+    pub request_timeout_ms: u64,
+    /// Retries after a transport error or a 5xx answer (never after a 4xx), at most 3.
+    #[serde(default = "default_credential_max_retries")]
+    #[schemars(range(max = 3))]
+    pub max_retries: u32,
 }
 
 fn default_openbao_kv_mount() -> String {
     "secret".into()
+}
+fn default_credential_request_timeout_ms() -> u64 {
+    5000
+}
+fn default_credential_max_retries() -> u32 {
+    1
 }
 
 impl Default for CredentialSettings {
@@ -257,9 +289,15 @@ impl Default for CredentialSettings {
             openbao_addr: None,
             openbao_token: None,
             openbao_kv_mount: default_openbao_kv_mount(),
+            openbao_namespace: None,
             keycloak_token_exchange_url: None,
             keycloak_client_id: None,
             keycloak_client_secret: None,
+            keycloak_user_jwks_uri: None,
+            keycloak_user_jwt_issuer: None,
+            keycloak_user_jwt_audience: None,
+            request_timeout_ms: default_credential_request_timeout_ms(),
+            max_retries: default_credential_max_retries(),
         }
     }
 }

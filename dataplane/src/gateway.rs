@@ -12,12 +12,15 @@ use tokio::task::JoinHandle;
 
 use crate::application::catalog::ServedSnapshot;
 use crate::application::clock::Clock;
+use crate::application::credential::CredentialResolver;
 use crate::application::invocation::InvocationService;
 use crate::application::sessions::SessionCache;
+use crate::application::workflow::WorkflowEngine;
 use crate::domain::policy::RateLimiter;
 use crate::infrastructure::auth::operator::{OperatorAuthConfig, OperatorAuthenticator};
 use crate::infrastructure::auth::token::SealTokenVerifier;
 use crate::infrastructure::config::GatewayConfig;
+use crate::infrastructure::http_client::{HttpClient, HttpClientConfig};
 use crate::infrastructure::persistence::{AuditWriter, Database, ReplayGuard};
 use crate::presentation::server;
 
@@ -31,6 +34,8 @@ pub struct GatewayState {
     pub served: ArcSwap<ServedSnapshot>,
     pub invocation: InvocationService,
     pub audit: AuditWriter,
+    pub workflows: WorkflowEngine,
+    pub credentials: CredentialResolver,
     /// `None` when operator authentication is disabled by configuration.
     pub operator_auth: Option<OperatorAuthenticator>,
     pub max_body_bytes: u64,
@@ -83,6 +88,13 @@ impl RunningGateway {
                 http,
             ))
         };
+        let served = ServedSnapshot::new(snapshot).map_err(StartError::Config)?;
+        let http = HttpClient::new(HttpClientConfig::default()).map_err(|e| {
+            StartError::Config(format!("cannot build the upstream HTTP client: {e}"))
+        })?;
+        let credentials =
+            CredentialResolver::new(&config.settings.credentials, http.clone(), db.clone())
+                .map_err(StartError::Config)?;
         let replay = ReplayGuard::start(db.clone());
         let invocation = InvocationService {
             tokens,
@@ -103,7 +115,9 @@ impl RunningGateway {
         let state = Arc::new(GatewayState {
             audit: AuditWriter::start(db.clone()),
             db,
-            served: ArcSwap::from_pointee(ServedSnapshot::new(snapshot)),
+            served: ArcSwap::from_pointee(served),
+            workflows: WorkflowEngine::new(http),
+            credentials,
             invocation,
             operator_auth,
             max_body_bytes: network.max_body_bytes,

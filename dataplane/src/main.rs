@@ -7,7 +7,10 @@ use aegis_seal_crds::Snapshot;
 use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
-use aegis_seal_gateway::infrastructure::config::{ConfigSources, load_config, load_manifests};
+use aegis_seal_gateway::infrastructure::config::{
+    ConfigSources, ManifestSet, fetch_documents, load_config,
+};
+use aegis_seal_gateway::infrastructure::http_client::{HttpClient, HttpClientConfig};
 use aegis_seal_gateway::infrastructure::persistence::{CatalogSource, Database};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -65,7 +68,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(&ConfigSources::process(cli.config.as_deref()))?;
     let snapshot = match &cli.manifests {
         Some(dir) => {
-            let compiled = load_manifests(dir)?;
+            let manifests = ManifestSet::read(dir)?;
+            let http = HttpClient::new(HttpClientConfig::default())
+                .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
+            let documents = fetch_documents(&manifests.openapi_urls(), &http).await;
+            let compiled = manifests.compile(documents)?;
             let s = &compiled.snapshot;
             tracing::info!(
                 manifests = %dir.display(),

@@ -20,10 +20,21 @@ fn quickstart_manifests_compile_into_the_quickstart_tools() {
         .chain(s.cli_tools.iter().map(|t| t.tool_name.as_str()))
         .chain(s.security_contexts.iter().map(|c| c.name.as_str()))
         .collect();
-    assert_eq!(names, ["echo_message", "busybox", "quickstart-agents"]);
-    let echo = &s.workflows[0];
-    assert_eq!(echo.operations["echoMessage"].method, "POST");
-    assert_eq!(echo.operations["echoMessage"].path, "/echo");
+    assert_eq!(
+        names,
+        [
+            "create_repository_with_teams",
+            "busybox",
+            "quickstart-agents"
+        ]
+    );
+    let workflow = &s.workflows[0];
+    assert_eq!(workflow.steps.len(), 3);
+    assert_eq!(workflow.operations["addTeam"].method, "POST");
+    assert_eq!(
+        workflow.operations["addTeam"].path,
+        "/repos/{repo_id}/teams"
+    );
 }
 
 #[test]

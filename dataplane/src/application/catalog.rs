@@ -6,20 +6,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use aegis_seal_crds::security_context::Capability;
-use aegis_seal_crds::{CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot, WorkflowEntry};
+use aegis_seal_crds::{CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot};
+
+use crate::application::workflow::CompiledWorkflow;
 
 /// A tool an agent can call.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum ToolRef {
-    Workflow(Arc<WorkflowEntry>),
+    /// Templates and JSONPaths compiled once, when the snapshot was loaded.
+    Workflow(Arc<CompiledWorkflow>),
     CliTool(Arc<CliToolEntry>),
 }
 
-impl ToolRef {
-    pub fn tenant_id(&self) -> Option<&str> {
+impl std::fmt::Debug for ToolRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Workflow(w) => w.tenant_id.as_deref(),
-            Self::CliTool(t) => t.tenant_id.as_deref(),
+            Self::Workflow(w) => write!(f, "Workflow({})", w.tool_name()),
+            Self::CliTool(t) => write!(f, "CliTool({})", t.tool_name),
         }
     }
 }
@@ -36,7 +39,7 @@ pub enum Lookup<T> {
 type Key = (Option<String>, String);
 
 /// A snapshot ready to serve.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ServedSnapshot {
     pub snapshot: Snapshot,
     pub hash: String,
@@ -102,12 +105,16 @@ pub fn with_default_contexts(mut snapshot: Snapshot) -> Snapshot {
 }
 
 impl ServedSnapshot {
-    pub fn new(snapshot: Snapshot) -> Self {
+    /// Indexes the snapshot and compiles its workflows. Fails only for a snapshot that did not
+    /// come from `crds::compile`, which validated every template and JSONPath.
+    pub fn new(snapshot: Snapshot) -> Result<Self, String> {
         let mut tools = HashMap::new();
         for w in &snapshot.workflows {
+            let compiled = CompiledWorkflow::compile(Arc::new(w.clone()))
+                .map_err(|e| format!("workflow {}: {e}", w.tool_name))?;
             tools.insert(
                 (w.tenant_id.clone(), w.tool_name.clone()),
-                ToolRef::Workflow(Arc::new(w.clone())),
+                ToolRef::Workflow(Arc::new(compiled)),
             );
         }
         for t in &snapshot.cli_tools {
@@ -121,12 +128,12 @@ impl ServedSnapshot {
             .iter()
             .map(|c| ((c.tenant_id.clone(), c.name.clone()), Arc::new(c.clone())))
             .collect();
-        Self {
+        Ok(Self {
             hash: snapshot.hash(),
             snapshot,
             tools,
             contexts,
-        }
+        })
     }
 
     pub fn tool(&self, tenant: &str, name: &str) -> Lookup<ToolRef> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration};
 use http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::application::catalog::{Lookup, ServedSnapshot, ToolRef};
 use crate::application::clock::Clock;
@@ -42,6 +42,8 @@ pub struct AuthorizedCall {
     pub arguments: Value,
     pub grant: Grant,
     pub security_context: String,
+    /// The SecurityContext allows human-delegated credentials (a `*` or `credentials.*` capability).
+    pub allows_human_delegated: bool,
     /// `ToolCallAuthorized`, to commit with the call's other events before answering.
     pub events: Vec<AuditEvent>,
 }
@@ -195,9 +197,9 @@ impl InvocationService {
         }
 
         let audit = |violation_type: &str, error: &SealError| {
-            AuditEvent::new(
+            AuditEvent::from_json(
                 "PolicyViolationBlocked",
-                object(json!({
+                json!({
                     "execution_id": execution_id,
                     "agent_id": record.agent_id,
                     "tool_name": tool_name,
@@ -207,7 +209,7 @@ impl InvocationService {
                     "code": error.code,
                     "reason": error.message,
                     "blocked_at": now,
-                })),
+                }),
             )
         };
         let refuse = |violation_type: &str, error: SealError| {
@@ -322,16 +324,16 @@ impl InvocationService {
         .map_err(|v| refuse(v.metric_label(), forbidden(v.code(), v.message())))?;
 
         tracing::debug!(target: TARGET, execution_id, tool = %tool_name, tenant = %tenant, "tool call authorized");
-        let authorized = AuditEvent::new(
+        let authorized = AuditEvent::from_json(
             "ToolCallAuthorized",
-            object(json!({
+            json!({
                 "execution_id": execution_id,
                 "agent_id": record.agent_id,
                 "tool_name": tool_name,
                 "security_context": record.security_context,
                 "tenant_id": tenant,
                 "authorized_at": now,
-            })),
+            }),
         );
         Ok(AuthorizedCall {
             execution_id: execution_id.clone(),
@@ -342,6 +344,10 @@ impl InvocationService {
             arguments,
             grant,
             security_context: record.security_context.clone(),
+            allows_human_delegated: context
+                .capabilities
+                .iter()
+                .any(|c| c.tool_pattern == "*" || c.tool_pattern == "credentials.*"),
             events: vec![authorized],
         })
     }
@@ -383,11 +389,4 @@ fn reject(execution_id: Option<&str>, error: &SealError) {
         "envelope rejected: {}",
         error.message
     );
-}
-
-fn object(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    }
 }

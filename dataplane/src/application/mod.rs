@@ -2,5 +2,7 @@
 
 pub mod catalog;
 pub mod clock;
+pub mod credential;
 pub mod invocation;
 pub mod sessions;
+pub mod workflow;

@@ -1,21 +1,29 @@
 //! `POST /v1/invoke` and `POST /v1/seal/invoke`.
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use serde_json::json;
 
-use crate::application::catalog::{ServedSnapshot, ToolRef};
+use crate::application::catalog::ToolRef;
+use crate::application::credential::{CredentialRequest, USER_TOKEN_HEADER};
 use crate::application::invocation::{AuthorizedCall, Refusal};
+use crate::application::workflow::{CompiledWorkflow, ExecutionContext};
 use crate::gateway::GatewayState;
+use crate::infrastructure::persistence::AuditEvent;
 use crate::presentation::http::{Body, error, json_response, seal_error, unavailable};
 
 const HANDLER: &str = "invoke_seal";
 
-pub async fn invoke(state: &GatewayState, body: Bytes) -> Response<Body> {
+pub async fn invoke(state: &GatewayState, headers: &HeaderMap, body: Bytes) -> Response<Body> {
+    // For HumanDelegated credentials (B-17); never logged, never forwarded.
+    let user_token = headers
+        .get(USER_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty());
     // The snapshot this request started with, whatever reloads happen meanwhile.
     let served = state.served.load_full();
     match state.invocation.authorize(&body, &served).await {
-        Ok(call) => dispatch(state, &served, call).await,
+        Ok(call) => dispatch(state, user_token, call).await,
         Err(Refusal::Seal { error, event }) => {
             if let Some(event) = event
                 && let Err(e) = state.audit.write(vec![event]).await
@@ -30,19 +38,18 @@ pub async fn invoke(state: &GatewayState, body: Bytes) -> Response<Body> {
 
 async fn dispatch(
     state: &GatewayState,
-    _served: &ServedSnapshot,
-    call: AuthorizedCall,
+    user_token: Option<&str>,
+    mut call: AuthorizedCall,
 ) -> Response<Body> {
-    let events = call.events;
+    let mut events = std::mem::take(&mut call.events);
     let response = match &call.tool {
         None => error(
             StatusCode::NOT_FOUND,
             format!("tool '{}' not found", call.tool_name),
         ),
-        Some(ToolRef::Workflow(_)) => json_response(
-            StatusCode::NOT_IMPLEMENTED,
-            &json!({"error": "workflow execution is not available in this build"}),
-        ),
+        Some(ToolRef::Workflow(workflow)) => {
+            run_workflow(state, &call, workflow, user_token, &mut events).await
+        }
         Some(ToolRef::CliTool(_)) => json_response(
             StatusCode::NOT_IMPLEMENTED,
             &json!({"error": "CLI tool execution is not available in this build"}),
@@ -51,6 +58,83 @@ async fn dispatch(
     // The call's events are durable before the caller hears about it.
     if let Err(e) = state.audit.write(events).await {
         return unavailable(HANDLER, &e);
+    }
+    response
+}
+
+/// Obtains the workflow's credential, runs it, releases dynamic leases, and redacts the secrets
+/// from what the agent sees.
+async fn run_workflow(
+    state: &GatewayState,
+    call: &AuthorizedCall,
+    workflow: &CompiledWorkflow,
+    user_token: Option<&str>,
+    events: &mut Vec<AuditEvent>,
+) -> Response<Body> {
+    let credential = match &workflow.entry().credential_path {
+        None => None,
+        Some(path) => {
+            let outcome = state
+                .credentials
+                .resolve(CredentialRequest {
+                    execution_id: &call.execution_id,
+                    tenant_id: Some(&call.tenant_id),
+                    path,
+                    user_token,
+                    allows_human_delegated: call.allows_human_delegated,
+                })
+                .await;
+            events.extend(outcome.events);
+            match outcome.result {
+                Ok(credential) => Some(credential),
+                Err(e) => return json_response(e.status, &e.body()),
+            }
+        }
+    };
+    let headers = credential
+        .as_ref()
+        .map(|c| c.headers.as_slice())
+        .unwrap_or(&[]);
+    let outcome = state
+        .workflows
+        .execute(
+            workflow,
+            ExecutionContext {
+                execution_id: &call.execution_id,
+                arguments: &call.arguments,
+                credential_headers: headers,
+                max_response_bytes: call.grant.max_response_size,
+            },
+        )
+        .await;
+    let mut workflow_events = outcome.events;
+    let response = match outcome.result {
+        Ok(mut result) => {
+            if let Some(c) = &credential {
+                c.redact_json(&mut result);
+            }
+            json_response(StatusCode::OK, &json!({"result": result}))
+        }
+        Err(mut e) => {
+            if let Some(c) = &credential {
+                e.reason = c.redact_text(&e.reason).into_owned();
+            }
+            json_response(e.status, &e.body())
+        }
+    };
+    if let Some(credential) = credential {
+        // Reasons may quote upstream bodies, which may echo the secret.
+        for event in &mut workflow_events {
+            let mut payload = serde_json::Value::Object(std::mem::take(&mut event.payload));
+            credential.redact_json(&mut payload);
+            if let serde_json::Value::Object(map) = payload {
+                event.payload = map;
+            }
+        }
+        events.append(&mut workflow_events);
+        events.extend(state.credentials.release(credential.leases).await);
+    } else {
+        events.append(&mut workflow_events);
     }
     response
 }

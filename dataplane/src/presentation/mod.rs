@@ -5,3 +5,4 @@ pub mod invoke;
 pub mod routes;
 pub mod server;
 pub mod sessions;
+pub mod tools;

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::gateway::GatewayState;
 use crate::infrastructure::auth::operator::OperatorIdentity;
 use crate::presentation::http::{Body, empty, json_response, read_body, too_large, unavailable};
-use crate::presentation::{invoke, sessions};
+use crate::presentation::{invoke, sessions, tools};
 
 /// Answers one request.
 pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Response<Body> {
@@ -41,8 +41,9 @@ async fn route(state: &GatewayState, req: Request<Incoming>) -> Response<Body> {
         (Method::GET | Method::HEAD, ["health"]) => health(),
         (Method::GET, ["ready"]) => ready(state).await,
         (Method::POST, ["v1", "invoke"] | ["v1", "seal", "invoke"]) => {
-            match read_body(req.into_body(), state.max_body_bytes).await {
-                Ok(body) => invoke::invoke(state, body).await,
+            let (parts, body) = req.into_parts();
+            match read_body(body, state.max_body_bytes).await {
+                Ok(body) => invoke::invoke(state, &parts.headers, body).await,
                 Err(response) => response,
             }
         }
@@ -68,11 +69,16 @@ async fn route(state: &GatewayState, req: Request<Incoming>) -> Response<Body> {
             Ok(operator) => sessions::revoke(state, &operator, id).await,
             Err(response) => response,
         },
+        (Method::GET, ["v1", "tools"]) => match authenticate(state, &req).await {
+            Ok(operator) => tools::list(state, &operator),
+            Err(response) => response,
+        },
         (_, ["health"]) => method_not_allowed("GET, HEAD"),
         (_, ["ready"]) => method_not_allowed("GET"),
         (_, ["v1", "invoke"] | ["v1", "seal", "invoke"]) => method_not_allowed("POST"),
         (_, ["v1", "seal", "sessions"]) => method_not_allowed("GET, POST"),
         (_, ["v1", "seal", "sessions", _]) => method_not_allowed("GET, DELETE"),
+        (_, ["v1", "tools"]) => method_not_allowed("GET"),
         _ => empty(StatusCode::NOT_FOUND),
     }
 }

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use http::{Response, StatusCode};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::gateway::GatewayState;
 use crate::infrastructure::auth::envelope::parse_session_key;
@@ -42,13 +42,6 @@ fn view(s: &SessionRecord) -> Value {
         "allowed_tool_patterns": s.allowed_tool_patterns,
         "tenant_id": s.tenant_id,
     })
-}
-
-fn object(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    }
 }
 
 /// A tenant operator sees its own sessions and tenant-less ones; a platform operator sees all.
@@ -142,9 +135,9 @@ pub async fn upsert(
             ),
         ),
         SessionWrite::Created | SessionWrite::Updated => {
-            let event = AuditEvent::new(
+            let event = AuditEvent::from_json(
                 "SessionRegistered",
-                object(json!({
+                json!({
                     "execution_id": record.execution_id,
                     "agent_id": record.agent_id,
                     "security_context": record.security_context,
@@ -152,7 +145,7 @@ pub async fn upsert(
                     "expires_at": record.expires_at,
                     "tenant_id": record.tenant_id,
                     "registered_at": now,
-                })),
+                }),
             );
             if let Err(e) = state.audit.write(vec![event]).await {
                 return unavailable(HANDLER, &e);
@@ -216,15 +209,15 @@ pub async fn revoke(
         );
     };
     let now = state.invocation.clock.now();
-    let event = AuditEvent::new(
+    let event = AuditEvent::from_json(
         "SessionRevoked",
-        object(json!({
+        json!({
             "execution_id": session.execution_id,
             "agent_id": session.agent_id,
             "tenant_id": session.tenant_id,
             "revoked_by": operator.subject,
             "revoked_at": now,
-        })),
+        }),
     );
     if let Err(e) = state.audit.write(vec![event]).await {
         return unavailable(HANDLER, &e);

@@ -12,7 +12,7 @@ use aegis_seal_crds::manifest::strict;
 use aegis_seal_crds::{API_VERSION, SecretValue};
 use serde::Deserialize;
 
-pub use manifests::load_manifests;
+pub use manifests::{ManifestSet, fetch_documents, load_manifests};
 
 /// File name looked for in the working directory, `~/.aegis/` and `/etc/aegis/`.
 pub const CONFIG_FILE_NAME: &str = "seal-gateway-config.yaml";
@@ -228,7 +228,11 @@ fn resolve_env_references(s: &mut GatewaySettings, sources: &ConfigSources<'_>) 
         secret(token);
     }
     required(&mut s.credentials.openbao_kv_mount);
+    optional(&mut s.credentials.openbao_namespace);
     optional(&mut s.credentials.keycloak_token_exchange_url);
+    optional(&mut s.credentials.keycloak_user_jwks_uri);
+    optional(&mut s.credentials.keycloak_user_jwt_issuer);
+    optional(&mut s.credentials.keycloak_user_jwt_audience);
     optional(&mut s.credentials.keycloak_client_id);
     if let Some(client_secret) = &mut s.credentials.keycloak_client_secret {
         secret(client_secret);
@@ -241,8 +245,12 @@ fn resolve_env_references(s: &mut GatewaySettings, sources: &ConfigSources<'_>) 
     // Empty optional settings mean "unset".
     for field in [
         &mut s.credentials.openbao_addr,
+        &mut s.credentials.openbao_namespace,
         &mut s.credentials.keycloak_token_exchange_url,
         &mut s.credentials.keycloak_client_id,
+        &mut s.credentials.keycloak_user_jwks_uri,
+        &mut s.credentials.keycloak_user_jwt_issuer,
+        &mut s.credentials.keycloak_user_jwt_audience,
         &mut s.cli.container_cli,
         &mut s.cli.semantic_judge_url,
         &mut s.cli.orchestrator_url,
@@ -346,6 +354,34 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
         &mut s.credentials.keycloak_client_secret,
         "SEAL_GATEWAY_KEYCLOAK_CLIENT_SECRET",
     );
+    set_opt(
+        &mut s.credentials.openbao_namespace,
+        "SEAL_GATEWAY_OPENBAO_NAMESPACE",
+    );
+    set_opt(
+        &mut s.credentials.keycloak_user_jwks_uri,
+        "SEAL_GATEWAY_KEYCLOAK_USER_JWKS_URI",
+    );
+    set_opt(
+        &mut s.credentials.keycloak_user_jwt_issuer,
+        "SEAL_GATEWAY_KEYCLOAK_USER_JWT_ISSUER",
+    );
+    set_opt(
+        &mut s.credentials.keycloak_user_jwt_audience,
+        "SEAL_GATEWAY_KEYCLOAK_USER_JWT_AUDIENCE",
+    );
+    if let Some(ms) = src
+        .var("SEAL_GATEWAY_CREDENTIAL_REQUEST_TIMEOUT_MS")
+        .and_then(|v| v.trim().parse().ok())
+    {
+        s.credentials.request_timeout_ms = ms;
+    }
+    if let Some(n) = src
+        .var("SEAL_GATEWAY_CREDENTIAL_MAX_RETRIES")
+        .and_then(|v| v.trim().parse().ok())
+    {
+        s.credentials.max_retries = n;
+    }
     set_opt(&mut s.cli.container_cli, "SEAL_GATEWAY_CONTAINER_CLI");
     set_opt(
         &mut s.cli.semantic_judge_url,
@@ -434,6 +470,12 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
         return Err(
             "spec.database.url: must start with sqlite:, postgres:// or postgresql://".into(),
         );
+    }
+    if !(1..=300_000).contains(&s.credentials.request_timeout_ms) {
+        return Err("spec.credentials.request_timeout_ms: must be between 1 and 300000".into());
+    }
+    if s.credentials.max_retries > 3 {
+        return Err("spec.credentials.max_retries: must be at most 3".into());
     }
     if !s.auth.disabled && s.auth.operator_jwks_uri.trim().is_empty() {
         return Err("spec.auth.operator_jwks_uri is required when auth is enabled".into());

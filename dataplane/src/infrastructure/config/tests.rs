@@ -162,6 +162,7 @@ fn spec_defaults() -> GatewaySettings {
             keycloak_token_exchange_url: None,
             keycloak_client_id: None,
             keycloak_client_secret: None,
+            ..CredentialSettings::default()
         },
         cli: CliSettings {
             container_cli: None,
@@ -444,6 +445,7 @@ fn env_references_are_replaced_in_every_supported_field() {
             keycloak_token_exchange_url: Some("https://kc/token".into()),
             keycloak_client_id: Some("gateway".into()),
             keycloak_client_secret: literal("kc-secret"),
+            ..CredentialSettings::default()
         },
         cli: CliSettings {
             container_cli: Some("podman".into()),
@@ -595,6 +597,7 @@ fn overrides_still_fill_fields_cleared_by_env_references() {
             keycloak_token_exchange_url: Some("http://kc".into()),
             keycloak_client_id: Some("client".into()),
             keycloak_client_secret: literal("secret"),
+            ..CredentialSettings::default()
         }
     );
     assert_eq!(s.cli.container_cli.as_deref(), Some("docker"));
@@ -738,6 +741,7 @@ fn file_values() -> GatewaySettings {
             keycloak_token_exchange_url: Some("http://file-kc".into()),
             keycloak_client_id: Some("file-client".into()),
             keycloak_client_secret: literal("file-secret"),
+            ..CredentialSettings::default()
         },
         cli: CliSettings {
             container_cli: Some("file-cli".into()),
@@ -828,6 +832,7 @@ fn every_override_replaces_the_file_value() {
             keycloak_token_exchange_url: Some("http://env-kc".into()),
             keycloak_client_id: Some("env-client".into()),
             keycloak_client_secret: literal("env-secret"),
+            ..CredentialSettings::default()
         },
         cli: CliSettings {
             container_cli: Some("/usr/bin/podman".into()),

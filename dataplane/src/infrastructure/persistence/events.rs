@@ -18,6 +18,14 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// An event from a `json!` object literal; anything but an object yields an empty payload.
+    pub fn from_json(event_type: &'static str, payload: Value) -> Self {
+        match payload {
+            Value::Object(map) => Self::new(event_type, map),
+            _ => Self::new(event_type, Map::new()),
+        }
+    }
+
     pub fn new(event_type: &'static str, payload: Map<String, Value>) -> Self {
         let tenant_id = payload
             .get("tenant_id")

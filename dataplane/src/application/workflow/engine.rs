@@ -1,0 +1,482 @@
+//! Executing a [`CompiledWorkflow`]: render each step, call the upstream, check and extract the
+//! response, apply the step's `on_error`, and record the audit events.
+//!
+//! Logs (target `aegis_seal_gateway::application::workflow::engine`): `debug` for the start and end
+//! of an invocation and for failed steps, `trace` for each step's request (method, URL without query,
+//! body size, header names; credential values never) and response (status, duration, size).
+
+use std::time::{Duration, Instant};
+
+use aegis_seal_crds::OnError;
+use http::{HeaderName, HeaderValue, StatusCode};
+use serde_json::{Map, Value, json};
+
+use super::audit::{EventLog, millis};
+use super::compiled::{CompiledStep, CompiledWorkflow};
+use super::request::{self, kind_of};
+use super::template::{self, TemplateScope};
+use crate::infrastructure::http_client::{
+    HttpClient, HttpClientError, OutboundRequest, OutboundResponse, redacted_url,
+};
+use crate::infrastructure::persistence::AuditEvent;
+
+/// Most bytes of an upstream error body quoted in a failure reason.
+pub const BODY_EXCERPT_BYTES: usize = 512;
+/// Most top-level response keys listed when an extractor misses.
+const LISTED_KEYS: usize = 20;
+/// First retry delay; doubled per retry up to [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What one invocation runs with.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecutionContext<'a> {
+    pub execution_id: &'a str,
+    /// The invocation arguments (`input` in templates).
+    pub arguments: &'a Value,
+    /// Added to every request; they replace template-supplied headers of the same name.
+    pub credential_headers: &'a [(HeaderName, HeaderValue)],
+    /// Overrides the HTTP client's response size bound.
+    pub max_response_bytes: Option<u64>,
+}
+
+/// The result and the events to commit before answering. The engine writes nothing itself.
+#[derive(Debug)]
+pub struct WorkflowOutcome {
+    /// `{"workflow_id", "execution_id", "result": <last response>, "steps": {step: {key: value}}}`.
+    pub result: Result<Value, WorkflowError>,
+    pub events: Vec<AuditEvent>,
+}
+
+/// Why an invocation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("workflow step \"{failed_step}\" failed: {reason}")]
+pub struct WorkflowError {
+    /// 502 for upstream and transport failures, 500 for template, extractor and internal ones.
+    pub status: StatusCode,
+    pub failed_step: String,
+    /// The exact error, also in the `WorkflowInvocationFailed` event.
+    pub reason: String,
+}
+
+impl WorkflowError {
+    /// The response body: `{"error": reason, "failed_step": step}`.
+    pub fn body(&self) -> Value {
+        json!({"error": self.reason, "failed_step": self.failed_step})
+    }
+}
+
+/// Runs workflows over one shared, pooled [`HttpClient`].
+#[derive(Debug, Clone)]
+pub struct WorkflowEngine {
+    http: HttpClient,
+}
+
+struct StepSuccess {
+    response: Value,
+    extracted: Map<String, Value>,
+}
+
+struct StepFailure {
+    status: StatusCode,
+    reason: String,
+    /// The response JSON, when the step failed only on an extractor.
+    response: Option<Value>,
+    /// What the extractors did find.
+    extracted: Map<String, Value>,
+}
+
+impl StepFailure {
+    fn template(reason: String) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            reason,
+            response: None,
+            extracted: Map::new(),
+        }
+    }
+
+    fn upstream(reason: String) -> Self {
+        Self {
+            status: StatusCode::BAD_GATEWAY,
+            reason,
+            response: None,
+            extracted: Map::new(),
+        }
+    }
+}
+
+impl WorkflowEngine {
+    pub fn new(http: HttpClient) -> Self {
+        Self { http }
+    }
+
+    pub fn http(&self) -> &HttpClient {
+        &self.http
+    }
+
+    pub async fn execute(
+        &self,
+        wf: &CompiledWorkflow,
+        ctx: ExecutionContext<'_>,
+    ) -> WorkflowOutcome {
+        let started = Instant::now();
+        let workflow_id = wf.workflow_id();
+        let mut log = EventLog::new(
+            workflow_id,
+            ctx.execution_id,
+            wf.entry().tenant_id.as_deref(),
+            wf.steps.len() + 2,
+        );
+        log.started(wf.tool_name());
+        tracing::debug!(
+            workflow_id,
+            execution_id = ctx.execution_id,
+            tool = wf.tool_name(),
+            steps = wf.steps.len(),
+            "workflow started"
+        );
+
+        let mut scope = TemplateScope::new(ctx.arguments);
+        let mut last_response = json!({});
+        for step in &wf.steps {
+            match self.run_step(wf, step, &scope, &ctx, &mut log).await {
+                Ok(done) => {
+                    scope.record(&step.name, &done.extracted);
+                    last_response = done.response;
+                }
+                Err(failure) if step.on_error == OnError::Continue => {
+                    tracing::debug!(
+                        workflow_id,
+                        execution_id = ctx.execution_id,
+                        step = %step.name,
+                        reason = %failure.reason,
+                        "workflow step failed; continuing (on_error: continue)"
+                    );
+                    // Whatever the extractors found stays usable; the missing keys stay absent, so a
+                    // later template that needs them fails in strict mode.
+                    if let Some(response) = failure.response {
+                        scope.record(&step.name, &failure.extracted);
+                        last_response = response;
+                    }
+                    log.step_failed(&step.name, &failure.reason);
+                }
+                Err(failure) => {
+                    log.failed(&step.name, &failure.reason);
+                    tracing::debug!(
+                        workflow_id,
+                        execution_id = ctx.execution_id,
+                        failed_step = %step.name,
+                        status = failure.status.as_u16(),
+                        reason = %failure.reason,
+                        duration_ms = millis(started.elapsed()),
+                        "workflow failed"
+                    );
+                    return WorkflowOutcome {
+                        result: Err(WorkflowError {
+                            status: failure.status,
+                            failed_step: step.name.clone(),
+                            reason: failure.reason,
+                        }),
+                        events: log.into_events(),
+                    };
+                }
+            }
+        }
+
+        let took = started.elapsed();
+        log.completed(wf.steps.len(), took);
+        tracing::debug!(
+            workflow_id,
+            execution_id = ctx.execution_id,
+            duration_ms = millis(took),
+            "workflow completed"
+        );
+        WorkflowOutcome {
+            result: Ok(json!({
+                "workflow_id": workflow_id,
+                "execution_id": ctx.execution_id,
+                "result": last_response,
+                "steps": scope.steps(),
+            })),
+            events: log.into_events(),
+        }
+    }
+
+    /// Renders the step once, then sends it up to `step.attempts` times.
+    async fn run_step(
+        &self,
+        wf: &CompiledWorkflow,
+        step: &CompiledStep,
+        scope: &TemplateScope,
+        ctx: &ExecutionContext<'_>,
+        log: &mut EventLog<'_>,
+    ) -> Result<StepSuccess, StepFailure> {
+        let text = if step.has_template {
+            template::render(&wf.registry, &step.name, scope).map_err(StepFailure::template)?
+        } else {
+            "{}".to_owned()
+        };
+        let rendered: Value = serde_json::from_str(&text).map_err(|e| {
+            StepFailure::template(format!("template did not render valid JSON: {e}"))
+        })?;
+        let prepared = request::prepare(
+            &wf.entry().base_url,
+            &step.method,
+            &step.operation,
+            rendered,
+        )
+        .map_err(StepFailure::template)?;
+
+        let mut headers = prepared.headers;
+        for (name, value) in ctx.credential_headers {
+            let mut value = value.clone();
+            // Keeps the value out of HTTP/2 header compression tables.
+            value.set_sensitive(true);
+            headers.insert(name.clone(), value);
+        }
+        tracing::trace!(
+            workflow_id = wf.workflow_id(),
+            execution_id = ctx.execution_id,
+            step = %step.name,
+            method = %step.method,
+            url = %redacted_url(&prepared.url),
+            body_bytes = prepared.body.as_ref().map_or(0, |b| b.len()),
+            headers = ?headers.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            credential_headers = ctx.credential_headers.len(),
+            dropped_keys = ?prepared.dropped_keys,
+            "workflow step request (credential header values redacted)"
+        );
+        let request = OutboundRequest {
+            method: step.method.clone(),
+            url: prepared.url,
+            headers,
+            body: prepared.body,
+            timeout: Some(step.timeout),
+            max_response_bytes: ctx.max_response_bytes,
+        };
+
+        let mut attempt = 1;
+        loop {
+            match self
+                .attempt(wf, step, request.clone(), attempt, ctx, log)
+                .await
+            {
+                Ok(done) => return Ok(done),
+                Err(failure) if attempt < step.attempts => {
+                    let delay = backoff(attempt - 1);
+                    tracing::debug!(
+                        workflow_id = wf.workflow_id(),
+                        execution_id = ctx.execution_id,
+                        step = %step.name,
+                        attempt,
+                        retry_in_ms = millis(delay),
+                        reason = %failure.reason,
+                        "workflow step attempt failed; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(mut failure) => {
+                    if step.attempts > 1 {
+                        failure.reason =
+                            format!("{} (gave up after {attempt} attempts)", failure.reason);
+                    }
+                    return Err(failure);
+                }
+            }
+        }
+    }
+
+    /// One send: the response must be 2xx and JSON (or empty), and every extractor must match.
+    async fn attempt(
+        &self,
+        wf: &CompiledWorkflow,
+        step: &CompiledStep,
+        request: OutboundRequest,
+        attempt: u32,
+        ctx: &ExecutionContext<'_>,
+        log: &mut EventLog<'_>,
+    ) -> Result<StepSuccess, StepFailure> {
+        let method = request.method.clone();
+        let shown = redacted_url(&request.url);
+        let started = Instant::now();
+        let response = self.http.send(request).await.map_err(|e| {
+            // An oversize body still came with a status, which tells a 4xx from a 5xx.
+            if let HttpClientError::TooLarge { status, .. } = &e {
+                log.step_executed(&step.name, *status, started.elapsed(), attempt);
+            }
+            let status = match e {
+                HttpClientError::Setup(_) | HttpClientError::InvalidRequest(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            StepFailure {
+                status,
+                reason: e.to_string(),
+                response: None,
+                extracted: Map::new(),
+            }
+        })?;
+        let took = started.elapsed();
+        log.step_executed(&step.name, response.status, took, attempt);
+        tracing::trace!(
+            workflow_id = wf.workflow_id(),
+            execution_id = ctx.execution_id,
+            step = %step.name,
+            attempt,
+            status = response.status.as_u16(),
+            duration_ms = millis(took),
+            body_bytes = response.body.len(),
+            "workflow step response"
+        );
+
+        if !response.status.is_success() {
+            let mut reason = format!("upstream returned {} for {method} {shown}", response.status);
+            let excerpt = body_excerpt(&response.body);
+            if !excerpt.is_empty() {
+                reason.push_str(": ");
+                reason.push_str(&excerpt);
+            }
+            return Err(StepFailure::upstream(reason));
+        }
+        let json = parse_body(&response).map_err(|e| {
+            StepFailure::upstream(format!(
+                "upstream returned a body that is not JSON ({}, {}) for {method} {shown}: {e}",
+                response.status,
+                content_type(&response)
+            ))
+        })?;
+
+        let mut extracted = Map::new();
+        let mut misses = Vec::new();
+        for extractor in &step.extractors {
+            match extractor.path.query(&json).first() {
+                Some(value) => {
+                    extracted.insert(extractor.key.clone(), value.clone());
+                }
+                None => misses.push(format!("\"{}\" ({})", extractor.key, extractor.source)),
+            }
+        }
+        if misses.is_empty() {
+            return Ok(StepSuccess {
+                response: json,
+                extracted,
+            });
+        }
+        let noun = if misses.len() == 1 {
+            "extractor"
+        } else {
+            "extractors"
+        };
+        let reason = format!(
+            "{noun} {} matched nothing in the response ({})",
+            misses.join(", "),
+            describe_shape(&json)
+        );
+        Err(StepFailure {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            reason,
+            response: Some(json),
+            extracted,
+        })
+    }
+}
+
+/// 50 ms × 2^retry, at most 1 s.
+fn backoff(retry: u32) -> Duration {
+    BASE_BACKOFF
+        .saturating_mul(1u32 << retry.min(16))
+        .min(MAX_BACKOFF)
+}
+
+/// An empty (or blank) body is `{}`.
+fn parse_body(response: &OutboundResponse) -> Result<Value, serde_json::Error> {
+    if response.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&response.body)
+}
+
+fn content_type(response: &OutboundResponse) -> String {
+    response
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(
+            || "no content-type".to_owned(),
+            |ct| format!("content-type {ct}"),
+        )
+}
+
+/// At most [`BODY_EXCERPT_BYTES`] of the body, on one line, cut at a character boundary.
+fn body_excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    let mut end = text.len().min(BODY_EXCERPT_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut excerpt: String = text[..end]
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if end < text.len() {
+        excerpt.push('…');
+    }
+    excerpt
+}
+
+/// `top-level keys: a, b` for an object, else what the response is.
+fn describe_shape(json: &Value) -> String {
+    match json {
+        Value::Object(map) if map.is_empty() => "the response is an empty object".to_owned(),
+        Value::Object(map) => {
+            let mut keys: Vec<&str> = map.keys().map(String::as_str).take(LISTED_KEYS).collect();
+            let more = map.len().saturating_sub(LISTED_KEYS);
+            let mut text = String::from("top-level keys: ");
+            keys.sort_unstable();
+            text.push_str(&keys.join(", "));
+            if more > 0 {
+                text.push_str(&format!(", and {more} more"));
+            }
+            text
+        }
+        other => format!("the response is {}", kind_of(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let ms: Vec<u128> = (0..6).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(ms, [50, 100, 200, 400, 800, 1000]);
+        assert_eq!(backoff(200), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn excerpts_are_bounded_and_on_one_line() {
+        assert_eq!(body_excerpt(b"  {\"a\":\n1}  "), "{\"a\": 1}");
+        let long = "é".repeat(400);
+        let excerpt = body_excerpt(long.as_bytes());
+        assert!(excerpt.ends_with('…'));
+        assert!(excerpt.len() - '…'.len_utf8() <= BODY_EXCERPT_BYTES);
+    }
+
+    #[test]
+    fn shapes_name_keys_or_kinds() {
+        assert_eq!(
+            describe_shape(&json!({"b": 1, "a": 2})),
+            "top-level keys: a, b"
+        );
+        assert_eq!(describe_shape(&json!([1])), "the response is an array");
+        assert_eq!(
+            describe_shape(&json!({})),
+            "the response is an empty object"
+        );
+    }
+}

@@ -1,0 +1,592 @@
+//! The one outbound HTTP client of the data plane: pooled connections, bounded time, bounded
+//! response bodies, and no requests to link-local or cloud metadata addresses unless allowed.
+//!
+//! Logs (target `aegis_seal_gateway::infrastructure::http_client`) name the method, the URL without
+//! its query or user info, the status and the duration, at `trace`. Header values are never logged:
+//! they carry credentials.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::{Url, redirect};
+
+/// Most redirects followed for one request.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// AWS's IPv6 instance metadata address, `fd00:ec2::254`.
+const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254);
+/// The IPv4 instance metadata address of AWS, GCP, Azure and others.
+const METADATA_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// Host names of metadata services, refused before any DNS lookup.
+const METADATA_HOSTS: [&str; 1] = ["metadata.google.internal"];
+
+/// Settings of the [`HttpClient`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpClientConfig {
+    /// Longest wait for a TCP (and TLS) connection.
+    pub connect_timeout: Duration,
+    /// Longest a request may take, from connecting to the last byte of the response body, when the
+    /// request sets no timeout of its own.
+    pub request_timeout: Duration,
+    /// Largest response body accepted when the request sets no limit of its own.
+    pub max_response_bytes: u64,
+    /// Allow link-local (169.254.0.0/16, fe80::/10) and cloud metadata destinations.
+    pub allow_link_local: bool,
+    /// Follow redirects to another scheme, host or port. Off by default: credentials travel in
+    /// headers the client cannot tell apart from others, and must not reach another origin.
+    pub allow_cross_origin_redirects: bool,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for HttpClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+            max_response_bytes: 8 * 1024 * 1024,
+            allow_link_local: false,
+            allow_cross_origin_redirects: false,
+            pool_idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// One request to send.
+#[derive(Debug, Clone)]
+pub struct OutboundRequest {
+    pub method: Method,
+    pub url: Url,
+    /// Sent as given; never logged.
+    pub headers: HeaderMap,
+    pub body: Option<Bytes>,
+    /// Overrides [`HttpClientConfig::request_timeout`].
+    pub timeout: Option<Duration>,
+    /// Overrides [`HttpClientConfig::max_response_bytes`].
+    pub max_response_bytes: Option<u64>,
+}
+
+impl OutboundRequest {
+    pub fn new(method: Method, url: Url) -> Self {
+        Self {
+            method,
+            url,
+            headers: HeaderMap::new(),
+            body: None,
+            timeout: None,
+            max_response_bytes: None,
+        }
+    }
+}
+
+/// A response whose body was read completely (within the size bound).
+#[derive(Debug, Clone)]
+pub struct OutboundResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// From sending the request to the last byte of the body.
+    pub elapsed: Duration,
+}
+
+/// A destination the client refuses to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedDestination {
+    /// The host as it appears in the URL.
+    pub host: String,
+    /// The offending address, when the host resolved to (or is) one.
+    pub address: Option<IpAddr>,
+    pub reason: &'static str,
+}
+
+impl fmt::Display for BlockedDestination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.address {
+            Some(a) if a.to_string() != self.host => {
+                write!(f, "{} resolves to {a}, {}", self.host, self.reason)
+            }
+            _ => write!(f, "{} is {}", self.host, self.reason),
+        }
+    }
+}
+
+impl StdError for BlockedDestination {}
+
+/// A redirect the client refused to follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RedirectRefused(String);
+
+impl fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for RedirectRefused {}
+
+/// Why a request failed, by class. The text never contains header values or the URL's query.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpClientError {
+    /// The client could not be built (TLS setup).
+    #[error("HTTP client setup failed: {0}")]
+    Setup(String),
+    /// The request itself is unusable (e.g. a URL that is not http(s)).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The destination is link-local or a cloud metadata service; nothing was sent.
+    #[error(
+        "blocked destination: {0} (link-local and cloud metadata destinations are refused unless allow_link_local is set)"
+    )]
+    BlockedDestination(BlockedDestination),
+    /// DNS failure, connection refused or reset, TLS failure, protocol error, refused redirect.
+    #[error("transport error: {method} {url}: {detail}")]
+    Transport {
+        method: Method,
+        url: String,
+        detail: String,
+    },
+    /// No complete response within the request's timeout.
+    #[error("timeout: {method} {url}: no complete response within {} ms", .timeout.as_millis())]
+    Timeout {
+        method: Method,
+        url: String,
+        timeout: Duration,
+    },
+    /// The response body exceeded the size bound; reading stopped there.
+    #[error(
+        "response too large: {method} {url} returned {status} with a body over the limit of {limit} bytes"
+    )]
+    TooLarge {
+        method: Method,
+        url: String,
+        /// The status of the response whose body was refused.
+        status: StatusCode,
+        limit: u64,
+    },
+}
+
+impl HttpClientError {
+    /// A short, stable name of the error class, for logs and metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Setup(_) => "setup",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::BlockedDestination(_) => "blocked_destination",
+            Self::Transport { .. } => "transport",
+            Self::Timeout { .. } => "timeout",
+            Self::TooLarge { .. } => "too_large",
+        }
+    }
+}
+
+/// The shared outbound client. Cheap to clone: clones share one connection pool.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    client: reqwest::Client,
+    config: HttpClientConfig,
+}
+
+impl HttpClient {
+    pub fn new(config: HttpClientConfig) -> Result<Self, HttpClientError> {
+        let allow_link_local = config.allow_link_local;
+        let allow_cross_origin = config.allow_cross_origin_redirects;
+        let policy = redirect::Policy::custom(move |attempt| {
+            // `previous` starts with the original URL, which is not a redirect.
+            if attempt.previous().len() > MAX_REDIRECTS {
+                return attempt.error(RedirectRefused(format!(
+                    "too many redirects (more than {MAX_REDIRECTS})"
+                )));
+            }
+            let next = attempt.url();
+            // Literal addresses never reach the resolver, so they are checked here.
+            if !allow_link_local && let Err(blocked) = check_url_host(next) {
+                return attempt.error(blocked);
+            }
+            if !allow_cross_origin
+                && let Some(first) = attempt.previous().first()
+                && first.origin() != next.origin()
+            {
+                let origin = next.origin().ascii_serialization();
+                return attempt.error(RedirectRefused(format!(
+                    "redirect to another origin ({origin}) refused"
+                )));
+            }
+            attempt.follow()
+        });
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .redirect(policy)
+            .user_agent(concat!("aegis-seal-gateway/", env!("CARGO_PKG_VERSION")))
+            .tls_backend_rustls()
+            .no_proxy();
+        if !allow_link_local {
+            builder = builder.dns_resolver(GuardedResolver);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| HttpClientError::Setup(error_chain(&e)))?;
+        Ok(Self { client, config })
+    }
+
+    pub fn config(&self) -> &HttpClientConfig {
+        &self.config
+    }
+
+    /// Sends the request and reads the whole response body, within the request's time and size bounds.
+    pub async fn send(&self, req: OutboundRequest) -> Result<OutboundResponse, HttpClientError> {
+        let started = Instant::now();
+        let method = req.method.clone();
+        let shown = redacted_url(&req.url);
+        let result = self.send_inner(req, &shown).await;
+        let duration_ms = duration_ms(started.elapsed());
+        match &result {
+            Ok(resp) => tracing::trace!(
+                method = %method,
+                url = %shown,
+                status = resp.status.as_u16(),
+                duration_ms,
+                body_bytes = resp.body.len(),
+                "upstream request completed"
+            ),
+            Err(e) => tracing::trace!(
+                method = %method,
+                url = %shown,
+                error_class = e.class(),
+                error = %e,
+                duration_ms,
+                "upstream request failed"
+            ),
+        }
+        result
+    }
+
+    async fn send_inner(
+        &self,
+        req: OutboundRequest,
+        shown: &str,
+    ) -> Result<OutboundResponse, HttpClientError> {
+        if !matches!(req.url.scheme(), "http" | "https") {
+            return Err(HttpClientError::InvalidRequest(format!(
+                "{shown}: only http and https URLs are supported"
+            )));
+        }
+        // Checked before connecting. Literal addresses and metadata host names are refused here;
+        // names are resolved and every address checked by `GuardedResolver`, which is the resolver the
+        // connection itself uses, so there is no gap between the check and the connect (no DNS
+        // rebinding window). Redirect targets are checked by the redirect policy and the resolver too.
+        if !self.config.allow_link_local {
+            check_url_host(&req.url).map_err(HttpClientError::BlockedDestination)?;
+        }
+        let method = req.method.clone();
+        let timeout = req.timeout.unwrap_or(self.config.request_timeout);
+        let limit = req
+            .max_response_bytes
+            .unwrap_or(self.config.max_response_bytes);
+        let started = Instant::now();
+        let classify = |e: reqwest::Error| classify(e, &method, shown, timeout);
+
+        let exchange = async {
+            let mut builder = self
+                .client
+                .request(req.method.clone(), req.url)
+                .headers(req.headers)
+                .timeout(timeout);
+            if let Some(body) = req.body {
+                builder = builder.body(body);
+            }
+            let mut response = builder.send().await.map_err(classify)?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let too_large = || HttpClientError::TooLarge {
+                method: method.clone(),
+                url: shown.to_owned(),
+                status,
+                limit,
+            };
+            if response.content_length().is_some_and(|n| n > limit) {
+                return Err(too_large());
+            }
+            // Chunks are appended only while the total stays within the bound; past it the
+            // response is dropped, which closes the connection instead of draining it.
+            let capacity = response
+                .content_length()
+                .unwrap_or(0)
+                .min(limit)
+                .min(64 * 1024);
+            let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+            while let Some(chunk) = response.chunk().await.map_err(classify)? {
+                let total = body.len() as u64 + chunk.len() as u64;
+                if total > limit {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(OutboundResponse {
+                status,
+                headers,
+                body: Bytes::from(body),
+                elapsed: started.elapsed(),
+            })
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(HttpClientError::Timeout {
+                method,
+                url: shown.to_owned(),
+                timeout,
+            }),
+        }
+    }
+}
+
+/// Why a URL's host is refused, if it is: a literal link-local or metadata address, or a metadata
+/// host name. Other names are checked when resolved.
+fn check_url_host(url: &Url) -> Result<(), BlockedDestination> {
+    let Some(host) = url.host_str() else {
+        return Ok(());
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return match blocked_address(ip) {
+            Some(reason) => Err(BlockedDestination {
+                host: bare.to_owned(),
+                address: Some(ip),
+                reason,
+            }),
+            None => Ok(()),
+        };
+    }
+    check_host_name(host)
+}
+
+fn check_host_name(host: &str) -> Result<(), BlockedDestination> {
+    let name = host.trim_end_matches('.');
+    if METADATA_HOSTS.iter().any(|m| name.eq_ignore_ascii_case(m)) {
+        return Err(BlockedDestination {
+            host: host.to_owned(),
+            address: None,
+            reason: "a cloud metadata service",
+        });
+    }
+    Ok(())
+}
+
+/// Why an address is refused, if it is.
+pub fn blocked_address(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => blocked_v4(v4),
+        IpAddr::V6(v6) => {
+            // IPv4-mapped (::ffff:a.b.c.d) and NAT64 (64:ff9b::a.b.c.d) forms reach the IPv4 address.
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return blocked_v4(v4);
+            }
+            let s = v6.segments();
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [a, b] = s[6].to_be_bytes();
+                let [c, d] = s[7].to_be_bytes();
+                return blocked_v4(Ipv4Addr::new(a, b, c, d));
+            }
+            if v6 == AWS_METADATA_V6 {
+                Some("a cloud metadata address")
+            } else if s[0] & 0xffc0 == 0xfe80 {
+                Some("a link-local address")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn blocked_v4(v4: Ipv4Addr) -> Option<&'static str> {
+    if v4 == METADATA_V4 {
+        Some("a cloud metadata address")
+    } else if v4.is_link_local() {
+        Some("a link-local address")
+    } else {
+        None
+    }
+}
+
+/// Resolves with `tokio::net::lookup_host` and refuses the name when ANY of its addresses is blocked:
+/// the connection is made only to addresses this resolver returned, so what was checked is what is
+/// dialled. (A pre-flight lookup in `send` followed by reqwest's own lookup would leave a
+/// time-of-check/time-of-use window in which a short-TTL record could change.)
+#[derive(Debug, Clone, Copy)]
+struct GuardedResolver;
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            check_host_name(&host)?;
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            for addr in &addrs {
+                if let Some(reason) = blocked_address(addr.ip()) {
+                    return Err(Box::new(BlockedDestination {
+                        host: host.clone(),
+                        address: Some(addr.ip()),
+                        reason,
+                    }) as Box<dyn StdError + Send + Sync>);
+                }
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+fn classify(err: reqwest::Error, method: &Method, url: &str, timeout: Duration) -> HttpClientError {
+    if let Some(blocked) = find_source::<BlockedDestination>(&err) {
+        return HttpClientError::BlockedDestination(blocked.clone());
+    }
+    if let Some(refused) = find_source::<RedirectRefused>(&err) {
+        return HttpClientError::Transport {
+            method: method.clone(),
+            url: url.to_owned(),
+            detail: refused.to_string(),
+        };
+    }
+    if err.is_timeout() {
+        return HttpClientError::Timeout {
+            method: method.clone(),
+            url: url.to_owned(),
+            timeout,
+        };
+    }
+    // reqwest's own text would repeat the URL, query included.
+    let err = err.without_url();
+    HttpClientError::Transport {
+        method: method.clone(),
+        url: url.to_owned(),
+        detail: error_chain(&err),
+    }
+}
+
+fn find_source<'e, T: StdError + 'static>(err: &'e (dyn StdError + 'static)) -> Option<&'e T> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// The error and its causes on one line, each message once.
+fn error_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(err);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
+/// The URL as logs and error messages show it: no user info, no fragment, and the query replaced by
+/// `?…` (query strings carry API keys).
+pub fn redacted_url(url: &Url) -> String {
+    let mut shown = format!("{}://", url.scheme());
+    if let Some(host) = url.host_str() {
+        shown.push_str(host);
+    }
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(url.path());
+    if url.query().is_some() {
+        shown.push_str("?…");
+    }
+    shown
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn refuses_link_local_and_metadata_addresses() {
+        for blocked in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "fe80::1",
+            "febf::1",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            assert!(blocked_address(ip(blocked)).is_some(), "{blocked}");
+        }
+        for allowed in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "169.253.255.255",
+            "169.255.0.0",
+            "::1",
+            "fec0::1",
+            "fd00:ec2::253",
+            "2001:db8::1",
+        ] {
+            assert!(blocked_address(ip(allowed)).is_none(), "{allowed}");
+        }
+        assert_eq!(
+            blocked_address(ip("169.254.169.254")),
+            Some("a cloud metadata address")
+        );
+    }
+
+    #[test]
+    fn checks_url_hosts_before_resolving() {
+        let check = |u: &str| check_url_host(&Url::parse(u).unwrap());
+        assert!(check("http://169.254.169.254/latest/meta-data").is_err());
+        assert!(check("http://[fe80::1]:8080/").is_err());
+        assert!(check("http://METADATA.google.internal./computeMetadata").is_err());
+        // The WHATWG parser normalizes other spellings of the address first.
+        assert!(check("http://2852039166/").is_err());
+        assert!(check("http://0xa9.0xfe.0xa9.0xfe/").is_err());
+        assert!(check("http://127.0.0.1:8080/").is_ok());
+        assert!(check("https://api.example.com/").is_ok());
+        let err = check("http://169.254.169.254/").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "169.254.169.254 is a cloud metadata address"
+        );
+    }
+
+    #[test]
+    fn redacts_query_and_user_info() {
+        let url = Url::parse("https://user:pw@api.example.com:8443/v1/x?api_key=secret#f").unwrap();
+        assert_eq!(redacted_url(&url), "https://api.example.com:8443/v1/x?…");
+        let url = Url::parse("http://[::1]/a%20b").unwrap();
+        assert_eq!(redacted_url(&url), "http://[::1]/a%20b");
+    }
+
+    #[tokio::test]
+    async fn resolver_refuses_names_of_blocked_addresses() {
+        let name: Name = "metadata.google.internal".parse().unwrap();
+        let err = GuardedResolver.resolve(name).await.err().unwrap();
+        assert!(err.downcast_ref::<BlockedDestination>().is_some());
+        let name: Name = "localhost".parse().unwrap();
+        let addrs: Vec<_> = GuardedResolver.resolve(name).await.unwrap().collect();
+        assert!(!addrs.is_empty());
+    }
+}

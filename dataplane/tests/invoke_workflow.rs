@@ -1,0 +1,288 @@
+//! A signed invocation runs its workflow against a real upstream, on both backends, and leaves
+//! the audit rows the runbook's queries read.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use aegis_seal_crds::{Resources, compile, parse_manifests};
+use aegis_seal_gateway::application::catalog::with_default_contexts;
+use aegis_seal_gateway::application::clock::Clock;
+use aegis_seal_gateway::gateway::RunningGateway;
+use aegis_seal_gateway::infrastructure::persistence::Database;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+/// POST /ok answers `{"id": 7}`; POST /fail answers 500.
+async fn upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let (status, body) = match req.uri().path() {
+                        "/ok" => (200, r#"{"id": 7}"#.to_owned()),
+                        // Echoes the credential, as a careless upstream might.
+                        "/whoami" => (200, json!({"authorization": auth}).to_string()),
+                        _ => (500, r#"{"message": "boom"}"#.to_owned()),
+                    };
+                    let mut response = http::Response::new(Full::new(Bytes::from(body)));
+                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn manifests(base_url: &str) -> String {
+    format!(
+        r#"
+apiVersion: seal.100monkeys.ai/v1
+kind: Workflow
+metadata: {{name: ok-tool}}
+spec:
+  api_spec:
+    base_url: {base_url}
+    openapi: {{inline: {{openapi: 3.0.0, paths: {{/ok: {{post: {{operationId: ok}}}}}}}}}}
+  steps: [{{name: call, operation_id: ok, body_template: '{{"x": {{{{json input.x}}}}}}', extractors: {{id: "$.id"}}}}]
+---
+apiVersion: seal.100monkeys.ai/v1
+kind: Workflow
+metadata: {{name: failing-tool}}
+spec:
+  tenant_id: acme
+  api_spec:
+    base_url: {base_url}
+    openapi: {{inline: {{openapi: 3.0.0, paths: {{/fail: {{post: {{operationId: fail}}}}}}}}}}
+  steps: [{{name: create_repo, operation_id: fail}}]
+"#
+    )
+}
+
+async fn query_one(db: &Database, sql: &str) -> Option<String> {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    match db {
+        Database::Sqlite(p) => sqlx::query(sql)
+            .fetch_optional(p)
+            .await
+            .unwrap()
+            .map(|r| r.get::<String, _>(0)),
+        Database::Postgres(p) => sqlx::query(sql)
+            .fetch_optional(p)
+            .await
+            .unwrap()
+            .map(|r| r.get::<sqlx::types::Json<Value>, _>(0).0.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn workflows_run_and_failures_are_recorded_as_the_runbook_reads_them() {
+    let upstream = upstream().await;
+    let mut resources = Resources::default();
+    parse_manifests(&manifests(&format!("http://{upstream}")), &mut resources).unwrap();
+    let compiled = compile(&resources);
+    assert!(
+        compiled.rejected().next().is_none(),
+        "{:?}",
+        compiled.results
+    );
+    let snapshot = with_default_contexts(compiled.snapshot);
+    let signer = support::Signer::from_vectors();
+
+    for (backend, url, _dir) in support::both_backends().await {
+        let db = Database::connect(&url).await.unwrap();
+        let now = chrono::Utc::now();
+        db.upsert_session(&signer.session_record(now))
+            .await
+            .unwrap();
+        db.sync_catalog(
+            &snapshot,
+            aegis_seal_gateway::infrastructure::persistence::CatalogSource::Manifest,
+        )
+        .await
+        .unwrap();
+        let config = support::gateway_config(&[(
+            "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
+            &signer.rs256_public_key_pem,
+        )]);
+        let gateway = RunningGateway::start(&config, db.clone(), snapshot.clone(), Clock::System)
+            .await
+            .unwrap();
+        let base = format!("http://{}", gateway.local_addr);
+        let client = reqwest::Client::new();
+        let send = |tool: &str, jti: &str| {
+            let body = signer.envelope(tool, json!({"x": "<&\">"}), jti, now.timestamp());
+            let client = client.clone();
+            let base = base.clone();
+            async move {
+                let r = client
+                    .post(format!("{base}/v1/invoke"))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            }
+        };
+
+        let (status, body) = send("ok-tool", &format!("{backend}-ok")).await;
+        assert_eq!(status, 200, "{backend}: {body}");
+        assert_eq!(body["result"]["result"], json!({"id": 7}));
+        assert_eq!(body["result"]["steps"]["call"]["id"], 7);
+
+        let (status, body) = send("failing-tool", &format!("{backend}-fail")).await;
+        assert_eq!(status, 502, "{backend}: {body}");
+        assert_eq!(body["failed_step"], "create_repo");
+
+        let payload = query_one(
+            &db,
+            "SELECT payload FROM gateway_events WHERE event_type = 'WorkflowInvocationFailed' AND payload->>'execution_id' = 'exec-0001' ORDER BY created_at DESC LIMIT 1;",
+        )
+        .await
+        .expect("a WorkflowInvocationFailed row");
+        let payload: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(payload["failed_step"], "create_repo", "{backend}");
+        let reason = payload["reason"].as_str().unwrap();
+        assert!(reason.contains("500"), "{backend}: {reason}");
+
+        let row = match &db {
+            Database::Sqlite(p) => sqlx::query(
+                "SELECT id, name, tenant_id FROM workflows WHERE name = 'failing-tool';",
+            )
+            .fetch_one(p)
+            .await
+            .unwrap()
+            .get::<Option<String>, _>("tenant_id"),
+            Database::Postgres(p) => sqlx::query(
+                "SELECT id, name, tenant_id FROM workflows WHERE name = 'failing-tool';",
+            )
+            .fetch_one(p)
+            .await
+            .unwrap()
+            .get::<Option<String>, _>("tenant_id"),
+        };
+        assert_eq!(row.as_deref(), Some("acme"), "{backend}");
+
+        let tools: Value = client
+            .get(format!("{base}/v1/tools"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let names: Vec<_> = tools
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["ok-tool", "failing-tool"], "{backend}");
+        gateway.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn an_openbao_kv_credential_reaches_the_upstream_and_never_the_agent() {
+    let bao =
+        std::env::var("BAO_ADDR").expect("BAO_ADDR: run scripts/test.sh, which starts OpenBao");
+    let bao_token = std::env::var("BAO_TOKEN").expect("BAO_TOKEN");
+    let secret = format!("kv-token-{}", uuid::Uuid::new_v4().simple());
+    let client = reqwest::Client::new();
+    let written = client
+        .post(format!("{bao}/v1/secret/data/gateway-tests/whoami"))
+        .header("X-Vault-Token", &bao_token)
+        .json(&json!({"data": {"token": secret}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        written.status().is_success(),
+        "{}",
+        written.text().await.unwrap()
+    );
+
+    let upstream = upstream().await;
+    let manifest = format!(
+        r#"
+apiVersion: seal.100monkeys.ai/v1
+kind: Workflow
+metadata: {{name: whoami}}
+spec:
+  api_spec:
+    base_url: http://{upstream}
+    openapi: {{inline: {{openapi: 3.0.0, paths: {{/whoami: {{post: {{operationId: whoami}}}}}}}}}}
+    credential_path: {{StaticRef: {{key: gateway-tests/whoami}}}}
+  steps: [{{name: ask, operation_id: whoami}}]
+"#
+    );
+    let mut resources = Resources::default();
+    parse_manifests(&manifest, &mut resources).unwrap();
+    let snapshot = with_default_contexts(compile(&resources).snapshot);
+    let signer = support::Signer::from_vectors();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::connect(&support::sqlite_url(dir.path()))
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    db.upsert_session(&signer.session_record(now))
+        .await
+        .unwrap();
+    let config = support::gateway_config(&[
+        (
+            "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
+            &signer.rs256_public_key_pem,
+        ),
+        ("SEAL_GATEWAY_OPENBAO_ADDR", &bao),
+        ("SEAL_GATEWAY_OPENBAO_TOKEN", &bao_token),
+    ]);
+    let gateway = RunningGateway::start(&config, db.clone(), snapshot, Clock::System)
+        .await
+        .unwrap();
+    let body = signer.envelope("whoami", json!({}), "jti-whoami", now.timestamp());
+    let r = client
+        .post(format!("http://{}/v1/invoke", gateway.local_addr))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains(&secret),
+        "the agent saw the credential: {text}"
+    );
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        body["result"]["result"]["authorization"],
+        "Bearer [REDACTED]"
+    );
+
+    let path = query_one(
+        &db,
+        "SELECT payload FROM gateway_events WHERE event_type = 'CredentialExchangeCompleted' ORDER BY created_at DESC LIMIT 1",
+    )
+    .await
+    .unwrap();
+    assert!(path.contains("static_ref"), "{path}");
+    assert!(!path.contains(&secret));
+    gateway.shutdown().await;
+}
