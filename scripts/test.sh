@@ -29,6 +29,11 @@ mapfile -t manifests < <(find charts/seal-gateway/crds examples -name '*.yaml' !
 "$KUBERNETES_VALIDATE" --strict -k 1.33.0 "${manifests[@]}"
 "$(dirname "$KUBERNETES_VALIDATE")/python" scripts/validate-custom-resources.py examples
 
+# --- fuzz step: the envelope parser and canonicalizer under cargo-fuzz (scripts/fuzz.sh) ---
+step "cargo fuzz: envelope parser and canonicalizer (${SEAL_FUZZ_SECONDS:-60} s)"
+scripts/fuzz.sh
+# --- end of fuzz step ---
+
 step "quickstart (smoke mode)"
 QUICKSTART_PROFILE=dev scripts/quickstart.sh --smoke
 

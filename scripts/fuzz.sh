@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Fuzzes the data plane's SEAL envelope parser and canonicalizer (dataplane/fuzz) with cargo-fuzz
+# on the stable toolchain. CI runs it for 60 s from scripts/test.sh; developers run it for longer.
+#
+#   scripts/fuzz.sh [SECONDS] [-- LIBFUZZER_FLAGS...]   fuzz (default ${SEAL_FUZZ_SECONDS:-60} s)
+#   scripts/fuzz.sh repro FILE...                       re-run saved inputs (a crash reproducer)
+#   scripts/fuzz.sh build                               only build the target
+#
+# Environment:
+#   SEAL_FUZZ_SECONDS    run time when SECONDS is not given (default 60)
+#   SEAL_FUZZ_TARGET     fuzz target (default envelope)
+#   SEAL_FUZZ_SANITIZER  none (default) or address/leak/...: a sanitizer needs unstable rustc
+#                        flags, so RUSTC_BOOTSTRAP=1 is set for it, and it rebuilds everything
+#
+# Examples: an hour on both cores, keeping what it finds in target/fuzz/corpus:
+#   scripts/fuzz.sh 3600 -- -fork=2
+# Minimize a crash:
+#   PATH="$PWD/target/tools/cargo/bin:$PATH" cargo fuzz tmin --dev -s none \
+#     --fuzz-dir dataplane/fuzz --target-dir target/fuzz envelope CRASH_FILE
+#
+# Layout: cargo-fuzz is installed from crates.io into target/tools/cargo; the instrumented build
+# goes to target/fuzz (it shares nothing with the main build); the growing corpus lives in
+# target/fuzz/corpus/TARGET, seeded read-only from dataplane/fuzz/corpus/TARGET; crashes are
+# written to dataplane/fuzz/artifacts/TARGET (git-ignored). Exits non-zero on any crash.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+
+CARGO_FUZZ_VERSION=0.13.2
+TARGET="${SEAL_FUZZ_TARGET:-envelope}"
+SANITIZER="${SEAL_FUZZ_SANITIZER:-none}"
+FUZZ_DIR=dataplane/fuzz
+TARGET_DIR="$ROOT/target/fuzz"
+TOOLS="$ROOT/target/tools/cargo"
+WORK_CORPUS="$TARGET_DIR/corpus/$TARGET"
+SEEDS="$FUZZ_DIR/corpus/$TARGET"
+ARTIFACTS="$FUZZ_DIR/artifacts/$TARGET"
+
+say() { printf 'fuzz: %s\n' "$*" >&2; }
+
+mode=run
+case "${1:-}" in
+  repro | build) mode="$1"; shift ;;
+  -h | --help) sed -n '2,/^set -e/p' "$0" | sed -n 's/^# \{0,1\}//p'; exit 0 ;;
+esac
+seconds="${SEAL_FUZZ_SECONDS:-60}"
+if [[ $mode == run && $# -gt 0 && $1 != -- ]]; then seconds="$1"; shift; fi
+[[ ${1:-} == -- ]] && shift
+# (libFuzzer reads -max_total_time=0 as "forever", so 0 is refused.)
+[[ $seconds =~ ^[1-9][0-9]*$ ]] || { say "SECONDS must be a positive whole number, got '$seconds'"; exit 2; }
+
+# cargo-fuzz from crates.io, pinned and built here, so a fresh machine needs nothing else.
+t0=$SECONDS
+if [[ "$("$TOOLS/bin/cargo-fuzz" --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+  say "installing cargo-fuzz $CARGO_FUZZ_VERSION into target/tools/cargo"
+  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$TOOLS" --quiet
+fi
+export PATH="$TOOLS/bin:$PATH"
+install_s=$((SECONDS - t0))
+
+# The fuzz crate is its own workspace; resolve it against the root lockfile so that the data plane
+# is fuzzed with exactly the dependency versions the rest of the test command builds.
+cp Cargo.lock "$FUZZ_DIR/Cargo.lock"
+
+if [[ $SANITIZER != none ]]; then
+  # -Zsanitizer is unstable; RUSTC_BOOTSTRAP=1 lets the stable compiler accept it.
+  export RUSTC_BOOTSTRAP=1
+fi
+# --dev: see the profiles in dataplane/fuzz/Cargo.toml (only the code the target runs is optimized).
+fuzz_args=(--dev --sanitizer "$SANITIZER" --fuzz-dir "$FUZZ_DIR" --target-dir "$TARGET_DIR")
+
+t0=$SECONDS
+say "building target $TARGET (sanitizer: $SANITIZER) in target/fuzz"
+cargo fuzz build "${fuzz_args[@]}" "$TARGET"
+build_s=$((SECONDS - t0))
+say "cargo-fuzz install ${install_s}s, build ${build_s}s"
+
+case $mode in
+  build) exit 0 ;;
+  repro)
+    [[ $# -gt 0 ]] || { say "repro needs the input files"; exit 2; }
+    exec cargo fuzz run "${fuzz_args[@]}" "$TARGET" "$@"
+    ;;
+esac
+
+mkdir -p "$WORK_CORPUS" "$ARTIFACTS"
+stamp="$(mktemp)"
+trap 'rm -f "$stamp"' EXIT
+t0=$SECONDS
+say "running $TARGET for ${seconds}s (corpus: target/fuzz/corpus/$TARGET + seeds in $SEEDS)"
+dict=()
+[[ -f $FUZZ_DIR/$TARGET.dict ]] && dict=(-dict="$FUZZ_DIR/$TARGET.dict")
+status=0
+cargo fuzz run "${fuzz_args[@]}" "$TARGET" "$WORK_CORPUS" "$SEEDS" -- \
+  -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
+  "${dict[@]}" -print_final_stats=1 "$@" || status=$?
+run_s=$((SECONDS - t0))
+
+mapfile -t found < <(find "$ARTIFACTS" -type f -newer "$stamp" | sort)
+if [[ $status -ne 0 || ${#found[@]} -gt 0 ]]; then
+  say "FAILED (exit $status) after ${run_s}s"
+  for f in "${found[@]}"; do
+    say "reproducer: $f"
+    say "  re-run it: scripts/fuzz.sh repro $f"
+  done
+  [[ ${#found[@]} -gt 0 ]] || say "no reproducer was written: see libFuzzer's output above"
+  exit 1
+fi
+say "no crash: cargo-fuzz install ${install_s}s, build ${build_s}s, run ${run_s}s"
