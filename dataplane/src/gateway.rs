@@ -10,7 +10,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::application::catalog::ServedSnapshot;
+use crate::application::catalog::{ServedSnapshot, with_default_contexts};
+use crate::application::cli::CliEngine;
 use crate::application::clock::Clock;
 use crate::application::credential::CredentialResolver;
 use crate::application::invocation::InvocationService;
@@ -21,7 +22,8 @@ use crate::infrastructure::auth::operator::{OperatorAuthConfig, OperatorAuthenti
 use crate::infrastructure::auth::token::SealTokenVerifier;
 use crate::infrastructure::config::GatewayConfig;
 use crate::infrastructure::http_client::{HttpClient, HttpClientConfig};
-use crate::infrastructure::persistence::{AuditWriter, Database, ReplayGuard};
+use crate::infrastructure::persistence::{AuditWriter, CatalogSource, Database, ReplayGuard};
+use crate::infrastructure::reload::ReloadStats;
 use crate::presentation::server;
 
 /// How often expired jtis are purged.
@@ -35,11 +37,15 @@ pub struct GatewayState {
     pub invocation: InvocationService,
     pub audit: AuditWriter,
     pub workflows: WorkflowEngine,
+    /// CLI tools; holds the container CLI resolved at startup, if any (B-10).
+    pub cli: CliEngine,
     pub credentials: CredentialResolver,
     /// `None` when operator authentication is disabled by configuration.
     pub operator_auth: Option<OperatorAuthenticator>,
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
+    /// What hot reload has served and refused.
+    pub reload: ReloadStats,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,13 +94,20 @@ impl RunningGateway {
                 http,
             ))
         };
-        let served = ServedSnapshot::new(snapshot).map_err(StartError::Config)?;
+        let served =
+            ServedSnapshot::new(with_default_contexts(snapshot)).map_err(StartError::Config)?;
         let http = HttpClient::new(HttpClientConfig::default()).map_err(|e| {
             StartError::Config(format!("cannot build the upstream HTTP client: {e}"))
         })?;
         let credentials =
             CredentialResolver::new(&config.settings.credentials, http.clone(), db.clone())
                 .map_err(StartError::Config)?;
+        let cli = CliEngine::start(
+            &config.settings.cli,
+            http.clone(),
+            &served.snapshot.cli_tools,
+        )
+        .await;
         let replay = ReplayGuard::start(db.clone());
         let invocation = InvocationService {
             tokens,
@@ -117,11 +130,13 @@ impl RunningGateway {
             db,
             served: ArcSwap::from_pointee(served),
             workflows: WorkflowEngine::new(http),
+            cli,
             credentials,
             invocation,
             operator_auth,
             max_body_bytes: network.max_body_bytes,
             max_header_bytes: usize::try_from(network.max_header_bytes).unwrap_or(usize::MAX),
+            reload: ReloadStats::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(server::serve(listener, state.clone(), stopped));
@@ -136,6 +151,16 @@ impl RunningGateway {
         })
     }
 
+    /// Serves a new snapshot: compiled, mirrored into the catalog tables, then swapped in whole.
+    /// In-flight requests finish on the snapshot they started with. On error nothing changes.
+    pub async fn reload(
+        &self,
+        snapshot: Snapshot,
+        source: CatalogSource,
+    ) -> Result<String, String> {
+        reload(&self.state, snapshot, source).await
+    }
+
     /// Stops accepting, drains in-flight requests (their audit events commit), then closes the pool.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -146,6 +171,28 @@ impl RunningGateway {
         self.state.db.close().await;
         tracing::info!("aegis-seal-gateway stopped");
     }
+}
+
+/// See [`RunningGateway::reload`]; usable by watchers that hold only the state.
+pub async fn reload(
+    state: &GatewayState,
+    snapshot: Snapshot,
+    source: CatalogSource,
+) -> Result<String, String> {
+    let snapshot = with_default_contexts(snapshot);
+    let hash = snapshot.hash();
+    if state.served.load().hash == hash {
+        return Ok(hash);
+    }
+    let served = ServedSnapshot::new(snapshot)?;
+    state
+        .db
+        .sync_catalog(&served.snapshot, source)
+        .await
+        .map_err(|e| format!("catalog update failed: {e}"))?;
+    state.served.store(Arc::new(served));
+    tracing::info!(snapshot = %hash, "snapshot reloaded");
+    Ok(hash)
 }
 
 /// Purges expired jtis every [`JTI_SWEEP_INTERVAL`]; the first sweep runs at start.

@@ -7,11 +7,12 @@ use aegis_seal_crds::Snapshot;
 use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
-use aegis_seal_gateway::infrastructure::config::{
-    ConfigSources, ManifestSet, fetch_documents, load_config,
-};
+use aegis_seal_gateway::infrastructure::config::{ConfigSources, load_config};
 use aegis_seal_gateway::infrastructure::http_client::{HttpClient, HttpClientConfig};
 use aegis_seal_gateway::infrastructure::persistence::{CatalogSource, Database};
+use aegis_seal_gateway::infrastructure::reload::Watchers;
+use aegis_seal_gateway::infrastructure::reload::config_map::{self, ConfigMapRef};
+use aegis_seal_gateway::infrastructure::reload::folder::{FolderWatch, load_folder};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -21,9 +22,18 @@ struct Cli {
     /// SealGatewayConfig file (default: discovered as the runbook describes).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// Folder of Workflow, CliTool, SecurityContext and ConfigMap manifests to serve.
+    /// Folder of Workflow, CliTool, SecurityContext and ConfigMap manifests to serve; reloaded
+    /// when it changes (polled every 500 ms).
     #[arg(long, global = true, env = "SEAL_GATEWAY_MANIFESTS")]
     manifests: Option<PathBuf>,
+    /// In a cluster: `<namespace>/<name>` of the ConfigMap holding the snapshot, read and watched
+    /// through the Kubernetes API (the operator sets it). `--manifests` is then ignored.
+    #[arg(long, global = true, env = "SEAL_GATEWAY_CONFIGMAP")]
+    configmap: Option<String>,
+    /// Serve the snapshot read at start: do not watch the manifests folder, the config file or
+    /// the ConfigMap.
+    #[arg(long, global = true)]
+    no_watch: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -66,25 +76,42 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(&ConfigSources::process(cli.config.as_deref()))?;
-    let snapshot = match &cli.manifests {
-        Some(dir) => {
-            let manifests = ManifestSet::read(dir)?;
-            let http = HttpClient::new(HttpClientConfig::default())
-                .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
-            let documents = fetch_documents(&manifests.openapi_urls(), &http).await;
-            let compiled = manifests.compile(documents)?;
-            let s = &compiled.snapshot;
-            tracing::info!(
-                manifests = %dir.display(),
-                workflows = s.workflows.len(),
-                cli_tools = s.cli_tools.len(),
-                security_contexts = s.security_contexts.len(),
-                snapshot = %s.hash(),
-                "manifests loaded"
-            );
-            compiled.snapshot
+    let cluster = cli
+        .configmap
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .map(str::parse::<ConfigMapRef>)
+        .transpose()?;
+    let http = HttpClient::new(HttpClientConfig::default())
+        .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
+    let folder = match &cluster {
+        Some(_) => None,
+        None => cli.manifests.as_deref(),
+    };
+    // Fingerprinted before the first read, so a change made while starting is not missed.
+    let folder_watch = (!cli.no_watch).then(|| FolderWatch::new(folder, config.source.as_deref()));
+
+    let (snapshot, kube) = match &cluster {
+        Some(main) => {
+            if let Some(dir) = &cli.manifests {
+                tracing::warn!(
+                    manifests = %dir.display(),
+                    "--manifests is ignored: in a cluster the snapshot comes from ConfigMap {main}"
+                );
+            }
+            let client = config_map::client().await?;
+            let snapshot = config_map::fetch(&client, main).await?;
+            log_loaded(&snapshot, &format!("ConfigMap {main}"));
+            (snapshot, Some((client, main.clone())))
         }
-        None => Snapshot::default(),
+        None => match folder {
+            Some(dir) => {
+                let snapshot = load_folder(dir, &http).await?;
+                log_loaded(&snapshot, &dir.display().to_string());
+                (snapshot, None)
+            }
+            None => (Snapshot::default(), None),
+        },
     };
     if matches!(cli.command, Some(Command::Check)) {
         println!("configuration and manifests are valid");
@@ -96,15 +123,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
 
+    let serving = snapshot.hash();
+    let source = match kube {
+        Some(_) => CatalogSource::Kubernetes,
+        None => CatalogSource::Manifest,
+    };
     let snapshot = with_default_contexts(snapshot);
     let db = Database::connect(config.database_url())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    db.sync_catalog(&snapshot, CatalogSource::Manifest).await?;
+    db.sync_catalog(&snapshot, source).await?;
     let gateway = RunningGateway::start(&config, db, snapshot, Clock::System).await?;
+
+    let mut watchers = Watchers::default();
+    if let Some(watch) = folder_watch.filter(FolderWatch::watches_anything) {
+        let stop = watchers.stop_signal();
+        watchers.push(watch.spawn(gateway.state.clone(), config.settings.clone(), http, stop));
+    }
+    if let Some((client, main)) = kube
+        && !cli.no_watch
+    {
+        let stop = watchers.stop_signal();
+        watchers.push(config_map::spawn(
+            gateway.state.clone(),
+            client,
+            main,
+            serving,
+            stop,
+        ));
+    }
     shutdown_signal().await;
+    watchers.stop().await;
     gateway.shutdown().await;
     Ok(())
+}
+
+fn log_loaded(s: &Snapshot, origin: &str) {
+    tracing::info!(
+        origin,
+        workflows = s.workflows.len(),
+        cli_tools = s.cli_tools.len(),
+        security_contexts = s.security_contexts.len(),
+        snapshot = %s.hash(),
+        "snapshot loaded"
+    );
 }
 
 /// SIGTERM (Kubernetes) or SIGINT (Ctrl-C).

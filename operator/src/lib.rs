@@ -4,7 +4,6 @@
 //!
 //! - [`selection`]: which resources a gateway serves (pure);
 //! - [`desired`]: every object a gateway runs, from the gateway and its compiled resources (pure);
-//! - [`snapshot_shards`]: the compressed, sharded snapshot format of the ConfigMaps, writer and reader;
 //! - [`status`]: the statuses a reconcile writes and the Events their transitions deserve (pure);
 //! - [`reconcile`]: the reconciler and its error policy;
 //! - [`controller`]: what triggers a reconcile, and the controller loop;
@@ -20,7 +19,6 @@ pub mod metrics;
 pub mod reconcile;
 pub mod selection;
 pub mod server;
-pub mod snapshot_shards;
 pub mod status;
 
 /// Field manager of every server-side apply, and `app.kubernetes.io/managed-by` of what it applies.

@@ -1,15 +1,13 @@
 //! The `aegis-seal-operator` process against the fake API server: it takes the leader Lease,
 //! reconciles, serves `/healthz` and `/metrics`, and on SIGTERM stops and releases the Lease.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aegis_seal_tests::fake_api::FakeApi;
 use serde_json::json;
-use support::fake_api::FakeApi;
 
 const LEASES: &str = "coordination.k8s.io/v1/leases";
 

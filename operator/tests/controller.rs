@@ -1,18 +1,17 @@
 //! The real controller (`Controller::run`: watches, owns, status writes, events) and the leader
 //! election, against the stateful fake API server. Every wait is bounded.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aegis_seal_crds::Snapshot;
+use aegis_seal_crds::snapshot_shards;
+use aegis_seal_operator::controller;
 use aegis_seal_operator::leader::{Attempt, LeaseLock};
 use aegis_seal_operator::reconcile::Context;
-use aegis_seal_operator::{controller, snapshot_shards};
+use aegis_seal_tests::fake_api::FakeApi;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
-use support::fake_api::FakeApi;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 

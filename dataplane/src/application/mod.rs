@@ -1,6 +1,7 @@
 //! Use cases: invocation (verify, authorize, dispatch), sessions, workflows.
 
 pub mod catalog;
+pub mod cli;
 pub mod clock;
 pub mod credential;
 pub mod invocation;

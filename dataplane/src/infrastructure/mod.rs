@@ -2,5 +2,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod container;
 pub mod http_client;
 pub mod persistence;
+pub mod reload;

@@ -5,6 +5,7 @@ use http::{HeaderMap, Response, StatusCode};
 use serde_json::json;
 
 use crate::application::catalog::ToolRef;
+use crate::application::cli::CliCall;
 use crate::application::credential::{CredentialRequest, USER_TOKEN_HEADER};
 use crate::application::invocation::{AuthorizedCall, Refusal};
 use crate::application::workflow::{CompiledWorkflow, ExecutionContext};
@@ -50,10 +51,9 @@ async fn dispatch(
         Some(ToolRef::Workflow(workflow)) => {
             run_workflow(state, &call, workflow, user_token, &mut events).await
         }
-        Some(ToolRef::CliTool(_)) => json_response(
-            StatusCode::NOT_IMPLEMENTED,
-            &json!({"error": "CLI tool execution is not available in this build"}),
-        ),
+        Some(ToolRef::CliTool(tool)) => {
+            run_cli_tool(state, &call, tool, user_token, &mut events).await
+        }
     };
     // The call's events are durable before the caller hears about it.
     if let Err(e) = state.audit.write(events).await {
@@ -137,4 +137,36 @@ async fn run_workflow(
         events.append(&mut workflow_events);
     }
     response
+}
+
+/// Runs a CLI tool: judge, registry login, container, all inside the CLI engine; the engine's
+/// events join the call's.
+async fn run_cli_tool(
+    state: &GatewayState,
+    call: &AuthorizedCall,
+    tool: &aegis_seal_crds::CliToolEntry,
+    user_token: Option<&str>,
+    events: &mut Vec<AuditEvent>,
+) -> Response<Body> {
+    let outcome = state
+        .cli
+        .invoke(
+            CliCall {
+                execution_id: &call.execution_id,
+                tenant_id: Some(&call.tenant_id),
+                security_context: &call.security_context,
+                tool,
+                arguments: &call.arguments,
+                user_token,
+                allows_human_delegated: call.allows_human_delegated,
+                max_response_bytes: call.grant.max_response_size,
+            },
+            &state.credentials,
+        )
+        .await;
+    events.extend(outcome.events);
+    match outcome.result {
+        Ok(result) => json_response(StatusCode::OK, &json!({"result": result.to_json()})),
+        Err(e) => json_response(e.status, &e.body),
+    }
 }

@@ -109,19 +109,31 @@ fn health() -> Response<Body> {
 }
 
 /// Readiness: a database round trip through the same pool requests use.
+///
+/// A missing container CLI (B-10) does not make the gateway unready: a 503 would take it out of
+/// its Service and stop workflows too. Instead, when CLI tools are configured and no container
+/// CLI was resolved, `status` is `degraded` and `container_cli.error` carries the runbook line
+/// `failed to resolve container CLI: no podman or docker on PATH`; `container_cli` is always there.
 async fn ready(state: &GatewayState) -> Response<Body> {
     match state.db.ping().await {
         Ok(()) => {
             let served = state.served.load();
             let s = &served.snapshot;
+            let cli_missing = state.cli.container_cli().is_err();
+            let status = if cli_missing && !s.cli_tools.is_empty() {
+                "degraded"
+            } else {
+                "ready"
+            };
             json_response(
                 StatusCode::OK,
                 &json!({
-                    "status": "ready",
+                    "status": status,
                     "snapshot_hash": served.hash,
                     "workflows": s.workflows.len(),
                     "cli_tools": s.cli_tools.len(),
                     "security_contexts": s.security_contexts.len(),
+                    "container_cli": state.cli.readiness(),
                 }),
             )
         }

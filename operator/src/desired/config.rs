@@ -6,7 +6,7 @@ use aegis_seal_crds::{API_VERSION, SecretKeyRef};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::snapshot_shards::hex;
+use aegis_seal_crds::snapshot_shards::hex;
 
 /// Env vars carrying `secret_key_ref` values are this prefix and a number, from 0.
 pub const SECRET_ENV_PREFIX: &str = "SEAL_GW_SECRET_";

@@ -11,7 +11,9 @@ use super::{
     CONFIG_FILE_KEY, DesiredError, GatewayContext, SNAPSHOT_CONFIG_MAPS_ANNOTATION,
     SNAPSHOT_HASH_ANNOTATION, SNAPSHOT_OF_LABEL, SNAPSHOT_SHARDS_ANNOTATION,
 };
-use crate::snapshot_shards::{self, INDEX_KEY, MAX_CONFIG_MAP_BYTES, MAX_SHARD_BYTES, shard_key};
+use aegis_seal_crds::snapshot_shards::{
+    self, INDEX_KEY, MAX_CONFIG_MAP_BYTES, MAX_SHARD_BYTES, shard_key,
+};
 
 /// How a snapshot is laid out over ConfigMaps.
 #[derive(Clone, Debug, PartialEq, Eq)]

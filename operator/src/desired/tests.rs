@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::fixtures::{self, GW, GW_UID, IMAGE, NS};
-use crate::snapshot_shards::{self, INDEX_KEY, MAX_CONFIG_MAP_BYTES};
+use aegis_seal_crds::snapshot_shards::{self, INDEX_KEY, MAX_CONFIG_MAP_BYTES};
 
 fn compiled(workflows: usize) -> Compiled {
     compile(&Resources {

@@ -5,12 +5,11 @@
 //! config file go into further ConfigMaps, which the index names. The index is the commit point: a
 //! reader takes the index, fetches the shards it lists, and checks the sizes and digests it carries.
 //!
-//! Self-contained on purpose (serde, flate2, sha2): the data plane needs the same reader, and this
-//! module can move into the API crate unchanged.
+//! Pure (serde, flate2, sha2): the operator writes with it and the data plane reads with it.
 
 use std::io::{Read, Write};
 
-use aegis_seal_crds::Snapshot;
+use crate::Snapshot;
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
@@ -131,7 +130,8 @@ pub fn sha256_label(bytes: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(bytes)))
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lowercase hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

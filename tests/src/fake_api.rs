@@ -14,6 +14,9 @@
 //!
 //! Not modelled: field ownership between several managers, JSON patch, admission, defaulting,
 //! garbage collection through ownerReferences, authorization.
+//!
+//! Test support: misuse (an object that does not exist, a port that cannot be bound) panics, as a
+//! failed test assertion would.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -254,6 +257,17 @@ impl FakeApi {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig document for this server, for a process whose client comes from
+    /// `kube::Client::try_default()`: write it to a file and name the file in `KUBECONFIG`.
+    /// (`try_default` reads `KUBECONFIG` or `~/.kube/config` first, and only then the in-cluster
+    /// service account, whose token file cannot be faked.)
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{}\"}}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake, namespace: default}}\ncurrent-context: fake\n",
+            self.url()
+        )
     }
 
     /// A kube client for this server, with `default` as its namespace.

@@ -1,0 +1,259 @@
+//! The invocation arguments of a CLI tool: `{"subcommand": "...", "args": ["..."], "fsal_mounts": [...]}`.
+//!
+//! Stricter than upstream: a non-string argument is refused rather than silently dropped (dropping
+//! one changes what the command means), and `fsal_mounts` is optional (a run without a workspace
+//! is valid). Mount paths are normalized and restricted so they cannot inject `--mount` options.
+
+use serde_json::Value;
+
+/// Most arguments after the subcommand.
+pub const MAX_ARGS: usize = 1024;
+/// Most bytes of all arguments together.
+pub const MAX_ARGS_BYTES: usize = 256 * 1024;
+/// Most workspace mounts of one run.
+pub const MAX_MOUNTS: usize = 16;
+
+/// Parsed, validated arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliArguments {
+    pub subcommand: String,
+    pub args: Vec<String>,
+    pub fsal_mounts: Vec<FsalMount>,
+}
+
+/// An NFS-exported workspace volume to mount (reference §5.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsalMount {
+    pub volume_id: String,
+    pub mount_path: String,
+    pub read_only: bool,
+    /// The export path on the NFS server, e.g. `/aegis/volumes/<tenant>/<volume>`.
+    pub remote_path: String,
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Parses `params.arguments`; the error is the 400 message.
+pub fn parse(arguments: &Value) -> Result<CliArguments, String> {
+    let obj = arguments.as_object().ok_or_else(|| {
+        format!(
+            "CLI invocation arguments must be an object, not {}",
+            kind(arguments)
+        )
+    })?;
+    let subcommand = match obj.get("subcommand") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err("CLI invocation requires subcommand".into()),
+    };
+    if subcommand.contains('\0') {
+        return Err("CLI invocation subcommand contains a NUL byte".into());
+    }
+    let args = match obj.get("args") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            if items.len() > MAX_ARGS {
+                return Err(format!("CLI invocation has more than {MAX_ARGS} args"));
+            }
+            let mut args = Vec::with_capacity(items.len());
+            let mut total = 0usize;
+            for (i, item) in items.iter().enumerate() {
+                let Value::String(s) = item else {
+                    return Err(format!(
+                        "CLI invocation args[{i}] must be a string, not {}",
+                        kind(item)
+                    ));
+                };
+                if s.contains('\0') {
+                    return Err(format!("CLI invocation args[{i}] contains a NUL byte"));
+                }
+                total += s.len();
+                args.push(s.clone());
+            }
+            if total > MAX_ARGS_BYTES {
+                return Err(format!(
+                    "CLI invocation args exceed {MAX_ARGS_BYTES} bytes in total"
+                ));
+            }
+            args
+        }
+        Some(other) => {
+            return Err(format!(
+                "CLI invocation args must be an array of strings, not {}",
+                kind(other)
+            ));
+        }
+    };
+    let fsal_mounts = match obj.get("fsal_mounts") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            if items.len() > MAX_MOUNTS {
+                return Err(format!(
+                    "CLI invocation has more than {MAX_MOUNTS} fsal_mounts"
+                ));
+            }
+            let mut mounts: Vec<FsalMount> = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let mount = parse_mount(i, item)?;
+                if mounts.iter().any(|m| m.mount_path == mount.mount_path) {
+                    return Err(format!(
+                        "fsal_mounts[{i}].mount_path {} is mounted twice",
+                        mount.mount_path
+                    ));
+                }
+                mounts.push(mount);
+            }
+            mounts
+        }
+        Some(other) => {
+            return Err(format!(
+                "CLI invocation fsal_mounts must be an array, not {}",
+                kind(other)
+            ));
+        }
+    };
+    Ok(CliArguments {
+        subcommand,
+        args,
+        fsal_mounts,
+    })
+}
+
+fn parse_mount(i: usize, item: &Value) -> Result<FsalMount, String> {
+    let obj = item
+        .as_object()
+        .ok_or_else(|| format!("fsal_mounts[{i}] must be an object, not {}", kind(item)))?;
+    let text = |field: &str| match obj.get(field) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        _ => Err(format!("fsal_mounts[{i}].{field} is required")),
+    };
+    let volume_id = text("volume_id")?;
+    let mount_path = normalize_path(&text("mount_path")?).ok_or_else(|| {
+        format!(
+            "fsal_mounts[{i}].mount_path must be an absolute path of letters, digits, '_', '.', '-' and '/', without '..'"
+        )
+    })?;
+    if mount_path == "/"
+        || ["/proc", "/sys", "/dev", "/tmp"]
+            .iter()
+            .any(|p| mount_path == *p || mount_path.starts_with(&format!("{p}/")))
+    {
+        return Err(format!(
+            "fsal_mounts[{i}].mount_path {mount_path} is reserved"
+        ));
+    }
+    let remote_path = normalize_path(&text("remote_path")?).ok_or_else(|| {
+        format!(
+            "fsal_mounts[{i}].remote_path must be an absolute path of letters, digits, '_', '.', '-' and '/', without '..'"
+        )
+    })?;
+    let read_only = match obj.get("read_only") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(format!(
+                "fsal_mounts[{i}].read_only must be a boolean, not {}",
+                kind(other)
+            ));
+        }
+    };
+    Ok(FsalMount {
+        volume_id,
+        mount_path,
+        read_only,
+        remote_path,
+    })
+}
+
+/// An absolute path with `.` and empty segments removed; `None` with `..`, or characters that
+/// could change the meaning of a `--mount` value (`,`, `=`, quotes, spaces, controls).
+fn normalize_path(p: &str) -> Option<String> {
+    if !p.starts_with('/') {
+        return None;
+    }
+    let mut out = String::with_capacity(p.len());
+    for segment in p.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => return None,
+            s if s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) =>
+            {
+                out.push('/');
+                out.push_str(s);
+            }
+            _ => return None,
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_subcommand_alone_is_a_valid_call() {
+        let a = parse(&json!({"subcommand": "status"})).unwrap();
+        assert_eq!(a.subcommand, "status");
+        assert!(a.args.is_empty() && a.fsal_mounts.is_empty());
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let err = |v: Value| parse(&v).unwrap_err();
+        assert_eq!(err(json!({})), "CLI invocation requires subcommand");
+        assert_eq!(
+            err(json!({"subcommand": 3})),
+            "CLI invocation requires subcommand"
+        );
+        assert_eq!(
+            err(json!({"subcommand": "log", "args": ["-n", 5]})),
+            "CLI invocation args[1] must be a string, not a number"
+        );
+        assert_eq!(
+            err(json!({"subcommand": "log", "args": "-n 5"})),
+            "CLI invocation args must be an array of strings, not a string"
+        );
+        assert_eq!(
+            err(
+                json!({"subcommand": "log", "fsal_mounts": [{"mount_path": "/w", "remote_path": "/r"}]})
+            ),
+            "fsal_mounts[0].volume_id is required"
+        );
+        assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/w,src=/etc", "remote_path": "/r"}]})).contains("mount_path"));
+        assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/w/../etc", "remote_path": "/r"}]})).contains("mount_path"));
+        assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/proc/x", "remote_path": "/r"}]})).contains("reserved"));
+        assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/w", "remote_path": "/r", "read_only": "yes"}]})).contains("boolean"));
+    }
+
+    #[test]
+    fn mounts_are_normalized() {
+        let a = parse(&json!({"subcommand": "x", "fsal_mounts": [
+            {"volume_id": "v1", "mount_path": "/workspace/./src/", "remote_path": "//aegis/volumes/t/v1", "read_only": true}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            a.fsal_mounts,
+            [FsalMount {
+                volume_id: "v1".into(),
+                mount_path: "/workspace/src".into(),
+                read_only: true,
+                remote_path: "/aegis/volumes/t/v1".into(),
+            }]
+        );
+    }
+}

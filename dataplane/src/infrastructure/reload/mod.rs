@@ -1,0 +1,132 @@
+//! Hot reload (DESIGN §4.5): a new snapshot is validated, then swapped in whole by
+//! [`gateway::reload`]; an invalid one is refused, logged (WARN, naming the file, document and
+//! field, or the ConfigMap and what is wrong with it), counted in [`ReloadStats`], and the last good
+//! snapshot keeps serving.
+//!
+//! - [`folder`]: standalone, polls the manifests folder and the config file;
+//! - [`config_map`]: in a cluster, watches the gateway's ConfigMaps through the API.
+
+pub mod config_map;
+pub mod folder;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aegis_seal_crds::Snapshot;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::gateway::{self, GatewayState};
+use crate::infrastructure::persistence::CatalogSource;
+
+/// How long a stopping watcher may take before it is aborted.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What hot reload has done since the start.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    /// New snapshots swapped in.
+    pub reloads: AtomicU64,
+    /// Changes refused (unreadable, invalid); each time, the last good snapshot kept serving.
+    pub reload_failures: AtomicU64,
+}
+
+impl ReloadStats {
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    pub fn reload_failures(&self) -> u64 {
+        self.reload_failures.load(Ordering::Relaxed)
+    }
+}
+
+/// Logs and counts a refused change.
+pub(crate) fn refuse(state: &GatewayState, origin: &str, reason: &str) {
+    state.reload.reload_failures.fetch_add(1, Ordering::Relaxed);
+    let serving = state.served.load().hash.clone();
+    tracing::warn!(
+        origin,
+        serving = %serving,
+        "configuration change refused, the last good snapshot keeps serving: {reason}"
+    );
+}
+
+/// Serves `snapshot` if it is valid; otherwise refuses it (logged and counted). Returns whether
+/// it is now served.
+pub(crate) async fn apply(
+    state: &GatewayState,
+    snapshot: Snapshot,
+    source: CatalogSource,
+    origin: &str,
+) -> bool {
+    let before = state.served.load().hash.clone();
+    match gateway::reload(state, snapshot, source).await {
+        Ok(hash) => {
+            if hash != before {
+                state.reload.reloads.fetch_add(1, Ordering::Relaxed);
+                let s = &state.served.load().snapshot;
+                tracing::info!(
+                    origin,
+                    snapshot = %hash,
+                    previous = %before,
+                    workflows = s.workflows.len(),
+                    cli_tools = s.cli_tools.len(),
+                    security_contexts = s.security_contexts.len(),
+                    "configuration change served"
+                );
+            }
+            true
+        }
+        Err(e) => {
+            refuse(state, origin, &e);
+            false
+        }
+    }
+}
+
+/// The running watchers; [`Watchers::stop`] ends them.
+pub struct Watchers {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Default for Watchers {
+    fn default() -> Self {
+        Self {
+            stop: watch::channel(false).0,
+            tasks: Vec::new(),
+        }
+    }
+}
+
+impl Watchers {
+    /// What a watcher waits on to stop.
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    pub fn push(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
+    /// Signals every watcher to stop and waits (bounded) for them.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for mut task in self.tasks {
+            if tokio::time::timeout(STOP_TIMEOUT, &mut task).await.is_err() {
+                tracing::warn!("a reload watcher did not stop in time; aborting it");
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Resolves when `stop` says so, or when its sender is gone.
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
