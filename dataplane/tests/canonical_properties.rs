@@ -734,12 +734,10 @@ fn keys_sort_by_code_point_as_python_sort_keys_does() {
     );
 }
 
-/// Known bug, reported rather than fixed: the TypeScript SDK sorts keys with
-/// `Object.keys(record).sort()`, by UTF-16 code unit, so a key beyond the BMP (a surrogate pair,
-/// 0xD800..) sorts before one in U+E000..U+FFFF; the gateway sorts by code point (Python's
-/// order), so such an envelope from the TypeScript SDK fails verification with 1002.
+/// The TypeScript SDK sorts keys with `Object.keys(record).sort()`, by UTF-16 code unit, so a key
+/// beyond the BMP (a surrogate pair, 0xD800..) sorts before one in U+E000..U+FFFF, where Python
+/// (and the gateway's canonical form) sorts by code point. The gateway accepts both orders.
 #[test]
-#[ignore = "known bug: the TypeScript SDK sorts keys by UTF-16 code unit, the gateway by code point"]
 fn typescript_sdk_key_order_beyond_the_bmp_verifies() {
     let signer = support::Signer::from_vectors();
     let key = session_key(&signer);

@@ -64,6 +64,14 @@ impl Envelope {
         self.message(Order::Sorted)
     }
 
+    /// The sorted form as the TypeScript SDK writes it: `Object.keys().sort()` compares UTF-16
+    /// code units, so a key beyond the BMP (a surrogate pair, 0xD800..) sorts before one in
+    /// U+E000..U+FFFF, unlike code-point order. Identical to [`Self::canonical_message`] unless
+    /// such keys share an object.
+    pub fn utf16_sorted_message(&self) -> Result<Vec<u8>, SealError> {
+        self.message(Order::SortedUtf16)
+    }
+
     /// The bytes upstream gateways verified: the payload's keys in the order they arrived.
     /// Accepted as a fallback so that signers written against upstream keep working.
     pub fn wire_order_message(&self) -> Result<Vec<u8>, SealError> {
@@ -103,6 +111,7 @@ fn parse_timestamp(raw: &str) -> Result<i64, SealError> {
 #[derive(Clone, Copy)]
 enum Order {
     Sorted,
+    SortedUtf16,
     Wire,
 }
 
@@ -124,9 +133,13 @@ fn write_canonical(
         Some(b'{') => {
             let members: Members = serde_json::from_str(raw).map_err(invalid)?;
             let mut members = members.0;
-            if let Order::Sorted = order {
+            match order {
                 // Byte order of UTF-8 equals code-point order: what Python's sort_keys produces.
-                members.sort_by(|a, b| a.0.cmp(&b.0));
+                Order::Sorted => members.sort_by(|a, b| a.0.cmp(&b.0)),
+                Order::SortedUtf16 => {
+                    members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()))
+                }
+                Order::Wire => {}
             }
             out.push(b'{');
             for (i, (key, value)) in members.iter().enumerate() {

@@ -13,7 +13,8 @@ pub const TARGET: &str = "aegis_seal_gateway::infrastructure::auth";
 /// Which serialization the signature matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CanonicalForm {
-    /// Keys sorted at every level: the RFC and the SDKs.
+    /// Keys sorted at every level: the RFC and the SDKs (by code point as Python does, or by
+    /// UTF-16 code unit as the TypeScript SDK does).
     Sorted,
     /// The payload's wire order: signers written against upstream gateways.
     WireOrder,
@@ -62,6 +63,13 @@ pub fn verify_signature(
     let sorted = envelope.canonical_message()?;
     if key.verify_strict(&sorted, &signature).is_ok() {
         tracing::trace!(target: TARGET, form = "sorted", "envelope signature verified");
+        return Ok(CanonicalForm::Sorted);
+    }
+    // Only an object holding both a key beyond the BMP and one in U+E000..U+FFFF sorts
+    // differently in JavaScript; otherwise this is the same message and is not tried twice.
+    let utf16 = envelope.utf16_sorted_message()?;
+    if utf16 != sorted && key.verify_strict(&utf16, &signature).is_ok() {
+        tracing::trace!(target: TARGET, form = "sorted-utf16", "envelope signature verified");
         return Ok(CanonicalForm::Sorted);
     }
     let wire = envelope.wire_order_message()?;
