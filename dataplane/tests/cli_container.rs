@@ -148,7 +148,6 @@ async fn a_fork_bomb_is_stopped_by_the_pids_limit() {
     let mut tool = tool("busybox", &["sh"]);
     tool.resources.pids = Some(32);
     let exec = execution_id();
-    let started = Instant::now();
     let out = invoke(
         &engine,
         &creds,
@@ -164,7 +163,6 @@ async fn a_fork_bomb_is_stopped_by_the_pids_limit() {
         "the pids limit refused forks: {}",
         result.stderr
     );
-    assert!(started.elapsed() < Duration::from_secs(30));
     assert!(containers_of(&exec).is_empty());
 }
 
@@ -220,8 +218,9 @@ async fn a_run_past_its_timeout_is_killed_and_removed() {
         reason.contains("timed out after 2s") && reason.contains("killed and removed"),
         "{reason}"
     );
+    // Killed at its timeout, not left to its 600 s (the bound is loose: podman is slow under load).
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        took >= Duration::from_secs(2) && took < Duration::from_secs(300),
         "{took:?}"
     );
     assert!(
@@ -247,8 +246,8 @@ async fn stderr_filling_its_pipe_before_stdout_closes_does_not_deadlock() {
     let (db, _dir) = sqlite_database().await;
     let creds = credentials(&db);
     let mut tool = tool("busybox", &["sh"]);
-    tool.default_timeout_seconds = 20;
-    let started = Instant::now();
+    // A deadlock would end at this timeout, as an error.
+    tool.default_timeout_seconds = 60;
     let out = invoke(
         &engine,
         &creds,
@@ -260,11 +259,6 @@ async fn stderr_filling_its_pipe_before_stdout_closes_does_not_deadlock() {
     let result = out.result.expect("no deadlock, no timeout");
     assert_eq!(result.stderr.len(), 100_000);
     assert_eq!(result.stdout, "stdout-after\n");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test]

@@ -707,7 +707,7 @@ async fn a_slow_upstream_times_out_with_502() {
         ),
     );
     assert!(
-        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
         "{took:?}"
     );
     assert!(
@@ -792,7 +792,8 @@ async fn a_link_local_destination_is_refused_without_connecting() {
     );
     let started = Instant::now();
     let outcome = run(&engine(), &wf, json!({})).await;
-    assert!(started.elapsed() < Duration::from_millis(500));
+    // Well under the 5 s connect timeout a connection attempt would wait for.
+    assert!(started.elapsed() < Duration::from_secs(4));
     assert_failed(
         &outcome,
         StatusCode::BAD_GATEWAY,

@@ -89,7 +89,11 @@ async fn custom_resources_become_a_hot_reloaded_data_plane() {
         // It writes the ConfigMap; the data plane starts from it as the Deployment would.
         let first = eventually("the ConfigMap", Duration::from_secs(15), || written_hash(&api, None)).await;
         let cm = api.get(CONFIG_MAPS, NS, CONFIG_MAP).unwrap();
-        let deployment = api.get("apps/v1/deployments", NS, "edge").expect("the Deployment");
+        // The operator applies the ConfigMap before the Deployment: wait for both.
+        let deployment = eventually("the Deployment", Duration::from_secs(15), || {
+            api.get("apps/v1/deployments", NS, "edge")
+        })
+        .await;
         let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
         assert!(
             env.as_array().unwrap().iter().any(|e| e["name"] == "SEAL_GATEWAY_CONFIGMAP" && e["value"] == "tools/edge-config"),
