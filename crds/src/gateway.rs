@@ -35,8 +35,23 @@ pub struct SealGatewaySpec {
     pub resources: Option<ResourceRequirements>,
     #[serde(default)]
     pub resource_selector: ResourceSelector,
+    /// Whether the data-plane pod may run CLI tools' containers itself.
+    #[serde(default)]
+    pub cli_containers: CliContainers,
     #[serde(flatten)]
     pub settings: GatewaySettings,
+}
+
+/// CLI tools run in containers started by podman inside the data-plane pod. That needs a
+/// privileged container running as root (podman creates namespaces, cgroups and overlay mounts),
+/// so it is off by default: the pod then runs under the restricted Pod Security profile and CLI
+/// tool calls fail with `container CLI execution failed`. Enabling it requires the namespace to
+/// admit privileged pods (`pod-security.kubernetes.io/enforce: privileged`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct CliContainers {
+    /// Run the data-plane container privileged, as root, with writable podman storage.
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 /// Which Workflow, CliTool and SecurityContext resources a gateway serves.
@@ -98,6 +113,8 @@ pub struct GatewaySettings {
     pub cli: CliSettings,
     #[serde(default)]
     pub ui: UiSettings,
+    #[serde(default)]
+    pub audit: AuditSettings,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -355,5 +372,49 @@ fn default_true() -> bool {
 impl Default for UiSettings {
     fn default() -> Self {
         Self { enabled: true }
+    }
+}
+
+/// Audit trail integrity and retention (`gateway_events`, docs/audit.md).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct AuditSettings {
+    /// PKCS#8 PEM Ed25519 private key that signs audit checkpoints (in a SealGateway, a
+    /// `secret_key_ref`). Unset: each process generates one at start and logs its public key, so
+    /// checkpoints prove the trail intact but not who signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_signing_key_pem: Option<SecretValue>,
+    /// How often the head of the hash chain is signed into `audit_checkpoints`.
+    #[serde(default = "default_checkpoint_interval_secs")]
+    pub checkpoint_interval_secs: u64,
+    /// Events older than this many days are purged; unset keeps every event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+    /// How often the retention purge runs.
+    #[serde(default = "default_purge_interval_secs")]
+    pub purge_interval_secs: u64,
+    /// Rows deleted per purge transaction, so a purge never holds the table for long.
+    #[serde(default = "default_purge_batch_size")]
+    pub purge_batch_size: u32,
+}
+
+fn default_checkpoint_interval_secs() -> u64 {
+    300
+}
+fn default_purge_interval_secs() -> u64 {
+    3600
+}
+fn default_purge_batch_size() -> u32 {
+    5000
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            checkpoint_signing_key_pem: None,
+            checkpoint_interval_secs: default_checkpoint_interval_secs(),
+            retention_days: None,
+            purge_interval_secs: default_purge_interval_secs(),
+            purge_batch_size: default_purge_batch_size(),
+        }
     }
 }

@@ -15,6 +15,7 @@ use crate::application::cli::CliEngine;
 use crate::application::clock::Clock;
 use crate::application::credential::CredentialResolver;
 use crate::application::invocation::InvocationService;
+use crate::application::registry::{self, Registry};
 use crate::application::sessions::SessionCache;
 use crate::application::workflow::WorkflowEngine;
 use crate::domain::policy::RateLimiter;
@@ -22,7 +23,10 @@ use crate::infrastructure::auth::operator::{OperatorAuthConfig, OperatorAuthenti
 use crate::infrastructure::auth::token::SealTokenVerifier;
 use crate::infrastructure::config::GatewayConfig;
 use crate::infrastructure::http_client::{HttpClient, HttpClientConfig};
-use crate::infrastructure::persistence::{AuditWriter, CatalogSource, Database, ReplayGuard};
+use crate::infrastructure::metrics::Metrics;
+use crate::infrastructure::persistence::{
+    AuditTasks, AuditWriter, CatalogSource, Database, ReplayGuard,
+};
 use crate::infrastructure::reload::ReloadStats;
 use crate::presentation::server;
 
@@ -32,6 +36,8 @@ pub const JTI_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// What every request handler can reach.
 pub struct GatewayState {
     pub db: Database,
+    /// The Prometheus series, served by `presentation::metrics` on its own listener.
+    pub metrics: Metrics,
     /// The snapshot being served; swapped whole on reload, so a request keeps the one it started with.
     pub served: ArcSwap<ServedSnapshot>,
     pub invocation: InvocationService,
@@ -46,6 +52,8 @@ pub struct GatewayState {
     pub max_header_bytes: usize,
     /// What hot reload has served and refused.
     pub reload: ReloadStats,
+    /// The declarative snapshot beside the REST objects; orders every change of `served`.
+    pub registry: Registry,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +74,11 @@ pub struct RunningGateway {
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
     sweeper: JoinHandle<()>,
+    /// Serves REST writes made through other replicas.
+    rest_follower: JoinHandle<()>,
+    /// Signs audit checkpoints on a timer and purges expired events (docs/audit.md).
+    audit_tasks: AuditTasks,
+    sessions_gauge: JoinHandle<()>,
 }
 
 impl RunningGateway {
@@ -94,11 +107,19 @@ impl RunningGateway {
                 http,
             ))
         };
-        let served =
-            ServedSnapshot::new(with_default_contexts(snapshot)).map_err(StartError::Config)?;
-        let http = HttpClient::new(HttpClientConfig::default()).map_err(|e| {
-            StartError::Config(format!("cannot build the upstream HTTP client: {e}"))
-        })?;
+        // Served: the declarative snapshot plus the REST objects stored in the database.
+        let base = with_default_contexts(snapshot);
+        let revision = db
+            .catalog_revision()
+            .await
+            .map_err(|e| StartError::Config(format!("cannot read catalog_revision: {e}")))?;
+        let served = registry::served_for(&db, &base)
+            .await
+            .map_err(StartError::Config)?;
+        let metrics = Metrics::new();
+        let http = HttpClient::new(HttpClientConfig::default())
+            .map_err(|e| StartError::Config(format!("cannot build the upstream HTTP client: {e}")))?
+            .with_metrics(metrics.clone());
         let credentials =
             CredentialResolver::new(&config.settings.credentials, http.clone(), db.clone())
                 .map_err(StartError::Config)?;
@@ -109,12 +130,15 @@ impl RunningGateway {
         )
         .await;
         let replay = ReplayGuard::start(db.clone());
+        let credentials = credentials.with_metrics(metrics.clone());
+        let cli = cli.with_metrics(metrics.clone());
         let invocation = InvocationService {
             tokens,
             sessions: SessionCache::new(db.clone()),
             replay: replay.clone(),
             limiter: RateLimiter::new(),
             clock,
+            metrics: metrics.clone(),
         };
 
         let addr = config.bind_addr();
@@ -125,8 +149,10 @@ impl RunningGateway {
             .local_addr()
             .map_err(|source| StartError::Listen { addr, source })?;
         let network = &config.settings.network;
+        let sessions_gauge = tokio::spawn(metrics.clone().refresh_sessions_active(db.clone()));
         let state = Arc::new(GatewayState {
-            audit: AuditWriter::start(db.clone()),
+            audit: AuditWriter::start(db.clone(), metrics.clone()),
+            metrics,
             db,
             served: ArcSwap::from_pointee(served),
             workflows: WorkflowEngine::new(http),
@@ -137,10 +163,14 @@ impl RunningGateway {
             max_body_bytes: network.max_body_bytes,
             max_header_bytes: usize::try_from(network.max_header_bytes).unwrap_or(usize::MAX),
             reload: ReloadStats::default(),
+            registry: Registry::new(base, revision),
         });
+        let audit_tasks = AuditTasks::start(&config.settings.audit, state.db.clone())
+            .map_err(StartError::Config)?;
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(server::serve(listener, state.clone(), stopped));
         let sweeper = tokio::spawn(sweep_jtis(state.clone()));
+        let rest_follower = tokio::spawn(registry::follow_rest_writes(state.clone()));
         tracing::info!("aegis-seal-gateway listening on {local_addr}");
         Ok(Self {
             local_addr,
@@ -148,6 +178,9 @@ impl RunningGateway {
             stop,
             server,
             sweeper,
+            rest_follower,
+            audit_tasks,
+            sessions_gauge,
         })
     }
 
@@ -168,29 +201,37 @@ impl RunningGateway {
             tracing::error!(error = %e, "server task failed");
         }
         self.sweeper.abort();
+        self.rest_follower.abort();
+        // After the drain every accepted event is committed: sign the final head.
+        self.audit_tasks.stop(&self.state.db).await;
+        self.sessions_gauge.abort();
         self.state.db.close().await;
         tracing::info!("aegis-seal-gateway stopped");
     }
 }
 
-/// See [`RunningGateway::reload`]; usable by watchers that hold only the state.
+/// See [`RunningGateway::reload`]; usable by watchers that hold only the state. The REST objects
+/// stay served beside the new snapshot; the returned hash is that of everything served.
 pub async fn reload(
     state: &GatewayState,
     snapshot: Snapshot,
     source: CatalogSource,
 ) -> Result<String, String> {
     let snapshot = with_default_contexts(snapshot);
-    let hash = snapshot.hash();
-    if state.served.load().hash == hash {
-        return Ok(hash);
+    let mut base = state.registry.lock().await;
+    if base.hash() == snapshot.hash() {
+        return Ok(state.served.load().hash.clone());
     }
-    let served = ServedSnapshot::new(snapshot)?;
+    // Built before the catalog tables change, so an invalid snapshot leaves everything as it was.
+    let served = registry::served_for(&state.db, &snapshot).await?;
     state
         .db
-        .sync_catalog(&served.snapshot, source)
+        .sync_catalog(&snapshot, source)
         .await
         .map_err(|e| format!("catalog update failed: {e}"))?;
+    let hash = served.hash.clone();
     state.served.store(Arc::new(served));
+    base.replace(snapshot);
     tracing::info!(snapshot = %hash, "snapshot reloaded");
     Ok(hash)
 }

@@ -9,10 +9,14 @@ use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
 use aegis_seal_gateway::infrastructure::config::{ConfigSources, load_config};
 use aegis_seal_gateway::infrastructure::http_client::{HttpClient, HttpClientConfig};
-use aegis_seal_gateway::infrastructure::persistence::{CatalogSource, Database};
+use aegis_seal_gateway::infrastructure::metrics;
+use aegis_seal_gateway::infrastructure::persistence::{
+    CatalogSource, Database, checkpoint_signer, parse_public_key,
+};
 use aegis_seal_gateway::infrastructure::reload::Watchers;
 use aegis_seal_gateway::infrastructure::reload::config_map::{self, ConfigMapRef};
 use aegis_seal_gateway::infrastructure::reload::folder::{FolderWatch, load_folder};
+use aegis_seal_gateway::presentation::metrics::MetricsExporter;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -44,10 +48,49 @@ enum Command {
     Serve,
     /// Load and validate the configuration and manifests, then exit.
     Check,
+    /// Audit trail integrity and retention (docs/audit.md).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check the hash chain of `gateway_events` and the signed checkpoints, offline. Exits 0 when
+    /// the trail is intact, 1 naming the first broken row, 2 when the database cannot be read.
+    Verify {
+        #[arg(long, env = "SEAL_GATEWAY_DB")]
+        database_url: String,
+        /// Ed25519 public key the checkpoints must be signed with: a PEM file, PEM text or 32
+        /// bytes in base64. Without it signatures are checked against the key stored with each
+        /// checkpoint, which shows they are intact but not who made them.
+        #[arg(long, allow_hyphen_values = true)]
+        public_key: Option<String>,
+    },
+    /// Remove events created before a time, oldest first, in batches, recording each batch in a
+    /// signed purge checkpoint so the chain stays verifiable.
+    Purge {
+        #[arg(long, env = "SEAL_GATEWAY_DB")]
+        database_url: String,
+        /// RFC 3339 time: events created before it are removed.
+        #[arg(long)]
+        before: chrono::DateTime<chrono::FixedOffset>,
+        #[arg(long, default_value_t = 5000)]
+        batch_size: u32,
+        /// PKCS#8 PEM Ed25519 private key for the purge checkpoints; without it a key is
+        /// generated for this run and its public key logged.
+        #[arg(
+            long,
+            env = "SEAL_GATEWAY_AUDIT_CHECKPOINT_SIGNING_KEY_PEM",
+            hide_env_values = true
+        )]
+        signing_key_pem: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -63,6 +106,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if matches!(cli.command, Some(Command::Audit { .. }))
+        && let Some(Command::Audit { command }) = cli.command.take()
+    {
+        return runtime.block_on(audit(command));
+    }
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -76,6 +124,8 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(&ConfigSources::process(cli.config.as_deref()))?;
+    let metrics_addr =
+        metrics::listen_addr(&|name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?;
     let cluster = cli
         .configmap
         .as_deref()
@@ -134,6 +184,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     db.sync_catalog(&snapshot, source).await?;
     let gateway = RunningGateway::start(&config, db, snapshot, Clock::System).await?;
+    // Unlike upstream, a metrics port that is taken does not stop the gateway: the data path
+    // matters more than its scrape endpoint, and Prometheus reports the target down anyway.
+    let exporter = match MetricsExporter::start(metrics_addr, gateway.state.clone()).await {
+        Ok(exporter) => Some(exporter),
+        Err(e) => {
+            tracing::error!(
+                target: metrics::TARGET,
+                "Prometheus metrics exporter cannot listen on {metrics_addr}: {e}; serving without metrics"
+            );
+            None
+        }
+    };
 
     let mut watchers = Watchers::default();
     if let Some(watch) = folder_watch.filter(FolderWatch::watches_anything) {
@@ -154,8 +216,122 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     shutdown_signal().await;
     watchers.stop().await;
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
+    }
     gateway.shutdown().await;
     Ok(())
+}
+
+/// `audit verify` and `audit purge`: offline, against a database URL, without the config file.
+async fn audit(command: AuditCommand) -> ExitCode {
+    let unreadable = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    };
+    match command {
+        AuditCommand::Verify {
+            database_url,
+            public_key,
+        } => {
+            let trusted = match public_key.as_deref().map(read_public_key).transpose() {
+                Ok(key) => key,
+                Err(e) => return unreadable(&e),
+            };
+            if let Err(e) = existing_sqlite_file(&database_url) {
+                return unreadable(&e);
+            }
+            let db = match Database::connect(&database_url).await {
+                Ok(db) => db,
+                Err(e) => return unreadable(&e),
+            };
+            let outcome = db.verify_audit(trusted.as_ref()).await;
+            db.close().await;
+            match outcome {
+                Err(e) => unreadable(&e),
+                Ok(Err(broken)) => {
+                    println!("audit trail BROKEN at {broken}");
+                    ExitCode::FAILURE
+                }
+                Ok(Ok(report)) => {
+                    let range = match (report.first_id, report.last_id) {
+                        (Some(first), Some(last)) => format!("ids {first}..={last}"),
+                        _ => "no rows".into(),
+                    };
+                    println!(
+                        "audit trail intact: {} chained rows ({range}), {} rows from before the chain, {} checkpoints{}, {} events purged by retention",
+                        report.rows,
+                        report.unchained_rows,
+                        report.checkpoints,
+                        if report.trusted_key {
+                            " signed by the given key"
+                        } else {
+                            " (signatures checked against their own stored keys: pass --public-key to check who signed)"
+                        },
+                        report.purged_events,
+                    );
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+        AuditCommand::Purge {
+            database_url,
+            before,
+            batch_size,
+            signing_key_pem,
+        } => {
+            let settings = aegis_seal_crds::gateway::AuditSettings {
+                checkpoint_signing_key_pem: signing_key_pem
+                    .filter(|k| !k.trim().is_empty())
+                    .map(aegis_seal_crds::SecretValue::Literal),
+                ..Default::default()
+            };
+            let signer = match checkpoint_signer(&settings) {
+                Ok(signer) => signer,
+                Err(e) => return unreadable(&e),
+            };
+            let db = match Database::connect(&database_url).await {
+                Ok(db) => db,
+                Err(e) => return unreadable(&e),
+            };
+            let outcome = db
+                .purge_audit(before.with_timezone(&chrono::Utc), batch_size, &signer)
+                .await;
+            db.close().await;
+            match outcome {
+                Ok(n) => {
+                    println!("purged {n} audit events created before {before}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => unreadable(&e),
+            }
+        }
+    }
+}
+
+/// Connecting creates a missing SQLite file; verifying one that is not there must fail instead.
+fn existing_sqlite_file(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return Ok(());
+    };
+    let path = rest.trim_start_matches("//");
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    if path.starts_with(':') || std::path::Path::new(path).is_file() {
+        Ok(())
+    } else {
+        Err(format!("{path}: no such SQLite database"))
+    }
+}
+
+/// A public key given inline (PEM or base64) or as the path of a file holding one.
+fn read_public_key(arg: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+    let text = if arg.trim_start().starts_with("-----BEGIN") || !std::path::Path::new(arg).exists()
+    {
+        arg.to_owned()
+    } else {
+        std::fs::read_to_string(arg).map_err(|e| format!("{arg}: {e}"))?
+    };
+    parse_public_key(&text).map_err(|e| format!("--public-key: {e}"))
 }
 
 fn log_loaded(s: &Snapshot, origin: &str) {

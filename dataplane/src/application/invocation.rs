@@ -20,6 +20,7 @@ use crate::domain::seal_error::{SealError, code};
 use crate::domain::tenancy::IdentityKind;
 use crate::infrastructure::auth::envelope::{TARGET as AUTH_TARGET, verify_signature};
 use crate::infrastructure::auth::token::{SealTokenVerifier, unverified_execution_id};
+use crate::infrastructure::metrics::{Attestation, Metrics};
 use crate::infrastructure::persistence::{
     AuditEvent, PersistenceError, ReplayGuard, SessionStatus,
 };
@@ -84,6 +85,8 @@ pub struct InvocationService {
     pub replay: Arc<ReplayGuard>,
     pub limiter: RateLimiter,
     pub clock: Clock,
+    /// `aegis_seal_attestations_total` and friends, one outcome per envelope.
+    pub metrics: Metrics,
 }
 
 impl InvocationService {
@@ -93,22 +96,23 @@ impl InvocationService {
         served: &ServedSnapshot,
     ) -> Result<AuthorizedCall, Refusal> {
         let now = self.clock.now();
-        let envelope = Envelope::parse(body).inspect_err(|e| reject(None, e))?;
+        let envelope =
+            Envelope::parse(body).inspect_err(|e| self.reject(Attestation::Malformed, None, e))?;
         if envelope.protocol != PROTOCOL {
             let e =
                 SealError::malformed(format!("unsupported SEAL protocol '{}'", envelope.protocol));
-            reject(None, &e);
+            self.reject(Attestation::Malformed, None, &e);
             return Err(e.into());
         }
-        let execution_id =
-            unverified_execution_id(&envelope.security_token).inspect_err(|e| reject(None, e))?;
+        let execution_id = unverified_execution_id(&envelope.security_token)
+            .inspect_err(|e| self.reject(Attestation::Malformed, None, e))?;
         let Some(session) = self.sessions.get(&execution_id).await? else {
             let e = SealError::new(
                 StatusCode::UNAUTHORIZED,
                 code::SESSION_NOT_FOUND,
                 "session not found",
             );
-            reject(Some(&execution_id), &e);
+            self.reject(Attestation::Unauthorized, Some(&execution_id), &e);
             return Err(e.into());
         };
         let exec = Some(execution_id.as_str());
@@ -122,66 +126,81 @@ impl InvocationService {
                     "envelope timestamp is outside the {FRESHNESS_WINDOW_SECS} second freshness window ({skew}s)"
                 ),
             );
-            reject(exec, &e);
+            self.reject(Attestation::Malformed, exec, &e);
             return Err(e.into());
         }
 
         let key = session.key.as_ref().map_err(|e| {
-            reject(exec, e);
+            self.metrics.signature_failure();
+            self.reject(Attestation::SignatureInvalid, exec, e);
             e.clone()
         })?;
-        verify_signature(&envelope, key)?;
+        verify_signature(&envelope, key).inspect_err(|_| {
+            self.metrics.signature_failure();
+            self.metrics.attestation(Attestation::SignatureInvalid);
+        })?;
 
         let claims = self
             .tokens
             .verify(&envelope.security_token, now.timestamp())
-            .inspect_err(|e| reject(exec, e))?;
+            .inspect_err(|e| self.reject(token_outcome(e), exec, e))?;
         let record = &session.record;
         let binding = if claims.execution_id != record.execution_id {
-            Some(SealError::token(
-                "security token exec_id does not match the session",
+            Some((
+                Attestation::Unauthorized,
+                SealError::token("security token exec_id does not match the session"),
             ))
         } else if claims.subject != record.agent_id {
-            Some(SealError::token(
-                "security token subject does not match the session agent",
+            Some((
+                Attestation::Unauthorized,
+                SealError::token("security token subject does not match the session agent"),
             ))
         } else if claims.scope != record.security_context {
-            Some(SealError::new(
-                StatusCode::BAD_REQUEST,
-                code::SCOPE_NOT_FOUND,
-                "security context mismatch: scp claim does not match session security_context",
+            Some((
+                Attestation::ContextMismatch,
+                SealError::new(
+                    StatusCode::BAD_REQUEST,
+                    code::SCOPE_NOT_FOUND,
+                    "security context mismatch: scp claim does not match session security_context",
+                ),
             ))
         } else if record.status != SessionStatus::Active {
-            Some(SealError::new(
-                StatusCode::UNAUTHORIZED,
-                code::SESSION_INACTIVE,
-                format!("session is {}", record.status.as_str().to_lowercase()),
+            Some((
+                Attestation::Unauthorized,
+                SealError::new(
+                    StatusCode::UNAUTHORIZED,
+                    code::SESSION_INACTIVE,
+                    format!("session is {}", record.status.as_str().to_lowercase()),
+                ),
             ))
         } else if record.expires_at <= now {
-            Some(SealError::new(
-                StatusCode::UNAUTHORIZED,
-                code::SESSION_INACTIVE,
-                "session expired",
+            Some((
+                Attestation::Expired,
+                SealError::new(
+                    StatusCode::UNAUTHORIZED,
+                    code::SESSION_INACTIVE,
+                    "session expired",
+                ),
             ))
         } else {
             None
         };
-        if let Some(e) = binding {
-            reject(exec, &e);
+        if let Some((outcome, e)) = binding {
+            self.reject(outcome, exec, &e);
             return Err(e.into());
         }
 
         let call: ToolsCall = serde_json::from_str(envelope.payload_raw.get())
             .map_err(|e| SealError::malformed(format!("invalid payload: {e}")))
-            .inspect_err(|e| reject(exec, e))?;
+            .inspect_err(|e| self.reject(Attestation::Malformed, exec, e))?;
         if call.method != "tools/call" {
             let e = SealError::malformed("payload method must be tools/call");
-            reject(exec, &e);
+            self.reject(Attestation::Malformed, exec, &e);
             return Err(e.into());
         }
         let (tool_name, arguments, requested_tenant) = read_params(&call.params)
             .map_err(SealError::malformed)
-            .inspect_err(|e| reject(exec, e))?;
+            .inspect_err(|e| self.reject(Attestation::Malformed, exec, e))?;
 
         // Remembered until the envelope can no longer be fresh, future-dated ones included.
         let envelope_time = DateTime::from_timestamp(envelope.timestamp, 0).unwrap_or(now);
@@ -192,6 +211,7 @@ impl InvocationService {
                 code::TOKEN_EXPIRED,
                 "replay detected: jti already seen",
             );
+            self.metrics.attestation(Attestation::Replay);
             tracing::warn!(target: AUTH_TARGET, execution_id, jti = %claims.jti, "replay detected: jti already seen");
             return Err(e.into());
         }
@@ -212,7 +232,8 @@ impl InvocationService {
                 }),
             )
         };
-        let refuse = |violation_type: &str, error: SealError| {
+        let refuse = |outcome: Attestation, violation_type: &str, error: SealError| {
+            self.metrics.attestation(outcome);
             tracing::warn!(
                 target: TARGET,
                 execution_id,
@@ -237,6 +258,7 @@ impl InvocationService {
         {
             if claims.identity_kind != IdentityKind::ServiceAccount {
                 return Err(refuse(
+                    Attestation::Forbidden,
                     "unauthorized_tenant",
                     forbidden(
                         code::TOOL_NOT_ALLOWED,
@@ -253,6 +275,7 @@ impl InvocationService {
             && owner != &claims.tenant_id
         {
             return Err(refuse(
+                Attestation::Forbidden,
                 "tenant_mismatch",
                 forbidden(
                     code::TOOL_NOT_ALLOWED,
@@ -267,6 +290,7 @@ impl InvocationService {
             Lookup::Found(tool) => Some(tool),
             Lookup::OtherTenant => {
                 return Err(refuse(
+                    Attestation::Forbidden,
                     "tenant_mismatch",
                     forbidden(
                         code::TOOL_NOT_ALLOWED,
@@ -281,6 +305,7 @@ impl InvocationService {
 
         if !policy::session_allows(&record.allowed_tool_patterns, &tool_name) {
             return Err(refuse(
+                Attestation::ToolNotAllowed,
                 "tool_not_allowed",
                 forbidden(
                     code::TOOL_NOT_ALLOWED,
@@ -293,6 +318,7 @@ impl InvocationService {
             Lookup::Found(context) => context,
             Lookup::OtherTenant => {
                 return Err(refuse(
+                    Attestation::Forbidden,
                     "tenant_mismatch",
                     forbidden(
                         code::TOOL_NOT_ALLOWED,
@@ -305,6 +331,7 @@ impl InvocationService {
             }
             Lookup::Missing => {
                 return Err(refuse(
+                    Attestation::Forbidden,
                     "security_context_not_found",
                     forbidden(
                         code::TOOL_NOT_ALLOWED,
@@ -321,7 +348,14 @@ impl InvocationService {
             &self.limiter,
             std::time::Instant::now(),
         )
-        .map_err(|v| refuse(v.metric_label(), forbidden(v.code(), v.message())))?;
+        .map_err(|v| {
+            self.metrics.policy_violation(v.metric_label());
+            refuse(
+                Attestation::Forbidden,
+                v.metric_label(),
+                forbidden(v.code(), v.message()),
+            )
+        })?;
 
         tracing::debug!(target: TARGET, execution_id, tool = %tool_name, tenant = %tenant, "tool call authorized");
         let authorized = AuditEvent::from_json(
@@ -335,6 +369,7 @@ impl InvocationService {
                 "authorized_at": now,
             }),
         );
+        self.metrics.attestation(Attestation::Ok);
         Ok(AuthorizedCall {
             execution_id: execution_id.clone(),
             agent_id: record.agent_id.clone(),
@@ -379,8 +414,28 @@ fn read_params(params: &Value) -> Result<(String, Value, Option<String>), String
     Ok((name.to_owned(), arguments, tenant))
 }
 
+impl InvocationService {
+    /// Counts a refusal of the verification stages by its outcome and logs it.
+    fn reject(&self, outcome: Attestation, execution_id: Option<&str>, error: &SealError) {
+        self.metrics.attestation(outcome);
+        log_rejection(execution_id, error);
+    }
+}
+
+/// The outcome of a security token the verifier refused: a bad signature (or the key to check it)
+/// is `signature_invalid`, an expired token `expired`, anything else `malformed` (reference §1.5).
+fn token_outcome(error: &SealError) -> Attestation {
+    match error.code {
+        code::SIGNATURE_VERIFICATION_FAILED | code::INVALID_SIGNATURE => {
+            Attestation::SignatureInvalid
+        }
+        code::TOKEN_EXPIRED => Attestation::Expired,
+        _ => Attestation::Malformed,
+    }
+}
+
 /// Logs a refusal of the verification stages (the runbook's recipe traces this target).
-fn reject(execution_id: Option<&str>, error: &SealError) {
+fn log_rejection(execution_id: Option<&str>, error: &SealError) {
     tracing::warn!(
         target: AUTH_TARGET,
         execution_id = execution_id.unwrap_or("-"),

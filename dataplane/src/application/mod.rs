@@ -5,5 +5,6 @@ pub mod cli;
 pub mod clock;
 pub mod credential;
 pub mod invocation;
+pub mod registry;
 pub mod sessions;
 pub mod workflow;

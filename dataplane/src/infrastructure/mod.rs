@@ -4,5 +4,6 @@ pub mod auth;
 pub mod config;
 pub mod container;
 pub mod http_client;
+pub mod metrics;
 pub mod persistence;
 pub mod reload;

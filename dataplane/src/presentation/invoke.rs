@@ -10,6 +10,8 @@ use crate::application::credential::{CredentialRequest, USER_TOKEN_HEADER};
 use crate::application::invocation::{AuthorizedCall, Refusal};
 use crate::application::workflow::{CompiledWorkflow, ExecutionContext};
 use crate::gateway::GatewayState;
+use crate::infrastructure::http_client::{TraceContext, with_trace_context};
+use crate::infrastructure::metrics::ToolPath;
 use crate::infrastructure::persistence::AuditEvent;
 use crate::presentation::http::{Body, error, json_response, seal_error, unavailable};
 
@@ -24,7 +26,11 @@ pub async fn invoke(state: &GatewayState, headers: &HeaderMap, body: Bytes) -> R
     // The snapshot this request started with, whatever reloads happen meanwhile.
     let served = state.served.load_full();
     match state.invocation.authorize(&body, &served).await {
-        Ok(call) => dispatch(state, user_token, call).await,
+        Ok(call) => {
+            // The caller's W3C trace context follows the call to every upstream.
+            let trace = TraceContext::from_headers(headers);
+            with_trace_context(trace, dispatch(state, user_token, call)).await
+        }
         Err(Refusal::Seal { error, event }) => {
             if let Some(event) = event
                 && let Err(e) = state.audit.write(vec![event]).await
@@ -42,7 +48,15 @@ async fn dispatch(
     user_token: Option<&str>,
     mut call: AuthorizedCall,
 ) -> Response<Body> {
+    let started = std::time::Instant::now();
     let mut events = std::mem::take(&mut call.events);
+    // Labelled with the resolved tool's own name; a missing tool is `unknown` (and `workflow`, where
+    // upstream looks last), so caller-chosen names never become series.
+    let (tool_name, path) = match &call.tool {
+        None => (None, ToolPath::Workflow),
+        Some(ToolRef::Workflow(w)) => (Some(w.entry().tool_name.as_str()), ToolPath::Workflow),
+        Some(ToolRef::CliTool(t)) => (Some(t.tool_name.as_str()), ToolPath::Cli),
+    };
     let response = match &call.tool {
         None => error(
             StatusCode::NOT_FOUND,
@@ -56,9 +70,14 @@ async fn dispatch(
         }
     };
     // The call's events are durable before the caller hears about it.
-    if let Err(e) = state.audit.write(events).await {
-        return unavailable(HANDLER, &e);
-    }
+    let response = match state.audit.write(events).await {
+        Ok(()) => response,
+        Err(e) => unavailable(HANDLER, &e),
+    };
+    let ok = response.status().is_success();
+    state
+        .metrics
+        .tool_invocation(tool_name, path, ok, started.elapsed());
     response
 }
 

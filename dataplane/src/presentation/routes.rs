@@ -1,6 +1,7 @@
 //! Routing and the built-in endpoints.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -9,20 +10,28 @@ use serde_json::json;
 
 use crate::gateway::GatewayState;
 use crate::infrastructure::auth::operator::OperatorIdentity;
+use crate::infrastructure::metrics::UNKNOWN_PATH;
 use crate::presentation::http::{Body, empty, json_response, read_body, too_large, unavailable};
-use crate::presentation::{invoke, sessions, tools};
+use crate::presentation::{control, events, invoke, sessions, tools};
 
 /// Answers one request.
 pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let template = path_template(req.uri().path());
     let declared_len = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared_len.is_some_and(|n| n > state.max_body_bytes) {
-        return too_large(state.max_body_bytes);
+        let response = too_large(state.max_body_bytes);
+        let status = response.status().as_u16();
+        state
+            .metrics
+            .http_request(&method, template, status, started.elapsed());
+        return response;
     }
-    let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let response = route(&state, req).await;
     tracing::debug!(
@@ -31,7 +40,42 @@ pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Respons
         status = response.status().as_u16(),
         "request"
     );
+    state.metrics.http_request(
+        &method,
+        template,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
+}
+
+/// The `path_template` metric label: the route a path belongs to (axum's spelling, as upstream
+/// dashboards expect), or `unknown_path`. Keyed on the path alone, so a wrong method on a known
+/// path keeps its template; anything unrouted shares one label, whatever a caller sends.
+pub fn path_template(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match segments.as_slice() {
+        ["health"] => "/health",
+        ["ready"] => "/ready",
+        ["v1", "invoke"] => "/v1/invoke",
+        ["v1", "seal", "invoke"] => "/v1/seal/invoke",
+        ["v1", "seal", "sessions"] => "/v1/seal/sessions",
+        ["v1", "seal", "sessions", _] => "/v1/seal/sessions/{execution_id}",
+        ["v1", "tools"] => "/v1/tools",
+        ["v1", "events"] => "/v1/events",
+        ["v1", "specs"] => "/v1/specs",
+        ["v1", "specs", _] => "/v1/specs/{id}",
+        ["v1", "workflows"] => "/v1/workflows",
+        ["v1", "workflows", _] => "/v1/workflows/{id}",
+        ["v1", "cli-tools"] => "/v1/cli-tools",
+        ["v1", "cli-tools", _] => "/v1/cli-tools/{name}",
+        ["v1", "security-contexts"] => "/v1/security-contexts",
+        ["v1", "security-contexts", _] => "/v1/security-contexts/{name}",
+        ["v1", "explorer"] => "/v1/explorer",
+        ["openapi.json"] => "/openapi.json",
+        ["api-docs"] => "/api-docs",
+        _ => UNKNOWN_PATH,
+    }
 }
 
 async fn route(state: &GatewayState, req: Request<Incoming>) -> Response<Body> {
@@ -73,19 +117,37 @@ async fn route(state: &GatewayState, req: Request<Incoming>) -> Response<Body> {
             Ok(operator) => tools::list(state, &operator),
             Err(response) => response,
         },
+        (Method::GET, ["v1", "events"]) => match authenticate(state, &req).await {
+            Ok(operator) => events::list(state, &operator, req.uri().query()).await,
+            Err(response) => response,
+        },
+        (Method::GET | Method::HEAD, ["openapi.json"]) => control::openapi::openapi_json(),
+        (Method::GET | Method::HEAD, ["api-docs"]) => control::openapi::api_docs(),
+        (_, ["openapi.json"] | ["api-docs"]) => method_not_allowed("GET, HEAD"),
+        (
+            _,
+            [
+                "v1",
+                "specs" | "workflows" | "cli-tools" | "security-contexts" | "explorer",
+                ..,
+            ],
+        ) => control::route(state, req, segments.as_slice())
+            .await
+            .unwrap_or_else(|| empty(StatusCode::NOT_FOUND)),
         (_, ["health"]) => method_not_allowed("GET, HEAD"),
         (_, ["ready"]) => method_not_allowed("GET"),
         (_, ["v1", "invoke"] | ["v1", "seal", "invoke"]) => method_not_allowed("POST"),
         (_, ["v1", "seal", "sessions"]) => method_not_allowed("GET, POST"),
         (_, ["v1", "seal", "sessions", _]) => method_not_allowed("GET, DELETE"),
         (_, ["v1", "tools"]) => method_not_allowed("GET"),
+        (_, ["v1", "events"]) => method_not_allowed("GET"),
         _ => empty(StatusCode::NOT_FOUND),
     }
 }
 
 /// The operator behind a request to an operator endpoint (or a platform operator when operator
 /// authentication is disabled by configuration).
-async fn authenticate(
+pub(crate) async fn authenticate(
     state: &GatewayState,
     req: &Request<Incoming>,
 ) -> Result<OperatorIdentity, Response<Body>> {
@@ -141,7 +203,7 @@ async fn ready(state: &GatewayState) -> Response<Body> {
     }
 }
 
-fn method_not_allowed(allow: &'static str) -> Response<Body> {
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = empty(StatusCode::METHOD_NOT_ALLOWED);
     response
         .headers_mut()

@@ -25,6 +25,7 @@ use crate::infrastructure::container::{
     RunOutput, RunSpec, VolumeMount, memory_flag,
 };
 use crate::infrastructure::http_client::HttpClient;
+use crate::infrastructure::metrics::{ContainerRun, Metrics};
 use crate::infrastructure::persistence::AuditEvent;
 
 /// Most bytes kept of each of stdout and stderr (DESIGN §7).
@@ -131,6 +132,8 @@ pub struct CliEngine {
     cli: Result<ContainerCli, ResolveError>,
     judge: SemanticJudge,
     config: CliEngineConfig,
+    /// Where each run's outcome and duration are recorded.
+    metrics: Option<Metrics>,
 }
 
 impl CliEngine {
@@ -144,7 +147,18 @@ impl CliEngine {
             config.judge_timeout,
             http,
         );
-        Self { cli, judge, config }
+        Self {
+            cli,
+            judge,
+            config,
+            metrics: None,
+        }
+    }
+
+    /// Records every container run in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Resolves the container CLI from the settings and the process environment and logs the
@@ -202,8 +216,14 @@ impl CliEngine {
 
     /// Runs one call through the whole pipeline.
     pub async fn invoke(&self, call: CliCall<'_>, credentials: &CredentialResolver) -> CliOutcome {
+        let started = Instant::now();
         let mut events = Vec::new();
         let result = self.pipeline(&call, credentials, &mut events).await;
+        if let Some(metrics) = &self.metrics
+            && let Some(run) = run_outcome(&result)
+        {
+            metrics.container_run(run, started.elapsed());
+        }
         CliOutcome { result, events }
     }
 
@@ -685,6 +705,18 @@ fn limits(tool: &CliToolEntry) -> Limits {
         .to_owned();
     let pids = r.pids.filter(|p| *p > 0).unwrap_or(DEFAULT_PIDS);
     Limits { memory, cpus, pids }
+}
+
+/// How a call ended as a container run; `None` when it was refused before any run was attempted
+/// (arguments, allowlist, judge, a user token refused for registry credentials): those are not runs.
+fn run_outcome(result: &Result<CliResult, CliError>) -> Option<ContainerRun> {
+    match result {
+        Ok(r) if r.exit_code == 0 => Some(ContainerRun::Ok),
+        Ok(_) => Some(ContainerRun::NonzeroExit),
+        Err(e) if e.status == StatusCode::GATEWAY_TIMEOUT => Some(ContainerRun::TimedOut),
+        Err(e) if e.status.is_server_error() => Some(ContainerRun::Failed),
+        Err(_) => None,
+    }
 }
 
 /// `[A-Za-z0-9_.-]` only (others become `-`), starting with an alphanumeric, at most

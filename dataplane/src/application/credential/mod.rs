@@ -40,6 +40,7 @@ use reqwest::Url;
 use serde_json::{Map, Value, json};
 
 use crate::infrastructure::http_client::HttpClient;
+use crate::infrastructure::metrics::Metrics;
 use crate::infrastructure::persistence::{AuditEvent, Database, PersistenceError};
 
 use keycloak::{Keycloak, UserTokenVerifier};
@@ -286,6 +287,8 @@ pub struct CredentialResolver {
     timeout: Duration,
     /// Configured secrets, scrubbed from every reason.
     config_secrets: Vec<String>,
+    /// Where each resolution's outcome and duration are recorded.
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for CredentialResolver {
@@ -383,7 +386,14 @@ impl CredentialResolver {
             db,
             timeout,
             config_secrets,
+            metrics: None,
         })
+    }
+
+    /// Records every resolution in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Resolves the `Authorization` header of one invocation's upstream requests.
@@ -486,6 +496,10 @@ impl CredentialResolver {
             Err(failure) => Err(failure),
         };
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Some(metrics) = &self.metrics {
+            let status = issued.as_ref().err().map(|f| f.status);
+            metrics.credential_exchange(label, status, started.elapsed());
+        }
         match issued {
             Ok((issued, effective, target, lease_id)) => {
                 let mut payload = Map::new();

@@ -81,17 +81,21 @@ impl OperatorAuthConfig {
             .map(str::trim)
             .filter(|claim| !claim.is_empty())
             .unwrap_or(DEFAULT_ROLE_CLAIM);
+        let cache_ttl = Duration::from_secs(auth.jwks_cache_ttl_secs);
         Self {
             jwks_uri: auth.operator_jwks_uri.clone(),
             issuer: auth.operator_jwt_issuer.clone(),
             audience: auth.operator_jwt_audience.clone(),
             role_claim: role_claim.to_owned(),
             accepted_roles: DEFAULT_ACCEPTED_ROLES.map(String::from).to_vec(),
-            cache_ttl: Duration::from_secs(auth.jwks_cache_ttl_secs),
+            cache_ttl,
             leeway: DEFAULT_LEEWAY,
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
             stale_for: DEFAULT_STALE_FOR,
-            min_refresh_interval: DEFAULT_MIN_REFRESH_INTERVAL,
+            // An operator who asks for a short TTL (runbook: "Lower jwks_cache_ttl_secs if your IdP
+            // rotates aggressively") already accepts a fetch per TTL; a longer refresh interval
+            // would only delay picking up a rotated key, not bound the fetch rate further.
+            min_refresh_interval: DEFAULT_MIN_REFRESH_INTERVAL.min(cache_ttl),
         }
     }
 }

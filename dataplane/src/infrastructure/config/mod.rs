@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use aegis_seal_crds::gateway::GatewaySettings;
+use aegis_seal_crds::gateway::{AuditSettings, GatewaySettings};
 use aegis_seal_crds::manifest::strict;
 use aegis_seal_crds::{API_VERSION, SecretValue};
 use serde::Deserialize;
@@ -237,6 +237,9 @@ fn resolve_env_references(s: &mut GatewaySettings, sources: &ConfigSources<'_>) 
     if let Some(client_secret) = &mut s.credentials.keycloak_client_secret {
         secret(client_secret);
     }
+    if let Some(key) = &mut s.audit.checkpoint_signing_key_pem {
+        secret(key);
+    }
     optional(&mut s.cli.container_cli);
     optional(&mut s.cli.semantic_judge_url);
     optional(&mut s.cli.orchestrator_url);
@@ -262,6 +265,7 @@ fn resolve_env_references(s: &mut GatewaySettings, sources: &ConfigSources<'_>) 
     for field in [
         &mut s.credentials.openbao_token,
         &mut s.credentials.keycloak_client_secret,
+        &mut s.audit.checkpoint_signing_key_pem,
     ] {
         if matches!(field, Some(SecretValue::Literal(v)) if v.trim().is_empty()) {
             *field = None;
@@ -404,6 +408,24 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
     if let Some(v) = src.var("SEAL_GATEWAY_UI_ENABLED") {
         s.ui.enabled = !v.trim().eq_ignore_ascii_case("false");
     }
+    set_secret(
+        &mut s.audit.checkpoint_signing_key_pem,
+        "SEAL_GATEWAY_AUDIT_CHECKPOINT_SIGNING_KEY_PEM",
+    );
+    let number = |key: &str| src.var(key).and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(secs) = number("SEAL_GATEWAY_AUDIT_CHECKPOINT_INTERVAL_SECS") {
+        s.audit.checkpoint_interval_secs = secs;
+    }
+    if let Some(days) = number("SEAL_GATEWAY_AUDIT_RETENTION_DAYS") {
+        // 0 (or out of range) turns retention off, so an env var can undo a file's setting.
+        s.audit.retention_days = u32::try_from(days).ok().filter(|d| *d > 0);
+    }
+    if let Some(secs) = number("SEAL_GATEWAY_AUDIT_PURGE_INTERVAL_SECS") {
+        s.audit.purge_interval_secs = secs;
+    }
+    if let Some(n) = number("SEAL_GATEWAY_AUDIT_PURGE_BATCH_SIZE") {
+        s.audit.purge_batch_size = u32::try_from(n).unwrap_or(u32::MAX);
+    }
 }
 
 fn validate(file: &ConfigFile) -> Result<(), String> {
@@ -452,6 +474,10 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
             "spec.credentials.keycloak_client_secret",
             s.credentials.keycloak_client_secret.as_ref(),
         ),
+        (
+            "spec.audit.checkpoint_signing_key_pem",
+            s.audit.checkpoint_signing_key_pem.as_ref(),
+        ),
     ] {
         if let Some(SecretValue::FromSecret { .. }) = value {
             return Err(format!(
@@ -479,6 +505,28 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
     }
     if !s.auth.disabled && s.auth.operator_jwks_uri.trim().is_empty() {
         return Err("spec.auth.operator_jwks_uri is required when auth is enabled".into());
+    }
+    validate_audit(&s.audit)
+}
+
+fn validate_audit(audit: &AuditSettings) -> Result<(), String> {
+    if audit.checkpoint_interval_secs == 0 {
+        return Err("spec.audit.checkpoint_interval_secs: must be at least 1".into());
+    }
+    if audit.purge_interval_secs == 0 {
+        return Err("spec.audit.purge_interval_secs: must be at least 1".into());
+    }
+    if audit.purge_batch_size == 0 {
+        return Err("spec.audit.purge_batch_size: must be at least 1".into());
+    }
+    if audit.retention_days == Some(0) {
+        return Err(
+            "spec.audit.retention_days: must be at least 1 (omit it to keep every event)".into(),
+        );
+    }
+    if let Some(SecretValue::Literal(pem)) = &audit.checkpoint_signing_key_pem {
+        crate::infrastructure::persistence::CheckpointSigner::from_pem(pem)
+            .map_err(|e| format!("spec.audit.checkpoint_signing_key_pem: {e}"))?;
     }
     Ok(())
 }

@@ -11,8 +11,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use aegis_seal_crds::gateway::{
-    AuthSettings, CliSettings, CredentialSettings, DatabaseSettings, GatewaySettings,
-    NetworkSettings, UiSettings,
+    AuditSettings, AuthSettings, CliSettings, CredentialSettings, DatabaseSettings,
+    GatewaySettings, NetworkSettings, UiSettings,
 };
 use aegis_seal_crds::{SecretKeyRef, SecretValue};
 use tempfile::TempDir;
@@ -173,6 +173,13 @@ fn spec_defaults() -> GatewaySettings {
             nfs_mount_port: 20048,
         },
         ui: UiSettings { enabled: true },
+        audit: AuditSettings {
+            checkpoint_signing_key_pem: None,
+            checkpoint_interval_secs: 300,
+            retention_days: None,
+            purge_interval_secs: 3600,
+            purge_batch_size: 5000,
+        },
     }
 }
 
@@ -455,6 +462,7 @@ fn env_references_are_replaced_in_every_supported_field() {
             ..spec_defaults().cli
         },
         ui: UiSettings { enabled: true },
+        audit: spec_defaults().audit,
     };
     assert_eq!(config.settings, expected);
 }
@@ -752,6 +760,7 @@ fn file_values() -> GatewaySettings {
             nfs_mount_port: 2222,
         },
         ui: UiSettings { enabled: false },
+        audit: spec_defaults().audit,
     }
 }
 
@@ -843,6 +852,7 @@ fn every_override_replaces_the_file_value() {
             nfs_mount_port: 30048,
         },
         ui: UiSettings { enabled: true },
+        audit: spec_defaults().audit,
     };
     assert_eq!(config.settings, expected);
     assert_eq!(config.database_url(), "postgres://env/db");
@@ -1756,4 +1766,70 @@ fn an_explicit_path_that_is_a_folder_is_not_a_file() {
             folder.display()
         )
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit settings
+// ---------------------------------------------------------------------------------------------
+
+fn checkpoint_key_pem() -> String {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    ed25519_dalek::SigningKey::from_bytes(&[1u8; 32])
+        .to_pkcs8_pem(Default::default())
+        .expect("encode")
+        .to_string()
+}
+
+#[test]
+fn audit_settings_come_from_the_file_env_references_and_overrides() {
+    let pem = checkpoint_key_pem();
+    let mut sandbox = Sandbox::with_env(&[("AUDIT_KEY", &pem)]);
+    sandbox.write_config(&config_yaml(&format!(
+        "{AUTH_OFF}\naudit:\n  checkpoint_signing_key_pem: env:AUDIT_KEY\n  retention_days: 30\n  purge_batch_size: 100"
+    )));
+    let audit = sandbox.load().expect("loads").settings.audit;
+    assert_eq!(audit.checkpoint_signing_key_pem, literal(&pem));
+    assert_eq!(audit.retention_days, Some(30));
+    assert_eq!(audit.purge_batch_size, 100);
+    assert_eq!(audit.checkpoint_interval_secs, 300);
+
+    sandbox.set("SEAL_GATEWAY_AUDIT_RETENTION_DAYS", "0");
+    sandbox.set("SEAL_GATEWAY_AUDIT_CHECKPOINT_INTERVAL_SECS", "60");
+    sandbox.set("SEAL_GATEWAY_AUDIT_PURGE_INTERVAL_SECS", "120");
+    sandbox.set("SEAL_GATEWAY_AUDIT_PURGE_BATCH_SIZE", "7");
+    sandbox.set("AUDIT_KEY", "");
+    sandbox.set("SEAL_GATEWAY_AUDIT_CHECKPOINT_SIGNING_KEY_PEM", &pem);
+    let audit = sandbox.load().expect("loads").settings.audit;
+    assert_eq!(audit.retention_days, None, "0 turns retention off");
+    assert_eq!(audit.checkpoint_interval_secs, 60);
+    assert_eq!(audit.purge_interval_secs, 120);
+    assert_eq!(audit.purge_batch_size, 7);
+    assert_eq!(audit.checkpoint_signing_key_pem, literal(&pem));
+}
+
+#[test]
+fn invalid_audit_settings_fail_at_load_naming_the_field() {
+    for (audit, expected) in [
+        (
+            "checkpoint_signing_key_pem: not-a-key",
+            "spec.audit.checkpoint_signing_key_pem: not a PKCS#8 PEM Ed25519 private key",
+        ),
+        (
+            "purge_batch_size: 0",
+            "spec.audit.purge_batch_size: must be at least 1",
+        ),
+        (
+            "retention_days: 0",
+            "spec.audit.retention_days: must be at least 1",
+        ),
+        (
+            "checkpoint_interval_secs: 0",
+            "spec.audit.checkpoint_interval_secs: must be at least 1",
+        ),
+    ] {
+        let sandbox = Sandbox::new();
+        sandbox.write_config(&config_yaml(&format!("{AUTH_OFF}\naudit:\n  {audit}")));
+        let error = sandbox.load().unwrap_err();
+        assert!(error.contains(expected), "{audit}: {error}");
+    }
 }

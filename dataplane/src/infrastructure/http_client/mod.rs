@@ -15,6 +15,12 @@ use http::{HeaderMap, Method, StatusCode};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::{Url, redirect};
 
+use crate::infrastructure::metrics::Metrics;
+
+mod trace_context;
+
+pub use trace_context::{TraceContext, with_trace_context};
+
 /// Most redirects followed for one request.
 pub const MAX_REDIRECTS: usize = 5;
 
@@ -189,6 +195,8 @@ impl HttpClientError {
 pub struct HttpClient {
     client: reqwest::Client,
     config: HttpClientConfig,
+    /// Where each request's latency and outcome are recorded, per upstream (`host:port`).
+    metrics: Option<Metrics>,
 }
 
 impl HttpClient {
@@ -232,7 +240,17 @@ impl HttpClient {
         let client = builder
             .build()
             .map_err(|e| HttpClientError::Setup(error_chain(&e)))?;
-        Ok(Self { client, config })
+        Ok(Self {
+            client,
+            config,
+            metrics: None,
+        })
+    }
+
+    /// Records every request of this client (and its clones) in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn config(&self) -> &HttpClientConfig {
@@ -244,7 +262,15 @@ impl HttpClient {
         let started = Instant::now();
         let method = req.method.clone();
         let shown = redacted_url(&req.url);
+        let upstream = upstream_label(&req.url);
         let result = self.send_inner(req, &shown).await;
+        if let Some(metrics) = &self.metrics {
+            let outcome = match &result {
+                Ok(resp) => status_class(resp.status),
+                Err(e) => e.class(),
+            };
+            metrics.upstream_request(&upstream, outcome, started.elapsed());
+        }
         let duration_ms = duration_ms(started.elapsed());
         match &result {
             Ok(resp) => tracing::trace!(
@@ -292,11 +318,13 @@ impl HttpClient {
         let started = Instant::now();
         let classify = |e: reqwest::Error| classify(e, &method, shown, timeout);
 
+        let mut headers = req.headers;
+        trace_context::forward(&mut headers);
         let exchange = async {
             let mut builder = self
                 .client
                 .request(req.method.clone(), req.url)
-                .headers(req.headers)
+                .headers(headers)
                 .timeout(timeout);
             if let Some(body) = req.body {
                 builder = builder.body(body);
@@ -343,6 +371,25 @@ impl HttpClient {
                 timeout,
             }),
         }
+    }
+}
+
+/// The `upstream` metric label: `host:port`, never the path or query (they may carry identifiers).
+fn upstream_label(url: &Url) -> String {
+    match (url.host_str(), url.port_or_known_default()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_owned(),
+        _ => "none".to_owned(),
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
     }
 }
 

@@ -2,11 +2,13 @@
 //! Postgres), and each caller waits until its events are durable before it answers.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::events::AuditEvent;
 use super::{Database, PersistenceError};
+use crate::infrastructure::metrics::Metrics;
 
 /// Events of at most this many callers go into one commit.
 const MAX_GROUP: usize = 256;
@@ -25,9 +27,10 @@ pub struct AuditWriter {
 impl AuditWriter {
     /// Starts the writer on the current runtime. It stops when every clone is dropped, after
     /// committing what was queued, so shutdown loses nothing that was accepted.
-    pub fn start(db: Database) -> Self {
+    /// Each group commit is counted and timed in `metrics`.
+    pub fn start(db: Database, metrics: Metrics) -> Self {
         let (queue, pending) = mpsc::channel(4096);
-        tokio::spawn(commit_groups(db, pending));
+        tokio::spawn(commit_groups(db, pending, metrics));
         Self { queue }
     }
 
@@ -50,7 +53,7 @@ impl AuditWriter {
     }
 }
 
-async fn commit_groups(db: Database, mut pending: mpsc::Receiver<Pending>) {
+async fn commit_groups(db: Database, mut pending: mpsc::Receiver<Pending>, metrics: Metrics) {
     let db = Arc::new(db);
     let mut group: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = pending.recv().await {
@@ -65,7 +68,9 @@ async fn commit_groups(db: Database, mut pending: mpsc::Receiver<Pending>) {
             .iter()
             .flat_map(|p| p.events.iter().cloned())
             .collect();
+        let started = Instant::now();
         let result = db.append_events(&events).await;
+        metrics.audit_commit(result.is_ok(), events.len(), started.elapsed());
         if let Err(e) = &result {
             tracing::error!(
                 target: "aegis_seal_gateway::infrastructure::persistence",

@@ -1,9 +1,16 @@
 //! The database: SQLite (embedded default) or Postgres, chosen by URL, with versioned migrations
 //! that make a restart on an existing database a no-op.
 
+mod audit_chain;
+mod audit_checkpoint;
+mod audit_query;
+mod audit_retention;
+mod audit_tasks;
+mod audit_verify;
 mod audit_writer;
 mod catalog;
 mod events;
+mod registry;
 mod replay;
 mod sessions;
 
@@ -15,9 +22,17 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use audit_chain::GENESIS_HASH;
+pub use audit_checkpoint::{Checkpoint, CheckpointSigner, parse_public_key};
+pub use audit_query::{EventQuery, StoredEvent};
+pub use audit_tasks::{AuditTasks, checkpoint_signer};
+pub use audit_verify::{Break, VerifyReport};
 pub use audit_writer::AuditWriter;
 pub use catalog::{CatalogCounts, CatalogSource};
 pub use events::AuditEvent;
+pub use registry::{
+    CatalogTable, CliToolRow, NameHolder, REST_SOURCE, SecurityContextRow, SpecRow, WorkflowRow,
+};
 pub use replay::ReplayGuard;
 pub use sessions::{SessionRecord, SessionStatus, SessionWrite};
 

@@ -44,6 +44,7 @@ impl ReloadStats {
 /// Logs and counts a refused change.
 pub(crate) fn refuse(state: &GatewayState, origin: &str, reason: &str) {
     state.reload.reload_failures.fetch_add(1, Ordering::Relaxed);
+    state.metrics.reload(false);
     let serving = state.served.load().hash.clone();
     tracing::warn!(
         origin,
@@ -65,6 +66,7 @@ pub(crate) async fn apply(
         Ok(hash) => {
             if hash != before {
                 state.reload.reloads.fetch_add(1, Ordering::Relaxed);
+                state.metrics.reload(true);
                 let s = &state.served.load().snapshot;
                 tracing::info!(
                     origin,

@@ -1,0 +1,314 @@
+//! The tamper-evident audit chain: each `gateway_events` row carries `hash`, a SHA-256 over a
+//! canonical encoding of the row and of `prev_hash`, the previous row's hash. Editing, removing or
+//! reordering a row breaks the chain at that row; signed checkpoints (`audit_checkpoint`) pin the
+//! head so that rewriting the whole chain after a row is detected too.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use sqlx::types::Json;
+
+use super::events::{AuditEvent, sqlite_time};
+use super::{Database, PersistenceError};
+
+/// `prev_hash` of the first chained row.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Key of the Postgres transaction-level advisory lock that orders commits of every replica.
+///
+/// Why a lock rather than one chain per writer: one chain in id order is what an auditor reads
+/// and what `audit verify` can check without knowing which replica wrote what, and a gap left by
+/// a replica's crash cannot hide in a chain of its own. The lock is held only for the group
+/// commit's few statements, and a group carries up to 256 callers' events, so replicas wait on
+/// each other once per group, not once per event.
+const CHAIN_LOCK_KEY: i64 = 0x5EA1_A0D1;
+
+/// The fields of a stored row that the hash covers.
+pub struct ChainedRow<'a> {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
+    pub event_type: &'a str,
+    pub tenant_id: Option<&'a str>,
+    pub payload: &'a Map<String, Value>,
+    pub prev_hash: &'a str,
+}
+
+impl ChainedRow<'_> {
+    /// Lower-case hex SHA-256 of the canonical encoding: a version tag, then one field per line,
+    /// strings as JSON string literals (so no field can contain the separator) and the payload as
+    /// JSON with keys sorted at every level. Times have microsecond precision, what both backends
+    /// store. The tenant is covered too: it decides who may read the row over `GET /v1/events`.
+    pub fn hash(&self) -> String {
+        let mut text = String::with_capacity(256);
+        text.push_str("seal-audit-v1\n");
+        let _ = writeln!(text, "{}", self.id);
+        text.push_str(&self.created_at.to_rfc3339_opts(SecondsFormat::Micros, true));
+        text.push('\n');
+        push_json_string(&mut text, self.event_type);
+        text.push('\n');
+        match self.tenant_id {
+            Some(t) => push_json_string(&mut text, t),
+            None => text.push_str("null"),
+        }
+        text.push('\n');
+        text.push_str(self.prev_hash);
+        text.push('\n');
+        canonical_object(self.payload, &mut text);
+        hex(&Sha256::digest(text.as_bytes()))
+    }
+}
+
+pub(super) fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    out.push_str(&Value::String(s.to_owned()).to_string());
+}
+
+/// Compact JSON with object keys sorted, whatever order the map keeps: Postgres `jsonb` reorders
+/// keys, so the hash must not depend on the order the payload was written in.
+fn canonical_object(map: &Map<String, Value>, out: &mut String) {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    out.push('{');
+    for (i, k) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(out, k);
+        out.push(':');
+        canonical_json(&map[k], out);
+    }
+    out.push('}');
+}
+
+fn canonical_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => canonical_object(map, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// An event with its place in the chain, as inserted.
+struct Linked<'a> {
+    id: i64,
+    created_at: DateTime<Utc>,
+    event: &'a AuditEvent,
+    prev_hash: String,
+    hash: String,
+}
+
+/// Gives each event the next id, links it to the one before, and hashes it.
+fn link<'a>(events: &'a [AuditEvent], ids: &[i64], mut prev: String) -> Vec<Linked<'a>> {
+    events
+        .iter()
+        .zip(ids)
+        .map(|(event, &id)| {
+            // Stored with microseconds on both backends: hash what will be read back.
+            let created_at = event.created_at.trunc_subsecs(6);
+            let hash = ChainedRow {
+                id,
+                created_at,
+                event_type: event.event_type,
+                tenant_id: event.tenant_id.as_deref(),
+                payload: &event.payload,
+                prev_hash: &prev,
+            }
+            .hash();
+            let prev_hash = std::mem::replace(&mut prev, hash.clone());
+            Linked {
+                id,
+                created_at,
+                event,
+                prev_hash,
+                hash,
+            }
+        })
+        .collect()
+}
+
+impl Database {
+    /// Appends the events to the chain in one transaction: all of them are durable when this
+    /// returns, or none. Every writer of `gateway_events` goes through here.
+    pub async fn append_events(&self, events: &[AuditEvent]) -> Result<(), PersistenceError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        match self {
+            Self::Sqlite(pool) => {
+                // IMMEDIATE takes the write lock before the head is read: a deferred transaction
+                // that read first could not upgrade once another connection had written.
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let row = sqlx::query(
+                    "SELECT (SELECT hash FROM gateway_events ORDER BY id DESC LIMIT 1), \
+                     MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'gateway_events'), 0), \
+                         COALESCE((SELECT MAX(id) FROM gateway_events), 0))",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                let head: Option<String> = row.try_get(0)?;
+                let last_id: i64 = row.try_get(1)?;
+                let ids: Vec<i64> = (1..=count).map(|n| last_id + n).collect();
+                for l in link(events, &ids, head.unwrap_or_else(|| GENESIS_HASH.into())) {
+                    sqlx::query(
+                        "INSERT INTO gateway_events (id, event_type, payload, tenant_id, created_at, prev_hash, hash) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(l.id)
+                    .bind(l.event.event_type)
+                    .bind(Value::Object(l.event.payload.clone()).to_string())
+                    .bind(&l.event.tenant_id)
+                    .bind(sqlite_time(l.created_at))
+                    .bind(&l.prev_hash)
+                    .bind(&l.hash)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            }
+            Self::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(CHAIN_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await?;
+                // A statement of its own, after the lock: its snapshot sees every commit of the
+                // replica that held the lock before. Ids come from the sequence under the lock, so
+                // id order is chain order.
+                let row = sqlx::query(
+                    "SELECT (SELECT hash FROM gateway_events ORDER BY id DESC LIMIT 1), \
+                     ARRAY(SELECT nextval(pg_get_serial_sequence('gateway_events', 'id')) \
+                           FROM generate_series(1, $1))",
+                )
+                .bind(count)
+                .fetch_one(&mut *tx)
+                .await?;
+                let head: Option<String> = row.try_get(0)?;
+                let mut ids: Vec<i64> = row.try_get(1)?;
+                ids.sort_unstable();
+                let linked = link(events, &ids, head.unwrap_or_else(|| GENESIS_HASH.into()));
+                let mut columns = (
+                    Vec::with_capacity(linked.len()),
+                    Vec::with_capacity(linked.len()),
+                    Vec::with_capacity(linked.len()),
+                    Vec::with_capacity(linked.len()),
+                    Vec::with_capacity(linked.len()),
+                    Vec::with_capacity(linked.len()),
+                    Vec::with_capacity(linked.len()),
+                );
+                for l in linked {
+                    columns.0.push(l.id);
+                    columns.1.push(l.event.event_type);
+                    columns.2.push(Json(Value::Object(l.event.payload.clone())));
+                    columns.3.push(l.event.tenant_id.clone());
+                    columns.4.push(l.created_at);
+                    columns.5.push(l.prev_hash);
+                    columns.6.push(l.hash);
+                }
+                // One statement for the whole group: a group commit costs one insert round trip.
+                sqlx::query(
+                    "INSERT INTO gateway_events (id, event_type, payload, tenant_id, created_at, prev_hash, hash) \
+                     SELECT * FROM UNNEST($1::int8[], $2::text[], $3::jsonb[], $4::text[], $5::timestamptz[], $6::text[], $7::text[])",
+                )
+                .bind(columns.0)
+                .bind(columns.1)
+                .bind(columns.2)
+                .bind(columns.3)
+                .bind(columns.4)
+                .bind(columns.5)
+                .bind(columns.6)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest row's id and hash (`None` for an empty table or a pre-chain row).
+    pub async fn audit_head(&self) -> Result<Option<(i64, String)>, PersistenceError> {
+        const SQL: &str = "SELECT id, hash FROM gateway_events ORDER BY id DESC LIMIT 1";
+        let row: Option<(i64, Option<String>)> = match self {
+            Self::Sqlite(pool) => sqlx::query_as(SQL).fetch_optional(pool).await?,
+            Self::Postgres(pool) => sqlx::query_as(SQL).fetch_optional(pool).await?,
+        };
+        Ok(row.and_then(|(id, hash)| Some((id, hash?))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row<'a>(payload: &'a Map<String, Value>, prev: &'a str) -> ChainedRow<'a> {
+        ChainedRow {
+            id: 7,
+            created_at: DateTime::parse_from_rfc3339("2026-11-29T01:02:03.456789Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            event_type: "ToolCallAuthorized",
+            tenant_id: Some("acme"),
+            payload,
+            prev_hash: prev,
+        }
+    }
+
+    #[test]
+    fn the_hash_ignores_key_order_and_covers_every_field() {
+        let a = json!({"b": 1, "a": {"y": [1, {"q": 2, "p": 1}], "x": "é\n"}});
+        let b = json!({"a": {"x": "é\n", "y": [1, {"p": 1, "q": 2}]}, "b": 1});
+        let (a, b) = (a.as_object().unwrap(), b.as_object().unwrap());
+        let base = row(a, GENESIS_HASH).hash();
+        assert_eq!(base, row(b, GENESIS_HASH).hash());
+        assert_eq!(base.len(), 64);
+
+        let other_payload = json!({"b": 2, "a": {"y": [1, {"q": 2, "p": 1}], "x": "é\n"}});
+        let changed = [
+            row(other_payload.as_object().unwrap(), GENESIS_HASH).hash(),
+            row(a, &"1".repeat(64)).hash(),
+            ChainedRow {
+                id: 8,
+                ..row(a, GENESIS_HASH)
+            }
+            .hash(),
+            ChainedRow {
+                event_type: "Other",
+                ..row(a, GENESIS_HASH)
+            }
+            .hash(),
+            ChainedRow {
+                tenant_id: None,
+                ..row(a, GENESIS_HASH)
+            }
+            .hash(),
+            ChainedRow {
+                created_at: row(a, GENESIS_HASH).created_at + chrono::Duration::microseconds(1),
+                ..row(a, GENESIS_HASH)
+            }
+            .hash(),
+        ];
+        for (i, h) in changed.iter().enumerate() {
+            assert_ne!(h, &base, "variant {i} hashed like the original");
+        }
+    }
+}

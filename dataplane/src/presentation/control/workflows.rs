@@ -1,0 +1,350 @@
+//! `/v1/workflows`: workflows on a registered API spec (reference §2.4.2).
+
+use aegis_seal_crds::{Resources, WorkflowStep};
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    Ctx, bad_request, db_error, declarative_conflict, invalid, not_found, now, parse_body,
+    parse_value, require_rest, swap, tenant_phrase,
+};
+use crate::application::registry::{self, Base};
+use crate::infrastructure::persistence::{
+    AuditEvent, CatalogTable, REST_SOURCE, SpecRow, WorkflowRow,
+};
+use crate::presentation::http::{Body, error, json_response};
+
+/// `POST /v1/workflows` and `PUT /v1/workflows/{id}`. Unknown fields are ignored.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RegisterWorkflowRequest {
+    /// The tool name agents call; unique per tenant among workflows and CLI tools.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema of the invocation arguments (`"type": "object"`).
+    #[serde(default = "object_schema")]
+    #[schemars(with = "serde_json::Map<String, Value>")]
+    pub input_schema: Value,
+    /// The id of a registered API spec visible to the workflow's tenant.
+    pub api_spec_id: String,
+    /// `on_error` also takes the upstream forms `AbortWorkflow`, `Continue` and `{"RetryN": n}`.
+    pub steps: Vec<WorkflowStep>,
+    /// Owner; defaults to the operator token's tenant. Only a platform operator may name another.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+}
+
+fn object_schema() -> Value {
+    json!({"type": "object"})
+}
+
+fn what(id: &str) -> String {
+    format!("workflow {id}")
+}
+
+fn view(w: &WorkflowRow) -> Value {
+    json!({
+        "id": w.id,
+        "name": w.name,
+        "tenant_id": w.tenant_id,
+        "description": w.description,
+        "input_schema": w.input_schema,
+        "api_spec_id": w.api_spec_id,
+        "steps": w.steps,
+        "source": w.source,
+    })
+}
+
+/// Rewrites the upstream `{"RetryN": n}` step policy into `on_error: retry, retries: n`.
+fn normalize_steps(body: &mut Value) {
+    let Some(steps) = body.get_mut("steps").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for step in steps.iter_mut().filter_map(Value::as_object_mut) {
+        let retries = step
+            .get("on_error")
+            .and_then(|p| p.get("RetryN"))
+            .and_then(Value::as_u64);
+        if let Some(n) = retries {
+            step.insert("on_error".into(), json!("retry"));
+            step.insert("retries".into(), json!(n));
+        }
+    }
+}
+
+fn parse(body: &[u8]) -> Result<RegisterWorkflowRequest, Response<Body>> {
+    let mut value: Value = parse_body("workflow", body)?;
+    normalize_steps(&mut value);
+    parse_value("workflow", value)
+}
+
+pub(super) async fn list(ctx: &Ctx<'_>) -> Response<Body> {
+    match ctx.state.db.list_workflows(None).await {
+        Ok(rows) => json_response(
+            StatusCode::OK,
+            &Value::Array(
+                rows.iter()
+                    .filter(|w| ctx.can_read(w.tenant_id.as_deref()))
+                    .map(view)
+                    .collect(),
+            ),
+        ),
+        Err(e) => db_error(&e),
+    }
+}
+
+async fn load(ctx: &Ctx<'_>, id: &str) -> Result<WorkflowRow, Response<Body>> {
+    match ctx.state.db.get_workflow(id).await {
+        Ok(Some(w)) => {
+            ctx.check_read(&what(id), w.tenant_id.as_deref())?;
+            Ok(w)
+        }
+        Ok(None) => Err(not_found("workflow")),
+        Err(e) => Err(db_error(&e)),
+    }
+}
+
+pub(super) async fn get(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
+    match load(ctx, id).await {
+        Ok(w) => json_response(StatusCode::OK, &view(&w)),
+        Err(r) => r,
+    }
+}
+
+/// The spec a workflow of `owner` runs against: it must exist and be the owner's or global.
+async fn spec_for(
+    ctx: &Ctx<'_>,
+    api_spec_id: &str,
+    owner: Option<&str>,
+) -> Result<SpecRow, Response<Body>> {
+    let missing = || bad_request("api_spec_id does not reference a registered ApiSpec");
+    let spec = match ctx.state.db.get_spec(api_spec_id).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(missing()),
+        Err(e) => return Err(db_error(&e)),
+    };
+    ctx.check_read(
+        &format!("api spec {api_spec_id}"),
+        spec.tenant_id.as_deref(),
+    )?;
+    match spec.tenant_id.as_deref() {
+        None => Ok(spec),
+        Some(t) if Some(t) == owner => Ok(spec),
+        Some(t) => Err(bad_request(format!(
+            "api_spec_id: api spec {api_spec_id} belongs to tenant \"{t}\"; a workflow of {} cannot use it",
+            tenant_phrase(owner)
+        ))),
+    }
+}
+
+/// Builds the row and checks it by the compile rules.
+fn compile_row(
+    req: RegisterWorkflowRequest,
+    id: String,
+    owner: Option<String>,
+    spec: &SpecRow,
+) -> Result<WorkflowRow, Response<Body>> {
+    let row = WorkflowRow {
+        id,
+        name: req.name.trim().to_owned(),
+        tenant_id: owner,
+        description: req.description,
+        input_schema: req.input_schema,
+        api_spec_id: Some(spec.id.clone()),
+        steps: serde_json::to_value(&req.steps).unwrap_or_default(),
+        source: REST_SOURCE.into(),
+    };
+    let resource = registry::workflow_resource(&row, spec).map_err(bad_request)?;
+    let problems = registry::problems(&Resources {
+        workflows: vec![resource],
+        ..Resources::default()
+    });
+    if problems.is_empty() {
+        Ok(row)
+    } else {
+        Err(invalid("workflow", problems))
+    }
+}
+
+/// 409 when the tool name is taken in the owner's scope by anything but `except` (the row itself).
+pub(super) async fn check_tool_name_free(
+    ctx: &Ctx<'_>,
+    owner: Option<&str>,
+    name: &str,
+    except: Option<&str>,
+) -> Result<(), Response<Body>> {
+    for (table, kind) in [
+        (CatalogTable::Workflows, "workflow"),
+        (CatalogTable::CliTools, "CLI tool"),
+    ] {
+        match ctx.state.db.name_holder(table, owner, name).await {
+            Ok(Some(holder)) if Some(holder.id.as_str()) == except => {}
+            Ok(Some(holder)) if holder.source != REST_SOURCE => {
+                return Err(declarative_conflict(&format!("tool \"{name}\""), &holder));
+            }
+            Ok(Some(_)) => {
+                return Err(error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "a {kind} named \"{name}\" already exists in {}",
+                        tenant_phrase(owner)
+                    ),
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(db_error(&e)),
+        }
+    }
+    Ok(())
+}
+
+fn registered_event(ctx: &Ctx<'_>, row: &WorkflowRow, step_count: usize, op: &str) -> AuditEvent {
+    AuditEvent::from_json(
+        "WorkflowRegistered",
+        json!({
+            "workflow_id": row.id,
+            "name": row.name,
+            "step_count": step_count,
+            "tenant_id": row.tenant_id,
+            "operation": op,
+            "registered_by": ctx.registered_by(),
+            "registered_at": now(),
+        }),
+    )
+}
+
+async fn store(ctx: &Ctx<'_>, base: &Base, row: &WorkflowRow) -> Result<(), Response<Body>> {
+    ctx.state
+        .db
+        .save_workflow(row)
+        .await
+        .map_err(|e| db_error(&e))?;
+    swap(ctx.state, base).await
+}
+
+pub(super) async fn create(ctx: &Ctx<'_>, body: Bytes) -> Response<Body> {
+    let req = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let owner = match ctx.owner_for_create(req.tenant_id.as_deref()) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let spec = match spec_for(ctx, &req.api_spec_id, owner.as_deref()).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let step_count = req.steps.len();
+    let row = match compile_row(req, uuid::Uuid::new_v4().to_string(), owner, &spec) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    {
+        let base = ctx.state.registry.lock().await;
+        if let Err(r) = check_tool_name_free(ctx, row.tenant_id.as_deref(), &row.name, None).await {
+            return r;
+        }
+        if let Err(r) = store(ctx, &base, &row).await {
+            return r;
+        }
+    }
+    if let Err(r) = ctx
+        .audit(registered_event(ctx, &row, step_count, "create"))
+        .await
+    {
+        return r;
+    }
+    tracing::info!(workflow_id = %row.id, name = %row.name, "workflow registered");
+    json_response(
+        StatusCode::CREATED,
+        &json!({"id": row.id, "workflow": view(&row)}),
+    )
+}
+
+pub(super) async fn update(ctx: &Ctx<'_>, id: &str, body: Bytes) -> Response<Body> {
+    let req = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let base = ctx.state.registry.lock().await;
+    let current = match load(ctx, id).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = ctx.check_write(&what(id), current.tenant_id.as_deref()) {
+        return r;
+    }
+    if let Err(r) = require_rest(&what(id), id, current.tenant_id.as_deref(), &current.source) {
+        return r;
+    }
+    // An update never moves an object to another tenant (upstream reset it to global).
+    if let Some(t) = req.tenant_id.as_deref().filter(|t| !t.trim().is_empty())
+        && Some(t) != current.tenant_id.as_deref()
+    {
+        return bad_request("tenant_id: an object's tenant cannot change; delete and re-create it");
+    }
+    let owner = current.tenant_id.clone();
+    let spec = match spec_for(ctx, &req.api_spec_id, owner.as_deref()).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let step_count = req.steps.len();
+    let row = match compile_row(req, current.id.clone(), owner, &spec) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_tool_name_free(ctx, row.tenant_id.as_deref(), &row.name, Some(id)).await {
+        return r;
+    }
+    if let Err(r) = store(ctx, &base, &row).await {
+        return r;
+    }
+    drop(base);
+    if let Err(r) = ctx
+        .audit(registered_event(ctx, &row, step_count, "update"))
+        .await
+    {
+        return r;
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"updated": true, "workflow": view(&row)}),
+    )
+}
+
+pub(super) async fn delete(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
+    let base = ctx.state.registry.lock().await;
+    let current = match load(ctx, id).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = ctx.check_write(&what(id), current.tenant_id.as_deref()) {
+        return r;
+    }
+    if let Err(r) = require_rest(&what(id), id, current.tenant_id.as_deref(), &current.source) {
+        return r;
+    }
+    if let Err(e) = ctx
+        .state
+        .db
+        .delete_rest_row(CatalogTable::Workflows, id)
+        .await
+    {
+        return db_error(&e);
+    }
+    if let Err(r) = swap(ctx.state, &base).await {
+        return r;
+    }
+    drop(base);
+    ctx.deleted(
+        "WorkflowDeleted",
+        &current.id,
+        &current.name,
+        current.tenant_id.as_deref(),
+    )
+    .await
+}

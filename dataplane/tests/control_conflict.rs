@@ -1,0 +1,140 @@
+//! Objects from manifests or custom resources belong to them: the REST API lists and reads them,
+//! but a REST write to such a name, or to such an object, answers 409 and says to use kubectl.
+//! On both backends.
+
+mod control_support;
+mod support;
+
+use control_support::{
+    Control, JwksServer, manifest_snapshot, openapi_document, operator, standard_jwks,
+};
+use serde_json::{Value, json};
+
+fn assert_conflict(status: u16, body: &Value, what: &str) {
+    assert_eq!(status, 409, "{what}: {body}");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(message.contains("kubectl"), "{what}: {body}");
+    assert!(message.contains("manifest"), "{what}: {body}");
+}
+
+#[tokio::test]
+async fn rest_writes_to_declarative_names_are_409() {
+    let jwks = JwksServer::start(standard_jwks()).await;
+    let upstream = format!("http://{}", control_support::upstream().await);
+    let platform = operator(None, "operator");
+    let tenant = operator(Some("acme"), "operator");
+
+    for (backend, url, _dir) in support::both_backends().await {
+        let control = Control::start(&url, manifest_snapshot(&upstream), &jwks.uri, &[]).await;
+        let (status, spec) = control
+            .call(
+                "POST",
+                "/v1/specs",
+                Some(&platform),
+                Some(json!({"name": "repos", "base_url": upstream, "inline_json": openapi_document()})),
+            )
+            .await;
+        assert_eq!(status, 201, "{backend}: {spec}");
+        let spec = spec["id"].as_str().unwrap();
+        let workflow = |name: &str| {
+            json!({"name": name, "api_spec_id": spec,
+                   "steps": [{"name": "s", "operation_id": "createRepo"}]})
+        };
+
+        let (status, reply) = control
+            .call(
+                "POST",
+                "/v1/workflows",
+                Some(&platform),
+                Some(workflow("manifest-wf")),
+            )
+            .await;
+        assert_conflict(status, &reply, &format!("{backend} workflow"));
+        // Workflows and CLI tools share the tool names.
+        let (status, reply) = control
+            .call(
+                "POST",
+                "/v1/workflows",
+                Some(&platform),
+                Some(workflow("manifest-cli")),
+            )
+            .await;
+        assert_conflict(
+            status,
+            &reply,
+            &format!("{backend} workflow named like a CLI tool"),
+        );
+        let (status, reply) = control
+            .call(
+                "POST",
+                "/v1/cli-tools",
+                Some(&platform),
+                Some(json!({"name": "manifest-cli", "docker_image": "x", "allowed_subcommands": ["ls"]})),
+            )
+            .await;
+        assert_conflict(status, &reply, &format!("{backend} CLI tool"));
+        let (status, reply) = control
+            .call(
+                "POST",
+                "/v1/security-contexts",
+                Some(&platform),
+                Some(json!({"name": "manifest-ctx", "capabilities": []})),
+            )
+            .await;
+        assert_conflict(status, &reply, &format!("{backend} security context"));
+
+        // Declarative objects are listed and readable, but not changed or deleted here.
+        let (status, list) = control
+            .call("GET", "/v1/workflows", Some(&platform), None)
+            .await;
+        assert_eq!(status, 200);
+        let listed = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == "manifest-wf")
+            .unwrap_or_else(|| panic!("{backend}: {list}"))
+            .clone();
+        assert_eq!(listed["source"], "manifest");
+        let path = format!("/v1/workflows/{}", listed["id"].as_str().unwrap());
+        assert_eq!(
+            control.call("GET", &path, Some(&platform), None).await.0,
+            200
+        );
+        let (status, reply) = control
+            .call("PUT", &path, Some(&platform), Some(workflow("manifest-wf")))
+            .await;
+        assert_conflict(status, &reply, &format!("{backend} PUT workflow"));
+        let (status, reply) = control.call("DELETE", &path, Some(&platform), None).await;
+        assert_conflict(status, &reply, &format!("{backend} DELETE workflow"));
+        for path in [
+            "/v1/cli-tools/manifest-cli",
+            "/v1/security-contexts/manifest-ctx",
+        ] {
+            let (status, reply) = control.call("DELETE", path, Some(&platform), None).await;
+            assert_conflict(status, &reply, &format!("{backend} DELETE {path}"));
+        }
+
+        // A tenant's own object may shadow a global declarative one; the manifest's stays served.
+        let (status, reply) = control
+            .call(
+                "POST",
+                "/v1/workflows",
+                Some(&tenant),
+                Some(workflow("manifest-wf")),
+            )
+            .await;
+        assert_eq!(status, 201, "{backend}: {reply}");
+        let served = control.gateway.state.served.load();
+        let owners: Vec<Option<&str>> = served
+            .snapshot
+            .workflows
+            .iter()
+            .filter(|w| w.tool_name == "manifest-wf")
+            .map(|w| w.tenant_id.as_deref())
+            .collect();
+        assert_eq!(owners, [None, Some("acme")], "{backend}");
+        drop(served);
+        control.shutdown().await;
+    }
+}
