@@ -162,6 +162,7 @@ pub fn desired_objects_with_limits(
             &config.secret_env,
             &restart_hash,
             spec.resources.clone(),
+            &spec.cli_containers,
         ),
         pod_disruption_budget: workload::pod_disruption_budget(&ctx),
         restart_hash,

@@ -210,6 +210,61 @@ fn the_deployment_runs_the_data_plane_restricted() {
 }
 
 #[test]
+fn cli_containers_make_the_data_plane_container_privileged_with_podman_storage() {
+    let pod_of = |d: &Desired| d.deployment.spec.template.spec.clone().unwrap();
+    let restricted = pod_of(&desired(json!({})));
+    let podman = pod_of(&desired(json!({"cli_containers": {"enabled": true}})));
+
+    let sc = restricted.containers[0].security_context.clone().unwrap();
+    assert_eq!(
+        (
+            sc.privileged,
+            sc.run_as_non_root,
+            sc.read_only_root_filesystem
+        ),
+        (None, Some(true), Some(true))
+    );
+    let sc = podman.containers[0].security_context.clone().unwrap();
+    assert_eq!(
+        (sc.privileged, sc.allow_privilege_escalation, sc.run_as_user),
+        (Some(true), Some(true), Some(0))
+    );
+    assert_eq!(
+        sc.run_as_non_root,
+        Some(false),
+        "overrides the pod's runAsNonRoot"
+    );
+    assert_eq!(sc.capabilities, None, "privileged: nothing to drop or add");
+
+    let mounts = |pod: &k8s_openapi::api::core::v1::PodSpec| -> Vec<(String, String)> {
+        pod.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.name, m.mount_path))
+            .collect()
+    };
+    let added: Vec<_> = mounts(&podman)
+        .into_iter()
+        .filter(|m| !mounts(&restricted).contains(m))
+        .collect();
+    assert_eq!(
+        added,
+        [
+            ("containers-storage".into(), "/var/lib/containers".into()),
+            ("containers-run".into(), "/run/containers".into()),
+            ("containers-tmp".into(), "/var/tmp".into()),
+        ]
+    );
+    let volumes = podman.volumes.unwrap();
+    for (name, _) in &added {
+        let v = volumes.iter().find(|v| &v.name == name).unwrap();
+        assert!(v.empty_dir.is_some(), "{name}");
+    }
+}
+
+#[test]
 fn spec_image_and_listener_ports_are_used() {
     let d = desired(json!({
         "image": "registry.local/seal:2",

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use aegis_seal_crds::gateway::GatewaySettings;
+use aegis_seal_crds::gateway::{CliContainers, GatewaySettings};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
@@ -98,6 +98,7 @@ pub(super) fn deployment(
     secret_env: &[SecretEnv],
     restart_hash: &str,
     resources: Option<ResourceRequirements>,
+    cli_containers: &CliContainers,
 ) -> Deployment {
     let mut env_vars = vec![
         env(
@@ -121,7 +122,7 @@ pub(super) fn deployment(
         ..Default::default()
     }));
 
-    let container = Container {
+    let mut container = Container {
         name: CONTAINER_NAME.into(),
         image: Some(ctx.image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
@@ -141,18 +142,10 @@ pub(super) fn deployment(
         resources,
         liveness_probe: Some(http_probe("/health", 10, 3)),
         readiness_probe: Some(http_probe("/ready", 5, 2)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS_USER),
-            run_as_group: Some(RUN_AS_USER),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            seccomp_profile: Some(runtime_default_seccomp()),
-            ..Default::default()
+        security_context: Some(if cli_containers.enabled {
+            podman_security_context()
+        } else {
+            restricted_security_context()
         }),
         volume_mounts: Some(vec![
             VolumeMount {
@@ -174,33 +167,24 @@ pub(super) fn deployment(
         ]),
         ..Default::default()
     };
-
-    let volumes = vec![
-        // Only the config file: the snapshot is read through the API, never from the volume.
-        Volume {
-            name: "config".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: ctx.config_map_name(),
-                items: Some(vec![KeyToPath {
-                    key: CONFIG_FILE_KEY.into(),
-                    path: CONFIG_FILE_KEY.into(),
-                    ..Default::default()
-                }]),
+    let mut volumes = volumes(ctx);
+    if cli_containers.enabled {
+        // podman's image store, container state and runtime files: writable, per pod.
+        for (name, path) in PODMAN_VOLUMES {
+            volumes.push(Volume {
+                name: name.into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
                 ..Default::default()
-            }),
-            ..Default::default()
-        },
-        Volume {
-            name: "tmp".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        },
-        Volume {
-            name: "data".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        },
-    ];
+            });
+            if let Some(mounts) = container.volume_mounts.as_mut() {
+                mounts.push(VolumeMount {
+                    name: name.into(),
+                    mount_path: path.into(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
 
     Deployment {
         metadata: ctx.metadata(ctx.name.clone()),
@@ -284,3 +268,74 @@ pub(super) fn pod_disruption_budget(ctx: &GatewayContext) -> PodDisruptionBudget
         ..Default::default()
     }
 }
+
+/// The config file, `/tmp` and the data folder: all a restricted data plane writes or reads.
+fn volumes(ctx: &GatewayContext) -> Vec<Volume> {
+    vec![
+        // Only the config file: the snapshot is read through the API, never from the volume.
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: ctx.config_map_name(),
+                items: Some(vec![KeyToPath {
+                    key: CONFIG_FILE_KEY.into(),
+                    path: CONFIG_FILE_KEY.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+        Volume {
+            name: "data".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+    ]
+}
+
+/// The restricted Pod Security profile: the default, and all a data plane without CLI
+/// containers needs.
+fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..Default::default()
+    }
+}
+
+/// What podman inside the pod needs (SealGateway `cli_containers.enabled`): root and a
+/// privileged container, since it creates user, mount and network namespaces, cgroups and
+/// overlay mounts for every CLI tool run. Those runs are themselves sandboxed by the data plane
+/// (`--network none --read-only --cap-drop ALL`, non-root, limits).
+fn podman_security_context() -> SecurityContext {
+    SecurityContext {
+        privileged: Some(true),
+        allow_privilege_escalation: Some(true),
+        read_only_root_filesystem: Some(false),
+        run_as_non_root: Some(false),
+        run_as_user: Some(0),
+        run_as_group: Some(0),
+        ..Default::default()
+    }
+}
+
+/// Writable folders podman needs when `cli_containers.enabled`.
+const PODMAN_VOLUMES: [(&str, &str); 3] = [
+    ("containers-storage", "/var/lib/containers"),
+    ("containers-run", "/run/containers"),
+    ("containers-tmp", "/var/tmp"),
+];
