@@ -1,0 +1,580 @@
+//! `bench`: how fast a verified invocation is, as ratios measured side by side in one run.
+//!
+//! Starts a local upstream and the real gateway binary (pinned to core 0, on SQLite and, when
+//! `DATABASE_URL` is set, on a fresh Postgres database), drives it from core 1 with pre-signed
+//! envelopes, and reports each workload against two references measured in the same run: the
+//! crypto ceiling and the upstream called directly. See `bench/README.md`.
+//!
+//!   cargo run --release -p bench            # the full run, under two minutes
+//!   cargo run -p bench -- --smoke           # a tiny run, seconds (CI)
+
+mod affinity;
+mod gateway;
+mod load;
+mod manifests;
+mod reference;
+mod report;
+mod signer;
+mod upstream;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Parser;
+use http::Method;
+use serde_json::json;
+use sqlx::Executor;
+
+use crate::gateway::Gateway;
+use crate::load::{Outcome, Pace, Requests};
+use crate::manifests::{DENIED, ONE_STEP, THREE_STEPS};
+use crate::report::Row;
+use crate::signer::{Call, Signer};
+
+#[derive(Parser)]
+#[command(about = "Load generator and side-by-side references for the SEAL Gateway")]
+struct Args {
+    /// A tiny run that only proves everything still works (seconds; no meaningful figures).
+    #[arg(long)]
+    smoke: bool,
+    /// Requests per closed-loop workload (default 10000; smoke 40).
+    #[arg(long)]
+    requests: Option<usize>,
+    /// Connections of a closed-loop workload, each sending its next request on each answer.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Requests per second of the fixed-rate workloads (default 1000; smoke 200).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds each fixed-rate workload lasts (default 3; smoke 0.3).
+    #[arg(long)]
+    rate_seconds: Option<f64>,
+    /// Workflows loaded for the memory and reload figures (default 2000; smoke 20).
+    #[arg(long)]
+    workflows: Option<usize>,
+    /// The gateway binary (default: built by cargo in this build's profile).
+    #[arg(long)]
+    gateway: Option<PathBuf>,
+    /// Do not pin the gateway and the load generator to separate cores.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+struct Sizes {
+    requests: usize,
+    concurrency: usize,
+    rate: f64,
+    rate_requests: usize,
+    workflows: usize,
+    ceiling_envelopes: usize,
+}
+
+impl Sizes {
+    fn of(args: &Args) -> Self {
+        let (requests, rate, seconds, workflows, ceiling) = if args.smoke {
+            (40, 200.0, 0.3, 20, 20)
+        } else {
+            (10_000, 1000.0, 3.0, 2000, 2000)
+        };
+        let rate = args.rate.unwrap_or(rate);
+        Self {
+            requests: args.requests.unwrap_or(requests),
+            concurrency: args.concurrency.max(1),
+            rate,
+            rate_requests: (rate * args.rate_seconds.unwrap_or(seconds)).ceil() as usize,
+            workflows: args.workflows.unwrap_or(workflows),
+            ceiling_envelopes: ceiling,
+        }
+    }
+
+    fn closed(&self) -> Pace {
+        Pace::Concurrency(self.concurrency)
+    }
+
+    fn open(&self) -> Pace {
+        Pace::Rate {
+            per_second: self.rate,
+            connections: 16,
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let pin = !args.no_pin && affinity::can_pin();
+    if pin {
+        // Before the runtime starts, so its threads (client and upstream) inherit core 1.
+        affinity::pin_current_thread(affinity::CLIENT_CPU).context("pinning the bench")?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args, pin))
+}
+
+/// The calls the workloads make.
+struct Calls {
+    one_step: Call,
+    three_steps: Call,
+    denied: Call,
+}
+
+/// What one gateway (one database) measured.
+struct Backend {
+    database: &'static str,
+    one_step_closed: Outcome,
+    one_step_open: Outcome,
+}
+
+async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
+    let sizes = Sizes::of(&args);
+    let binary = match &args.gateway {
+        Some(path) => path.clone(),
+        None => gateway::binary()?,
+    };
+    // After the build, which is cargo's time, not the benchmark's.
+    let started = Instant::now();
+    let signer = Signer::new()?;
+    let upstream = upstream::start().await?;
+    let calls = Calls {
+        one_step: Call {
+            tool: ONE_STEP,
+            arguments: json!({"name": "bench"}),
+        },
+        three_steps: Call {
+            tool: THREE_STEPS,
+            arguments: json!({"name": "bench", "team": "platform"}),
+        },
+        denied: Call {
+            tool: DENIED,
+            arguments: json!({}),
+        },
+    };
+    let work = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+
+    progress("crypto ceiling");
+    let envelopes = signer.presign(&calls.one_step, sizes.ceiling_envelopes)?;
+    let ceiling = reference::crypto_ceiling(&signer, &envelopes, pin)?;
+
+    progress("upstream called directly");
+    let direct = Requests::post_same("/fixed", Bytes::from_static(br#"{"name":"bench"}"#), 0);
+    for (pace, count) in [
+        (sizes.closed(), sizes.requests),
+        (sizes.open(), sizes.rate_requests),
+    ] {
+        let requests = Requests {
+            count,
+            ..direct.clone()
+        };
+        rows.push(Row {
+            workload: "upstream direct",
+            database: "-",
+            pace,
+            expected: 200,
+            outcome: load::run(upstream, &requests, pace).await?,
+            gateway: None,
+            verifies: false,
+        });
+    }
+    let direct_open = rows.len() - 1;
+
+    let gateway_cpu = pin.then_some(affinity::GATEWAY_CPU);
+    let runner = Runner {
+        binary: &binary,
+        signer: &signer,
+        upstream,
+        sizes: &sizes,
+        calls: &calls,
+        pin: gateway_cpu,
+    };
+    let sqlite_dir = work.path().join("sqlite");
+    let sqlite_url = format!("sqlite://{}", sqlite_dir.join("gateway.db").display());
+    let mut backends = vec![
+        runner
+            .measure(&sqlite_dir, &sqlite_url, "sqlite", true, &mut rows)
+            .await?,
+    ];
+    if let Some(url) = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    {
+        let database = TempDatabase::create(&url).await?;
+        let measured = runner
+            .measure(
+                &work.path().join("postgres"),
+                &database.url,
+                "postgres",
+                false,
+                &mut rows,
+            )
+            .await;
+        database.drop().await?;
+        backends.push(measured?);
+    }
+
+    progress(&format!("{} workflows loaded", sizes.workflows));
+    let memory = runner
+        .memory(&work.path().join("workflows"), sizes.workflows)
+        .await?;
+    progress(&format!(
+        "reload of {} workflows in process",
+        sizes.workflows
+    ));
+    let reload = reference::reload_in_process(
+        &work.path().join("reload"),
+        upstream,
+        sizes.workflows,
+        &signer,
+    )
+    .await?;
+
+    let mut out = report::table(&rows, ceiling.per_second());
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "crypto ceiling: {:.0} envelopes/s on one core ({:.1} µs each: one Ed25519 signature and one RS256 token verified by aegis_seal_gateway::infrastructure::auth)",
+        ceiling.per_second(),
+        ceiling.micros_each()
+    );
+    let direct = &rows[direct_open].outcome;
+    for b in &backends {
+        let _ = writeln!(
+            out,
+            "{}: 1-step throughput {:.2}x the ceiling (target >= 0.8); added latency at {:.0} req/s p50 {:+.3} ms, p99 {:+.3} ms (target p99 <= 1 ms)",
+            b.database,
+            b.one_step_closed.throughput() / ceiling.per_second(),
+            sizes.rate,
+            b.one_step_open.ms(0.5) - direct.ms(0.5),
+            b.one_step_open.ms(0.99) - direct.ms(0.99),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} workflows loaded (sqlite, idle after start): RSS {:.1} MiB, peak {:.1} MiB (target <= 64 MiB)",
+        sizes.workflows, memory.rss, memory.peak
+    );
+    let _ = writeln!(
+        out,
+        "reload of {} workflows, in process: load_folder {:.0} ms + gateway::reload {:.0} ms = {:.0} ms (target < 1 s); through the folder watcher, seen on /ready: {:.0} ms (includes up to 500 ms of polling)",
+        reload.workflows,
+        ms(reload.load),
+        ms(reload.swap),
+        ms(reload.load + reload.swap),
+        ms(memory.observed_reload),
+    );
+    let _ = writeln!(
+        out,
+        "machine: {} cores, {}; gateway {}; run took {:.0} s (after building the gateway)",
+        affinity::cpus(),
+        cpu_model(),
+        if pin {
+            "pinned to core 0, load generator and upstream on core 1"
+        } else {
+            "not pinned"
+        },
+        started.elapsed().as_secs_f64()
+    );
+    println!("{out}");
+    // Not a threshold: a status other than the workload's own means something is broken.
+    let unexpected: u64 = rows.iter().map(Row::unexpected).sum();
+    if unexpected > 0 {
+        bail!("{unexpected} responses had an unexpected status (see the errors column)");
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A progress line on stderr, stamped with the seconds since the first one.
+fn progress(what: &str) {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let since = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("bench: {since:6.1}s {what}");
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+struct Memory {
+    rss: f64,
+    peak: f64,
+    observed_reload: Duration,
+}
+
+/// What every gateway run shares.
+struct Runner<'a> {
+    binary: &'a Path,
+    signer: &'a Signer,
+    upstream: std::net::SocketAddr,
+    sizes: &'a Sizes,
+    calls: &'a Calls,
+    pin: Option<usize>,
+}
+
+impl Runner<'_> {
+    async fn start(
+        &self,
+        dir: &Path,
+        database_url: &str,
+        workflows: usize,
+    ) -> anyhow::Result<Gateway> {
+        let folder = dir.join("manifests");
+        manifests::write(&folder, self.upstream, workflows, 1)?;
+        let config = dir.join("seal-gateway-config.yaml");
+        let addr = gateway::free_addr()?;
+        std::fs::write(&config, manifests::config(addr, database_url, self.signer))?;
+        Gateway::start(self.binary, &config, &folder, addr, self.pin).await
+    }
+
+    /// Every workload against one gateway; `all` false runs the one-step workflow only.
+    async fn measure(
+        &self,
+        dir: &Path,
+        database_url: &str,
+        database: &'static str,
+        all: bool,
+        rows: &mut Vec<Row>,
+    ) -> anyhow::Result<Backend> {
+        progress(&format!("gateway on {database}"));
+        let gw = self.start(dir, database_url, 0).await?;
+        let session = serde_json::to_vec(&self.signer.session()?)?;
+        let (status, body) =
+            load::call(gw.addr, Method::POST, "/v1/seal/sessions", session.into()).await?;
+        if !(200..300).contains(&status) {
+            bail!(
+                "registering the session: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let s = self.sizes;
+        // Warm up: connections to the upstream, the session cache, the allocator.
+        let warm = self
+            .signer
+            .presign(&self.calls.one_step, 200.min(s.requests))?;
+        load::run(
+            gw.addr,
+            &Requests::post_each("/v1/invoke", warm),
+            s.closed(),
+        )
+        .await?;
+
+        let run = async |workload, pace: Pace, expected, requests: Requests, verifies| {
+            progress(&format!("  {workload} ({pace})"));
+            gw.reset_peak_rss()?;
+            let cpu = gw.cpu_seconds()?;
+            let outcome = load::run(gw.addr, &requests, pace).await?;
+            let row = Row {
+                workload,
+                database,
+                pace,
+                expected,
+                gateway: Some((gw.cpu_seconds()? - cpu, gw.peak_rss_mib()?)),
+                verifies,
+                outcome,
+            };
+            anyhow::Ok(row)
+        };
+        let invoke = |call: &Call, n| -> anyhow::Result<Requests> {
+            Ok(Requests::post_each(
+                "/v1/invoke",
+                self.signer.presign(call, n)?,
+            ))
+        };
+        let mut measured = Vec::new();
+        if all {
+            measured.push(
+                run(
+                    "health",
+                    s.closed(),
+                    200,
+                    Requests::get("/health", s.requests),
+                    false,
+                )
+                .await?,
+            );
+        }
+        let closed = run(
+            "1-step workflow",
+            s.closed(),
+            200,
+            invoke(&self.calls.one_step, s.requests)?,
+            true,
+        )
+        .await?;
+        let open = run(
+            "1-step workflow",
+            s.open(),
+            200,
+            invoke(&self.calls.one_step, s.rate_requests)?,
+            true,
+        )
+        .await?;
+        if all {
+            let n = s.requests / 2;
+            measured.push(
+                run(
+                    "3-step workflow",
+                    s.closed(),
+                    200,
+                    invoke(&self.calls.three_steps, n)?,
+                    true,
+                )
+                .await?,
+            );
+            measured.push(
+                run(
+                    "policy-rejected",
+                    s.closed(),
+                    403,
+                    invoke(&self.calls.denied, n)?,
+                    true,
+                )
+                .await?,
+            );
+            // One envelope sent again and again: the first is served, every other is a replay.
+            let once = self.signer.presign(&self.calls.one_step, 1)?.remove(0);
+            load::run(
+                gw.addr,
+                &Requests::post_same("/v1/invoke", once.clone(), 1),
+                s.closed(),
+            )
+            .await?;
+            measured.push(
+                run(
+                    "replayed",
+                    s.closed(),
+                    401,
+                    Requests::post_same("/v1/invoke", once, n),
+                    true,
+                )
+                .await?,
+            );
+        }
+        gw.stop()?;
+        let backend = Backend {
+            database,
+            one_step_closed: closed.outcome.clone(),
+            one_step_open: open.outcome.clone(),
+        };
+        let health = if all { Some(measured.remove(0)) } else { None };
+        rows.extend(health);
+        rows.push(closed);
+        rows.push(open);
+        rows.extend(measured);
+        Ok(backend)
+    }
+
+    /// RSS with `workflows` workflows loaded, then a folder rewrite timed until `/ready` serves it.
+    async fn memory(&self, dir: &Path, workflows: usize) -> anyhow::Result<Memory> {
+        let url = format!("sqlite://{}", dir.join("gateway.db").display());
+        let gw = self.start(dir, &url, workflows).await?;
+        let rss = gw.rss_mib()?;
+        let peak = gw.peak_rss_mib()?;
+        let before = gw.snapshot_hash().await?;
+        manifests::write(&dir.join("manifests"), self.upstream, workflows, 2)?;
+        let start = Instant::now();
+        while gw.snapshot_hash().await? == before {
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "the rewritten folder was not served within 30 s:\n{}",
+                    gw.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let observed_reload = start.elapsed();
+        gw.stop()?;
+        Ok(Memory {
+            rss,
+            peak,
+            observed_reload,
+        })
+    }
+}
+
+/// `base` (a Postgres URL) naming database `name` instead of its own; the query string is kept.
+fn with_database(base: &str, name: &str) -> String {
+    let (main, query) = match base.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (base, None),
+    };
+    let authority = main.find("://").map(|i| i + 3).unwrap_or(0);
+    let server = match main[authority..].find('/') {
+        Some(i) => &main[..authority + i],
+        None => main,
+    };
+    match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
+/// A database of its own on the `DATABASE_URL` server, dropped after the run.
+struct TempDatabase {
+    admin: sqlx::PgPool,
+    name: String,
+    url: String,
+}
+
+impl TempDatabase {
+    async fn create(base: &str) -> anyhow::Result<Self> {
+        let admin = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(base)
+            .await
+            .context("connecting to DATABASE_URL")?;
+        let name = format!("bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        // The name is ours (hex), so formatting it into the statement is safe.
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await?;
+        let url = with_database(base, &name);
+        Ok(Self { admin, name, url })
+    }
+
+    async fn drop(self) -> anyhow::Result<()> {
+        self.admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .await?;
+        self.admin.close().await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn names_another_database_on_the_same_server() {
+        assert_eq!(
+            with_database("postgres://u:p@127.0.0.1:5433/postgres", "bench_1"),
+            "postgres://u:p@127.0.0.1:5433/bench_1"
+        );
+        assert_eq!(
+            with_database("postgres://u@localhost/db?sslmode=disable", "bench_1"),
+            "postgres://u@localhost/bench_1?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgresql://localhost:5432", "bench_1"),
+            "postgresql://localhost:5432/bench_1"
+        );
+    }
+}

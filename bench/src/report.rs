@@ -1,0 +1,94 @@
+//! The table: one row per workload, then the ratios and targets.
+
+use std::fmt::Write as _;
+
+use crate::load::{Outcome, Pace};
+
+pub struct Row {
+    pub workload: &'static str,
+    pub database: &'static str,
+    pub pace: Pace,
+    pub expected: u16,
+    pub outcome: Outcome,
+    /// The gateway's CPU seconds and peak RSS (MiB) over the run; `None` for the direct reference.
+    pub gateway: Option<(f64, f64)>,
+    /// Whether each request costs the envelope's crypto, so the ceiling applies.
+    pub verifies: bool,
+}
+
+impl Row {
+    /// How many responses had another status than the expected one.
+    pub fn unexpected(&self) -> u64 {
+        self.outcome
+            .statuses
+            .iter()
+            .filter(|(status, _)| **status != self.expected)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Responses other than the expected status, as `status×count`.
+    fn errors(&self) -> String {
+        let errors: Vec<String> = self
+            .outcome
+            .statuses
+            .iter()
+            .filter(|(status, _)| **status != self.expected)
+            .map(|(status, n)| match status {
+                0 => format!("io×{n}"),
+                s => format!("{s}×{n}"),
+            })
+            .collect();
+        if errors.is_empty() {
+            "-".into()
+        } else {
+            errors.join(" ")
+        }
+    }
+}
+
+pub fn table(rows: &[Row], ceiling_per_second: f64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| workload | db | pace | requests | expected | errors | req/s | x ceiling | p50 ms | p90 ms | p99 ms | max ms | gw CPU s | gw CPU µs/req | gw peak RSS MiB |"
+    );
+    let _ = writeln!(out, "|{}", "---|".repeat(15));
+    for row in rows {
+        let o = &row.outcome;
+        // At a fixed rate, throughput is the rate: only a closed loop measures capacity.
+        let ratio = if row.verifies && matches!(row.pace, Pace::Concurrency(_)) {
+            format!("{:.2}", o.throughput() / ceiling_per_second)
+        } else {
+            "-".into()
+        };
+        let (cpu, per_request, rss) = match row.gateway {
+            Some((cpu, rss)) => (
+                format!("{cpu:.2}"),
+                format!("{:.0}", cpu * 1e6 / o.requests().max(1) as f64),
+                format!("{rss:.1}"),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
+            row.workload,
+            row.database,
+            row.pace,
+            o.requests(),
+            row.expected,
+            row.errors(),
+            o.throughput(),
+            ratio,
+            o.ms(0.5),
+            o.ms(0.9),
+            o.ms(0.99),
+            o.max_ms(),
+            cpu,
+            per_request,
+            rss,
+        );
+    }
+    out
+}
