@@ -352,3 +352,35 @@ async fn an_exhausted_pool_reports_pool_timed_out_on_both_backends() {
         db.close().await;
     }
 }
+
+#[tokio::test]
+async fn jtis_are_first_used_once_per_batch_and_again_only_after_expiry_on_both_backends() {
+    for (backend, url, _dir) in support::both_backends().await {
+        let db = Database::connect(&url).await.unwrap();
+        let now = chrono::Utc::now();
+        let live = now + chrono::Duration::minutes(5);
+        let run = uuid::Uuid::new_v4();
+        let (a, b, c) = (format!("{run}-a"), format!("{run}-b"), format!("{run}-c"));
+
+        // A repeat inside one batch is not a first use.
+        let first = db
+            .record_jtis(&[(a.clone(), live), (b.clone(), live), (a.clone(), live)], now)
+            .await
+            .unwrap();
+        assert_eq!(first, [true, true, false], "{backend}");
+        // Live rows hold; a new jti beside them is new.
+        let again = db
+            .record_jtis(&[(b.clone(), live), (c.clone(), live)], now)
+            .await
+            .unwrap();
+        assert_eq!(again, [false, true], "{backend}");
+        // Past its expiry a row counts as absent, swept or not.
+        let later = live + chrono::Duration::seconds(1);
+        let revived = db
+            .record_jtis(&[(a.clone(), later + chrono::Duration::minutes(5))], later)
+            .await
+            .unwrap();
+        assert_eq!(revived, [true], "{backend}");
+        assert_eq!(db.record_jtis(&[], now).await.unwrap(), Vec::<bool>::new());
+    }
+}

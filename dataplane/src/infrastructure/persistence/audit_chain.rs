@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use sqlx::types::Json;
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::events::{AuditEvent, sqlite_time};
 use super::{Database, PersistenceError};
@@ -25,6 +25,8 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 /// commit's few statements, and a group carries up to 256 callers' events, so replicas wait on
 /// each other once per group, not once per event.
 const CHAIN_LOCK_KEY: i64 = 0x5EA1_A0D1;
+/// Rows per SQLite insert statement: 7 parameters each stays far below SQLite's 32,766.
+const SQLITE_ROWS_PER_INSERT: usize = 1000;
 
 /// The fields of a stored row that the hash covers.
 pub struct ChainedRow<'a> {
@@ -168,20 +170,23 @@ impl Database {
                 let head: Option<String> = row.try_get(0)?;
                 let last_id: i64 = row.try_get(1)?;
                 let ids: Vec<i64> = (1..=count).map(|n| last_id + n).collect();
-                for l in link(events, &ids, head.unwrap_or_else(|| GENESIS_HASH.into())) {
-                    sqlx::query(
-                        "INSERT INTO gateway_events (id, event_type, payload, tenant_id, created_at, prev_hash, hash) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(l.id)
-                    .bind(l.event.event_type)
-                    .bind(Value::Object(l.event.payload.clone()).to_string())
-                    .bind(&l.event.tenant_id)
-                    .bind(sqlite_time(l.created_at))
-                    .bind(&l.prev_hash)
-                    .bind(&l.hash)
-                    .execute(&mut *tx)
-                    .await?;
+                let linked = link(events, &ids, head.unwrap_or_else(|| GENESIS_HASH.into()));
+                // Multi-row inserts: each statement is a hop to the connection's worker thread,
+                // so a group costs a few hops rather than one per event.
+                for rows in linked.chunks(SQLITE_ROWS_PER_INSERT) {
+                    let mut insert = QueryBuilder::<Sqlite>::new(
+                        "INSERT INTO gateway_events (id, event_type, payload, tenant_id, created_at, prev_hash, hash) ",
+                    );
+                    insert.push_values(rows, |mut row, l| {
+                        row.push_bind(l.id)
+                            .push_bind(l.event.event_type)
+                            .push_bind(Value::Object(l.event.payload.clone()).to_string())
+                            .push_bind(l.event.tenant_id.clone())
+                            .push_bind(sqlite_time(l.created_at))
+                            .push_bind(l.prev_hash.clone())
+                            .push_bind(l.hash.clone());
+                    });
+                    insert.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
             }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
 use super::events::sqlite_time;
@@ -158,27 +158,32 @@ impl Database {
                 unique.push((jti.as_str(), *expires_at));
             }
         }
+        if unique.is_empty() {
+            return Ok(Vec::new());
+        }
         let inserted: std::collections::HashSet<String> = match self {
             Self::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
-                let mut inserted = std::collections::HashSet::new();
-                for (jti, expires_at) in &unique {
-                    let done = sqlx::query(
-                        "INSERT INTO seen_jtis (jti, expires_at) VALUES (?, ?) \
-                         ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at \
-                         WHERE seen_jtis.expires_at <= ?",
+                // One statement for the batch (it is at most MAX_BATCH rows, 2 parameters each):
+                // the rows it inserted, or revived after expiry, are the first uses.
+                let mut insert =
+                    QueryBuilder::<Sqlite>::new("INSERT INTO seen_jtis (jti, expires_at) ");
+                insert.push_values(&unique, |mut row, (jti, expires_at)| {
+                    row.push_bind(*jti).push_bind(sqlite_time(*expires_at));
+                });
+                insert
+                    .push(
+                        " ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at \
+                         WHERE seen_jtis.expires_at <= ",
                     )
-                    .bind(*jti)
-                    .bind(sqlite_time(*expires_at))
-                    .bind(sqlite_time(now))
-                    .execute(&mut *tx)
-                    .await?;
-                    if done.rows_affected() == 1 {
-                        inserted.insert((*jti).to_owned());
-                    }
-                }
-                tx.commit().await?;
-                inserted
+                    .push_bind(sqlite_time(now))
+                    .push(" RETURNING jti");
+                insert
+                    .build()
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|row| row.try_get::<String, _>(0))
+                    .collect::<Result<_, _>>()?
             }
             Self::Postgres(pool) => {
                 let (names, expiries): (Vec<&str>, Vec<DateTime<Utc>>) =
