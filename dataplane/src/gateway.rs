@@ -129,7 +129,9 @@ impl RunningGateway {
             &served.snapshot.cli_tools,
         )
         .await;
-        let replay = ReplayGuard::start(db.clone());
+        let replay = ReplayGuard::start(db.clone(), clock.now())
+            .await
+            .map_err(|e| StartError::Config(format!("cannot load the replay set: {e}")))?;
         let credentials = credentials.with_metrics(metrics.clone());
         let cli = cli.with_metrics(metrics.clone());
         let invocation = InvocationService {
@@ -151,7 +153,7 @@ impl RunningGateway {
         let network = &config.settings.network;
         let sessions_gauge = tokio::spawn(metrics.clone().refresh_sessions_active(db.clone()));
         let state = Arc::new(GatewayState {
-            audit: AuditWriter::start(db.clone(), metrics.clone()),
+            audit: AuditWriter::start(db.clone(), metrics.clone(), replay.pending()),
             metrics,
             db,
             served: ArcSwap::from_pointee(served),
@@ -202,6 +204,10 @@ impl RunningGateway {
         }
         self.sweeper.abort();
         self.rest_follower.abort();
+        // First uses of calls that wrote no event, not yet carried by an audit commit (SQLite).
+        if let Err(e) = self.state.invocation.replay.flush().await {
+            tracing::error!(error = %e, "could not record the last jtis");
+        }
         // After the drain every accepted event is committed: sign the final head.
         self.audit_tasks.stop(&self.state.db).await;
         self.sessions_gauge.abort();

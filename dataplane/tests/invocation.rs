@@ -266,6 +266,33 @@ async fn the_runbook_replay_query_finds_a_just_used_jti_on_both_backends() {
 }
 
 #[tokio::test]
+async fn a_replay_after_a_restart_is_refused_on_both_backends() {
+    let file = vectors("python-sdk.json");
+    let first = file
+        .cases
+        .iter()
+        .find(|c| c.name == "replay_first")
+        .unwrap();
+    for (backend, url, _dir) in support::both_backends().await {
+        let harness = Harness::start(&file, Some(url.clone())).await;
+        // Verified and authorized (the workflow's upstream is not running: no SEAL error).
+        let (_, body) = harness.invoke("/v1/invoke", first.envelope.get()).await;
+        assert_eq!(seal_code(&body), None, "{backend}: {body}");
+        harness.gateway.shutdown().await;
+
+        // A new process on the same database knows the jti: memory starts from `seen_jtis`.
+        let harness = Harness::start(&file, Some(url)).await;
+        let (status, body) = harness.invoke("/v1/invoke", first.envelope.get()).await;
+        assert_eq!(
+            (status, seal_code(&body)),
+            (401, Some(1003)),
+            "{backend}: {body}"
+        );
+        harness.gateway.shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn a_revoked_session_is_refused_and_revocation_is_audited() {
     let file = vectors("python-sdk.json");
     let harness = Harness::start(&file, None).await;

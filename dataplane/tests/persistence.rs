@@ -364,7 +364,10 @@ async fn jtis_are_first_used_once_per_batch_and_again_only_after_expiry_on_both_
 
         // A repeat inside one batch is not a first use.
         let first = db
-            .record_jtis(&[(a.clone(), live), (b.clone(), live), (a.clone(), live)], now)
+            .record_jtis(
+                &[(a.clone(), live), (b.clone(), live), (a.clone(), live)],
+                now,
+            )
             .await
             .unwrap();
         assert_eq!(first, [true, true, false], "{backend}");

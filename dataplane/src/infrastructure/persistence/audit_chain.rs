@@ -151,7 +151,18 @@ impl Database {
     /// Appends the events to the chain in one transaction: all of them are durable when this
     /// returns, or none. Every writer of `gateway_events` goes through here.
     pub async fn append_events(&self, events: &[AuditEvent]) -> Result<(), PersistenceError> {
-        if events.is_empty() {
+        self.append_events_and_jtis(events, &[]).await
+    }
+
+    /// [`Self::append_events`], and on SQLite the `jtis` first used since the last commit
+    /// (`ReplayGuard` decided them in memory) in the same transaction. Postgres records its jtis
+    /// before the call runs, so it is never given any here.
+    pub async fn append_events_and_jtis(
+        &self,
+        events: &[AuditEvent],
+        jtis: &[(String, DateTime<Utc>)],
+    ) -> Result<(), PersistenceError> {
+        if events.is_empty() && jtis.is_empty() {
             return Ok(());
         }
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
@@ -160,6 +171,21 @@ impl Database {
                 // IMMEDIATE takes the write lock before the head is read: a deferred transaction
                 // that read first could not upgrade once another connection had written.
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                for rows in jtis.chunks(SQLITE_ROWS_PER_INSERT) {
+                    let mut insert =
+                        QueryBuilder::<Sqlite>::new("INSERT INTO seen_jtis (jti, expires_at) ");
+                    insert.push_values(rows, |mut row, (jti, expires_at)| {
+                        row.push_bind(jti.clone())
+                            .push_bind(sqlite_time(*expires_at));
+                    });
+                    insert
+                        .push(" ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at");
+                    insert.build().execute(&mut *tx).await?;
+                }
+                if events.is_empty() {
+                    tx.commit().await?;
+                    return Ok(());
+                }
                 let row = sqlx::query(
                     "SELECT (SELECT hash FROM gateway_events ORDER BY id DESC LIMIT 1), \
                      MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'gateway_events'), 0), \
@@ -191,6 +217,10 @@ impl Database {
                 tx.commit().await?;
             }
             Self::Postgres(pool) => {
+                debug_assert!(jtis.is_empty(), "Postgres records jtis synchronously");
+                if events.is_empty() {
+                    return Ok(());
+                }
                 let mut tx = pool.begin().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(CHAIN_LOCK_KEY)

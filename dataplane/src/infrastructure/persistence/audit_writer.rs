@@ -2,16 +2,19 @@
 //! Postgres), and each caller waits until its events are durable before it answers.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::events::AuditEvent;
+use super::replay::PendingJtis;
 use super::{Database, PersistenceError};
 use crate::infrastructure::metrics::Metrics;
 
 /// Events of at most this many callers go into one commit.
 const MAX_GROUP: usize = 256;
+/// How long first-use jtis of calls that wrote no event wait for a commit to carry them.
+const IDLE_JTI_FLUSH: Duration = Duration::from_millis(200);
 
 struct Pending {
     events: Vec<AuditEvent>,
@@ -28,9 +31,15 @@ impl AuditWriter {
     /// Starts the writer on the current runtime. It stops when every clone is dropped, after
     /// committing what was queued, so shutdown loses nothing that was accepted.
     /// Each group commit is counted and timed in `metrics`.
-    pub fn start(db: Database, metrics: Metrics) -> Self {
+    /// On SQLite, `jtis` are the replay guard's pending first uses: each commit carries them.
+    pub fn start(db: Database, metrics: Metrics, jtis: Option<PendingJtis>) -> Self {
         let (queue, pending) = mpsc::channel(4096);
-        tokio::spawn(commit_groups(db, pending, metrics));
+        tokio::spawn(commit_groups(
+            db,
+            pending,
+            metrics,
+            jtis.unwrap_or_default(),
+        ));
         Self { queue }
     }
 
@@ -53,10 +62,37 @@ impl AuditWriter {
     }
 }
 
-async fn commit_groups(db: Database, mut pending: mpsc::Receiver<Pending>, metrics: Metrics) {
+async fn commit_groups(
+    db: Database,
+    mut pending: mpsc::Receiver<Pending>,
+    metrics: Metrics,
+    jtis: PendingJtis,
+) {
     let db = Arc::new(db);
     let mut group: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = pending.recv().await {
+    loop {
+        let first = if jtis.is_empty() {
+            pending.recv().await
+        } else {
+            match tokio::time::timeout(IDLE_JTI_FLUSH, pending.recv()).await {
+                Ok(next) => next,
+                // Idle with first uses pending (calls refused without an event): commit them alone.
+                Err(_) => {
+                    let rows = jtis.take();
+                    if let Err(e) = db.append_events_and_jtis(&[], &rows).await {
+                        tracing::error!(
+                            target: "aegis_seal_gateway::infrastructure::persistence",
+                            error = %e,
+                            jtis = rows.len(),
+                            "jti commit failed"
+                        );
+                        jtis.restore(rows);
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some(first) = first else { break };
         group.push(first);
         while group.len() < MAX_GROUP {
             match pending.try_recv() {
@@ -65,11 +101,13 @@ async fn commit_groups(db: Database, mut pending: mpsc::Receiver<Pending>, metri
             }
         }
         let events: Vec<AuditEvent> = group
-            .iter()
-            .flat_map(|p| p.events.iter().cloned())
+            .iter_mut()
+            .flat_map(|p| std::mem::take(&mut p.events))
             .collect();
+        // Taken after the group: every jti first used by these callers is pending by now.
+        let rows = jtis.take();
         let started = Instant::now();
-        let result = db.append_events(&events).await;
+        let result = db.append_events_and_jtis(&events, &rows).await;
         metrics.audit_commit(result.is_ok(), events.len(), started.elapsed());
         if let Err(e) = &result {
             tracing::error!(
@@ -78,6 +116,7 @@ async fn commit_groups(db: Database, mut pending: mpsc::Receiver<Pending>, metri
                 events = events.len(),
                 "audit commit failed"
             );
+            jtis.restore(rows);
         }
         for p in group.drain(..) {
             let _ = p.reply.send(match &result {

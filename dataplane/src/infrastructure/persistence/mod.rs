@@ -33,7 +33,7 @@ pub use events::AuditEvent;
 pub use registry::{
     CatalogTable, CliToolRow, NameHolder, REST_SOURCE, SecurityContextRow, SpecRow, WorkflowRow,
 };
-pub use replay::ReplayGuard;
+pub use replay::{PendingJtis, ReplayGuard};
 pub use sessions::{SessionRecord, SessionStatus, SessionWrite};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");

@@ -1,6 +1,11 @@
-//! Single use of security-token `jti`s: an in-memory set answers repeats without a round trip, and
-//! `seen_jtis` makes first uses durable and shared (several replicas on one Postgres). Concurrent
-//! first uses are batched into one statement.
+//! Single use of security-token `jti`s: an in-memory set answers repeats without a round trip.
+//! On Postgres, `seen_jtis` is shared by replicas and decides first uses synchronously, concurrent
+//! claims batched into one statement. On SQLite, one process owns the file: the in-memory set,
+//! loaded from `seen_jtis` at start, decides alone, and the row is written in the audit writer's
+//! next commit, which every audited call waits for anyway (one commit per call, not two); a call
+//! refused without an event has its row written within 200 ms, or at shutdown. (Two processes
+//! sharing one SQLite file would not see each other's jtis: the operator refuses replicas > 1 on
+//! SQLite, and a standalone deployment runs one process per file.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,24 +30,107 @@ struct Claim {
     reply: oneshot::Sender<Result<bool, PersistenceError>>,
 }
 
+/// First uses that are decided but not yet durable (SQLite): the audit writer inserts them in its
+/// next commit, so a call's jti is durable no later than the call's own events.
+#[derive(Clone, Default)]
+pub struct PendingJtis(Arc<Mutex<Vec<JtiRow>>>);
+
+/// A jti and when it stops being live.
+pub type JtiRow = (String, DateTime<Utc>);
+
+impl PendingJtis {
+    fn push(&self, jti: &str, expires_at: DateTime<Utc>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((jti.to_owned(), expires_at));
+    }
+
+    /// Takes everything pending; the caller writes it, or [`Self::restore`]s it on failure.
+    pub fn take(&self) -> Vec<JtiRow> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Puts back rows whose write failed, to be retried with the next commit.
+    pub fn restore(&self, mut rows: Vec<JtiRow>) {
+        let mut pending = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        rows.append(&mut pending);
+        *pending = rows;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+}
+
+/// Where first uses become durable.
+enum Durability {
+    /// Postgres: `seen_jtis` is shared by replicas, so it decides, synchronously, in batches.
+    Shared(mpsc::Sender<Claim>),
+    /// SQLite: one gateway process owns the file, so the in-memory set (loaded from `seen_jtis`
+    /// at start) decides alone, and the row is written with the call's audit events.
+    WithAudit(PendingJtis),
+}
+
 /// Decides whether a `jti` is seen for the first time.
 pub struct ReplayGuard {
     db: Database,
-    /// jti -> expiry, for every jti this process saw; rows past expiry are dead.
+    /// jti -> expiry, for every live jti; rows past expiry are dead.
     seen: Mutex<HashMap<String, DateTime<Utc>>>,
-    writer: mpsc::Sender<Claim>,
+    durability: Durability,
 }
 
 impl ReplayGuard {
-    /// Starts the batch writer on the current runtime.
-    pub fn start(db: Database) -> Arc<Self> {
-        let (writer, claims) = mpsc::channel(4096);
-        tokio::spawn(write_batches(db.clone(), claims));
-        Arc::new(Self {
+    /// On Postgres, starts the batch writer on the current runtime; on SQLite, loads the live
+    /// jtis of earlier runs, so a replay across a restart is still refused.
+    pub async fn start(db: Database, now: DateTime<Utc>) -> Result<Arc<Self>, PersistenceError> {
+        let (seen, durability) = match &db {
+            Database::Sqlite(pool) => {
+                let rows: Vec<(String, String)> =
+                    sqlx::query_as("SELECT jti, expires_at FROM seen_jtis WHERE expires_at > ?")
+                        .bind(sqlite_time(now))
+                        .fetch_all(pool)
+                        .await?;
+                let seen = rows
+                    .into_iter()
+                    .filter_map(|(jti, expires_at)| {
+                        let expires_at = DateTime::parse_from_rfc3339(&expires_at).ok()?;
+                        Some((jti, expires_at.with_timezone(&Utc)))
+                    })
+                    .collect();
+                (seen, Durability::WithAudit(PendingJtis::default()))
+            }
+            Database::Postgres(_) => {
+                let (writer, claims) = mpsc::channel(4096);
+                tokio::spawn(write_batches(db.clone(), claims));
+                (HashMap::new(), Durability::Shared(writer))
+            }
+        };
+        Ok(Arc::new(Self {
             db,
-            seen: Mutex::new(HashMap::new()),
-            writer,
-        })
+            seen: Mutex::new(seen),
+            durability,
+        }))
+    }
+
+    /// First uses the audit writer must make durable (SQLite), `None` on Postgres.
+    pub fn pending(&self) -> Option<PendingJtis> {
+        match &self.durability {
+            Durability::WithAudit(pending) => Some(pending.clone()),
+            Durability::Shared(_) => None,
+        }
+    }
+
+    /// Writes first uses still pending (SQLite), at shutdown once no call is in flight.
+    pub async fn flush(&self) -> Result<(), PersistenceError> {
+        if let Durability::WithAudit(pending) = &self.durability {
+            let rows = pending.take();
+            if let Err(e) = self.db.append_events_and_jtis(&[], &rows).await {
+                pending.restore(rows);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// `Ok(true)` the first time `jti` is used while live; `Ok(false)` for a replay.
@@ -59,6 +147,13 @@ impl ReplayGuard {
             }
             seen.insert(jti.to_owned(), expires_at);
         }
+        let writer = match &self.durability {
+            Durability::WithAudit(pending) => {
+                pending.push(jti, expires_at);
+                return Ok(true);
+            }
+            Durability::Shared(writer) => writer,
+        };
         let (reply, answer) = oneshot::channel();
         let claim = Claim {
             jti: jti.to_owned(),
@@ -66,7 +161,7 @@ impl ReplayGuard {
             now,
             reply,
         };
-        let result = match self.writer.send(claim).await {
+        let result = match writer.send(claim).await {
             Ok(()) => answer.await.unwrap_or(Err(PersistenceError::WriterStopped)),
             Err(_) => Err(PersistenceError::WriterStopped),
         };
