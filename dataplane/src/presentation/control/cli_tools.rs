@@ -7,10 +7,13 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::named::{self, NamedKind};
 use super::workflows::check_tool_name_free;
-use super::{Ctx, bad_request, db_error, invalid, now, parse_body, require_rest, swap};
+use super::{Ctx, bad_request, db_error, invalid, now, parse_body, swap};
 use crate::application::registry;
-use crate::infrastructure::persistence::{AuditEvent, CatalogTable, CliToolRow, REST_SOURCE};
+use crate::infrastructure::persistence::{
+    AuditEvent, CatalogTable, CliToolRow, Database, PersistenceError, REST_SOURCE,
+};
 use crate::presentation::http::{Body, json_response};
 
 /// `POST /v1/cli-tools` (create or replace by name in the owner's scope) and
@@ -45,10 +48,6 @@ fn default_timeout() -> u32 {
     aegis_seal_crds::cli_tool::DEFAULT_CLI_TIMEOUT_SECONDS
 }
 
-fn what(name: &str) -> String {
-    format!("CLI tool \"{name}\"")
-}
-
 fn view(t: &CliToolRow) -> Value {
     json!({
         "id": t.id,
@@ -65,36 +64,35 @@ fn view(t: &CliToolRow) -> Value {
     })
 }
 
-pub(super) async fn list(ctx: &Ctx<'_>) -> Response<Body> {
-    match ctx.state.db.list_cli_tools(None).await {
-        Ok(rows) => json_response(
-            StatusCode::OK,
-            &Value::Array(
-                rows.iter()
-                    .filter(|t| ctx.can_read(t.tenant_id.as_deref()))
-                    .map(view)
-                    .collect(),
-            ),
-        ),
-        Err(e) => db_error(&e),
+/// CLI tools are addressed by name (`/v1/cli-tools/{name}`).
+pub(super) struct CliTools;
+
+impl NamedKind for CliTools {
+    type Row = CliToolRow;
+    const KIND: &'static str = "CLI tool";
+    const TABLE: CatalogTable = CatalogTable::CliTools;
+    const DELETED: &'static str = "CliToolDeleted";
+
+    fn id(row: &CliToolRow) -> &str {
+        &row.id
     }
-}
-
-async fn load(ctx: &Ctx<'_>, name: &str) -> Result<CliToolRow, Response<Body>> {
-    let rows = ctx
-        .state
-        .db
-        .cli_tools_named(name)
-        .await
-        .map_err(|e| db_error(&e))?;
-    ctx.pick_named(&what(name), &rows, |t| t.tenant_id.as_deref())
-        .cloned()
-}
-
-pub(super) async fn get(ctx: &Ctx<'_>, name: &str) -> Response<Body> {
-    match load(ctx, name).await {
-        Ok(t) => json_response(StatusCode::OK, &view(&t)),
-        Err(r) => r,
+    fn name(row: &CliToolRow) -> &str {
+        &row.name
+    }
+    fn tenant_id(row: &CliToolRow) -> Option<&str> {
+        row.tenant_id.as_deref()
+    }
+    fn source(row: &CliToolRow) -> &str {
+        &row.source
+    }
+    fn view(row: &CliToolRow) -> Value {
+        view(row)
+    }
+    async fn all(db: &Database) -> Result<Vec<CliToolRow>, PersistenceError> {
+        db.list_cli_tools(None).await
+    }
+    async fn named(db: &Database, name: &str) -> Result<Vec<CliToolRow>, PersistenceError> {
+        db.cli_tools_named(name).await
     }
 }
 
@@ -104,59 +102,18 @@ pub(super) async fn upsert(ctx: &Ctx<'_>, path_name: Option<&str>, body: Bytes) 
         Ok(r) => r,
         Err(r) => return r,
     };
-    req.name = req.name.trim().to_owned();
-    if let Some(path_name) = path_name {
-        if req.name.is_empty() {
-            req.name = path_name.to_owned();
-        } else if req.name != path_name {
-            return bad_request(
-                "name: a CLI tool cannot be renamed; register the new name instead",
-            );
-        }
-    }
-    let base = ctx.state.registry.lock().await;
-    let (existing, owner) = match path_name {
-        Some(name) => {
-            let current = match load(ctx, name).await {
-                Ok(t) => t,
-                Err(r) => return r,
-            };
-            if let Err(r) = ctx.check_write(&what(name), current.tenant_id.as_deref()) {
-                return r;
-            }
-            if let Some(t) = req.tenant_id.as_deref().filter(|t| !t.trim().is_empty())
-                && Some(t) != current.tenant_id.as_deref()
-            {
-                return bad_request(
-                    "tenant_id: an object's tenant cannot change; delete and re-create it",
-                );
-            }
-            let owner = current.tenant_id.clone();
-            (Some(current), owner)
-        }
-        None => {
-            let owner = match ctx.owner_for_create(req.tenant_id.as_deref()) {
-                Ok(o) => o,
-                Err(r) => return r,
-            };
-            let rows = match ctx.state.db.cli_tools_named(&req.name).await {
-                Ok(r) => r,
-                Err(e) => return db_error(&e),
-            };
-            let current = rows.into_iter().find(|t| t.tenant_id == owner);
-            (current, owner)
-        }
+    req.name = match named::upsert_name::<CliTools>(&req.name, path_name) {
+        Ok(name) => name,
+        Err(r) => return r,
     };
-    if let Some(current) = &existing
-        && let Err(r) = require_rest(
-            &what(&current.name),
-            &current.id,
-            current.tenant_id.as_deref(),
-            &current.source,
-        )
-    {
-        return r;
-    }
+    let base = ctx.state.registry.lock().await;
+    let (existing, owner) =
+        match named::upsert_target::<CliTools>(ctx, path_name, &req.name, req.tenant_id.as_deref())
+            .await
+        {
+            Ok(target) => target,
+            Err(r) => return r,
+        };
     let id = existing
         .as_ref()
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), |t| t.id.clone());
@@ -218,42 +175,4 @@ pub(super) async fn upsert(ctx: &Ctx<'_>, path_name: Option<&str>, body: Bytes) 
         StatusCode::CREATED
     };
     json_response(status, &json!({"saved": true, "cli_tool": view(&row)}))
-}
-
-pub(super) async fn delete(ctx: &Ctx<'_>, name: &str) -> Response<Body> {
-    let base = ctx.state.registry.lock().await;
-    let current = match load(ctx, name).await {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    if let Err(r) = ctx.check_write(&what(name), current.tenant_id.as_deref()) {
-        return r;
-    }
-    if let Err(r) = require_rest(
-        &what(name),
-        &current.id,
-        current.tenant_id.as_deref(),
-        &current.source,
-    ) {
-        return r;
-    }
-    if let Err(e) = ctx
-        .state
-        .db
-        .delete_rest_row(CatalogTable::CliTools, &current.id)
-        .await
-    {
-        return db_error(&e);
-    }
-    if let Err(r) = swap(ctx.state, &base).await {
-        return r;
-    }
-    drop(base);
-    ctx.deleted(
-        "CliToolDeleted",
-        &current.id,
-        &current.name,
-        current.tenant_id.as_deref(),
-    )
-    .await
 }

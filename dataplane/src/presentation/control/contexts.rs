@@ -7,10 +7,11 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Ctx, bad_request, db_error, invalid, now, parse_body, require_rest, swap};
+use super::named::{self, NamedKind};
+use super::{Ctx, bad_request, db_error, invalid, now, parse_body, swap};
 use crate::application::registry;
 use crate::infrastructure::persistence::{
-    AuditEvent, CatalogTable, REST_SOURCE, SecurityContextRow,
+    AuditEvent, CatalogTable, Database, PersistenceError, REST_SOURCE, SecurityContextRow,
 };
 use crate::presentation::http::{Body, json_response};
 
@@ -35,10 +36,6 @@ pub struct UpsertSecurityContextRequest {
     pub tenant_id: Option<String>,
 }
 
-fn what(name: &str) -> String {
-    format!("security context \"{name}\"")
-}
-
 fn view(c: &SecurityContextRow) -> Value {
     json!({
         "id": c.id,
@@ -51,36 +48,35 @@ fn view(c: &SecurityContextRow) -> Value {
     })
 }
 
-pub(super) async fn list(ctx: &Ctx<'_>) -> Response<Body> {
-    match ctx.state.db.list_security_contexts(None).await {
-        Ok(rows) => json_response(
-            StatusCode::OK,
-            &Value::Array(
-                rows.iter()
-                    .filter(|c| ctx.can_read(c.tenant_id.as_deref()))
-                    .map(view)
-                    .collect(),
-            ),
-        ),
-        Err(e) => db_error(&e),
+/// Security contexts are addressed by name (`/v1/security-contexts/{name}`).
+pub(super) struct SecurityContexts;
+
+impl NamedKind for SecurityContexts {
+    type Row = SecurityContextRow;
+    const KIND: &'static str = "security context";
+    const TABLE: CatalogTable = CatalogTable::SecurityContexts;
+    const DELETED: &'static str = "SecurityContextDeleted";
+
+    fn id(row: &SecurityContextRow) -> &str {
+        &row.id
     }
-}
-
-async fn load(ctx: &Ctx<'_>, name: &str) -> Result<SecurityContextRow, Response<Body>> {
-    let rows = ctx
-        .state
-        .db
-        .security_contexts_named(name)
-        .await
-        .map_err(|e| db_error(&e))?;
-    ctx.pick_named(&what(name), &rows, |c| c.tenant_id.as_deref())
-        .cloned()
-}
-
-pub(super) async fn get(ctx: &Ctx<'_>, name: &str) -> Response<Body> {
-    match load(ctx, name).await {
-        Ok(c) => json_response(StatusCode::OK, &view(&c)),
-        Err(r) => r,
+    fn name(row: &SecurityContextRow) -> &str {
+        &row.name
+    }
+    fn tenant_id(row: &SecurityContextRow) -> Option<&str> {
+        row.tenant_id.as_deref()
+    }
+    fn source(row: &SecurityContextRow) -> &str {
+        &row.source
+    }
+    fn view(row: &SecurityContextRow) -> Value {
+        view(row)
+    }
+    async fn all(db: &Database) -> Result<Vec<SecurityContextRow>, PersistenceError> {
+        db.list_security_contexts(None).await
+    }
+    async fn named(db: &Database, name: &str) -> Result<Vec<SecurityContextRow>, PersistenceError> {
+        db.security_contexts_named(name).await
     }
 }
 
@@ -90,59 +86,22 @@ pub(super) async fn upsert(ctx: &Ctx<'_>, path_name: Option<&str>, body: Bytes) 
         Ok(r) => r,
         Err(r) => return r,
     };
-    req.name = req.name.trim().to_owned();
-    if let Some(path_name) = path_name {
-        if req.name.is_empty() {
-            req.name = path_name.to_owned();
-        } else if req.name != path_name {
-            return bad_request(
-                "name: a security context cannot be renamed; register the new name instead",
-            );
-        }
-    }
-    let base = ctx.state.registry.lock().await;
-    let (existing, owner) = match path_name {
-        Some(name) => {
-            let current = match load(ctx, name).await {
-                Ok(c) => c,
-                Err(r) => return r,
-            };
-            if let Err(r) = ctx.check_write(&what(name), current.tenant_id.as_deref()) {
-                return r;
-            }
-            if let Some(t) = req.tenant_id.as_deref().filter(|t| !t.trim().is_empty())
-                && Some(t) != current.tenant_id.as_deref()
-            {
-                return bad_request(
-                    "tenant_id: an object's tenant cannot change; delete and re-create it",
-                );
-            }
-            let owner = current.tenant_id.clone();
-            (Some(current), owner)
-        }
-        None => {
-            let owner = match ctx.owner_for_create(req.tenant_id.as_deref()) {
-                Ok(o) => o,
-                Err(r) => return r,
-            };
-            let rows = match ctx.state.db.security_contexts_named(&req.name).await {
-                Ok(r) => r,
-                Err(e) => return db_error(&e),
-            };
-            let current = rows.into_iter().find(|c| c.tenant_id == owner);
-            (current, owner)
-        }
+    req.name = match named::upsert_name::<SecurityContexts>(&req.name, path_name) {
+        Ok(name) => name,
+        Err(r) => return r,
     };
-    if let Some(current) = &existing
-        && let Err(r) = require_rest(
-            &what(&current.name),
-            &current.id,
-            current.tenant_id.as_deref(),
-            &current.source,
-        )
+    let base = ctx.state.registry.lock().await;
+    let (existing, owner) = match named::upsert_target::<SecurityContexts>(
+        ctx,
+        path_name,
+        &req.name,
+        req.tenant_id.as_deref(),
+    )
+    .await
     {
-        return r;
-    }
+        Ok(target) => target,
+        Err(r) => return r,
+    };
     let row = SecurityContextRow {
         id: existing
             .as_ref()
@@ -196,42 +155,4 @@ pub(super) async fn upsert(ctx: &Ctx<'_>, path_name: Option<&str>, body: Bytes) 
         status,
         &json!({"saved": true, "security_context": view(&row)}),
     )
-}
-
-pub(super) async fn delete(ctx: &Ctx<'_>, name: &str) -> Response<Body> {
-    let base = ctx.state.registry.lock().await;
-    let current = match load(ctx, name).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    if let Err(r) = ctx.check_write(&what(name), current.tenant_id.as_deref()) {
-        return r;
-    }
-    if let Err(r) = require_rest(
-        &what(name),
-        &current.id,
-        current.tenant_id.as_deref(),
-        &current.source,
-    ) {
-        return r;
-    }
-    if let Err(e) = ctx
-        .state
-        .db
-        .delete_rest_row(CatalogTable::SecurityContexts, &current.id)
-        .await
-    {
-        return db_error(&e);
-    }
-    if let Err(r) = swap(ctx.state, &base).await {
-        return r;
-    }
-    drop(base);
-    ctx.deleted(
-        "SecurityContextDeleted",
-        &current.id,
-        &current.name,
-        current.tenant_id.as_deref(),
-    )
-    .await
 }

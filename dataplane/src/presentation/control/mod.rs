@@ -14,6 +14,7 @@
 mod cli_tools;
 mod contexts;
 mod explorer;
+mod named;
 pub mod openapi;
 mod specs;
 mod workflows;
@@ -90,23 +91,31 @@ pub async fn route(
         (Collection::Workflows, Method::GET, Some(id)) => workflows::get(&ctx, id).await,
         (Collection::Workflows, Method::PUT, Some(id)) => workflows::update(&ctx, id, body).await,
         (Collection::Workflows, Method::DELETE, Some(id)) => workflows::delete(&ctx, id).await,
-        (Collection::CliTools, Method::GET, None) => cli_tools::list(&ctx).await,
+        (Collection::CliTools, Method::GET, None) => named::list::<cli_tools::CliTools>(&ctx).await,
         (Collection::CliTools, Method::POST, None) => cli_tools::upsert(&ctx, None, body).await,
-        (Collection::CliTools, Method::GET, Some(name)) => cli_tools::get(&ctx, name).await,
+        (Collection::CliTools, Method::GET, Some(name)) => {
+            named::get::<cli_tools::CliTools>(&ctx, name).await
+        }
         (Collection::CliTools, Method::PUT, Some(name)) => {
             cli_tools::upsert(&ctx, Some(name), body).await
         }
-        (Collection::CliTools, Method::DELETE, Some(name)) => cli_tools::delete(&ctx, name).await,
-        (Collection::SecurityContexts, Method::GET, None) => contexts::list(&ctx).await,
+        (Collection::CliTools, Method::DELETE, Some(name)) => {
+            named::delete::<cli_tools::CliTools>(&ctx, name).await
+        }
+        (Collection::SecurityContexts, Method::GET, None) => {
+            named::list::<contexts::SecurityContexts>(&ctx).await
+        }
         (Collection::SecurityContexts, Method::POST, None) => {
             contexts::upsert(&ctx, None, body).await
         }
-        (Collection::SecurityContexts, Method::GET, Some(name)) => contexts::get(&ctx, name).await,
+        (Collection::SecurityContexts, Method::GET, Some(name)) => {
+            named::get::<contexts::SecurityContexts>(&ctx, name).await
+        }
         (Collection::SecurityContexts, Method::PUT, Some(name)) => {
             contexts::upsert(&ctx, Some(name), body).await
         }
         (Collection::SecurityContexts, Method::DELETE, Some(name)) => {
-            contexts::delete(&ctx, name).await
+            named::delete::<contexts::SecurityContexts>(&ctx, name).await
         }
         (Collection::Explorer, Method::POST, None) => explorer::explore(&ctx, body).await,
         _ => method_not_allowed(allowed),
