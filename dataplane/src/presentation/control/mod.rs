@@ -229,6 +229,19 @@ impl Ctx<'_> {
         }
     }
 
+    /// Whether the operator may change or delete this stored object here: its tenancy
+    /// ([`Self::check_write`], 403) and that it is REST-owned ([`require_rest`], 409), in that order.
+    fn check_rest_write(
+        &self,
+        what: &str,
+        id: &str,
+        owner: Option<&str>,
+        source: &str,
+    ) -> Result<(), Response<Body>> {
+        self.check_write(what, owner)?;
+        require_rest(what, id, owner, source)
+    }
+
     /// The owner of a new object: the body's `tenant_id` if the operator may create there, else the
     /// operator's own tenant (none for a tenant-less platform operator: system-global).
     fn owner_for_create(&self, requested: Option<&str>) -> Result<Option<String>, Response<Body>> {

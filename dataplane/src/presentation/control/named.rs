@@ -139,12 +139,8 @@ pub(super) async fn delete<K: NamedKind>(ctx: &Ctx<'_>, name: &str) -> Response<
         Ok(row) => row,
         Err(r) => return r,
     };
-    let what = what::<K>(name);
-    if let Err(r) = ctx.check_write(&what, K::tenant_id(&current)) {
-        return r;
-    }
-    if let Err(r) = require_rest(
-        &what,
+    if let Err(r) = ctx.check_rest_write(
+        &what::<K>(name),
         K::id(&current),
         K::tenant_id(&current),
         K::source(&current),

@@ -71,6 +71,17 @@ fn session(_: &mut SchemaGenerator) -> Value {
     })
 }
 
+/// What `/v1/invoke` and its alias `/v1/seal/invoke` answer.
+const INVOKE_RESPONSES: &[(u16, &str)] = &[
+    (200, "tool result"),
+    (400, "malformed envelope"),
+    (401, "verification failed"),
+    (403, "refused by policy or tenancy"),
+    (404, "unknown tool"),
+    (413, "body too large"),
+    (502, "upstream or credential failure"),
+];
+
 const OPERATIONS: &[Operation] = &[
     Operation {
         method: "get",
@@ -97,15 +108,7 @@ const OPERATIONS: &[Operation] = &[
         summary: "Invoke a tool with a SEAL envelope",
         operator: false,
         body: Some(envelope),
-        responses: &[
-            (200, "tool result"),
-            (400, "malformed envelope"),
-            (401, "verification failed"),
-            (403, "refused by policy or tenancy"),
-            (404, "unknown tool"),
-            (413, "body too large"),
-            (502, "upstream or credential failure"),
-        ],
+        responses: INVOKE_RESPONSES,
     },
     Operation {
         method: "post",
@@ -114,15 +117,7 @@ const OPERATIONS: &[Operation] = &[
         summary: "Alias of /v1/invoke",
         operator: false,
         body: Some(envelope),
-        responses: &[
-            (200, "tool result"),
-            (400, "malformed envelope"),
-            (401, "verification failed"),
-            (403, "refused by policy or tenancy"),
-            (404, "unknown tool"),
-            (413, "body too large"),
-            (502, "upstream or credential failure"),
-        ],
+        responses: INVOKE_RESPONSES,
     },
     Operation {
         method: "post",

@@ -12,10 +12,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{
-    Ctx, bad_request, db_error, invalid, not_found, now, parse_body, require_rest, swap,
-    tenant_phrase,
-};
+use super::{Ctx, bad_request, db_error, invalid, not_found, now, parse_body, swap, tenant_phrase};
 use crate::application::registry::{self, operations_column};
 use crate::infrastructure::http_client::OutboundRequest;
 use crate::infrastructure::persistence::{AuditEvent, CatalogTable, SpecRow};
@@ -350,10 +347,9 @@ pub(super) async fn update(ctx: &Ctx<'_>, id: &str, body: Bytes) -> Response<Bod
         Ok(s) => s,
         Err(r) => return r,
     };
-    if let Err(r) = ctx.check_write(&what(id), current.tenant_id.as_deref()) {
-        return r;
-    }
-    if let Err(r) = require_rest(&what(id), id, current.tenant_id.as_deref(), &current.source) {
+    if let Err(r) =
+        ctx.check_rest_write(&what(id), id, current.tenant_id.as_deref(), &current.source)
+    {
         return r;
     }
     if let Some(t) = req.tenant_id.as_deref().filter(|t| !t.trim().is_empty())
@@ -440,10 +436,9 @@ pub(super) async fn delete(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if let Err(r) = ctx.check_write(&what(id), current.tenant_id.as_deref()) {
-        return r;
-    }
-    if let Err(r) = require_rest(&what(id), id, current.tenant_id.as_deref(), &current.source) {
+    if let Err(r) =
+        ctx.check_rest_write(&what(id), id, current.tenant_id.as_deref(), &current.source)
+    {
         return r;
     }
     let dependents = match ctx.state.db.workflows_of_spec(id).await {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{
     Ctx, bad_request, db_error, declarative_conflict, invalid, not_found, now, parse_body,
-    parse_value, require_rest, swap, tenant_phrase,
+    parse_value, swap, tenant_phrase,
 };
 use crate::application::registry::{self, Base};
 use crate::infrastructure::persistence::{
@@ -275,10 +275,9 @@ pub(super) async fn update(ctx: &Ctx<'_>, id: &str, body: Bytes) -> Response<Bod
         Ok(w) => w,
         Err(r) => return r,
     };
-    if let Err(r) = ctx.check_write(&what(id), current.tenant_id.as_deref()) {
-        return r;
-    }
-    if let Err(r) = require_rest(&what(id), id, current.tenant_id.as_deref(), &current.source) {
+    if let Err(r) =
+        ctx.check_rest_write(&what(id), id, current.tenant_id.as_deref(), &current.source)
+    {
         return r;
     }
     // An update never moves an object to another tenant (upstream reset it to global).
@@ -322,10 +321,9 @@ pub(super) async fn delete(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
         Ok(w) => w,
         Err(r) => return r,
     };
-    if let Err(r) = ctx.check_write(&what(id), current.tenant_id.as_deref()) {
-        return r;
-    }
-    if let Err(r) = require_rest(&what(id), id, current.tenant_id.as_deref(), &current.source) {
+    if let Err(r) =
+        ctx.check_rest_write(&what(id), id, current.tenant_id.as_deref(), &current.source)
+    {
         return r;
     }
     if let Err(e) = ctx
