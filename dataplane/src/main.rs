@@ -16,9 +16,9 @@ use aegis_seal_gateway::infrastructure::persistence::{
 use aegis_seal_gateway::infrastructure::reload::Watchers;
 use aegis_seal_gateway::infrastructure::reload::config_map::{self, ConfigMapRef};
 use aegis_seal_gateway::infrastructure::reload::folder::{FolderWatch, load_folder};
+use aegis_seal_gateway::infrastructure::telemetry;
 use aegis_seal_gateway::presentation::metrics::MetricsExporter;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(name = "aegis-seal-gateway", version, about)]
@@ -91,11 +91,6 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,9 +104,27 @@ fn main() -> ExitCode {
     if matches!(cli.command, Some(Command::Audit { .. }))
         && let Some(Command::Audit { command }) = cli.command.take()
     {
+        // Offline commands: log lines only, never traces.
+        tracing_subscriber::fmt()
+            .with_env_filter(telemetry::log_filter(
+                std::env::var("RUST_LOG").ok().as_deref(),
+            ))
+            .init();
         return runtime.block_on(audit(command));
     }
-    match runtime.block_on(run(cli)) {
+    // Log lines, and OpenTelemetry traces when an OTLP endpoint is configured; the exporter's
+    // requests run on this runtime.
+    let telemetry = telemetry::init(&|name| std::env::var(name).ok(), runtime.handle().clone());
+    let result = match telemetry {
+        Ok(telemetry) => {
+            let result = runtime.block_on(run(cli));
+            // After the gateway stopped (its last spans closed), before the runtime goes.
+            telemetry.shutdown();
+            result
+        }
+        Err(e) => Err(anyhow::Error::msg(e)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line naming what is wrong: the file, the document, the field.

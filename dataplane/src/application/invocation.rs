@@ -24,6 +24,7 @@ use crate::infrastructure::metrics::{Attestation, Metrics};
 use crate::infrastructure::persistence::{
     AuditEvent, PersistenceError, ReplayGuard, SessionStatus,
 };
+use crate::infrastructure::telemetry::{self, Stage};
 
 /// Envelopes older or newer than this (seconds) are refused, and jtis are remembered this long.
 pub const FRESHNESS_WINDOW_SECS: i64 = 30;
@@ -96,6 +97,10 @@ impl InvocationService {
         served: &ServedSnapshot,
     ) -> Result<AuthorizedCall, Refusal> {
         let now = self.clock.now();
+        // Stage spans (exported when traces are on): not entered, so they may span awaits; one
+        // that ends without `done()` ended in a refusal and is marked failed.
+        let stage =
+            Stage::new(tracing::info_span!(target: telemetry::TARGET, "seal.verify_envelope"));
         let envelope =
             Envelope::parse(body).inspect_err(|e| self.reject(Attestation::Malformed, None, e))?;
         if envelope.protocol != PROTOCOL {
@@ -139,7 +144,9 @@ impl InvocationService {
             self.metrics.signature_failure();
             self.metrics.attestation(Attestation::SignatureInvalid);
         })?;
+        stage.done();
 
+        let stage = Stage::new(tracing::info_span!(target: telemetry::TARGET, "seal.verify_token"));
         let claims = self
             .tokens
             .verify(&envelope.security_token, now.timestamp())
@@ -201,10 +208,12 @@ impl InvocationService {
         let (tool_name, arguments, requested_tenant) = read_params(&call.params)
             .map_err(SealError::malformed)
             .inspect_err(|e| self.reject(Attestation::Malformed, exec, e))?;
+        stage.done();
 
         // Remembered until the envelope can no longer be fresh, future-dated ones included.
         let envelope_time = DateTime::from_timestamp(envelope.timestamp, 0).unwrap_or(now);
         let live_until = envelope_time.max(now) + Duration::seconds(FRESHNESS_WINDOW_SECS);
+        let stage = Stage::new(tracing::info_span!(target: telemetry::TARGET, "seal.replay_check"));
         if !self.replay.first_use(&claims.jti, live_until, now).await? {
             let e = SealError::new(
                 StatusCode::UNAUTHORIZED,
@@ -215,7 +224,9 @@ impl InvocationService {
             tracing::warn!(target: AUTH_TARGET, execution_id, jti = %claims.jti, "replay detected: jti already seen");
             return Err(e.into());
         }
+        stage.done();
 
+        let stage = Stage::new(tracing::info_span!(target: telemetry::TARGET, "seal.authorize"));
         let audit = |violation_type: &str, error: &SealError| {
             AuditEvent::from_json(
                 "PolicyViolationBlocked",
@@ -357,6 +368,7 @@ impl InvocationService {
             )
         })?;
 
+        stage.done();
         tracing::debug!(target: TARGET, execution_id, tool = %tool_name, tenant = %tenant, "tool call authorized");
         let authorized = AuditEvent::from_json(
             "ToolCallAuthorized",

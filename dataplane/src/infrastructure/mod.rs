@@ -7,3 +7,4 @@ pub mod http_client;
 pub mod metrics;
 pub mod persistence;
 pub mod reload;
+pub mod telemetry;

@@ -12,12 +12,52 @@ use crate::application::workflow::{CompiledWorkflow, ExecutionContext};
 use crate::gateway::GatewayState;
 use crate::infrastructure::http_client::{TraceContext, with_trace_context};
 use crate::infrastructure::metrics::ToolPath;
-use crate::infrastructure::persistence::AuditEvent;
+use crate::infrastructure::persistence::{AuditEvent, PersistenceError};
+use crate::infrastructure::telemetry;
 use crate::presentation::http::{Body, error, json_response, seal_error, unavailable};
+use tracing::Instrument;
 
 const HANDLER: &str = "invoke_seal";
 
-pub async fn invoke(state: &GatewayState, headers: &HeaderMap, body: Bytes) -> Response<Body> {
+/// `route` is the path template (`/v1/invoke` or `/v1/seal/invoke`), for the span's name.
+pub async fn invoke(
+    state: &GatewayState,
+    route: &'static str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    // The SERVER span of the call (exported only when traces are on; docs/observability.md).
+    // Its parent is the caller's `traceparent`; the pipeline's stages are its children.
+    let span = tracing::info_span!(
+        target: telemetry::TARGET,
+        "seal.invoke",
+        otel.name = if route == "/v1/seal/invoke" { "POST /v1/seal/invoke" } else { "POST /v1/invoke" },
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = route,
+    );
+    telemetry::set_remote_parent(&span, headers);
+    let response = handle(state, headers, body, &span)
+        .instrument(span.clone())
+        .await;
+    let status = response.status();
+    telemetry::attribute(
+        &span,
+        "http.response.status_code",
+        i64::from(status.as_u16()),
+    );
+    if !status.is_success() {
+        telemetry::fail(&span, status.to_string());
+    }
+    response
+}
+
+async fn handle(
+    state: &GatewayState,
+    headers: &HeaderMap,
+    body: Bytes,
+    span: &tracing::Span,
+) -> Response<Body> {
     // For HumanDelegated credentials (B-17); never logged, never forwarded.
     let user_token = headers
         .get(USER_TOKEN_HEADER)
@@ -27,20 +67,53 @@ pub async fn invoke(state: &GatewayState, headers: &HeaderMap, body: Bytes) -> R
     let served = state.served.load_full();
     match state.invocation.authorize(&body, &served).await {
         Ok(call) => {
+            // Checked here so that the values are not cloned when traces are off.
+            if !span.is_disabled() {
+                telemetry::attribute(span, "seal.tool_name", call.tool_name.clone());
+                telemetry::attribute(span, "seal.execution_id", call.execution_id.clone());
+                telemetry::attribute(span, "seal.tenant_id", call.tenant_id.clone());
+                telemetry::attribute(span, "seal.outcome", "authorized");
+            }
             // The caller's W3C trace context follows the call to every upstream.
             let trace = TraceContext::from_headers(headers);
-            with_trace_context(trace, dispatch(state, user_token, call)).await
+            let stage = tracing::info_span!(target: telemetry::TARGET, "seal.dispatch");
+            with_trace_context(trace, dispatch(state, user_token, call))
+                .instrument(stage)
+                .await
         }
         Err(Refusal::Seal { error, event }) => {
+            telemetry::attribute(span, "seal.outcome", "refused");
+            telemetry::attribute(span, "seal.error_code", i64::from(error.code));
+            telemetry::fail(span, error.message.clone());
             if let Some(event) = event
-                && let Err(e) = state.audit.write(vec![event]).await
+                && let Err(e) = audit_commit(state, vec![event]).await
             {
                 return unavailable(HANDLER, &e);
             }
             seal_error(&error)
         }
-        Err(Refusal::Unavailable(e)) => unavailable(HANDLER, &e),
+        Err(Refusal::Unavailable(e)) => {
+            telemetry::attribute(span, "seal.outcome", "unavailable");
+            unavailable(HANDLER, &e)
+        }
     }
+}
+
+/// Waits for the group commit of the call's events, in a span of its own.
+async fn audit_commit(
+    state: &GatewayState,
+    events: Vec<AuditEvent>,
+) -> Result<(), PersistenceError> {
+    let span = tracing::info_span!(
+        target: telemetry::TARGET,
+        "seal.audit_commit",
+        seal.audit_events = events.len(),
+    );
+    let result = state.audit.write(events).instrument(span.clone()).await;
+    if result.is_err() {
+        telemetry::fail(&span, "audit commit failed");
+    }
+    result
 }
 
 async fn dispatch(
@@ -70,7 +143,7 @@ async fn dispatch(
         }
     };
     // The call's events are durable before the caller hears about it.
-    let response = match state.audit.write(events).await {
+    let response = match audit_commit(state, events).await {
         Ok(()) => response,
         Err(e) => unavailable(HANDLER, &e),
     };
@@ -114,6 +187,11 @@ async fn run_workflow(
         .as_ref()
         .map(|c| c.headers.as_slice())
         .unwrap_or(&[]);
+    let span = tracing::info_span!(
+        target: telemetry::TARGET,
+        "workflow.execute",
+        seal.workflow = workflow.entry().tool_name.as_str(),
+    );
     let outcome = state
         .workflows
         .execute(
@@ -125,7 +203,12 @@ async fn run_workflow(
                 max_response_bytes: call.grant.max_response_size,
             },
         )
+        .instrument(span.clone())
         .await;
+    if let Err(e) = &outcome.result {
+        telemetry::fail(&span, format!("workflow failed with {}", e.status));
+    }
+    drop(span);
     let mut workflow_events = outcome.events;
     let response = match outcome.result {
         Ok(mut result) => {

@@ -87,7 +87,7 @@ async fn route(state: &GatewayState, req: Request<Incoming>) -> Response<Body> {
         (Method::POST, ["v1", "invoke"] | ["v1", "seal", "invoke"]) => {
             let (parts, body) = req.into_parts();
             match read_body(body, state.max_body_bytes).await {
-                Ok(body) => invoke::invoke(state, &parts.headers, body).await,
+                Ok(body) => invoke::invoke(state, path_template(&path), &parts.headers, body).await,
                 Err(response) => response,
             }
         }

@@ -27,6 +27,8 @@ use crate::infrastructure::container::{
 use crate::infrastructure::http_client::HttpClient;
 use crate::infrastructure::metrics::{ContainerRun, Metrics};
 use crate::infrastructure::persistence::AuditEvent;
+use crate::infrastructure::telemetry;
+use tracing::Instrument;
 
 /// Most bytes kept of each of stdout and stderr (DESIGN §7).
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
@@ -319,6 +321,7 @@ impl CliEngine {
         } else if tool.require_semantic_judge {
             tracing::trace!(execution_id = call.execution_id, tool = %tool.tool_name, subcommand = %sub, "asking the semantic judge");
             let started = Instant::now();
+            let span = tracing::info_span!(target: telemetry::TARGET, "cli.semantic_judge");
             let verdict = self
                 .judge
                 .judge(&JudgeRequest {
@@ -330,7 +333,13 @@ impl CliEngine {
                     security_context: call.security_context,
                     tenant_id: call.tenant_id,
                 })
+                .instrument(span.clone())
                 .await;
+            let allowed = matches!(verdict, Verdict::Allowed);
+            telemetry::attribute(&span, "seal.judge.allowed", allowed);
+            if !allowed {
+                telemetry::fail(&span, "rejected by the semantic judge");
+            }
             tracing::trace!(execution_id = call.execution_id, tool = %tool.tool_name, verdict = ?verdict, duration_ms = millis(started.elapsed()), "semantic judge verdict");
             match verdict {
                 Verdict::Allowed => None,
@@ -441,14 +450,31 @@ impl CliEngine {
 
         // Its own task: a caller that goes away must not leave a container or a volume behind.
         let name = spec.name.clone();
+        let span = tracing::info_span!(
+            target: telemetry::TARGET,
+            "cli.container_run",
+            seal.tool_name = tool.tool_name.as_str(),
+            container.image.name = tool.docker_image.as_str(),
+        );
         let task = tokio::spawn(run_container(cli, spec, auth));
-        let outcome = match task.await {
+        let outcome = match task.instrument(span.clone()).await {
             Ok(outcome) => outcome,
             Err(e) => Err(RunError::Io {
                 program: "container task".into(),
                 error: e.to_string(),
             }),
         };
+        match &outcome {
+            Ok(output) => {
+                telemetry::attribute(&span, "process.exit.code", i64::from(output.exit_code));
+                if output.exit_code != 0 {
+                    telemetry::fail(&span, "nonzero exit");
+                }
+            }
+            Err(RunError::TimedOut { .. }) => telemetry::fail(&span, "timed out"),
+            Err(_) => telemetry::fail(&span, "container run failed"),
+        }
+        drop(span);
         match outcome {
             Ok(output) => {
                 let result = self.completed(call, &name, output, secrets, events);

@@ -42,6 +42,8 @@ use serde_json::{Map, Value, json};
 use crate::infrastructure::http_client::HttpClient;
 use crate::infrastructure::metrics::Metrics;
 use crate::infrastructure::persistence::{AuditEvent, Database, PersistenceError};
+use crate::infrastructure::telemetry;
+use tracing::Instrument;
 
 use keycloak::{Keycloak, UserTokenVerifier};
 use openbao::OpenBao;
@@ -482,7 +484,18 @@ impl CredentialResolver {
             "credential resolution started"
         );
         let mut events = Vec::new();
-        let obtained = self.obtain(&req, tenant, user_token, purpose).await;
+        // Exported when traces are on; OpenBao's and Keycloak's requests are its children. No
+        // attribute carries a token, a secret or a reason (reasons may quote upstream bodies).
+        let span = tracing::info_span!(
+            target: telemetry::TARGET,
+            "credential.exchange",
+            seal.resolution_path = label,
+            seal.execution_id = req.execution_id,
+        );
+        let obtained = self
+            .obtain(&req, tenant, user_token, purpose)
+            .instrument(span.clone())
+            .await;
         let issued = match obtained {
             Ok(obtained) => {
                 let lease_id = obtained.lease_id.clone();
@@ -495,6 +508,18 @@ impl CredentialResolver {
             }
             Err(failure) => Err(failure),
         };
+        if let Err(failure) = &issued {
+            telemetry::attribute(
+                &span,
+                "http.response.status_code",
+                i64::from(failure.status.as_u16()),
+            );
+            telemetry::fail(
+                &span,
+                format!("credential resolution failed with {}", failure.status),
+            );
+        }
+        drop(span);
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         if let Some(metrics) = &self.metrics {
             let status = issued.as_ref().err().map(|f| f.status);

@@ -19,6 +19,8 @@ use crate::infrastructure::http_client::{
     HttpClient, HttpClientError, OutboundRequest, OutboundResponse, redacted_url,
 };
 use crate::infrastructure::persistence::AuditEvent;
+use crate::infrastructure::telemetry;
+use tracing::Instrument;
 
 /// Most bytes of an upstream error body quoted in a failure reason.
 pub const BODY_EXCERPT_BYTES: usize = 512;
@@ -301,7 +303,16 @@ impl WorkflowEngine {
         let method = request.method.clone();
         let shown = redacted_url(&request.url);
         let started = Instant::now();
-        let response = self.http.send(request).await.map_err(|e| {
+        // Exported when traces are on: the step's attempt, parent of the request's CLIENT span.
+        let span = tracing::info_span!(
+            target: telemetry::TARGET,
+            "workflow.step",
+            seal.step = step.name.as_str(),
+            seal.attempt = attempt,
+            url.template = step.operation.path.as_str(),
+        );
+        let sent = self.http.send(request).instrument(span);
+        let response = sent.await.map_err(|e| {
             // An oversize body still came with a status, which tells a 4xx from a 5xx.
             if let HttpClientError::TooLarge { status, .. } = &e {
                 log.step_executed(&step.name, *status, started.elapsed(), attempt);

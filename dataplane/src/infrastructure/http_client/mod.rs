@@ -16,6 +16,8 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::{Url, redirect};
 
 use crate::infrastructure::metrics::Metrics;
+use crate::infrastructure::telemetry;
+use tracing::Instrument;
 
 mod trace_context;
 
@@ -263,7 +265,35 @@ impl HttpClient {
         let method = req.method.clone();
         let shown = redacted_url(&req.url);
         let upstream = upstream_label(&req.url);
-        let result = self.send_inner(req, &shown).await;
+        // The CLIENT span of this request; its context is the `traceparent` sent (trace_context.rs).
+        let span = tracing::info_span!(
+            target: telemetry::TARGET,
+            "http.client",
+            otel.name = method.as_str(),
+            otel.kind = "client",
+            http.request.method = method.as_str(),
+            server.address = req.url.host_str().unwrap_or_default(),
+            server.port = req.url.port_or_known_default().unwrap_or_default(),
+            url.full = shown.as_str(),
+        );
+        let result = self.send_inner(req, &shown).instrument(span.clone()).await;
+        match &result {
+            Ok(resp) => {
+                telemetry::attribute(
+                    &span,
+                    "http.response.status_code",
+                    i64::from(resp.status.as_u16()),
+                );
+                if !resp.status.is_success() {
+                    telemetry::fail(&span, resp.status.to_string());
+                }
+            }
+            Err(e) => {
+                telemetry::attribute(&span, "error.type", e.class());
+                telemetry::fail(&span, e.class());
+            }
+        }
+        drop(span);
         if let Some(metrics) = &self.metrics {
             let outcome = match &result {
                 Ok(resp) => status_class(resp.status),

@@ -1,8 +1,11 @@
 //! W3C Trace Context propagation: the `traceparent` (and `tracestate`) a caller sent with an
 //! invocation travels, unchanged, on every outbound request made while serving it (workflow steps,
 //! OpenBao, Keycloak, the semantic judge), so a tracing backend can join the upstreams' spans to the
-//! caller's trace. The gateway records no spans of its own, so it forwards the context as the
-//! specification allows a non-participating intermediary to.
+//! caller's trace. With traces off the gateway records no spans of its own, so it forwards the
+//! context as the specification allows a non-participating intermediary to. With traces exported
+//! (infrastructure/telemetry.rs) it participates instead: the caller's context is the parent of the
+//! invocation's span, and each outbound request carries its own CLIENT span's context, in the same
+//! trace, with the caller's `tracestate`.
 //!
 //! The context is a task-local set around the invocation's dispatch, not a parameter threaded
 //! through every layer: the outbound client is shared, and whatever it sends on the invocation's
@@ -11,6 +14,8 @@
 use std::future::Future;
 
 use http::{HeaderMap, HeaderValue};
+
+use crate::infrastructure::telemetry;
 
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
@@ -73,12 +78,14 @@ pub async fn with_trace_context<F: Future>(context: Option<TraceContext>, work: 
     }
 }
 
-/// Adds the current task's context to `headers`, unless they carry one already.
+/// Adds a trace context to `headers`, unless they carry one already: the gateway's own current
+/// span (the request's CLIENT span) when traces are exported, else the caller's context of the
+/// current task, forwarded unchanged.
 pub(super) fn forward(headers: &mut HeaderMap) {
+    if headers.contains_key(TRACEPARENT) || telemetry::inject_current(headers) {
+        return;
+    }
     let _ = CURRENT.try_with(|context| {
-        if headers.contains_key(TRACEPARENT) {
-            return;
-        }
         headers.insert(TRACEPARENT, context.traceparent.clone());
         if let Some(state) = &context.tracestate {
             headers.insert(TRACESTATE, state.clone());
