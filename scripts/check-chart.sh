@@ -71,6 +71,9 @@ for values in default ha cli-tools; do
   "$HELM" template "$RELEASE" "$CHART" -n "$NAMESPACE" --include-crds -f "$CHART/ci/$values-values.yaml" \
     > "$OUT/rendered/$values.yaml"
 done
+# Tracing turned on from the command line: --set passes the decimal ratio as a string.
+"$HELM" template "$RELEASE" "$CHART" -n "$NAMESPACE" --set gateway.tracing.endpoint=http://otel-collector:4318 \
+  --set gateway.tracing.sampler_ratio=0.05 > "$OUT/rendered/tracing-set.yaml"
 
 log "kubernetes-validate --strict -k 1.33.0 on the rendered manifests"
 # One INFO line per passing object is noise here; WARN (custom kinds) and ERROR lines stay.
@@ -99,6 +102,9 @@ refused "retention_days" --set gateway.settings.audit.retention_days=0
 refused "semanticJudgeUrl" --set cliTools.enabled=true --set cliTools.semanticJudgeUrl=judge.local
 refused "networkPolicy.kubernetesApi" --set networkPolicy.enabled=true
 refused "cidrs" --set networkPolicy.enabled=true --set 'networkPolicy.upstreams.cidrs[0]=everywhere'
+refused "gateway/tracing/endpoint" --set gateway.tracing.endpoint=otel-collector:4318
+refused "gateway.tracing.endpoint is required" --set gateway.tracing.service_name=seal
+refused "gateway/tracing/sampler_ratio" --set gateway.tracing.endpoint=http://c:4318 --set gateway.tracing.sampler_ratio=1.5
 
 log "rendered objects: security contexts, RBAC, the operator Deployment, HA settings"
 "$PYTHON" - "$OUT/rendered" "$CHART" <<'PY'
@@ -196,6 +202,7 @@ for values in ["default", "ha", "cli-tools"]:
               "default: 2 operator replicas of the appVersion image")
         check(gw["spec"]["replicas"] == 1 and gw["spec"]["database"] == {"url": "sqlite://gateway.db"}, "default: SQLite, 1 replica")
         check("cli" not in gw["spec"] and "cli_containers" not in gw["spec"], "default: no CLI settings, restricted data plane")
+        check("tracing" not in gw["spec"], "default: tracing off (no tracing section)")
         check(gw["spec"]["auth"] == {"disabled": True}, "default: quickstart without a JWKS turns operator-endpoint auth off")
         check(not [o for o in objects if o["kind"] in ("NetworkPolicy", "ServiceMonitor")], "default: no NetworkPolicy or ServiceMonitor")
     if values == "ha":
@@ -216,23 +223,37 @@ for values in ["default", "ha", "cli-tools"]:
         check(all(rule.get("to") for rule in egress), "ha: no egress rule without peers (that would allow everything)")
         check(any({"port": 53, "protocol": "UDP"} in rule.get("ports", []) for rule in egress), "ha: DNS allowed")
         check(len([o for o in objects if o["kind"] == "ServiceMonitor"]) == 2, "ha: operator and data-plane ServiceMonitors")
+        check(gw["spec"].get("tracing") == {"endpoint": "http://otel-collector.observability.svc:4318", "service_name": "seal-gateway-prod",
+                                            "sampler_ratio": 0.2, "headers": {"secret_key_ref": {"name": "seal-gateway-otel", "key": "headers"}}},
+              "ha: the tracing section passes through, its headers from a Secret")
+        check(any({"port": 4318, "protocol": "TCP"} in rule.get("ports", []) and rule.get("to") for rule in egress),
+              "ha: the OpenTelemetry collector is allowed")
     if values == "cli-tools":
         check(gw["spec"].get("cli") == {"container_cli": "podman", "semantic_judge_url": "http://semantic-judge.aegis.svc:8080/judge"},
               "cli-tools: cli.container_cli and cli.semantic_judge_url set")
         check(gw["spec"].get("cli_containers") == {"enabled": True},
               "cli-tools: the data plane may run containers (cli_containers.enabled)")
 
+set_gw = next(o for o in docs("tracing-set") if o["kind"] == "SealGateway")
+check(set_gw["spec"].get("tracing") == {"endpoint": "http://otel-collector:4318", "sampler_ratio": 0.05},
+      f"--set gateway.tracing.*: {set_gw['spec'].get('tracing')}")
+
 # gateway.settings in values.schema.json follows the CRD: the same sections, the same keys.
 schema = json.load(open(f"{chart}/values.schema.json"))
 settings = schema["properties"]["gateway"]["properties"]["settings"]["properties"]
 crd = yaml.safe_load(open(f"{chart}/crds/sealgateways.seal.100monkeys.ai.yaml"))
 spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-crd_sections = {k: v for k, v in spec.items() if k not in ("replicas", "image", "resources", "resource_selector", "cli_containers", "database")}
+crd_sections = {k: v for k, v in spec.items() if k not in ("replicas", "image", "resources", "resource_selector", "cli_containers", "tracing", "database")}
 check(set(settings) == set(crd_sections),
       f"values.schema.json gateway.settings sections {sorted(settings)} differ from the CRD's {sorted(crd_sections)}")
 for section in set(settings) & set(crd_sections):
     ours, theirs = set(settings[section].get("properties", {})), set(crd_sections[section].get("properties", {}))
     check(ours == theirs, f"values.schema.json gateway.settings.{section} keys differ from the CRD's: only ours {sorted(ours - theirs)}, only the CRD's {sorted(theirs - ours)}")
+
+# gateway.tracing is the CRD's tracing section, key for key.
+ours = set(schema["properties"]["gateway"]["properties"]["tracing"]["properties"])
+theirs = set(spec["tracing"]["properties"])
+check(ours == theirs, f"values.schema.json gateway.tracing keys differ from the CRD's: only ours {sorted(ours - theirs)}, only the CRD's {sorted(theirs - ours)}")
 
 for p in problems:
     print(f"[check-chart] {p}", file=sys.stderr)
@@ -272,14 +293,25 @@ grep -q "cannot configure the Kubernetes client" "$OUT/operator.err" && [ "$rc" 
 
 log "the data plane accepts the config each rendered SealGateway becomes"
 cargo build -q --locked -p aegis-seal-gateway --bin aegis-seal-gateway
-for values in default ha cli-tools; do
+for values in default ha cli-tools tracing-set; do
   # As the operator does (operator/src/desired/config.rs): the settings become a SealGatewayConfig
   # file, each secret_key_ref an `env:` reference filled from the Secret (here, a sample value).
+  # The tracing section becomes the pod's OTEL_* env instead (operator/src/desired/workload.rs),
+  # which the data plane validates at start and reports on one line.
   mapfile -t secret_env < <("$PYTHON" - "$OUT/rendered/$values.yaml" "$OUT/gateway-$values.yaml" <<'PY'
 import sys, yaml
 gw = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "SealGateway")
-spec = {k: v for k, v in gw["spec"].items() if k not in ("replicas", "image", "resources", "resource_selector", "cli_containers")}
+spec = {k: v for k, v in gw["spec"].items() if k not in ("replicas", "image", "resources", "resource_selector", "cli_containers", "tracing")}
 env = []
+tracing = gw["spec"].get("tracing")
+if tracing:
+    env.append(f"OTEL_EXPORTER_OTLP_ENDPOINT={tracing['endpoint']}")
+    if "service_name" in tracing:
+        env.append(f"OTEL_SERVICE_NAME={tracing['service_name']}")
+    if "sampler_ratio" in tracing:
+        env += ["OTEL_TRACES_SAMPLER=parentbased_traceidratio", f"OTEL_TRACES_SAMPLER_ARG={tracing['sampler_ratio']}"]
+    if "headers" in tracing:
+        env.append("OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20sample-secret")
 def replace(value, path):
     if isinstance(value, dict):
         if list(value) == ["secret_key_ref"]:
@@ -299,7 +331,12 @@ PY
   mkdir -p "$OUT/empty-manifests"
   env "${secret_env[@]}" target/debug/aegis-seal-gateway check --no-watch \
     --config "$OUT/gateway-$values.yaml" --manifests "$OUT/empty-manifests" >"$OUT/gateway-check-$values.log" 2>&1 \
-    || { cat "$OUT/gateway-check-$values.log" >&2; fail "the data plane refuses the SealGateway rendered with ci/$values-values.yaml"; }
+    || { cat "$OUT/gateway-check-$values.log" >&2; fail "the data plane refuses the SealGateway rendered with $values values"; }
+  tracing_line=$(grep -c "exporting OpenTelemetry traces over OTLP/HTTP" "$OUT/gateway-check-$values.log" || true)
+  case "$values" in
+    ha|tracing-set) [ "$tracing_line" = 1 ] || { cat "$OUT/gateway-check-$values.log" >&2; fail "$values: the data plane does not export traces"; } ;;
+    *) [ "$tracing_line" = 0 ] || fail "$values: the data plane exports traces, though no tracing section was rendered" ;;
+  esac
 done
 
 log "chart checks passed"

@@ -89,6 +89,15 @@ impl JsonSchema for SecretValue {
     }
 }
 
+/// A setting that only a Secret may hold: `{secret_key_ref: {name, key}}`, the same shape as a
+/// [`SecretValue`] taken from a Secret, with no literal form, so the value never sits in the
+/// resource. The operator passes it to the data-plane container as `valueFrom.secretKeyRef`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FromSecret {
+    pub secret_key_ref: SecretKeyRef,
+}
+
 /// A reference to one key of a ConfigMap in the resource's namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]

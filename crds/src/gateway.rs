@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::SecretValue;
+use crate::common::{FromSecret, SecretValue};
 
 /// A data plane: its settings (the `spec` of `SealGatewayConfig`), its size, and which resources it serves.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -38,6 +38,9 @@ pub struct SealGatewaySpec {
     /// Whether the data-plane pod may run CLI tools' containers itself.
     #[serde(default)]
     pub cli_containers: CliContainers,
+    /// OpenTelemetry traces of the data plane; absent, tracing is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSettings>,
     #[serde(flatten)]
     pub settings: GatewaySettings,
 }
@@ -52,6 +55,33 @@ pub struct CliContainers {
     /// Run the data-plane container privileged, as root, with writable podman storage.
     #[serde(default)]
     pub enabled: bool,
+}
+
+/// OpenTelemetry traces exported over OTLP/HTTP (docs/observability.md, "Traces"). The data plane
+/// reads these from the standard `OTEL_*` environment at start, so they are not part of the
+/// hot-reloaded settings: the operator sets them on the data-plane container, and a change rolls
+/// the pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct TracingSettings {
+    /// Base URL of the collector's OTLP/HTTP receiver, e.g.
+    /// `http://otel-collector.observability.svc:4318`; spans are POSTed to `<endpoint>/v1/traces`
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`). gRPC (port 4317) is not supported.
+    #[schemars(pattern(r"^https?://[^\s/?#]+"))]
+    pub endpoint: String,
+    /// `service.name` of the exported spans (`OTEL_SERVICE_NAME`); `aegis-seal-gateway` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub service_name: Option<String>,
+    /// Share of root traces sampled, 0.0 to 1.0; a caller's sampled flag is always honoured
+    /// (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`). Unset: every trace is sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sampler_ratio: Option<f64>,
+    /// Headers sent with every export, typically the collector's credentials: a Secret key whose
+    /// value is `key=value,...` with URL-encoded values (`OTEL_EXPORTER_OTLP_HEADERS`), e.g.
+    /// `authorization=Bearer%20<token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<FromSecret>,
 }
 
 /// Which Workflow, CliTool and SecurityContext resources a gateway serves.

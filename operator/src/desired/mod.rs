@@ -138,6 +138,7 @@ pub fn desired_objects_with_limits(
         });
     }
     let ports = workload::ContainerPorts::from_settings(&spec.settings)?;
+    let tracing_env = workload::tracing_env(spec.tracing.as_ref())?;
 
     let config = config_file(&ctx.name, &spec.settings).map_err(DesiredError::Encode)?;
     let restart_hash = restart_hash(&spec.settings, &ctx.image, &config.secret_env);
@@ -160,9 +161,9 @@ pub fn desired_objects_with_limits(
             replicas,
             &ports,
             &config.secret_env,
+            tracing_env,
             &restart_hash,
-            spec.resources.clone(),
-            &spec.cli_containers,
+            spec,
         ),
         pod_disruption_budget: workload::pod_disruption_budget(&ctx),
         restart_hash,

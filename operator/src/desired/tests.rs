@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use aegis_seal_crds::gateway::GatewaySettings;
 use aegis_seal_crds::manifest::strict;
 use aegis_seal_crds::{Compiled, Resources, compile};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, EnvVarSource, SecretKeySelector};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
@@ -262,6 +262,145 @@ fn cli_containers_make_the_data_plane_container_privileged_with_podman_storage()
         let v = volumes.iter().find(|v| &v.name == name).unwrap();
         assert!(v.empty_dir.is_some(), "{name}");
     }
+}
+
+fn container_env(d: &Desired) -> Vec<EnvVar> {
+    d.deployment.spec.template.spec.as_ref().unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap()
+}
+
+fn value_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// What every data-plane container gets, tracing or not.
+fn base_env() -> Vec<EnvVar> {
+    vec![
+        value_env("SEAL_GATEWAY_CONFIGMAP", "tools/edge-config"),
+        value_env("METRICS_BIND", "0.0.0.0"),
+        value_env("METRICS_PORT", "9092"),
+    ]
+}
+
+#[test]
+fn tracing_sets_the_standard_otel_env_with_headers_from_a_secret() {
+    let without = desired(json!({}));
+    let with = desired(json!({"tracing": {
+        "endpoint": "http://otel-collector.observability.svc:4318",
+        "service_name": "seal-edge",
+        "sampler_ratio": 0.25,
+        "headers": {"secret_key_ref": {"name": "otel-auth", "key": "headers"}}
+    }}));
+
+    let mut expected = base_env();
+    expected.extend([
+        value_env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://otel-collector.observability.svc:4318",
+        ),
+        value_env("OTEL_SERVICE_NAME", "seal-edge"),
+        value_env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        value_env("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        EnvVar {
+            name: "OTEL_EXPORTER_OTLP_HEADERS".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: "otel-auth".into(),
+                    key: "headers".into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]);
+    let env = container_env(&with);
+    assert_eq!(env, expected);
+    // As the API server receives it: a reference the kubelet resolves, no value of the Secret's.
+    assert_eq!(
+        serde_json::to_value(&env[7]).unwrap(),
+        json!({"name": "OTEL_EXPORTER_OTLP_HEADERS",
+               "valueFrom": {"secretKeyRef": {"name": "otel-auth", "key": "headers", "optional": false}}})
+    );
+
+    // The env is all tracing changes: the data plane reads it at start, so it is neither in the
+    // hot-reloaded config file nor anywhere else in the pod.
+    assert_eq!(with.config_map, without.config_map);
+    assert_eq!(with.restart_hash, without.restart_hash);
+    let mut stripped = with.deployment.clone();
+    stripped.spec.template.spec.as_mut().unwrap().containers[0].env = Some(base_env());
+    assert_eq!(stripped, without.deployment);
+
+    // Only the endpoint: the data plane's defaults (service name, parent-based always-on) apply.
+    let endpoint_only = desired(json!({"tracing": {"endpoint": " https://otlp.example.com/ "}}));
+    let mut expected = base_env();
+    expected.push(value_env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "https://otlp.example.com/",
+    ));
+    assert_eq!(container_env(&endpoint_only), expected);
+    for (ratio, arg) in [(0.0, "0"), (1.0, "1"), (0.001, "0.001")] {
+        let d = desired(json!({"tracing": {"endpoint": "http://c:4318", "sampler_ratio": ratio}}));
+        let env = container_env(&d);
+        assert_eq!(env[5], value_env("OTEL_TRACES_SAMPLER_ARG", arg), "{ratio}");
+    }
+}
+
+#[test]
+fn a_gateway_without_tracing_renders_no_otel_env() {
+    for spec in [
+        json!({}),
+        json!({"cli_containers": {"enabled": true}}),
+        json!({"replicas": 2, "database": {"url": {"secret_key_ref": {"name": "db", "key": "url"}}}}),
+    ] {
+        let env = container_env(&desired(spec.clone()));
+        let otel: Vec<_> = env.iter().filter(|e| e.name.starts_with("OTEL_")).collect();
+        assert!(otel.is_empty(), "{spec}: {otel:?}");
+    }
+    assert_eq!(container_env(&desired(json!({}))), base_env());
+}
+
+#[test]
+fn unusable_tracing_settings_are_refused_with_a_reason() {
+    let c = compiled(0);
+    let err = |tracing: Value| {
+        desired_objects(&fixtures::gateway(json!({"tracing": tracing})), &c, IMAGE).unwrap_err()
+    };
+    for endpoint in [
+        "otel-collector:4318",
+        "grpc://otel-collector:4317",
+        "",
+        "http://",
+        "http://otel collector:4318",
+    ] {
+        let e = err(json!({"endpoint": endpoint}));
+        assert_eq!(e.reason(), "InvalidSettings");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "spec.tracing.endpoint: \"{endpoint}\" is not an http or https URL (e.g. http://otel-collector:4318)"
+            )
+        );
+    }
+    for ratio in [1.5, -0.1] {
+        assert_eq!(
+            err(json!({"endpoint": "http://c:4318", "sampler_ratio": ratio})).to_string(),
+            format!("spec.tracing.sampler_ratio: {ratio} is not between 0.0 and 1.0")
+        );
+    }
+    // Headers come from a Secret only: a literal would put the collector's credentials in the
+    // resource (and so in the Deployment).
+    let literal =
+        serde_json::from_value::<SealGateway>(fixtures::gateway_json(json!({"tracing": {
+            "endpoint": "http://c:4318", "headers": "authorization=Bearer%20t"
+        }})));
+    assert!(literal.is_err());
 }
 
 #[test]

@@ -3,13 +3,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use aegis_seal_crds::gateway::{CliContainers, GatewaySettings};
+use aegis_seal_crds::SecretKeyRef;
+use aegis_seal_crds::gateway::{GatewaySettings, SealGatewaySpec, TracingSettings};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -49,6 +50,72 @@ impl ContainerPorts {
                 &settings.network.grpc_bind_addr,
             )?,
         })
+    }
+}
+
+/// The standard OpenTelemetry variables the data plane reads at start (docs/observability.md,
+/// "Traces"), for a SealGateway's `tracing` section; none without one, so a gateway that never
+/// asked for traces keeps exactly the Deployment it had. Refuses what would stop the data plane
+/// at start, so the mistake shows on the SealGateway instead of as a crash-looping pod.
+pub(super) fn tracing_env(tracing: Option<&TracingSettings>) -> Result<Vec<EnvVar>, DesiredError> {
+    let Some(tracing) = tracing else {
+        return Ok(Vec::new());
+    };
+    let endpoint = tracing.endpoint.trim();
+    let uri = endpoint.parse::<http::Uri>().ok();
+    let http_url = uri.as_ref().is_some_and(|u| {
+        u.scheme_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"))
+            && u.host().is_some_and(|h| !h.is_empty())
+    });
+    if !http_url {
+        return Err(DesiredError::InvalidSetting {
+            field: "spec.tracing.endpoint".into(),
+            message: format!(
+                "\"{endpoint}\" is not an http or https URL (e.g. http://otel-collector:4318)"
+            ),
+        });
+    }
+    let mut vars = vec![env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned())];
+    if let Some(name) = &tracing.service_name {
+        vars.push(env("OTEL_SERVICE_NAME", name.clone()));
+    }
+    if let Some(ratio) = tracing.sampler_ratio {
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(DesiredError::InvalidSetting {
+                field: "spec.tracing.sampler_ratio".into(),
+                message: format!("{ratio} is not between 0.0 and 1.0"),
+            });
+        }
+        // Parent-based: a caller's sampling decision wins, so its traces stay whole.
+        vars.push(env(
+            "OTEL_TRACES_SAMPLER",
+            "parentbased_traceidratio".into(),
+        ));
+        vars.push(env("OTEL_TRACES_SAMPLER_ARG", ratio.to_string()));
+    }
+    if let Some(headers) = &tracing.headers {
+        // The collector's credentials: a reference the kubelet resolves, never the value.
+        vars.push(secret_env_var(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            &headers.secret_key_ref,
+        ));
+    }
+    Ok(vars)
+}
+
+fn secret_env_var(name: &str, secret: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -96,10 +163,11 @@ pub(super) fn deployment(
     replicas: i32,
     ports: &ContainerPorts,
     secret_env: &[SecretEnv],
+    tracing_env: Vec<EnvVar>,
     restart_hash: &str,
-    resources: Option<ResourceRequirements>,
-    cli_containers: &CliContainers,
+    spec: &SealGatewaySpec,
 ) -> Deployment {
+    let cli_containers = &spec.cli_containers;
     let mut env_vars = vec![
         env(
             CONFIGMAP_ENV,
@@ -109,18 +177,9 @@ pub(super) fn deployment(
         env("METRICS_BIND", "0.0.0.0".into()),
         env("METRICS_PORT", METRICS_PORT.to_string()),
     ];
-    env_vars.extend(secret_env.iter().map(|s| EnvVar {
-        name: s.env.clone(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: s.secret.name.clone(),
-                key: s.secret.key.clone(),
-                optional: Some(false),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }));
+    env_vars.extend(secret_env.iter().map(|s| secret_env_var(&s.env, &s.secret)));
+    // In the pod template itself, so a change rolls the pods, as the data plane needs to take it on.
+    env_vars.extend(tracing_env);
 
     let mut container = Container {
         name: CONTAINER_NAME.into(),
@@ -139,7 +198,7 @@ pub(super) fn deployment(
             port("metrics", METRICS_PORT),
         ]),
         env: Some(env_vars),
-        resources,
+        resources: spec.resources.clone(),
         liveness_probe: Some(http_probe("/health", 10, 3)),
         readiness_probe: Some(http_probe("/ready", 5, 2)),
         security_context: Some(if cli_containers.enabled {
