@@ -3,12 +3,12 @@
 //! reordering a row breaks the chain at that row; signed checkpoints (`audit_checkpoint`) pin the
 //! head so that rewriting the whole chain after a row is detected too.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use sqlx::types::Json;
+use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::events::{AuditEvent, sqlite_time};
@@ -44,107 +44,190 @@ impl ChainedRow<'_> {
     /// JSON with keys sorted at every level. Times have microsecond precision, what both backends
     /// store. The tenant is covered too: it decides who may read the row over `GET /v1/events`.
     pub fn hash(&self) -> String {
-        let mut text = String::with_capacity(256);
-        text.push_str("seal-audit-v1\n");
-        let _ = writeln!(text, "{}", self.id);
-        text.push_str(&self.created_at.to_rfc3339_opts(SecondsFormat::Micros, true));
-        text.push('\n');
-        push_json_string(&mut text, self.event_type);
-        text.push('\n');
-        match self.tenant_id {
-            Some(t) => push_json_string(&mut text, t),
-            None => text.push_str("null"),
-        }
-        text.push('\n');
-        text.push_str(self.prev_hash);
-        text.push('\n');
-        canonical_object(self.payload, &mut text);
-        hex(&Sha256::digest(text.as_bytes()))
+        chain_hash(
+            self.id,
+            self.created_at,
+            self.event_type,
+            self.tenant_id,
+            self.prev_hash,
+            &canonical_payload(self.payload),
+        )
     }
 }
 
+/// [`ChainedRow::hash`] of a row whose payload is already in canonical text.
+fn chain_hash(
+    id: i64,
+    created_at: DateTime<Utc>,
+    event_type: &str,
+    tenant_id: Option<&str>,
+    prev_hash: &str,
+    canonical_payload: &str,
+) -> String {
+    let mut text = Vec::with_capacity(160 + canonical_payload.len());
+    text.extend_from_slice(b"seal-audit-v1\n");
+    let _ = writeln!(text, "{id}");
+    let _ = writeln!(
+        text,
+        "{}",
+        created_at.to_rfc3339_opts(SecondsFormat::Micros, true)
+    );
+    push_json_string(&mut text, event_type);
+    text.push(b'\n');
+    match tenant_id {
+        Some(t) => push_json_string(&mut text, t),
+        None => text.extend_from_slice(b"null"),
+    }
+    text.push(b'\n');
+    text.extend_from_slice(prev_hash.as_bytes());
+    text.push(b'\n');
+    text.extend_from_slice(canonical_payload.as_bytes());
+    hex(&Sha256::digest(&text))
+}
+
 pub(super) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(out, "{b:02x}");
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     out
 }
 
-fn push_json_string(out: &mut String, s: &str) {
-    out.push_str(&Value::String(s.to_owned()).to_string());
+/// Compact JSON with object keys sorted at every level, whatever order the map keeps: Postgres
+/// `jsonb` reorders keys, so the hash must not depend on the order the payload was written in.
+/// The writers store this same text, so a row's payload is serialized once.
+pub(super) fn canonical_payload(map: &Map<String, Value>) -> String {
+    let mut out = Vec::with_capacity(256);
+    canonical_object(map, &mut out);
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
-/// Compact JSON with object keys sorted, whatever order the map keeps: Postgres `jsonb` reorders
-/// keys, so the hash must not depend on the order the payload was written in.
-fn canonical_object(map: &Map<String, Value>, out: &mut String) {
-    let mut keys: Vec<&String> = map.keys().collect();
-    keys.sort();
-    out.push('{');
-    for (i, k) in keys.into_iter().enumerate() {
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing JSON into a Vec cannot fail");
+}
+
+fn canonical_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
+    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out.push(b'{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
         push_json_string(out, k);
-        out.push(':');
-        canonical_json(&map[k], out);
+        out.push(b':');
+        canonical_json(v, out);
     }
-    out.push('}');
+    out.push(b'}');
 }
 
-fn canonical_json(value: &Value, out: &mut String) {
+fn canonical_json(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => canonical_object(map, out),
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 canonical_json(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => out.push_str(&other.to_string()),
+        other => serde_json::to_writer(out, other).expect("writing JSON into a Vec cannot fail"),
     }
 }
 
 /// An event with its place in the chain, as inserted.
-struct Linked<'a> {
-    id: i64,
+pub(super) struct Linked<'a> {
+    pub id: i64,
     created_at: DateTime<Utc>,
     event: &'a AuditEvent,
+    /// The payload in canonical text: what is hashed and what is stored.
+    payload: String,
     prev_hash: String,
-    hash: String,
+    pub hash: String,
 }
 
-/// Gives each event the next id, links it to the one before, and hashes it.
-fn link<'a>(events: &'a [AuditEvent], ids: &[i64], mut prev: String) -> Vec<Linked<'a>> {
+/// Gives each event its id, in order, links it to the one before (`prev` is the hash of the row
+/// before the first), and hashes it.
+pub(super) fn link(
+    events: &[AuditEvent],
+    ids: impl IntoIterator<Item = i64>,
+    mut prev: String,
+) -> Vec<Linked<'_>> {
     events
         .iter()
         .zip(ids)
-        .map(|(event, &id)| {
+        .map(|(event, id)| {
             // Stored with microseconds on both backends: hash what will be read back.
             let created_at = event.created_at.trunc_subsecs(6);
-            let hash = ChainedRow {
+            let payload = canonical_payload(&event.payload);
+            let hash = chain_hash(
                 id,
                 created_at,
-                event_type: event.event_type,
-                tenant_id: event.tenant_id.as_deref(),
-                payload: &event.payload,
-                prev_hash: &prev,
-            }
-            .hash();
+                event.event_type,
+                event.tenant_id.as_deref(),
+                &prev,
+                &payload,
+            );
             let prev_hash = std::mem::replace(&mut prev, hash.clone());
             Linked {
                 id,
                 created_at,
                 event,
+                payload,
                 prev_hash,
                 hash,
             }
         })
         .collect()
+}
+
+/// The newest row's hash (genesis for an empty table or a pre-chain row) and the last id handed
+/// out, counting rows since purged (`AUTOINCREMENT` never reuses an id).
+pub(super) const SQLITE_HEAD: &str = "SELECT (SELECT hash FROM gateway_events ORDER BY id DESC LIMIT 1), \
+     MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'gateway_events'), 0), \
+         COALESCE((SELECT MAX(id) FROM gateway_events), 0))";
+
+pub(super) fn sqlite_head(row: &SqliteRow) -> Result<(i64, String), sqlx::Error> {
+    let hash: Option<String> = row.try_get(0)?;
+    Ok((row.try_get(1)?, hash.unwrap_or_else(|| GENESIS_HASH.into())))
+}
+
+/// Appends to `sql` the statements that write a group on SQLite: the jtis first used since the
+/// last commit, then the chained rows. Multi-row inserts: each statement is a hop to the
+/// connection's worker thread, so a group costs a few hops rather than one per row.
+pub(super) fn push_sqlite_inserts<'a>(
+    sql: &mut QueryBuilder<Sqlite>,
+    linked: &'a [Linked<'a>],
+    jtis: &'a [(String, DateTime<Utc>)],
+) {
+    for rows in jtis.chunks(SQLITE_ROWS_PER_INSERT) {
+        sql.push("INSERT INTO seen_jtis (jti, expires_at) ");
+        sql.push_values(rows, |mut row, (jti, expires_at)| {
+            row.push_bind(jti.as_str())
+                .push_bind(sqlite_time(*expires_at));
+        });
+        sql.push(" ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at; ");
+    }
+    for rows in linked.chunks(SQLITE_ROWS_PER_INSERT) {
+        sql.push(
+            "INSERT INTO gateway_events (id, event_type, payload, tenant_id, created_at, prev_hash, hash) ",
+        );
+        sql.push_values(rows, |mut row, l| {
+            row.push_bind(l.id)
+                .push_bind(l.event.event_type)
+                .push_bind(l.payload.as_str())
+                .push_bind(l.event.tenant_id.as_deref())
+                .push_bind(sqlite_time(l.created_at))
+                .push_bind(l.prev_hash.as_str())
+                .push_bind(l.hash.as_str());
+        });
+        sql.push("; ");
+    }
 }
 
 impl Database {
@@ -171,49 +254,15 @@ impl Database {
                 // IMMEDIATE takes the write lock before the head is read: a deferred transaction
                 // that read first could not upgrade once another connection had written.
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                for rows in jtis.chunks(SQLITE_ROWS_PER_INSERT) {
-                    let mut insert =
-                        QueryBuilder::<Sqlite>::new("INSERT INTO seen_jtis (jti, expires_at) ");
-                    insert.push_values(rows, |mut row, (jti, expires_at)| {
-                        row.push_bind(jti.clone())
-                            .push_bind(sqlite_time(*expires_at));
-                    });
-                    insert
-                        .push(" ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at");
-                    insert.build().execute(&mut *tx).await?;
-                }
-                if events.is_empty() {
-                    tx.commit().await?;
-                    return Ok(());
-                }
-                let row = sqlx::query(
-                    "SELECT (SELECT hash FROM gateway_events ORDER BY id DESC LIMIT 1), \
-                     MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'gateway_events'), 0), \
-                         COALESCE((SELECT MAX(id) FROM gateway_events), 0))",
-                )
-                .fetch_one(&mut *tx)
-                .await?;
-                let head: Option<String> = row.try_get(0)?;
-                let last_id: i64 = row.try_get(1)?;
-                let ids: Vec<i64> = (1..=count).map(|n| last_id + n).collect();
-                let linked = link(events, &ids, head.unwrap_or_else(|| GENESIS_HASH.into()));
-                // Multi-row inserts: each statement is a hop to the connection's worker thread,
-                // so a group costs a few hops rather than one per event.
-                for rows in linked.chunks(SQLITE_ROWS_PER_INSERT) {
-                    let mut insert = QueryBuilder::<Sqlite>::new(
-                        "INSERT INTO gateway_events (id, event_type, payload, tenant_id, created_at, prev_hash, hash) ",
-                    );
-                    insert.push_values(rows, |mut row, l| {
-                        row.push_bind(l.id)
-                            .push_bind(l.event.event_type)
-                            .push_bind(Value::Object(l.event.payload.clone()).to_string())
-                            .push_bind(l.event.tenant_id.clone())
-                            .push_bind(sqlite_time(l.created_at))
-                            .push_bind(l.prev_hash.clone())
-                            .push_bind(l.hash.clone());
-                    });
-                    insert.build().execute(&mut *tx).await?;
-                }
+                let (last_id, head) = if events.is_empty() {
+                    (0, String::new())
+                } else {
+                    sqlite_head(&sqlx::query(SQLITE_HEAD).fetch_one(&mut *tx).await?)?
+                };
+                let linked = link(events, last_id + 1.., head);
+                let mut sql = QueryBuilder::new("");
+                push_sqlite_inserts(&mut sql, &linked, jtis);
+                sql.build().execute(&mut *tx).await?;
                 tx.commit().await?;
             }
             Self::Postgres(pool) => {
@@ -240,7 +289,7 @@ impl Database {
                 let head: Option<String> = row.try_get(0)?;
                 let mut ids: Vec<i64> = row.try_get(1)?;
                 ids.sort_unstable();
-                let linked = link(events, &ids, head.unwrap_or_else(|| GENESIS_HASH.into()));
+                let linked = link(events, ids, head.unwrap_or_else(|| GENESIS_HASH.into()));
                 let mut columns = (
                     Vec::with_capacity(linked.len()),
                     Vec::with_capacity(linked.len()),
@@ -253,7 +302,7 @@ impl Database {
                 for l in linked {
                     columns.0.push(l.id);
                     columns.1.push(l.event.event_type);
-                    columns.2.push(Json(Value::Object(l.event.payload.clone())));
+                    columns.2.push(l.payload);
                     columns.3.push(l.event.tenant_id.clone());
                     columns.4.push(l.created_at);
                     columns.5.push(l.prev_hash);
@@ -262,7 +311,9 @@ impl Database {
                 // One statement for the whole group: a group commit costs one insert round trip.
                 sqlx::query(
                     "INSERT INTO gateway_events (id, event_type, payload, tenant_id, created_at, prev_hash, hash) \
-                     SELECT * FROM UNNEST($1::int8[], $2::text[], $3::jsonb[], $4::text[], $5::timestamptz[], $6::text[], $7::text[])",
+                     SELECT id, event_type, payload::jsonb, tenant_id, created_at, prev_hash, hash \
+                     FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[]) \
+                     AS t (id, event_type, payload, tenant_id, created_at, prev_hash, hash)",
                 )
                 .bind(columns.0)
                 .bind(columns.1)

@@ -1,11 +1,11 @@
 //! Group commit for audit events: concurrent invocations share one transaction (one statement on
 //! Postgres), and each caller waits until its events are durable before it answers.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::audit_log_sqlite::{SqliteAuditLog, WAL_CHECKPOINT_INTERVAL, checkpoint_wal};
 use super::events::AuditEvent;
 use super::replay::PendingJtis;
 use super::{Database, PersistenceError};
@@ -62,13 +62,44 @@ impl AuditWriter {
     }
 }
 
+/// Where groups are committed: on SQLite the writer's own connection, on Postgres the pool shared
+/// with the other replicas' writers.
+enum Log {
+    Sqlite(Box<SqliteAuditLog>),
+    Postgres(Database),
+}
+
+impl Log {
+    async fn append(
+        &mut self,
+        events: &[AuditEvent],
+        jtis: &[(String, chrono::DateTime<chrono::Utc>)],
+    ) -> Result<(), PersistenceError> {
+        match self {
+            Self::Sqlite(log) => log.append(events, jtis).await,
+            Self::Postgres(db) => db.append_events_and_jtis(events, jtis).await,
+        }
+    }
+}
+
 async fn commit_groups(
     db: Database,
     mut pending: mpsc::Receiver<Pending>,
     metrics: Metrics,
     jtis: PendingJtis,
 ) {
-    let db = Arc::new(db);
+    let mut log = match &db {
+        Database::Sqlite(pool) => {
+            let log = SqliteAuditLog::new(pool);
+            tokio::spawn(checkpoint_wal(
+                pool.clone(),
+                log.commits(),
+                WAL_CHECKPOINT_INTERVAL,
+            ));
+            Log::Sqlite(Box::new(log))
+        }
+        Database::Postgres(_) => Log::Postgres(db),
+    };
     let mut group: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
     loop {
         let first = if jtis.is_empty() {
@@ -79,7 +110,7 @@ async fn commit_groups(
                 // Idle with first uses pending (calls refused without an event): commit them alone.
                 Err(_) => {
                     let rows = jtis.take();
-                    if let Err(e) = db.append_events_and_jtis(&[], &rows).await {
+                    if let Err(e) = log.append(&[], &rows).await {
                         tracing::error!(
                             target: "aegis_seal_gateway::infrastructure::persistence",
                             error = %e,
@@ -94,6 +125,9 @@ async fn commit_groups(
         };
         let Some(first) = first else { break };
         group.push(first);
+        // One scheduler pass before taking the group: invocations that are ready to run reach
+        // their commit too and join this group instead of each waiting for a commit of its own.
+        tokio::task::yield_now().await;
         while group.len() < MAX_GROUP {
             match pending.try_recv() {
                 Ok(next) => group.push(next),
@@ -107,7 +141,7 @@ async fn commit_groups(
         // Taken after the group: every jti first used by these callers is pending by now.
         let rows = jtis.take();
         let started = Instant::now();
-        let result = db.append_events_and_jtis(&events, &rows).await;
+        let result = log.append(&events, &rows).await;
         metrics.audit_commit(result.is_ok(), events.len(), started.elapsed());
         if let Err(e) = &result {
             tracing::error!(
@@ -124,5 +158,8 @@ async fn commit_groups(
                 Err(e) => Err(e.for_each_caller()),
             });
         }
+    }
+    if let Log::Sqlite(log) = log {
+        log.close().await;
     }
 }

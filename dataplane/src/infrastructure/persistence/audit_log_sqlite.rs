@@ -1,0 +1,303 @@
+//! The audit writer's own SQLite connection: one round trip per group commit.
+//!
+//! Through the pool, a group cost five hops to a connection's worker thread (acquire check,
+//! `BEGIN`, head `SELECT`, the inserts, `COMMIT`), each a wake-up of that thread and one of the
+//! runtime's, all on the core the gateway runs on. Here the whole transaction is one multi-statement
+//! query, and the chain head is remembered between groups instead of read in each.
+//!
+//! The remembered head is safe because a SQLite file has one gateway process, whose events all
+//! pass through this writer, and purges never remove the newest row. Should anything else append
+//! anyway, the first row of the next group takes an id that row already holds: the insert fails on
+//! the primary key, the transaction rolls back, and the group is written again after the head is
+//! read afresh. A fork in the chain cannot be committed.
+//!
+//! Checkpoints of the write-ahead log are taken off this connection (`wal_autocheckpoint = 0`): a
+//! checkpoint copies pages into the database file and syncs it, which may take milliseconds, and
+//! every caller waiting on the group would wait for it too. [`checkpoint_wal`] does it from a
+//! pooled connection instead, which writers do not wait for.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool};
+use sqlx::{ConnectOptions, Connection, QueryBuilder};
+
+use super::PersistenceError;
+use super::audit_chain::{SQLITE_HEAD, link, push_sqlite_inserts, sqlite_head};
+use super::events::AuditEvent;
+
+const TARGET: &str = "aegis_seal_gateway::infrastructure::persistence";
+
+pub(super) struct SqliteAuditLog {
+    options: SqliteConnectOptions,
+    /// Opened on first use, and again after any failure.
+    conn: Option<SqliteConnection>,
+    /// Last id handed out and the newest row's hash, as this connection committed or read them.
+    head: Option<(i64, String)>,
+    commits: Arc<AtomicU64>,
+}
+
+impl SqliteAuditLog {
+    /// A log writing to the pool's database, with the pool's settings (WAL, busy timeout).
+    pub fn new(pool: &SqlitePool) -> Self {
+        // A multi-row insert inside a transaction keeps a statement journal; in memory it costs
+        // no temporary file to create and unlink per group.
+        let options = (*pool.connect_options())
+            .clone()
+            .pragma("temp_store", "memory")
+            .pragma("wal_autocheckpoint", "0");
+        Self {
+            options,
+            conn: None,
+            head: None,
+            commits: Arc::default(),
+        }
+    }
+
+    /// Counts this log's commits, for [`checkpoint_wal`]; the count lives as long as the log.
+    pub fn commits(&self) -> Arc<AtomicU64> {
+        self.commits.clone()
+    }
+
+    /// Commits the events, chained after the newest row, and the jtis in one transaction.
+    pub async fn append(
+        &mut self,
+        events: &[AuditEvent],
+        jtis: &[(String, DateTime<Utc>)],
+    ) -> Result<(), PersistenceError> {
+        if events.is_empty() && jtis.is_empty() {
+            return Ok(());
+        }
+        match self.try_append(events, jtis).await {
+            Ok(()) => Ok(()),
+            Err(first) => {
+                // A stale head, a lost connection or a failing disk: start again from what the
+                // database holds, once. The failed transaction was rolled back by the close.
+                tracing::debug!(target: TARGET, error = %first, "audit group failed; retrying on a new connection");
+                self.reset().await;
+                let result = self.try_append(events, jtis).await;
+                if result.is_err() {
+                    self.reset().await;
+                }
+                result
+            }
+        }
+    }
+
+    async fn try_append(
+        &mut self,
+        events: &[AuditEvent],
+        jtis: &[(String, DateTime<Utc>)],
+    ) -> Result<(), PersistenceError> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(self.options.connect().await?),
+        };
+        let (last_id, prev) = match (&self.head, events.is_empty()) {
+            (_, true) => (0, String::new()),
+            (Some(head), false) => head.clone(),
+            (None, false) => sqlite_head(&sqlx::query(SQLITE_HEAD).fetch_one(&mut *conn).await?)?,
+        };
+        let linked = link(events, last_id + 1.., prev);
+        let mut sql = QueryBuilder::new("BEGIN IMMEDIATE; ");
+        push_sqlite_inserts(&mut sql, &linked, jtis);
+        sql.push("COMMIT");
+        sql.build().execute(&mut *conn).await?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        if let Some(newest) = linked.last() {
+            self.head = Some((newest.id, newest.hash.clone()));
+        }
+        Ok(())
+    }
+
+    /// Forgets the head and closes the connection, rolling back a transaction a failed statement
+    /// left open.
+    async fn reset(&mut self) {
+        self.head = None;
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
+    }
+
+    pub async fn close(mut self) {
+        self.reset().await;
+    }
+}
+
+/// How often the write-ahead log is checkpointed while the audit log commits.
+pub(super) const WAL_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Checkpoints the write-ahead log after the audit log's commits, from a pooled connection, every
+/// `interval` in which there were any; `PASSIVE`, so writers go on meanwhile. Returns once the log
+/// is gone (its last `commits` handle dropped), after a last checkpoint.
+pub(super) async fn checkpoint_wal(pool: SqlitePool, commits: Arc<AtomicU64>, interval: Duration) {
+    let mut checkpointed = 0;
+    loop {
+        tokio::time::sleep(interval).await;
+        let closing = Arc::strong_count(&commits) == 1;
+        let seen = commits.load(Ordering::Relaxed);
+        if seen != checkpointed {
+            match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&pool)
+                .await
+            {
+                Ok(_) => checkpointed = seen,
+                Err(e) => tracing::warn!(target: TARGET, error = %e, "WAL checkpoint failed"),
+            }
+        }
+        if closing || pool.is_closed() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::infrastructure::persistence::Database;
+
+    fn events(tag: &str, n: usize) -> Vec<AuditEvent> {
+        (0..n)
+            .map(|i| {
+                AuditEvent::from_json(
+                    "ToolCallAuthorized",
+                    json!({"execution_id": format!("{tag}-{i}"), "tenant_id": "acme", "z": 1, "a": [1, {"y": 2, "b": "é"}]}),
+                )
+            })
+            .collect()
+    }
+
+    async fn sqlite() -> (tempfile::TempDir, Database, SqlitePool) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+        let db = Database::connect(&url).await.unwrap();
+        let Database::Sqlite(pool) = db.clone() else {
+            unreachable!()
+        };
+        (dir, db, pool)
+    }
+
+    #[tokio::test]
+    async fn groups_chain_after_the_remembered_head_and_carry_their_jtis() {
+        let (_dir, db, pool) = sqlite().await;
+        let mut log = SqliteAuditLog::new(&pool);
+        let expires = Utc::now();
+        log.append(&events("a", 3), &[("jti-1".into(), expires)])
+            .await
+            .unwrap();
+        log.append(&events("b", 2), &[]).await.unwrap();
+        log.append(&[], &[("jti-2".into(), expires)]).await.unwrap();
+        log.append(&events("c", 1), &[("jti-1".into(), expires)])
+            .await
+            .unwrap();
+        log.close().await;
+
+        let report = db.verify_audit(None).await.unwrap().unwrap();
+        assert_eq!(
+            (report.rows, report.first_id, report.last_id),
+            (6, Some(1), Some(6))
+        );
+        let jtis: Vec<String> = sqlx::query_scalar("SELECT jti FROM seen_jtis ORDER BY jti")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(jtis, ["jti-1", "jti-2"]);
+        // Stored as the canonical text that was hashed: keys sorted at every level.
+        let payload: String = sqlx::query_scalar("SELECT payload FROM gateway_events WHERE id = 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            payload,
+            r#"{"a":[1,{"b":"é","y":2}],"execution_id":"a-0","tenant_id":"acme","z":1}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn a_row_appended_behind_its_back_makes_the_next_group_reread_the_head() {
+        let (_dir, db, pool) = sqlite().await;
+        let mut log = SqliteAuditLog::new(&pool);
+        log.append(&events("a", 2), &[]).await.unwrap();
+        // Another writer takes id 3: the remembered head (2) is now stale.
+        db.append_events(&events("other", 1)).await.unwrap();
+        log.append(&events("b", 2), &[("jti-b".into(), Utc::now())])
+            .await
+            .unwrap();
+
+        let report = db.verify_audit(None).await.unwrap().unwrap();
+        assert_eq!((report.rows, report.last_id), (5, Some(5)));
+        let ids: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, payload->>'execution_id' FROM gateway_events ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let tags: Vec<&str> = ids.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(tags, ["a-0", "a-1", "other-0", "b-0", "b-1"]);
+        let jti: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM seen_jtis WHERE jti = 'jti-b'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(jti, 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_group_commits_nothing_and_the_next_one_goes_through() {
+        let (_dir, db, pool) = sqlite().await;
+        let mut log = SqliteAuditLog::new(&pool);
+        log.append(&events("a", 1), &[]).await.unwrap();
+        // A trigger refuses the group's second row, so the group fails on both tries: neither its
+        // first row nor its jti may be committed.
+        let bad = events("bad", 2);
+        sqlx::query("CREATE TRIGGER refuse BEFORE INSERT ON gateway_events WHEN NEW.payload->>'execution_id' = 'bad-1' BEGIN SELECT RAISE(ABORT, 'refused'); END")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let err = log
+            .append(&bad, &[("jti-bad".into(), Utc::now())])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
+        sqlx::query("DROP TRIGGER refuse")
+            .execute(&pool)
+            .await
+            .unwrap();
+        log.append(&events("c", 1), &[]).await.unwrap();
+
+        let report = db.verify_audit(None).await.unwrap().unwrap();
+        assert_eq!((report.rows, report.last_id), (2, Some(2)));
+        let jtis: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM seen_jtis")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(jtis, 0);
+    }
+
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_by_the_checkpointer_not_by_the_writer() {
+        let (dir, _db, pool) = sqlite().await;
+        let main_file = dir.path().join("audit.db");
+        let size = || std::fs::metadata(&main_file).unwrap().len();
+        let mut log = SqliteAuditLog::new(&pool);
+        let commits = log.commits();
+        let before = size();
+        // Far more than SQLite's default autocheckpoint of 1,000 pages goes through the WAL.
+        for i in 0..400 {
+            log.append(&events(&format!("g{i}"), 5), &[]).await.unwrap();
+        }
+        let wal_pages = std::fs::metadata(dir.path().join("audit.db-wal"))
+            .unwrap()
+            .len()
+            / 4096;
+        assert!(wal_pages > 1000, "only {wal_pages} WAL pages written");
+        assert_eq!(size(), before, "the writer connection checkpointed");
+
+        // With the log gone, the checkpointer takes one last checkpoint and returns.
+        log.close().await;
+        checkpoint_wal(pool.clone(), commits, Duration::from_millis(1)).await;
+        assert!(size() > before, "nothing was checkpointed");
+    }
+}
