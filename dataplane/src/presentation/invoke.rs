@@ -58,6 +58,9 @@ async fn handle(
     body: Bytes,
     span: &tracing::Span,
 ) -> Response<Body> {
+    // Counted until this call's events are committed (or it turns out to have none), so that the
+    // audit writer can gather it into the group of the calls running beside it.
+    let _on_the_way = state.audit.expect_events();
     // For HumanDelegated credentials (B-17); never logged, never forwarded.
     let user_token = headers
         .get(USER_TOKEN_HEADER)

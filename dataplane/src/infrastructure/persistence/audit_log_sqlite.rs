@@ -12,12 +12,15 @@
 //! read afresh. A fork in the chain cannot be committed.
 //!
 //! Checkpoints of the write-ahead log are taken off this connection (`wal_autocheckpoint = 0`): a
-//! checkpoint copies pages into the database file and syncs it, which may take milliseconds, and
-//! every caller waiting on the group would wait for it too. [`checkpoint_wal`] does it from a
-//! pooled connection instead, which writers do not wait for.
+//! checkpoint copies pages into the database file and syncs it, which takes milliseconds here,
+//! and every caller waiting on the group would wait for it too (it was most of the p99 at a fixed
+//! rate). [`checkpoint_wal`] checkpoints `PASSIVE` from a pooled connection instead, which writers
+//! do not wait for. SQLite starts the log over at the first write after a checkpoint that caught
+//! up; under a load that never lets it catch up, the checkpointer asks the writer to finish the
+//! job (`RESTART`) before its next group, so the log stays bounded.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -36,7 +39,17 @@ pub(super) struct SqliteAuditLog {
     conn: Option<SqliteConnection>,
     /// Last id handed out and the newest row's hash, as this connection committed or read them.
     head: Option<(i64, String)>,
-    commits: Arc<AtomicU64>,
+    wal: Arc<Wal>,
+}
+
+/// What the writer and the checkpointer share.
+#[derive(Debug, Default)]
+pub(super) struct Wal {
+    /// Groups committed by the writer.
+    commits: AtomicU64,
+    /// Set by the checkpointer when the log has not started over for too long: the writer then
+    /// checkpoints what is left and restarts the log before its next group.
+    restart: AtomicBool,
 }
 
 impl SqliteAuditLog {
@@ -47,18 +60,20 @@ impl SqliteAuditLog {
         let options = (*pool.connect_options())
             .clone()
             .pragma("temp_store", "memory")
-            .pragma("wal_autocheckpoint", "0");
+            .pragma("wal_autocheckpoint", "0")
+            // After a restart, a log that grew under a burst is cut back to this size.
+            .pragma("journal_size_limit", "67108864");
         Self {
             options,
             conn: None,
             head: None,
-            commits: Arc::default(),
+            wal: Arc::default(),
         }
     }
 
-    /// Counts this log's commits, for [`checkpoint_wal`]; the count lives as long as the log.
-    pub fn commits(&self) -> Arc<AtomicU64> {
-        self.commits.clone()
+    /// For [`checkpoint_wal`]; it lives as long as the log.
+    pub fn wal(&self) -> Arc<Wal> {
+        self.wal.clone()
     }
 
     /// Commits the events, chained after the newest row, and the jtis in one transaction.
@@ -101,11 +116,15 @@ impl SqliteAuditLog {
             (None, false) => sqlite_head(&sqlx::query(SQLITE_HEAD).fetch_one(&mut *conn).await?)?,
         };
         let linked = link(events, last_id + 1.., prev);
-        let mut sql = QueryBuilder::new("BEGIN IMMEDIATE; ");
+        let mut sql = QueryBuilder::new(if self.wal.restart.swap(false, Ordering::Relaxed) {
+            "PRAGMA wal_checkpoint(RESTART); BEGIN IMMEDIATE; "
+        } else {
+            "BEGIN IMMEDIATE; "
+        });
         push_sqlite_inserts(&mut sql, &linked, jtis);
         sql.push("COMMIT");
         sql.build().execute(&mut *conn).await?;
-        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.wal.commits.fetch_add(1, Ordering::Relaxed);
         if let Some(newest) = linked.last() {
             self.head = Some((newest.id, newest.hash.clone()));
         }
@@ -126,24 +145,24 @@ impl SqliteAuditLog {
     }
 }
 
-/// How often the write-ahead log is checkpointed while the audit log commits.
-pub(super) const WAL_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the write-ahead log is checkpointed while the audit log commits: often enough that
+/// the gaps of a moderate load let a checkpoint catch up.
+pub(super) const WAL_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// A log this long (4 KiB pages: 32 MiB) has not started over: the writer restarts it.
+pub(super) const WAL_RESTART_FRAMES: i64 = 8192;
 
 /// Checkpoints the write-ahead log after the audit log's commits, from a pooled connection, every
-/// `interval` in which there were any; `PASSIVE`, so writers go on meanwhile. Returns once the log
-/// is gone (its last `commits` handle dropped), after a last checkpoint.
-pub(super) async fn checkpoint_wal(pool: SqlitePool, commits: Arc<AtomicU64>, interval: Duration) {
+/// `interval` in which there were any. Returns once the log is gone (its last `wal` handle
+/// dropped), after a last checkpoint.
+pub(super) async fn checkpoint_wal(pool: SqlitePool, wal: Arc<Wal>, interval: Duration) {
     let mut checkpointed = 0;
     loop {
         tokio::time::sleep(interval).await;
-        let closing = Arc::strong_count(&commits) == 1;
-        let seen = commits.load(Ordering::Relaxed);
+        let closing = Arc::strong_count(&wal) == 1;
+        let seen = wal.commits.load(Ordering::Relaxed);
         if seen != checkpointed {
-            match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&pool)
-                .await
-            {
-                Ok(_) => checkpointed = seen,
+            match checkpoint_once(&pool, &wal, WAL_RESTART_FRAMES).await {
+                Ok(()) => checkpointed = seen,
                 Err(e) => tracing::warn!(target: TARGET, error = %e, "WAL checkpoint failed"),
             }
         }
@@ -151,6 +170,22 @@ pub(super) async fn checkpoint_wal(pool: SqlitePool, commits: Arc<AtomicU64>, in
             return;
         }
     }
+}
+
+/// One `PASSIVE` checkpoint; flags a restart for the writer when the log is `restart_frames` long.
+async fn checkpoint_once(
+    pool: &SqlitePool,
+    wal: &Wal,
+    restart_frames: i64,
+) -> Result<(), sqlx::Error> {
+    let (_busy, frames, _copied): (i64, i64, i64) =
+        sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(pool)
+            .await?;
+    if frames >= restart_frames {
+        wal.restart.store(true, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -282,7 +317,7 @@ mod tests {
         let main_file = dir.path().join("audit.db");
         let size = || std::fs::metadata(&main_file).unwrap().len();
         let mut log = SqliteAuditLog::new(&pool);
-        let commits = log.commits();
+        let wal = log.wal();
         let before = size();
         // Far more than SQLite's default autocheckpoint of 1,000 pages goes through the WAL.
         for i in 0..400 {
@@ -297,7 +332,74 @@ mod tests {
 
         // With the log gone, the checkpointer takes one last checkpoint and returns.
         log.close().await;
-        checkpoint_wal(pool.clone(), commits, Duration::from_millis(1)).await;
+        checkpoint_wal(pool.clone(), wal, Duration::from_millis(1)).await;
         assert!(size() > before, "nothing was checkpointed");
+    }
+
+    /// Frames in the write-ahead log and how many of them are in the database file.
+    async fn wal_frames(pool: &SqlitePool) -> (i64, i64) {
+        let (_, frames, copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        (frames, copied)
+    }
+
+    /// A `PASSIVE` checkpoint that cannot catch up, as under a load that never pauses: a reader
+    /// holds a snapshot while ten more groups are written, so the frames after it stay uncopied.
+    async fn checkpoint_behind_a_reader(
+        pool: &SqlitePool,
+        log: &mut SqliteAuditLog,
+        restart_frames: i64,
+    ) {
+        let mut reader = pool.acquire().await.unwrap();
+        sqlx::query("BEGIN").execute(&mut *reader).await.unwrap();
+        let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM gateway_events")
+            .fetch_one(&mut *reader)
+            .await
+            .unwrap();
+        for i in 0..10 {
+            log.append(&events(&format!("during-{i}"), 5), &[])
+                .await
+                .unwrap();
+        }
+        checkpoint_once(pool, &log.wal, restart_frames)
+            .await
+            .unwrap();
+        sqlx::query("COMMIT").execute(&mut *reader).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_log_that_never_started_over_is_restarted_by_the_writer() {
+        let (_dir, db, pool) = sqlite().await;
+        let mut log = SqliteAuditLog::new(&pool);
+        for i in 0..100 {
+            log.append(&events(&format!("g{i}"), 5), &[]).await.unwrap();
+        }
+        // Below the limit nothing is asked of the writer: the checkpoint did not catch up, so its
+        // next group goes on growing the log (measuring it catches the checkpoint up).
+        checkpoint_behind_a_reader(&pool, &mut log, i64::MAX).await;
+        assert!(!log.wal.restart.load(Ordering::Relaxed));
+        log.append(&events("below", 1), &[]).await.unwrap();
+        let (grown, _) = wal_frames(&pool).await;
+        assert!(
+            grown > 300,
+            "the log started over by itself: {grown} frames"
+        );
+
+        // At the limit, the writer checkpoints the rest and starts the log over before its group.
+        checkpoint_behind_a_reader(&pool, &mut log, 1).await;
+        assert!(log.wal.restart.load(Ordering::Relaxed));
+        log.append(&events("after", 1), &[]).await.unwrap();
+        assert!(!log.wal.restart.load(Ordering::Relaxed));
+        let (restarted, _) = wal_frames(&pool).await;
+        assert!(
+            restarted < 30,
+            "the log was not restarted: {restarted} frames"
+        );
+
+        log.close().await;
+        let report = db.verify_audit(None).await.unwrap().unwrap();
+        assert_eq!(report.rows, 602);
     }
 }

@@ -1,6 +1,8 @@
 //! Group commit for audit events: concurrent invocations share one transaction (one statement on
 //! Postgres), and each caller waits until its events are durable before it answers.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -15,6 +17,11 @@ use crate::infrastructure::metrics::Metrics;
 const MAX_GROUP: usize = 256;
 /// How long first-use jtis of calls that wrote no event wait for a commit to carry them.
 const IDLE_JTI_FLUSH: Duration = Duration::from_millis(200);
+/// A group waits for callers still on their way only when at least this many are: under light
+/// load each call commits at once, under heavy load a commit serves many calls.
+const GATHER_MIN_ON_THE_WAY: usize = 4;
+/// The longest a group waits for them (tokio's timer rounds it up to its 1 ms tick).
+const GATHER_MAX_WAIT: Duration = Duration::from_micros(500);
 
 struct Pending {
     events: Vec<AuditEvent>,
@@ -25,6 +32,17 @@ struct Pending {
 #[derive(Clone)]
 pub struct AuditWriter {
     queue: mpsc::Sender<Pending>,
+    /// Calls that will write events soon or are waiting for their commit ([`OnTheWay`]).
+    on_the_way: Arc<AtomicUsize>,
+}
+
+/// A call that is expected to write audit events, counted while it lives.
+pub struct OnTheWay(Arc<AtomicUsize>);
+
+impl Drop for OnTheWay {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl AuditWriter {
@@ -34,13 +52,22 @@ impl AuditWriter {
     /// On SQLite, `jtis` are the replay guard's pending first uses: each commit carries them.
     pub fn start(db: Database, metrics: Metrics, jtis: Option<PendingJtis>) -> Self {
         let (queue, pending) = mpsc::channel(4096);
+        let on_the_way = Arc::new(AtomicUsize::new(0));
         tokio::spawn(commit_groups(
             db,
             pending,
             metrics,
             jtis.unwrap_or_default(),
+            on_the_way.clone(),
         ));
-        Self { queue }
+        Self { queue, on_the_way }
+    }
+
+    /// Counts a call that is expected to write events until the returned value is dropped, after
+    /// its [`Self::write`]. Commits wait a little for such calls when many are on their way.
+    pub fn expect_events(&self) -> OnTheWay {
+        self.on_the_way.fetch_add(1, Ordering::Relaxed);
+        OnTheWay(self.on_the_way.clone())
     }
 
     /// Returns once `events` are committed.
@@ -87,13 +114,14 @@ async fn commit_groups(
     mut pending: mpsc::Receiver<Pending>,
     metrics: Metrics,
     jtis: PendingJtis,
+    on_the_way: Arc<AtomicUsize>,
 ) {
     let mut log = match &db {
         Database::Sqlite(pool) => {
             let log = SqliteAuditLog::new(pool);
             tokio::spawn(checkpoint_wal(
                 pool.clone(),
-                log.commits(),
+                log.wal(),
                 WAL_CHECKPOINT_INTERVAL,
             ));
             Log::Sqlite(Box::new(log))
@@ -128,10 +156,19 @@ async fn commit_groups(
         // One scheduler pass before taking the group: invocations that are ready to run reach
         // their commit too and join this group instead of each waiting for a commit of its own.
         tokio::task::yield_now().await;
-        while group.len() < MAX_GROUP {
-            match pending.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
+        drain(&mut pending, &mut group);
+        // Under load, wait a little for the calls still on their way: one commit (a few WAL
+        // pages per index, whatever the group's size) then serves them all.
+        let deadline = tokio::time::Instant::now() + GATHER_MAX_WAIT;
+        while group.len() < MAX_GROUP
+            && on_the_way.load(Ordering::Relaxed) >= group.len() + GATHER_MIN_ON_THE_WAY
+        {
+            match tokio::time::timeout_at(deadline, pending.recv()).await {
+                Ok(Some(next)) => {
+                    group.push(next);
+                    drain(&mut pending, &mut group);
+                }
+                Ok(None) | Err(_) => break,
             }
         }
         let events: Vec<AuditEvent> = group
@@ -161,5 +198,15 @@ async fn commit_groups(
     }
     if let Log::Sqlite(log) = log {
         log.close().await;
+    }
+}
+
+/// Moves what is queued into the group, up to its size limit.
+fn drain(pending: &mut mpsc::Receiver<Pending>, group: &mut Vec<Pending>) {
+    while group.len() < MAX_GROUP {
+        match pending.try_recv() {
+            Ok(next) => group.push(next),
+            Err(_) => break,
+        }
     }
 }
