@@ -36,15 +36,32 @@ pub enum Lookup<T> {
     Missing,
 }
 
-type Key = (Option<String>, String);
+/// Objects by name, then by owner: a lookup borrows the caller's strings (no key is built), and
+/// telling "another tenant's" from "missing" needs no scan of the other names.
+type Scoped<T> = HashMap<String, Owners<T>>;
+
+/// The objects sharing one name.
+struct Owners<T> {
+    global: Option<T>,
+    tenants: HashMap<String, T>,
+}
+
+impl<T> Default for Owners<T> {
+    fn default() -> Self {
+        Self {
+            global: None,
+            tenants: HashMap::new(),
+        }
+    }
+}
 
 /// A snapshot ready to serve.
 #[derive(Default)]
 pub struct ServedSnapshot {
     pub snapshot: Snapshot,
     pub hash: String,
-    tools: HashMap<Key, ToolRef>,
-    contexts: HashMap<Key, Arc<SecurityContextEntry>>,
+    tools: Scoped<ToolRef>,
+    contexts: Scoped<Arc<SecurityContextEntry>>,
 }
 
 /// The contexts upstream seeds when there is no system-global one (reference §5.4).
@@ -108,26 +125,29 @@ impl ServedSnapshot {
     /// Indexes the snapshot and compiles its workflows. Fails only for a snapshot that did not
     /// come from `crds::compile`, which validated every template and JSONPath.
     pub fn new(snapshot: Snapshot) -> Result<Self, String> {
-        let mut tools = HashMap::new();
+        let mut tools = Scoped::new();
         for w in &snapshot.workflows {
             let compiled = CompiledWorkflow::compile(Arc::new(w.clone()))
                 .map_err(|e| format!("workflow {}: {e}", w.tool_name))?;
-            tools.insert(
-                (w.tenant_id.clone(), w.tool_name.clone()),
+            insert(
+                &mut tools,
+                &w.tenant_id,
+                &w.tool_name,
                 ToolRef::Workflow(Arc::new(compiled)),
             );
         }
         for t in &snapshot.cli_tools {
-            tools.insert(
-                (t.tenant_id.clone(), t.tool_name.clone()),
+            insert(
+                &mut tools,
+                &t.tenant_id,
+                &t.tool_name,
                 ToolRef::CliTool(Arc::new(t.clone())),
             );
         }
-        let contexts = snapshot
-            .security_contexts
-            .iter()
-            .map(|c| ((c.tenant_id.clone(), c.name.clone()), Arc::new(c.clone())))
-            .collect();
+        let mut contexts = Scoped::new();
+        for c in &snapshot.security_contexts {
+            insert(&mut contexts, &c.tenant_id, &c.name, Arc::new(c.clone()));
+        }
         Ok(Self {
             hash: snapshot.hash(),
             snapshot,
@@ -145,14 +165,61 @@ impl ServedSnapshot {
     }
 }
 
-fn scoped<T: Clone>(map: &HashMap<Key, T>, tenant: &str, name: &str) -> Lookup<T> {
-    let key = |t: Option<&str>| (t.map(str::to_owned), name.to_owned());
-    if let Some(found) = map.get(&key(Some(tenant))).or_else(|| map.get(&key(None))) {
-        return Lookup::Found(found.clone());
+/// Adds an object; a later one with the same tenant and name replaces the earlier, as before.
+fn insert<T>(map: &mut Scoped<T>, tenant: &Option<String>, name: &str, value: T) {
+    let owners = map.entry(name.to_owned()).or_default();
+    match tenant {
+        None => owners.global = Some(value),
+        Some(t) => {
+            owners.tenants.insert(t.clone(), value);
+        }
     }
-    if map.keys().any(|(t, n)| n == name && t.is_some()) {
-        Lookup::OtherTenant
-    } else {
-        Lookup::Missing
+}
+
+/// The tenant's own object, else the system-global one; else whether another tenant has one.
+fn scoped<T: Clone>(map: &Scoped<T>, tenant: &str, name: &str) -> Lookup<T> {
+    let Some(owners) = map.get(name) else {
+        return Lookup::Missing;
+    };
+    match owners.tenants.get(tenant).or(owners.global.as_ref()) {
+        Some(found) => Lookup::Found(found.clone()),
+        None if owners.tenants.is_empty() => Lookup::Missing,
+        None => Lookup::OtherTenant,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scoped_map(entries: &[(Option<&str>, &str, u32)]) -> Scoped<u32> {
+        let mut map = Scoped::new();
+        for (tenant, name, value) in entries {
+            insert(&mut map, &tenant.map(str::to_owned), name, *value);
+        }
+        map
+    }
+
+    #[test]
+    fn a_tenant_sees_its_own_then_global_objects_and_never_another_tenants() {
+        let map = scoped_map(&[
+            (None, "shared", 1),
+            (Some("acme"), "shared", 2),
+            (Some("acme"), "private", 3),
+            (Some("acme"), "private", 4),
+        ]);
+        let found = |tenant, name| match scoped(&map, tenant, name) {
+            Lookup::Found(v) => Some(v),
+            _ => None,
+        };
+        assert_eq!(found("acme", "shared"), Some(2));
+        assert_eq!(found("other", "shared"), Some(1));
+        // The later of two entries with the same tenant and name wins.
+        assert_eq!(found("acme", "private"), Some(4));
+        assert!(matches!(
+            scoped(&map, "other", "private"),
+            Lookup::OtherTenant
+        ));
+        assert!(matches!(scoped(&map, "acme", "absent"), Lookup::Missing));
     }
 }

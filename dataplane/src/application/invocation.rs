@@ -19,7 +19,7 @@ use crate::domain::policy::{self, Grant, RateLimiter};
 use crate::domain::seal_error::{SealError, code};
 use crate::domain::tenancy::IdentityKind;
 use crate::infrastructure::auth::envelope::{TARGET as AUTH_TARGET, verify_signature};
-use crate::infrastructure::auth::token::{SealTokenVerifier, unverified_execution_id};
+use crate::infrastructure::auth::token::{SealTokenVerifier, UnverifiedToken};
 use crate::infrastructure::metrics::{Attestation, Metrics};
 use crate::infrastructure::persistence::{
     AuditEvent, PersistenceError, ReplayGuard, SessionStatus,
@@ -109,8 +109,10 @@ impl InvocationService {
             self.reject(Attestation::Malformed, None, &e);
             return Err(e.into());
         }
-        let execution_id = unverified_execution_id(&envelope.security_token)
+        // The token's claims are parsed once, here, and verified below.
+        let unverified = UnverifiedToken::read(&envelope.security_token)
             .inspect_err(|e| self.reject(Attestation::Malformed, None, e))?;
+        let execution_id = unverified.execution_id.clone();
         let Some(session) = self.sessions.get(&execution_id).await? else {
             let e = SealError::new(
                 StatusCode::UNAUTHORIZED,
@@ -149,7 +151,7 @@ impl InvocationService {
         let stage = Stage::new(tracing::info_span!(target: telemetry::TARGET, "seal.verify_token"));
         let claims = self
             .tokens
-            .verify(&envelope.security_token, now.timestamp())
+            .verify_read(&envelope.security_token, unverified, now.timestamp())
             .inspect_err(|e| self.reject(token_outcome(e), exec, e))?;
         let record = &session.record;
         let binding = if claims.execution_id != record.execution_id {
@@ -205,7 +207,7 @@ impl InvocationService {
             self.reject(Attestation::Malformed, exec, &e);
             return Err(e.into());
         }
-        let (tool_name, arguments, requested_tenant) = read_params(&call.params)
+        let (tool_name, arguments, requested_tenant) = read_params(call.params)
             .map_err(SealError::malformed)
             .inspect_err(|e| self.reject(Attestation::Malformed, exec, e))?;
         stage.done();
@@ -400,19 +402,18 @@ impl InvocationService {
     }
 }
 
-/// `params.name`, `params.arguments` (required) and the MCP metadata's `tenant_id`, if any.
-fn read_params(params: &Value) -> Result<(String, Value, Option<String>), String> {
-    let params = params
-        .as_object()
-        .ok_or("invalid tools/call params: not an object")?;
-    let name = params
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or("invalid tools/call params: missing field `name`")?;
+/// `params.name`, `params.arguments` (required) and the MCP metadata's `tenant_id`, if any; taken
+/// out of `params`, not copied.
+fn read_params(params: Value) -> Result<(String, Value, Option<String>), String> {
+    let Value::Object(mut params) = params else {
+        return Err("invalid tools/call params: not an object".into());
+    };
+    let name = match params.remove("name") {
+        Some(Value::String(name)) if !name.is_empty() => name,
+        _ => return Err("invalid tools/call params: missing field `name`".into()),
+    };
     let arguments = params
-        .get("arguments")
-        .cloned()
+        .remove("arguments")
         .ok_or("invalid tools/call params: missing field `arguments`")?;
     let tenant = match params.get("_meta").and_then(|m| m.get("tenant_id")) {
         None | Some(Value::Null) => None,
@@ -423,7 +424,7 @@ fn read_params(params: &Value) -> Result<(String, Value, Option<String>), String
             );
         }
     };
-    Ok((name.to_owned(), arguments, tenant))
+    Ok((name, arguments, tenant))
 }
 
 impl InvocationService {

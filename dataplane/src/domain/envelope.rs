@@ -4,8 +4,10 @@
 //! every level, no whitespace, raw UTF-8, and numbers spelled exactly as they arrived: the Python SDK
 //! signs `1.0` and `1e-07`, the TypeScript SDK `1`, and re-formatting a parsed float would break both.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
+use std::io::Write;
 
 use chrono::DateTime;
 use serde::Deserialize;
@@ -86,7 +88,8 @@ impl Envelope {
         out.extend_from_slice(b",\"security_token\":");
         write_string(&mut out, &self.security_token);
         out.extend_from_slice(b",\"timestamp\":");
-        out.extend_from_slice(self.timestamp.to_string().as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{}", self.timestamp);
         out.push(b'}');
         Ok(out)
     }
@@ -164,7 +167,7 @@ fn write_canonical(
             out.push(b']');
         }
         Some(b'"') => {
-            let text: String = serde_json::from_str(raw).map_err(invalid)?;
+            let Text(text) = serde_json::from_str(raw).map_err(invalid)?;
             write_string(out, &text);
         }
         // Numbers, true, false, null: RawValue has validated them; keep their spelling.
@@ -177,15 +180,45 @@ fn write_canonical(
 /// JSON string escaping as Python's `json.dumps(ensure_ascii=False)` and `JSON.stringify` do it:
 /// `"` `\` and the short control escapes, other C0 controls as `\u00xx`, everything else raw.
 fn write_string(out: &mut Vec<u8>, s: &str) {
-    // serde_json's compact writer escapes exactly that set, lower-case hex included.
-    if let Ok(bytes) = serde_json::to_vec(s) {
-        out.extend_from_slice(&bytes);
+    // serde_json's compact writer escapes exactly that set, lower-case hex included. Writing into
+    // a Vec cannot fail.
+    let _ = serde_json::to_writer(out, s);
+}
+
+/// A JSON string's text, borrowed from the input unless it holds escapes (serde's own `Cow`
+/// impl always copies).
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for TextVisitor<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor(std::marker::PhantomData))
     }
 }
 
+/// Objects with up to this many members are checked for duplicate keys by scanning the members
+/// read so far, which allocates nothing; larger ones (rare in a tool call) use a set, so the check
+/// stays linear.
+const SCANNED_MEMBERS: usize = 16;
+
 /// An object's members in wire order, refusing duplicate keys: two values under one key would let
 /// the signed bytes and the executed arguments disagree.
-struct Members<'a>(Vec<(String, &'a RawValue)>);
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -196,10 +229,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut members: Vec<(String, &'a RawValue)> = Vec::new();
-                let mut seen = BTreeMap::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if seen.insert(key.clone(), ()).is_some() {
+                let mut members: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::new();
+                let mut seen: HashSet<Cow<'a, str>> = HashSet::new();
+                while let Some(Text(key)) = map.next_key()? {
+                    let duplicate = if members.len() < SCANNED_MEMBERS {
+                        members.iter().any(|(k, _)| *k == key)
+                    } else {
+                        if seen.is_empty() {
+                            seen.extend(members.iter().map(|(k, _)| k.clone()));
+                        }
+                        !seen.insert(key.clone())
+                    };
+                    if duplicate {
                         return Err(de::Error::custom(format!("duplicate key \"{key}\"")));
                     }
                     let value: &'a RawValue = map.next_value()?;
@@ -287,6 +328,36 @@ mod tests {
                 .unwrap_err()
                 .message
                 .contains("duplicate field")
+        );
+    }
+
+    #[test]
+    fn refuses_duplicate_keys_in_large_objects_and_behind_escapes() {
+        // Past SCANNED_MEMBERS members the check uses a set; the message and position are the same.
+        let members: Vec<String> = (0..40).map(|i| format!("\"k{i}\": {i}")).collect();
+        for (dup_at, column) in [(3, 41), (30, 327)] {
+            let mut members = members.clone();
+            members.insert(dup_at + 1, format!("\"k{dup_at}\": 0"));
+            let e = envelope(&format!("{{{}}}", members.join(", ")), "1");
+            assert_eq!(
+                e.canonical_message().unwrap_err().message,
+                format!(
+                    "invalid payload JSON: duplicate key \"k{dup_at}\" at line 1 column {column}"
+                )
+            );
+        }
+        // Keys compare by their text, whatever their escapes.
+        let e = envelope(r#"{"ab": 1, "\u0061b": 2}"#, "1");
+        assert!(
+            e.canonical_message()
+                .unwrap_err()
+                .message
+                .starts_with("invalid payload JSON: duplicate key \"ab\""),
+        );
+        let escaped = envelope(r#"{"k\u00e9\n": "v\u00e9\t", "a": "plain"}"#, "1");
+        assert_eq!(
+            String::from_utf8(escaped.canonical_message().unwrap()).unwrap(),
+            "{\"payload\":{\"a\":\"plain\",\"ké\\n\":\"vé\\t\"},\"security_token\":\"t.o.k\",\"timestamp\":1}"
         );
     }
 

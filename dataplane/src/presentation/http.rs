@@ -5,7 +5,7 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::domain::seal_error::SealError;
 use crate::infrastructure::persistence::{PersistenceError, log_pool_starvation};
@@ -13,12 +13,22 @@ use crate::infrastructure::persistence::{PersistenceError, log_pool_starvation};
 pub type Body = Full<Bytes>;
 
 pub fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    let mut response = Response::new(Body::from(body.to_string()));
+    // The same compact text as `to_string`, written straight into the buffer rather than through
+    // `fmt`; it cannot fail for a `Value`.
+    let mut response = Response::new(Body::from(serde_json::to_vec(body).unwrap_or_default()));
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// A 200 with `{"result": result}`: the result is moved into the body, not copied (as `json!`
+/// would copy it).
+pub fn result_response(result: Value) -> Response<Body> {
+    let mut body = Map::new();
+    body.insert("result".to_owned(), result);
+    json_response(StatusCode::OK, &Value::Object(body))
 }
 
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {

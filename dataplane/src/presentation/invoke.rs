@@ -2,7 +2,6 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
-use serde_json::json;
 
 use crate::application::catalog::ToolRef;
 use crate::application::cli::CliCall;
@@ -14,7 +13,9 @@ use crate::infrastructure::http_client::{TraceContext, with_trace_context};
 use crate::infrastructure::metrics::ToolPath;
 use crate::infrastructure::persistence::{AuditEvent, PersistenceError};
 use crate::infrastructure::telemetry;
-use crate::presentation::http::{Body, error, json_response, seal_error, unavailable};
+use crate::presentation::http::{
+    Body, error, json_response, result_response, seal_error, unavailable,
+};
 use tracing::Instrument;
 
 const HANDLER: &str = "invoke_seal";
@@ -218,7 +219,7 @@ async fn run_workflow(
             if let Some(c) = &credential {
                 c.redact_json(&mut result);
             }
-            json_response(StatusCode::OK, &json!({"result": result}))
+            result_response(result)
         }
         Err(mut e) => {
             if let Some(c) = &credential {
@@ -271,7 +272,7 @@ async fn run_cli_tool(
         .await;
     events.extend(outcome.events);
     match outcome.result {
-        Ok(result) => json_response(StatusCode::OK, &json!({"result": result.to_json()})),
+        Ok(result) => result_response(result.to_json()),
         Err(e) => json_response(e.status, &e.body),
     }
 }

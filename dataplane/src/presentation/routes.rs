@@ -18,7 +18,11 @@ use crate::presentation::{control, events, invoke, sessions, tools};
 pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
-    let template = path_template(req.uri().path());
+    // The path is split once, for the metric label and for routing; it is owned because routing
+    // consumes the request.
+    let path = req.uri().path().to_owned();
+    let segments = segments(&path);
+    let template = path_template(&segments);
     let declared_len = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -32,8 +36,7 @@ pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Respons
             .http_request(&method, template, status, started.elapsed());
         return response;
     }
-    let path = req.uri().path().to_owned();
-    let response = route(&state, req).await;
+    let response = route(&state, req, &segments, template).await;
     tracing::debug!(
         method = %method,
         path,
@@ -49,12 +52,17 @@ pub async fn handle(state: Arc<GatewayState>, req: Request<Incoming>) -> Respons
     response
 }
 
+/// A path's segments, a trailing slash ignored.
+fn segments(path: &str) -> Vec<&str> {
+    path.trim_end_matches('/').split('/').skip(1).collect()
+}
+
 /// The `path_template` metric label: the route a path belongs to (axum's spelling, as upstream
 /// dashboards expect), or `unknown_path`. Keyed on the path alone, so a wrong method on a known
 /// path keeps its template; anything unrouted shares one label, whatever a caller sends.
-pub fn path_template(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    match segments.as_slice() {
+/// `segments` are the path's, as [`segments`] splits it.
+fn path_template(segments: &[&str]) -> &'static str {
+    match segments {
         ["health"] => "/health",
         ["ready"] => "/ready",
         ["v1", "invoke"] => "/v1/invoke",
@@ -78,16 +86,20 @@ pub fn path_template(path: &str) -> &'static str {
     }
 }
 
-async fn route(state: &GatewayState, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    match (req.method().clone(), segments.as_slice()) {
+/// `segments` are the request path's, `template` its `path_template`.
+async fn route(
+    state: &GatewayState,
+    req: Request<Incoming>,
+    segments: &[&str],
+    template: &'static str,
+) -> Response<Body> {
+    match (req.method().clone(), segments) {
         (Method::GET | Method::HEAD, ["health"]) => health(),
         (Method::GET, ["ready"]) => ready(state).await,
         (Method::POST, ["v1", "invoke"] | ["v1", "seal", "invoke"]) => {
             let (parts, body) = req.into_parts();
             match read_body(body, state.max_body_bytes).await {
-                Ok(body) => invoke::invoke(state, path_template(&path), &parts.headers, body).await,
+                Ok(body) => invoke::invoke(state, template, &parts.headers, body).await,
                 Err(response) => response,
             }
         }
@@ -131,7 +143,7 @@ async fn route(state: &GatewayState, req: Request<Incoming>) -> Response<Body> {
                 "specs" | "workflows" | "cli-tools" | "security-contexts" | "explorer",
                 ..,
             ],
-        ) => control::route(state, req, segments.as_slice())
+        ) => control::route(state, req, segments)
             .await
             .unwrap_or_else(|| empty(StatusCode::NOT_FOUND)),
         (_, ["health"]) => method_not_allowed("GET, HEAD"),

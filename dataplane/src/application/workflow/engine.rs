@@ -144,7 +144,7 @@ impl WorkflowEngine {
         for step in &wf.steps {
             match self.run_step(wf, step, &scope, &ctx, &mut log).await {
                 Ok(done) => {
-                    scope.record(&step.name, &done.extracted);
+                    scope.record(&step.name, done.extracted);
                     last_response = done.response;
                 }
                 Err(failure) if step.on_error == OnError::Continue => {
@@ -158,7 +158,7 @@ impl WorkflowEngine {
                     // Whatever the extractors found stays usable; the missing keys stay absent, so a
                     // later template that needs them fails in strict mode.
                     if let Some(response) = failure.response {
-                        scope.record(&step.name, &failure.extracted);
+                        scope.record(&step.name, failure.extracted);
                         last_response = response;
                     }
                     log.step_failed(&step.name, &failure.reason);
@@ -194,13 +194,14 @@ impl WorkflowEngine {
             duration_ms = millis(took),
             "workflow completed"
         );
+        // Built by moving the last response and the steps in; `json!` would copy both.
+        let mut result = Map::new();
+        result.insert("workflow_id".to_owned(), workflow_id.into());
+        result.insert("execution_id".to_owned(), ctx.execution_id.into());
+        result.insert("result".to_owned(), last_response);
+        result.insert("steps".to_owned(), scope.into_steps());
         WorkflowOutcome {
-            result: Ok(json!({
-                "workflow_id": workflow_id,
-                "execution_id": ctx.execution_id,
-                "result": last_response,
-                "steps": scope.steps(),
-            })),
+            result: Ok(Value::Object(result)),
             events: log.into_events(),
         }
     }
@@ -258,14 +259,15 @@ impl WorkflowEngine {
             max_response_bytes: ctx.max_response_bytes,
         };
 
-        let mut attempt = 1;
-        loop {
+        // Every attempt but the last sends a copy; the last (the only one, unless the step
+        // retries) sends the request itself.
+        for attempt in 1..step.attempts {
             match self
                 .attempt(wf, step, request.clone(), attempt, ctx, log)
                 .await
             {
                 Ok(done) => return Ok(done),
-                Err(failure) if attempt < step.attempts => {
+                Err(failure) => {
                     let delay = backoff(attempt - 1);
                     tracing::debug!(
                         workflow_id = wf.workflow_id(),
@@ -277,17 +279,19 @@ impl WorkflowEngine {
                         "workflow step attempt failed; retrying"
                     );
                     tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(mut failure) => {
-                    if step.attempts > 1 {
-                        failure.reason =
-                            format!("{} (gave up after {attempt} attempts)", failure.reason);
-                    }
-                    return Err(failure);
                 }
             }
         }
+        let attempt = step.attempts;
+        self.attempt(wf, step, request, attempt, ctx, log)
+            .await
+            .map_err(|mut failure| {
+                if step.attempts > 1 {
+                    failure.reason =
+                        format!("{} (gave up after {attempt} attempts)", failure.reason);
+                }
+                failure
+            })
     }
 
     /// One send: the response must be 2xx and JSON (or empty), and every extractor must match.

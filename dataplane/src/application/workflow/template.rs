@@ -97,38 +97,41 @@ pub struct TemplateScope {
 
 impl TemplateScope {
     pub fn new(arguments: &Value) -> Self {
-        let data = json!({
-            "input": arguments,
-            "steps": {},
-            "state": {"input": arguments},
-        });
+        // `json!` would copy `arguments` by serializing it; `clone` copies it directly.
+        let mut state = Map::new();
+        state.insert("input".to_owned(), arguments.clone());
+        let mut data = Map::new();
+        data.insert("input".to_owned(), arguments.clone());
+        data.insert("steps".to_owned(), Value::Object(Map::new()));
+        data.insert("state".to_owned(), Value::Object(state));
+        let data = Value::Object(data);
         Self {
             context: Context::from(data),
         }
     }
 
     /// Makes a step's extracted values visible to later templates, in both forms.
-    pub fn record(&mut self, step: &str, extracted: &Map<String, Value>) {
+    pub fn record(&mut self, step: &str, extracted: Map<String, Value>) {
         let Value::Object(root) = self.context.data_mut() else {
             return;
         };
         if let Some(Value::Object(state)) = root.get_mut("state") {
-            for (key, value) in extracted {
+            for (key, value) in &extracted {
                 state.insert(format!("{step}.{key}"), value.clone());
             }
         }
         if let Some(Value::Object(steps)) = root.get_mut("steps") {
-            steps.insert(step.to_owned(), Value::Object(extracted.clone()));
+            steps.insert(step.to_owned(), Value::Object(extracted));
         }
     }
 
-    /// The `steps` object: every recorded step's extracted values.
-    pub fn steps(&self) -> Value {
-        self.context
-            .data()
-            .get("steps")
-            .cloned()
-            .unwrap_or_else(|| json!({}))
+    /// The `steps` object: every recorded step's extracted values, taken out of a scope no
+    /// template will see again (moved, not copied).
+    pub fn into_steps(mut self) -> Value {
+        match self.context.data_mut() {
+            Value::Object(root) => root.remove("steps").unwrap_or_else(|| json!({})),
+            _ => json!({}),
+        }
     }
 
     pub fn data(&self) -> &Value {
@@ -217,7 +220,7 @@ mod tests {
         let mut extracted = Map::new();
         extracted.insert("id".into(), json!(42));
         extracted.insert("tags".into(), json!(["a", "b"]));
-        scope.record("create", &extracted);
+        scope.record("create", extracted);
         scope
     }
 

@@ -5,6 +5,7 @@ use aegis_seal_crds::gateway::AuthSettings;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::{Map, Value};
 
 use crate::domain::seal_error::{SealError, code};
@@ -26,11 +27,20 @@ pub struct SealClaims {
 
 /// Verifies security tokens against the configured keys, issuer and audience.
 pub struct SealTokenVerifier {
-    rs256: Option<DecodingKey>,
-    eddsa: Option<DecodingKey>,
-    issuer: String,
-    audience: String,
+    /// Each key with its validation rules, built once: a `Validation` holds sets of strings, and
+    /// building them per token was a measurable share of each call.
+    rs256: Option<(DecodingKey, Validation)>,
+    eddsa: Option<(DecodingKey, Validation)>,
     leeway: i64,
+}
+
+/// A token's claims as read before verification, to find the session (see
+/// [`SealTokenVerifier::verify_read`]). Nothing in it is trusted until the token is verified.
+#[derive(Debug)]
+pub struct UnverifiedToken {
+    /// The `exec_id` claim: it names the session whose key verifies the envelope.
+    pub execution_id: String,
+    claims: Map<String, Value>,
 }
 
 impl SealTokenVerifier {
@@ -48,11 +58,20 @@ impl SealTokenVerifier {
                 format!("spec.auth.seal_jwt_eddsa_public_key_pem: invalid Ed25519 public key: {e}")
             })?),
         };
+        let validation = |alg: Algorithm| {
+            let mut validation = Validation::new(alg);
+            validation.set_issuer(&[&auth.seal_jwt_issuer]);
+            validation.set_audience(&[&auth.seal_jwt_audience]);
+            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            // Time claims are checked in `claims` against the gateway's clock, not the library's.
+            validation.validate_exp = false;
+            validation.validate_nbf = false;
+            validation.leeway = 0;
+            validation
+        };
         Ok(Self {
-            rs256,
-            eddsa,
-            issuer: auth.seal_jwt_issuer.clone(),
-            audience: auth.seal_jwt_audience.clone(),
+            rs256: rs256.map(|key| (key, validation(Algorithm::RS256))),
+            eddsa: eddsa.map(|key| (key, validation(Algorithm::EdDSA))),
             leeway: i64::try_from(auth.seal_jwt_leeway_secs).unwrap_or(i64::MAX),
         })
     }
@@ -64,9 +83,29 @@ impl SealTokenVerifier {
 
     /// Verifies signature, issuer, audience, `exp` and `nbf` (at `now`), and the SEAL claims.
     pub fn verify(&self, token: &str, now: i64) -> Result<SealClaims, SealError> {
+        let claims = self.check_signature::<Map<String, Value>>(token)?;
+        self.claims(claims, now)
+    }
+
+    /// [`Self::verify`] for a token whose claims [`UnverifiedToken::read`] has already parsed: the
+    /// library checks the signature and its claims without parsing them into a map once more.
+    /// The outcome is the same, because the claims that parsed there are the very same bytes.
+    pub fn verify_read(
+        &self,
+        token: &str,
+        read: UnverifiedToken,
+        now: i64,
+    ) -> Result<SealClaims, SealError> {
+        self.check_signature::<IgnoredAny>(token)?;
+        self.claims(read.claims, now)
+    }
+
+    /// Checks the token's signature, `iss`, `aud` and required claims; `T` is what the library
+    /// deserializes the claims into.
+    fn check_signature<T: DeserializeOwned>(&self, token: &str) -> Result<T, SealError> {
         let header = decode_header(token)
             .map_err(|e| SealError::token(format!("security token invalid: {e}")))?;
-        let key = match header.alg {
+        let (key, validation) = match header.alg {
             Algorithm::RS256 => self
                 .rs256
                 .as_ref()
@@ -81,18 +120,13 @@ impl SealTokenVerifier {
                 )));
             }
         };
-        let mut validation = Validation::new(header.alg);
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        // Time claims are checked below against the gateway's clock, not the library's.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.leeway = 0;
-        let data = decode::<Map<String, Value>>(token, key, &validation)
-            .map_err(|e| SealError::token(format!("security token invalid: {e}")))?;
-        let claims = data.claims;
+        decode::<T>(token, key, validation)
+            .map(|data| data.claims)
+            .map_err(|e| SealError::token(format!("security token invalid: {e}")))
+    }
 
+    /// `exp` and `nbf` at `now` with the configured leeway, then the SEAL claims.
+    fn claims(&self, claims: Map<String, Value>, now: i64) -> Result<SealClaims, SealError> {
         let expires_at = claims
             .get("exp")
             .and_then(Value::as_i64)
@@ -131,24 +165,30 @@ impl SealTokenVerifier {
     }
 }
 
-/// The `exec_id` claim, read before verification: it names the session whose key verifies the
-/// envelope. Nothing else is trusted until the signature and the token are verified.
-pub fn unverified_execution_id(token: &str) -> Result<String, SealError> {
-    let mut parts = token.split('.');
-    let (Some(_), Some(payload), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(SealError::token(
-            "security token invalid: not a compact JWT",
-        ));
-    };
-    let bytes = URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|e| SealError::token(format!("security token invalid: payload encoding: {e}")))?;
-    let claims: Map<String, Value> = serde_json::from_slice(&bytes)
-        .map_err(|e| SealError::token(format!("security token invalid: payload JSON: {e}")))?;
-    match claims.get("exec_id").and_then(Value::as_str) {
-        Some(id) if !id.trim().is_empty() => Ok(id.to_owned()),
-        _ => Err(SealError::token("security token missing exec_id")),
+impl UnverifiedToken {
+    /// Reads the claims before verification, for the `exec_id` claim: it names the session whose
+    /// key verifies the envelope. The claims are kept for [`SealTokenVerifier::verify_read`].
+    pub fn read(token: &str) -> Result<Self, SealError> {
+        let mut parts = token.split('.');
+        let (Some(_), Some(payload), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(SealError::token(
+                "security token invalid: not a compact JWT",
+            ));
+        };
+        let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|e| {
+            SealError::token(format!("security token invalid: payload encoding: {e}"))
+        })?;
+        let claims: Map<String, Value> = serde_json::from_slice(&bytes)
+            .map_err(|e| SealError::token(format!("security token invalid: payload JSON: {e}")))?;
+        let execution_id = match claims.get("exec_id").and_then(Value::as_str) {
+            Some(id) if !id.trim().is_empty() => id.to_owned(),
+            _ => return Err(SealError::token("security token missing exec_id")),
+        };
+        Ok(Self {
+            execution_id,
+            claims,
+        })
     }
 }

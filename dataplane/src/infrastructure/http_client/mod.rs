@@ -361,7 +361,8 @@ impl HttpClient {
             }
             let mut response = builder.send().await.map_err(classify)?;
             let status = response.status();
-            let headers = response.headers().clone();
+            // Moved out rather than copied: the size bound and the body below do not read them.
+            let headers = std::mem::take(response.headers_mut());
             let too_large = || HttpClientError::TooLarge {
                 method: method.clone(),
                 url: shown.to_owned(),
