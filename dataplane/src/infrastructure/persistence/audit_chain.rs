@@ -8,8 +8,9 @@ use std::io::Write as _;
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
 
 use super::events::{AuditEvent, sqlite_time};
 use super::{Database, PersistenceError};
@@ -230,6 +231,85 @@ pub(super) fn push_sqlite_inserts<'a>(
     }
 }
 
+/// Inside an open Postgres transaction: takes the chain lock, reads the head, draws the group's ids
+/// from the sequence, and links the events. One round trip: the lock and the read are separate
+/// statements of one simple query, so the read's snapshot (taken per statement) sees every commit
+/// of the replica that held the lock before. Ids drawn under the lock make id order chain order.
+/// With `begin`, the same round trip opens the transaction first.
+pub(super) async fn postgres_link<'e>(
+    conn: &mut PgConnection,
+    events: &'e [AuditEvent],
+    begin: bool,
+) -> Result<Vec<Linked<'e>>, PersistenceError> {
+    let count = events.len();
+    let begin = if begin { "BEGIN; " } else { "" };
+    // Only integers are formatted into the text: no caller data reaches it.
+    let rows = sqlx::raw_sql(AssertSqlSafe(format!(
+        "{begin}SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}); \
+         SELECT (SELECT hash FROM gateway_events ORDER BY id DESC LIMIT 1), \
+                (SELECT string_agg(id::text, ',') FROM \
+                   (SELECT nextval(pg_get_serial_sequence('gateway_events', 'id')) AS id \
+                    FROM generate_series(1, {count})) AS drawn)"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    let row = rows.last().ok_or(sqlx::Error::RowNotFound)?;
+    let head: Option<String> = row.try_get(0)?;
+    let drawn: String = row.try_get(1)?;
+    let mut ids = drawn
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<Vec<i64>, _>>()
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    ids.sort_unstable();
+    Ok(link(
+        events,
+        ids,
+        head.unwrap_or_else(|| GENESIS_HASH.into()),
+    ))
+}
+
+/// Inserts a linked group on Postgres in one statement.
+pub(super) async fn postgres_insert(
+    conn: &mut PgConnection,
+    linked: Vec<Linked<'_>>,
+) -> Result<(), PersistenceError> {
+    let mut columns = (
+        Vec::with_capacity(linked.len()),
+        Vec::with_capacity(linked.len()),
+        Vec::with_capacity(linked.len()),
+        Vec::with_capacity(linked.len()),
+        Vec::with_capacity(linked.len()),
+        Vec::with_capacity(linked.len()),
+        Vec::with_capacity(linked.len()),
+    );
+    for l in linked {
+        columns.0.push(l.id);
+        columns.1.push(l.event.event_type);
+        columns.2.push(l.payload);
+        columns.3.push(l.event.tenant_id.clone());
+        columns.4.push(l.created_at);
+        columns.5.push(l.prev_hash);
+        columns.6.push(l.hash);
+    }
+    sqlx::query(
+        "INSERT INTO gateway_events (id, event_type, payload, tenant_id, created_at, prev_hash, hash) \
+         SELECT id, event_type, payload::jsonb, tenant_id, created_at, prev_hash, hash \
+         FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[]) \
+         AS t (id, event_type, payload, tenant_id, created_at, prev_hash, hash)",
+    )
+    .bind(columns.0)
+    .bind(columns.1)
+    .bind(columns.2)
+    .bind(columns.3)
+    .bind(columns.4)
+    .bind(columns.5)
+    .bind(columns.6)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 impl Database {
     /// Appends the events to the chain in one transaction: all of them are durable when this
     /// returns, or none. Every writer of `gateway_events` goes through here.
@@ -248,7 +328,6 @@ impl Database {
         if events.is_empty() && jtis.is_empty() {
             return Ok(());
         }
-        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
         match self {
             Self::Sqlite(pool) => {
                 // IMMEDIATE takes the write lock before the head is read: a deferred transaction
@@ -271,59 +350,8 @@ impl Database {
                     return Ok(());
                 }
                 let mut tx = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(CHAIN_LOCK_KEY)
-                    .execute(&mut *tx)
-                    .await?;
-                // A statement of its own, after the lock: its snapshot sees every commit of the
-                // replica that held the lock before. Ids come from the sequence under the lock, so
-                // id order is chain order.
-                let row = sqlx::query(
-                    "SELECT (SELECT hash FROM gateway_events ORDER BY id DESC LIMIT 1), \
-                     ARRAY(SELECT nextval(pg_get_serial_sequence('gateway_events', 'id')) \
-                           FROM generate_series(1, $1))",
-                )
-                .bind(count)
-                .fetch_one(&mut *tx)
-                .await?;
-                let head: Option<String> = row.try_get(0)?;
-                let mut ids: Vec<i64> = row.try_get(1)?;
-                ids.sort_unstable();
-                let linked = link(events, ids, head.unwrap_or_else(|| GENESIS_HASH.into()));
-                let mut columns = (
-                    Vec::with_capacity(linked.len()),
-                    Vec::with_capacity(linked.len()),
-                    Vec::with_capacity(linked.len()),
-                    Vec::with_capacity(linked.len()),
-                    Vec::with_capacity(linked.len()),
-                    Vec::with_capacity(linked.len()),
-                    Vec::with_capacity(linked.len()),
-                );
-                for l in linked {
-                    columns.0.push(l.id);
-                    columns.1.push(l.event.event_type);
-                    columns.2.push(l.payload);
-                    columns.3.push(l.event.tenant_id.clone());
-                    columns.4.push(l.created_at);
-                    columns.5.push(l.prev_hash);
-                    columns.6.push(l.hash);
-                }
-                // One statement for the whole group: a group commit costs one insert round trip.
-                sqlx::query(
-                    "INSERT INTO gateway_events (id, event_type, payload, tenant_id, created_at, prev_hash, hash) \
-                     SELECT id, event_type, payload::jsonb, tenant_id, created_at, prev_hash, hash \
-                     FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[]) \
-                     AS t (id, event_type, payload, tenant_id, created_at, prev_hash, hash)",
-                )
-                .bind(columns.0)
-                .bind(columns.1)
-                .bind(columns.2)
-                .bind(columns.3)
-                .bind(columns.4)
-                .bind(columns.5)
-                .bind(columns.6)
-                .execute(&mut *tx)
-                .await?;
+                let linked = postgres_link(&mut tx, events, false).await?;
+                postgres_insert(&mut tx, linked).await?;
                 tx.commit().await?;
             }
         }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::audit_log_postgres::PostgresAuditLog;
 use super::audit_log_sqlite::{SqliteAuditLog, WAL_CHECKPOINT_INTERVAL, checkpoint_wal};
 use super::events::AuditEvent;
 use super::replay::PendingJtis;
@@ -89,11 +90,10 @@ impl AuditWriter {
     }
 }
 
-/// Where groups are committed: on SQLite the writer's own connection, on Postgres the pool shared
-/// with the other replicas' writers.
+/// Where groups are committed: the writer's own connection to either backend.
 enum Log {
     Sqlite(Box<SqliteAuditLog>),
-    Postgres(Database),
+    Postgres(Box<PostgresAuditLog>),
 }
 
 impl Log {
@@ -104,7 +104,10 @@ impl Log {
     ) -> Result<(), PersistenceError> {
         match self {
             Self::Sqlite(log) => log.append(events, jtis).await,
-            Self::Postgres(db) => db.append_events_and_jtis(events, jtis).await,
+            Self::Postgres(log) => {
+                debug_assert!(jtis.is_empty(), "Postgres records jtis synchronously");
+                log.append(events).await
+            }
         }
     }
 }
@@ -126,7 +129,7 @@ async fn commit_groups(
             ));
             Log::Sqlite(Box::new(log))
         }
-        Database::Postgres(_) => Log::Postgres(db),
+        Database::Postgres(pool) => Log::Postgres(Box::new(PostgresAuditLog::new(pool))),
     };
     let mut group: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
     loop {
@@ -196,8 +199,9 @@ async fn commit_groups(
             });
         }
     }
-    if let Log::Sqlite(log) = log {
-        log.close().await;
+    match log {
+        Log::Sqlite(log) => log.close().await,
+        Log::Postgres(log) => log.close().await,
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod audit_chain;
 mod audit_checkpoint;
+mod audit_log_postgres;
 mod audit_log_sqlite;
 mod audit_query;
 mod audit_retention;
