@@ -7,12 +7,13 @@
 //! sharing one SQLite file would not see each other's jtis: the operator refuses replicas > 1 on
 //! SQLite, and a standalone deployment runs one process per file.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
 use super::events::sqlite_time;
@@ -100,9 +101,9 @@ impl ReplayGuard {
                     .collect();
                 (seen, Durability::WithAudit(PendingJtis::default()))
             }
-            Database::Postgres(_) => {
+            Database::Postgres(pool) => {
                 let (writer, claims) = mpsc::channel(4096);
-                tokio::spawn(write_batches(db.clone(), claims));
+                tokio::spawn(write_batches(pool.clone(), claims));
                 (HashMap::new(), Durability::Shared(writer))
             }
         };
@@ -205,7 +206,11 @@ impl ReplayGuard {
     }
 }
 
-async fn write_batches(db: Database, mut claims: mpsc::Receiver<Claim>) {
+/// Decides the claims of a Postgres replica in batches, on a connection of its own: a pooled
+/// statement would cost the pool's liveness round trip as well, and every caller waits for it.
+async fn write_batches(pool: PgPool, mut claims: mpsc::Receiver<Claim>) {
+    let options = pool.connect_options();
+    let mut conn: Option<PgConnection> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = claims.recv().await {
         batch.push(first);
@@ -220,19 +225,96 @@ async fn write_batches(db: Database, mut claims: mpsc::Receiver<Claim>) {
             .map(|c| (c.jti.clone(), c.expires_at))
             .collect();
         let now = batch.iter().map(|c| c.now).max().unwrap_or_else(Utc::now);
-        match db.record_jtis(&rows, now).await {
+        let result = async {
+            let conn = match &mut conn {
+                Some(conn) => conn,
+                None => conn.insert(options.connect().await?),
+            };
+            let jtis = JtiBatch::new(&rows);
+            let inserted = insert_postgres_jtis(&mut *conn, &jtis.unique, now).await?;
+            Ok::<_, PersistenceError>(jtis.answers(&rows, &inserted))
+        }
+        .await;
+        match result {
             Ok(first_uses) => {
                 for (claim, new) in batch.drain(..).zip(first_uses) {
                     let _ = claim.reply.send(Ok(new));
                 }
             }
             Err(e) => {
+                // The next batch opens a new connection: this one may be gone.
+                if let Some(conn) = conn.take() {
+                    let _ = conn.close().await;
+                }
                 for claim in batch.drain(..) {
                     let _ = claim.reply.send(Err(e.for_each_caller()));
                 }
             }
         }
     }
+}
+
+/// A batch of jtis as claimed, and the distinct ones to insert: within one batch, only the first
+/// use of a jti can be new.
+struct JtiBatch<'a> {
+    first_index: HashMap<&'a str, usize>,
+    unique: Vec<(&'a str, DateTime<Utc>)>,
+}
+
+impl<'a> JtiBatch<'a> {
+    fn new(jtis: &'a [(String, DateTime<Utc>)]) -> Self {
+        let mut first_index = HashMap::new();
+        let mut unique = Vec::new();
+        for (i, (jti, expires_at)) in jtis.iter().enumerate() {
+            if let std::collections::hash_map::Entry::Vacant(slot) = first_index.entry(jti.as_str())
+            {
+                slot.insert(i);
+                unique.push((jti.as_str(), *expires_at));
+            }
+        }
+        Self {
+            first_index,
+            unique,
+        }
+    }
+
+    /// Per claim, whether it was a first use, given the jtis the insert reported.
+    fn answers(&self, jtis: &[(String, DateTime<Utc>)], inserted: &HashSet<String>) -> Vec<bool> {
+        jtis.iter()
+            .enumerate()
+            .map(|(i, (jti, _))| {
+                self.first_index.get(jti.as_str()) == Some(&i) && inserted.contains(jti)
+            })
+            .collect()
+    }
+}
+
+/// One statement for a Postgres batch: the rows it inserted, or revived after expiry, are the
+/// first uses.
+async fn insert_postgres_jtis<'c, E>(
+    executor: E,
+    unique: &[(&str, DateTime<Utc>)],
+    now: DateTime<Utc>,
+) -> Result<HashSet<String>, PersistenceError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    let (names, expiries): (Vec<&str>, Vec<DateTime<Utc>>) = unique.iter().copied().unzip();
+    Ok(sqlx::query(
+        "INSERT INTO seen_jtis (jti, expires_at) \
+         SELECT * FROM UNNEST($1::text[], $2::timestamptz[]) \
+         ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at \
+         WHERE seen_jtis.expires_at <= $3 \
+         RETURNING jti",
+    )
+    .bind(names)
+    .bind(expiries)
+    .bind(now)
+    .fetch_all(executor)
+    .await?
+    .iter()
+    .map(|row| row.try_get::<String, _>("jti"))
+    .collect::<Result<_, _>>()?)
 }
 
 impl Database {
@@ -243,26 +325,17 @@ impl Database {
         jtis: &[(String, DateTime<Utc>)],
         now: DateTime<Utc>,
     ) -> Result<Vec<bool>, PersistenceError> {
-        // Within one batch, only the first use of a jti can be new.
-        let mut first_index: HashMap<&str, usize> = HashMap::new();
-        let mut unique = Vec::new();
-        for (i, (jti, expires_at)) in jtis.iter().enumerate() {
-            if let std::collections::hash_map::Entry::Vacant(slot) = first_index.entry(jti.as_str())
-            {
-                slot.insert(i);
-                unique.push((jti.as_str(), *expires_at));
-            }
-        }
-        if unique.is_empty() {
+        let batch = JtiBatch::new(jtis);
+        if batch.unique.is_empty() {
             return Ok(Vec::new());
         }
-        let inserted: std::collections::HashSet<String> = match self {
+        let inserted = match self {
             Self::Sqlite(pool) => {
                 // One statement for the batch (it is at most MAX_BATCH rows, 2 parameters each):
                 // the rows it inserted, or revived after expiry, are the first uses.
                 let mut insert =
                     QueryBuilder::<Sqlite>::new("INSERT INTO seen_jtis (jti, expires_at) ");
-                insert.push_values(&unique, |mut row, (jti, expires_at)| {
+                insert.push_values(&batch.unique, |mut row, (jti, expires_at)| {
                     row.push_bind(*jti).push_bind(sqlite_time(*expires_at));
                 });
                 insert
@@ -280,33 +353,9 @@ impl Database {
                     .map(|row| row.try_get::<String, _>(0))
                     .collect::<Result<_, _>>()?
             }
-            Self::Postgres(pool) => {
-                let (names, expiries): (Vec<&str>, Vec<DateTime<Utc>>) =
-                    unique.iter().copied().unzip();
-                sqlx::query(
-                    "INSERT INTO seen_jtis (jti, expires_at) \
-                     SELECT * FROM UNNEST($1::text[], $2::timestamptz[]) \
-                     ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at \
-                     WHERE seen_jtis.expires_at <= $3 \
-                     RETURNING jti",
-                )
-                .bind(names)
-                .bind(expiries)
-                .bind(now)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|row| row.try_get::<String, _>("jti"))
-                .collect::<Result<_, _>>()?
-            }
+            Self::Postgres(pool) => insert_postgres_jtis(pool, &batch.unique, now).await?,
         };
-        Ok(jtis
-            .iter()
-            .enumerate()
-            .map(|(i, (jti, _))| {
-                first_index.get(jti.as_str()) == Some(&i) && inserted.contains(jti)
-            })
-            .collect())
+        Ok(batch.answers(jtis, &inserted))
     }
 
     /// Deletes expired rows in batches of [`SWEEP_BATCH`], releasing the connection between them.

@@ -1,12 +1,29 @@
-//! The group-commit writer on Postgres, where each writer has a connection of its own: replicas'
-//! writers interleave into one chain, and a writer whose connection dies answers that group with
-//! an error and commits the next one on a new connection.
+//! The Postgres writers that have a connection of their own (the audit group commit and the
+//! replay guard's jti batches): replicas' audit writers interleave into one chain, and a writer
+//! whose connection dies answers that batch with an error and carries on with a new connection.
 
 mod support;
 
 use aegis_seal_gateway::infrastructure::metrics::Metrics;
-use aegis_seal_gateway::infrastructure::persistence::{AuditEvent, AuditWriter, Database};
+use aegis_seal_gateway::infrastructure::persistence::{
+    AuditEvent, AuditWriter, Database, ReplayGuard,
+};
 use serde_json::json;
+
+/// What a Postgres restart or failover does to every open connection.
+async fn terminate_connections(db: &Database) {
+    let Database::Postgres(pool) = db else {
+        unreachable!()
+    };
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(terminated.contains(&true), "no connection was terminated");
+}
 
 fn events(tag: &str, n: usize) -> Vec<AuditEvent> {
     (0..n)
@@ -54,18 +71,7 @@ async fn a_writer_whose_postgres_connection_died_reconnects_for_the_next_group()
     let writer = AuditWriter::start(db.clone(), Metrics::new(), None);
     writer.write(events("before", 2)).await.unwrap();
 
-    // What a Postgres restart or failover does to every open connection.
-    let Database::Postgres(pool) = &db else {
-        unreachable!()
-    };
-    let terminated: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    assert!(terminated.contains(&true), "no connection was terminated");
+    terminate_connections(&db).await;
 
     // The group in flight on the dead connection fails; the next one commits.
     let lost = writer.write(events("lost", 1)).await;
@@ -77,4 +83,21 @@ async fn a_writer_whose_postgres_connection_died_reconnects_for_the_next_group()
 
     let report = db.verify_audit(None).await.unwrap().unwrap();
     assert_eq!(report.rows, 4);
+}
+
+#[tokio::test]
+async fn the_replay_guard_whose_postgres_connection_died_reconnects_for_the_next_batch() {
+    let url = support::fresh_postgres_url().await;
+    let db = Database::connect(&url).await.unwrap();
+    let now = chrono::Utc::now();
+    let live = now + chrono::Duration::seconds(30);
+    let guard = ReplayGuard::start(db.clone(), now).await.unwrap();
+    assert!(guard.first_use("jti-1", live, now).await.unwrap());
+
+    terminate_connections(&db).await;
+
+    // Undecided, so not remembered: the caller may send the same envelope again.
+    assert!(guard.first_use("jti-2", live, now).await.is_err());
+    assert!(guard.first_use("jti-2", live, now).await.unwrap());
+    assert!(!guard.first_use("jti-1", live, now).await.unwrap());
 }
