@@ -163,8 +163,15 @@ pub(super) const WAL_RESTART_FRAMES: i64 = 8192;
 pub(super) async fn checkpoint_wal(pool: SqlitePool, wal: Arc<Wal>, interval: Duration) {
     loop {
         wal.committed.notified().await;
+        // At shutdown the pool may close first; SQLite checkpoints when its last connection
+        // closes, so there is nothing left to do then.
+        if pool.is_closed() {
+            return;
+        }
         let closed = wal.closed.load(Ordering::Relaxed);
-        if let Err(e) = checkpoint_once(&pool, &wal, WAL_RESTART_FRAMES).await {
+        if let Err(e) = checkpoint_once(&pool, &wal, WAL_RESTART_FRAMES).await
+            && !pool.is_closed()
+        {
             tracing::warn!(target: TARGET, error = %e, "WAL checkpoint failed");
         }
         if closed || pool.is_closed() {
@@ -403,5 +410,38 @@ mod tests {
         log.close().await;
         let report = db.verify_audit(None).await.unwrap().unwrap();
         assert_eq!(report.rows, 602);
+    }
+
+    #[tokio::test]
+    async fn a_closed_pool_ends_the_checkpointer_without_a_warning() {
+        let (_dir, _db, pool) = sqlite().await;
+        let mut log = SqliteAuditLog::new(&pool);
+        let wal = log.wal();
+        log.append(&events("a", 1), &[]).await.unwrap();
+        pool.close().await;
+
+        let logged = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = logged.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || SharedWriter(sink.clone()))
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        // It returns (the test would hang otherwise) and has nothing to report.
+        checkpoint_wal(pool.clone(), wal, Duration::from_millis(1)).await;
+        log.close().await;
+        let logged = String::from_utf8(logged.lock().unwrap().clone()).unwrap();
+        assert!(!logged.contains("WAL checkpoint failed"), "{logged}");
+    }
+
+    struct SharedWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 }
