@@ -52,5 +52,5 @@ cargo run --locked -p bench -- --smoke
 step "all tests passed"
 # The last line is the verdict in the plain form CI reads: the Rust test count from nextest's summary
 # ("N tests run: N passed, M skipped"); the checks after it fail this script on any error.
-passed="$(grep -oE '[0-9]+ tests? run: [0-9]+ passed' "$NEXTEST_LOG" | tail -1 | grep -oE '[0-9]+$')"
+passed="$(grep -oE 'tests? run: [0-9]+ passed' "$NEXTEST_LOG" | tail -1 | grep -oE '[0-9]+' || true)"
 echo "tests: ${passed:?no nextest summary in $NEXTEST_LOG} passed, 0 failed"
