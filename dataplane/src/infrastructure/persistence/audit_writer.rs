@@ -214,3 +214,101 @@ fn drain(pending: &mut mpsc::Receiver<Pending>, group: &mut Vec<Pending>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn commits(metrics: &Metrics) -> u64 {
+        let text = metrics.encode(false);
+        text.lines()
+            .find_map(|l| l.strip_prefix("aegis_seal_audit_commits_total{outcome=\"ok\"} "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no commit counter in\n{text}"))
+    }
+
+    fn event(i: usize) -> Vec<AuditEvent> {
+        vec![AuditEvent::from_json(
+            "ToolCallAuthorized",
+            json!({"execution_id": i}),
+        )]
+    }
+
+    /// Lets the writer run and a commit it started finish, without moving the paused clock: the
+    /// runtime never parks (which is when a paused clock jumps to the next timer).
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    async fn writer() -> (tempfile::TempDir, Database, Metrics, AuditWriter) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+        let db = Database::connect(&url).await.unwrap();
+        let metrics = Metrics::new();
+        let writer = AuditWriter::start(db.clone(), metrics.clone(), None);
+        // From here the clock moves only when the test lets it: the writer's wait never expires.
+        tokio::time::pause();
+        (dir, db, metrics, writer)
+    }
+
+    #[tokio::test]
+    async fn a_call_commits_at_once_when_few_are_on_their_way() {
+        let (_dir, _db, metrics, writer) = writer().await;
+        let on_the_way: Vec<OnTheWay> = (0..3).map(|_| writer.expect_events()).collect();
+        let first = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.write(event(0)).await }
+        });
+        // Committed without the clock moving: it did not wait for the other two. (Polled: a slow
+        // machine takes longer over the commit itself.)
+        for _ in 0..50 {
+            if commits(&metrics) == 1 {
+                break;
+            }
+            settle().await;
+        }
+        assert_eq!(commits(&metrics), 1, "the call waited for the other two");
+        first.await.unwrap().unwrap();
+        drop(on_the_way);
+    }
+
+    #[tokio::test]
+    async fn a_group_waits_for_calls_on_their_way_under_load() {
+        let (_dir, db, metrics, writer) = writer().await;
+        let on_the_way: Vec<OnTheWay> = (0..8).map(|_| writer.expect_events()).collect();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let calls: Vec<_> = on_the_way
+            .into_iter()
+            .enumerate()
+            .map(|(i, ticket)| {
+                let writer = writer.clone();
+                let release = release.clone();
+                tokio::spawn(async move {
+                    if i > 0 {
+                        release.notified().await;
+                    }
+                    let written = writer.write(event(i)).await;
+                    drop(ticket);
+                    written
+                })
+            })
+            .collect();
+        // The first call is queued; seven are still on their way, so nothing is committed yet.
+        settle().await;
+        assert_eq!(commits(&metrics), 0, "the first call was committed alone");
+
+        release.notify_waiters();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        assert!(commits(&metrics) < 8);
+        // A paused clock would time the pool's acquire out while the query runs.
+        tokio::time::resume();
+        assert_eq!(db.verify_audit(None).await.unwrap().unwrap().rows, 8);
+    }
+}
