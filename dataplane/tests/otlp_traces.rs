@@ -7,7 +7,11 @@
 //!
 //! And the log lines: the same calls with and without an endpoint print the same lines, none of
 //! them prefixed by a span.
+//!
+//! And the CLI-tool path: containers on the real podman, and a real HTTP semantic judge on
+//! 127.0.0.1 that allows or denies.
 
+mod cli_support;
 mod observability_support;
 mod support;
 
@@ -40,6 +44,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_aegis-seal-gateway");
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 const REPLAY_CALLER_SPAN: &str = "00f067aa0ba902b8";
+/// What the CLI test's judge answers when the first argument is `forbidden`.
+const CLI_JUDGE_DENIAL: &str = "forbidden-by-the-judge-in-otlp-traces";
 
 /// What the collector received: each request's `Content-Type`, raw body and decoded message.
 #[derive(Default)]
@@ -642,4 +648,369 @@ async fn traces_leave_the_log_lines_as_they_were() {
     without.sort();
     with.sort();
     assert_eq!(with, without);
+}
+
+/// A semantic judge on 127.0.0.1 that denies (with [`CLI_JUDGE_DENIAL`]) a call whose first
+/// argument is `forbidden` and allows anything else; it counts the requests it answered.
+async fn judge() -> (SocketAddr, Arc<Mutex<usize>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked = Arc::new(Mutex::new(0));
+    let count = asked.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let count = count.clone();
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        *count.lock().unwrap() += 1;
+                        let verdict = if request["args"][0] == "forbidden" {
+                            json!({"allowed": false, "reason": CLI_JUDGE_DENIAL})
+                        } else {
+                            json!({"allowed": true, "reason": null})
+                        };
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
+                            verdict.to_string(),
+                        ))))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, asked)
+}
+
+/// The CLI tools `busybox` (`echo`, `sh`) and `judged-echo` (`echo`, asks the judge first), on the
+/// local busybox image.
+fn write_cli_manifests(dir: &Path) {
+    let manifests = format!(
+        r#"
+apiVersion: seal.100monkeys.ai/v1
+kind: CliTool
+metadata: {{name: busybox}}
+spec:
+  description: busybox applets
+  docker_image: {image}
+  allowed_subcommands: [echo, sh]
+  default_timeout_seconds: 30
+  resources: {{memory: 64Mi, cpus: "0.5", pids: 32}}
+---
+apiVersion: seal.100monkeys.ai/v1
+kind: CliTool
+metadata: {{name: judged-echo}}
+spec:
+  docker_image: {image}
+  allowed_subcommands: [echo]
+  default_timeout_seconds: 30
+  require_semantic_judge: true
+---
+apiVersion: seal.100monkeys.ai/v1
+kind: SecurityContext
+metadata: {{name: aegis-system-default}}
+spec:
+  capabilities: [{{tool_pattern: "*"}}]
+"#,
+        image = cli_support::image()
+    );
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    std::fs::write(dir.join("manifests/tools.yaml"), manifests).unwrap();
+}
+
+/// The status code of `span` (`Unset` when it has none).
+fn status_of(span: &Span) -> (i32, String) {
+    span.status
+        .as_ref()
+        .map(|s| (s.code, s.message.clone()))
+        .unwrap_or((StatusCode::Unset as i32, String::new()))
+}
+
+#[tokio::test]
+async fn cli_tool_runs_and_judge_verdicts_are_spans_under_the_invocation() {
+    cli_support::require_podman();
+    let (collector, received) = collector().await;
+    let (judge, asked) = judge().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_cli_manifests(dir.path());
+    let signer = support::Signer::from_vectors();
+    let gateway = start(
+        dir.path(),
+        &signer,
+        "info",
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{}", collector.port()),
+            ),
+            ("SEAL_GATEWAY_CONTAINER_CLI", cli_support::podman()),
+            (
+                "SEAL_GATEWAY_SEMANTIC_JUDGE_URL",
+                format!("http://{judge}/judge"),
+            ),
+        ],
+    )
+    .await;
+    let now = chrono::Utc::now().timestamp();
+    // An argument that looks like a secret: the container gets it, no span does.
+    let secret = format!("cli-secret-{}", uuid::Uuid::new_v4().simple());
+
+    // Each call from its own caller span of the same trace: (tool, arguments, caller span,
+    // expected status).
+    let calls = [
+        (
+            "busybox",
+            json!({"subcommand": "echo", "args": ["hello", format!("--token={secret}")]}),
+            "00f067aa0ba90c01",
+            200,
+        ),
+        (
+            "busybox",
+            json!({"subcommand": "sh", "args": ["-c", "exit 3"]}),
+            "00f067aa0ba90c02",
+            200,
+        ),
+        (
+            "judged-echo",
+            json!({"subcommand": "echo", "args": ["judged", "ok"]}),
+            "00f067aa0ba90c03",
+            200,
+        ),
+        (
+            "judged-echo",
+            json!({"subcommand": "echo", "args": ["forbidden"]}),
+            "00f067aa0ba90c04",
+            403,
+        ),
+    ];
+    let mut sent_envelopes = Vec::new();
+    let mut answers = Vec::new();
+    for (i, (tool, arguments, caller, expected)) in calls.iter().enumerate() {
+        let envelope = signer.envelope(tool, arguments.clone(), &format!("jti-cli-{i}"), now);
+        sent_envelopes.push(envelope.clone());
+        let headers = [("traceparent", format!("00-{TRACE_ID}-{caller}-01"))];
+        let (status, body) = gateway.post(envelope, &headers).await;
+        assert_eq!(status, *expected, "{tool} {arguments}: {body}");
+        answers.push(body);
+    }
+    assert_eq!(
+        answers[0]["result"]["stdout"],
+        format!("hello --token={secret}\n")
+    );
+    assert_eq!(answers[1]["result"]["exit_code"], 3);
+    assert_eq!(answers[2]["result"]["stdout"], "judged ok\n");
+    assert_eq!(
+        answers[3],
+        json!({"error": "forbidden", "reason": CLI_JUDGE_DENIAL})
+    );
+    assert_eq!(*asked.lock().unwrap(), 2, "only judged-echo asks the judge");
+
+    let out = gateway.stop().await;
+    let logs = String::from_utf8_lossy(&out.stdout).into_owned();
+    let received = received.lock().unwrap();
+    assert!(
+        !received.requests.is_empty(),
+        "nothing exported; logs:\n{logs}"
+    );
+    let spans: Vec<Span> = received
+        .requests
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| s.spans.iter().cloned())
+        .collect();
+    let describe = |s: &Span| {
+        format!(
+            "{} {} <- {} {:?}",
+            s.name,
+            hex(&s.span_id),
+            hex(&s.parent_span_id),
+            s.status
+        )
+    };
+    let all: Vec<String> = spans.iter().map(describe).collect();
+    for span in &spans {
+        assert_eq!(hex(&span.trace_id), TRACE_ID, "{}", describe(span));
+    }
+
+    // Per call: its invocation span (the caller's span is its parent), that span's dispatch
+    // stage, and the spans named `name` under the invocation.
+    let invocation = |caller: &str| -> &Span {
+        let found: Vec<&Span> = spans
+            .iter()
+            .filter(|s| hex(&s.parent_span_id) == caller)
+            .collect();
+        assert_eq!(found.len(), 1, "one span of caller {caller}: {all:#?}");
+        found[0]
+    };
+    let named = |root: &Span, name: &str| -> Vec<&Span> {
+        descendants(&spans, root)
+            .into_iter()
+            .filter(|s| s.name == name)
+            .collect()
+    };
+    let dispatch_of = |invoke: &Span| -> Vec<u8> {
+        let dispatch = named(invoke, "seal.dispatch");
+        assert_eq!(dispatch.len(), 1, "{all:#?}");
+        assert_eq!(dispatch[0].parent_span_id, invoke.span_id);
+        dispatch[0].span_id.clone()
+    };
+    let image = cli_support::image();
+    let container_run = |invoke: &Span, exit: i64| -> Span {
+        assert_eq!(invoke.name, "POST /v1/invoke");
+        assert_eq!(invoke.kind, SpanKind::Server as i32);
+        let runs = named(invoke, "cli.container_run");
+        assert_eq!(runs.len(), 1, "one container run: {all:#?}");
+        let run = runs[0].clone();
+        assert_eq!(
+            run.parent_span_id,
+            dispatch_of(invoke),
+            "{}",
+            describe(&run)
+        );
+        assert_eq!(run.kind, SpanKind::Internal as i32);
+        for (key, value) in [
+            (
+                "seal.tool_name",
+                attr(&invoke.attributes, "seal.tool_name").map(attr_text),
+            ),
+            ("container.image.name", Some(image.clone())),
+            ("process.exit.code", Some(exit.to_string())),
+        ] {
+            assert_eq!(attr(&run.attributes, key).map(attr_text), value, "{key}");
+        }
+        assert_eq!(
+            attr(&invoke.attributes, "http.response.status_code").map(attr_text),
+            Some("200".into()),
+            "a run that exited is a 200, whatever its exit code"
+        );
+        assert_eq!(
+            status_of(invoke).0,
+            StatusCode::Unset as i32,
+            "{}",
+            describe(invoke)
+        );
+        run
+    };
+
+    // busybox echo: exit 0, nothing failed, and no judge was asked.
+    let invoke = invocation(calls[0].2);
+    assert_eq!(
+        attr(&invoke.attributes, "seal.tool_name").map(attr_text),
+        Some("busybox".into())
+    );
+    assert_eq!(
+        attr(&invoke.attributes, "seal.outcome").map(attr_text),
+        Some("authorized".into())
+    );
+    let run = container_run(invoke, 0);
+    assert_eq!(
+        status_of(&run).0,
+        StatusCode::Unset as i32,
+        "{}",
+        describe(&run)
+    );
+    assert!(named(invoke, "cli.semantic_judge").is_empty(), "{all:#?}");
+    let under: HashSet<&str> = descendants(&spans, invoke)
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    for stage in [
+        "seal.verify_envelope",
+        "seal.verify_token",
+        "seal.replay_check",
+        "seal.authorize",
+        "seal.audit_commit",
+    ] {
+        assert!(
+            under.contains(stage),
+            "no {stage} under the invocation: {under:?}"
+        );
+    }
+
+    // busybox sh -c 'exit 3': the run failed with its exit code; the call itself did not.
+    let run = container_run(invocation(calls[1].2), 3);
+    assert_eq!(
+        status_of(&run),
+        (StatusCode::Error as i32, "nonzero exit".into())
+    );
+
+    // judged-echo, allowed: the judge's span (with its request under it), then the run, both
+    // under the dispatch stage.
+    let invoke = invocation(calls[2].2);
+    let run = container_run(invoke, 0);
+    assert_eq!(status_of(&run).0, StatusCode::Unset as i32);
+    let judged = named(invoke, "cli.semantic_judge");
+    assert_eq!(judged.len(), 1, "{all:#?}");
+    let verdict = judged[0];
+    assert_eq!(verdict.parent_span_id, dispatch_of(invoke));
+    assert_eq!(
+        attr(&verdict.attributes, "seal.judge.allowed").map(attr_text),
+        Some("true".into())
+    );
+    assert_eq!(status_of(verdict).0, StatusCode::Unset as i32);
+    let request = descendants(&spans, verdict);
+    assert_eq!(request.len(), 1, "the judge's request: {all:#?}");
+    assert_eq!(request[0].kind, SpanKind::Client as i32);
+    assert_eq!(request[0].name, "POST");
+    assert_eq!(
+        attr(&request[0].attributes, "http.response.status_code").map(attr_text),
+        Some("200".into())
+    );
+
+    // judged-echo, denied: the judge's span and the invocation failed, nothing ran.
+    let invoke = invocation(calls[3].2);
+    let judged = named(invoke, "cli.semantic_judge");
+    assert_eq!(judged.len(), 1, "{all:#?}");
+    let verdict = judged[0];
+    assert_eq!(verdict.parent_span_id, dispatch_of(invoke));
+    assert_eq!(
+        attr(&verdict.attributes, "seal.judge.allowed").map(attr_text),
+        Some("false".into())
+    );
+    assert_eq!(
+        status_of(verdict),
+        (
+            StatusCode::Error as i32,
+            "rejected by the semantic judge".into()
+        )
+    );
+    assert!(named(invoke, "cli.container_run").is_empty(), "{all:#?}");
+    assert_eq!(
+        attr(&invoke.attributes, "http.response.status_code").map(attr_text),
+        Some("403".into())
+    );
+    assert_eq!(
+        attr(&invoke.attributes, "seal.outcome").map(attr_text),
+        Some("authorized".into())
+    );
+    assert_eq!(
+        status_of(invoke),
+        (StatusCode::Error as i32, "403 Forbidden".into())
+    );
+
+    // No token, signature, secret-looking argument or judge's reason in what was exported.
+    let mut needles = vec![secret.clone(), CLI_JUDGE_DENIAL.to_owned()];
+    for envelope in &sent_envelopes {
+        let envelope: Value = serde_json::from_str(envelope).unwrap();
+        let token = envelope["security_token"].as_str().unwrap();
+        needles.push(token.to_owned());
+        needles.push(token.rsplit('.').next().unwrap().to_owned());
+        needles.push(envelope["signature"].as_str().unwrap().to_owned());
+    }
+    for body in &received.bodies {
+        for needle in &needles {
+            assert!(
+                !body.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} was exported"
+            );
+        }
+    }
 }
