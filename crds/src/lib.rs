@@ -25,7 +25,9 @@ pub use compile::{Compiled, Problem, ResourceResult, Resources, compile};
 pub use gateway::{GatewaySettings, SealGateway, SealGatewaySpec, SealGatewayStatus};
 pub use manifest::{ManifestError, ManifestOrigin, parse_manifests};
 pub use security_context::{Capability, RateLimit, SecurityContext, SecurityContextSpec};
-pub use snapshot::{CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot, WorkflowEntry};
+pub use snapshot::{
+    CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot, WorkflowEntry, content_hash,
+};
 pub use workflow::{ApiSpecSource, OnError, OpenApiSource, Workflow, WorkflowSpec, WorkflowStep};
 
 /// Every CustomResourceDefinition of the API, in a stable order.

@@ -22,15 +22,37 @@ pub struct Snapshot {
 impl Snapshot {
     /// A stable content hash (`sha256:<hex>`), used to tell whether a reload changes anything.
     pub fn hash(&self) -> String {
-        // Serializing plain structs, vectors and BTreeMaps cannot fail and is deterministic.
-        let bytes = serde_json::to_vec(self).unwrap_or_default();
-        let digest = Sha256::digest(&bytes);
-        let mut hex = String::with_capacity(7 + 64);
-        hex.push_str("sha256:");
-        for b in digest {
-            hex.push_str(&format!("{b:02x}"));
-        }
-        hex
+        content_hash(self)
+    }
+}
+
+/// `sha256:<hex>` of `value`'s JSON, as [`Snapshot::hash`] computes it. Exposed so a type that
+/// serializes to the same JSON as a snapshot (the data plane's shared entries) hashes the same.
+pub fn content_hash<T: Serialize + ?Sized>(value: &T) -> String {
+    // The JSON is streamed into the digest rather than built first: for thousands of workflows it
+    // is megabytes, which would all be live at once while a snapshot loads.
+    let mut sink = DigestWriter(Sha256::new());
+    // Serializing plain structs, vectors and BTreeMaps cannot fail and is deterministic.
+    let _ = serde_json::to_writer(&mut sink, value);
+    let mut hex = String::with_capacity(7 + 64);
+    hex.push_str("sha256:");
+    for b in sink.0.finalize() {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex
+}
+
+/// Feeds what is written into a SHA-256 digest.
+struct DigestWriter(Sha256);
+
+impl std::io::Write for DigestWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::application::catalog::{ServedSnapshot, with_default_contexts};
+use crate::application::catalog::{Entries, ServedSnapshot, with_default_contexts};
 use crate::application::cli::CliEngine;
 use crate::application::clock::Clock;
 use crate::application::credential::CredentialResolver;
@@ -108,7 +108,7 @@ impl RunningGateway {
             ))
         };
         // Served: the declarative snapshot plus the REST objects stored in the database.
-        let base = with_default_contexts(snapshot);
+        let base = Entries::from(with_default_contexts(snapshot));
         let revision = db
             .catalog_revision()
             .await
@@ -226,19 +226,23 @@ pub async fn reload(
 ) -> Result<String, String> {
     let snapshot = with_default_contexts(snapshot);
     let mut base = state.registry.lock().await;
-    if base.hash() == snapshot.hash() {
+    let base_hash = snapshot.hash();
+    if base.hash() == base_hash {
         return Ok(state.served.load().hash.clone());
     }
+    // Moved, not copied: the base and the served snapshot share these entries.
+    let snapshot = Entries::from(snapshot);
     // Built before the catalog tables change, so an invalid snapshot leaves everything as it was.
     let served = registry::served_for(&state.db, &snapshot).await?;
+    // The catalog tables take a plain `Snapshot`; this copy lives only while they are written.
     state
         .db
-        .sync_catalog(&snapshot, source)
+        .sync_catalog(&snapshot.to_snapshot(), source)
         .await
         .map_err(|e| format!("catalog update failed: {e}"))?;
     let hash = served.hash.clone();
     state.served.store(Arc::new(served));
-    base.replace(snapshot);
+    base.replace(snapshot, base_hash);
     tracing::info!(snapshot = %hash, "snapshot reloaded");
     release_freed_memory();
     Ok(hash)

@@ -6,7 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use aegis_seal_crds::security_context::Capability;
-use aegis_seal_crds::{CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot};
+use aegis_seal_crds::{
+    CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot, WorkflowEntry, content_hash,
+};
+use serde::Serialize;
+use serde::ser::SerializeStruct;
 
 use crate::application::workflow::CompiledWorkflow;
 
@@ -55,10 +59,75 @@ impl<T> Default for Owners<T> {
     }
 }
 
+/// A snapshot's entries, each behind an `Arc`. The declarative base, the served snapshot (base plus
+/// REST objects) and the compiled workflows share one copy of each entry; cloning [`Snapshot`]s for
+/// each of them kept three copies of every workflow live while loading (bench/README.md, finding 3).
+#[derive(Default, Clone, Debug)]
+pub struct Entries {
+    pub workflows: Vec<Arc<WorkflowEntry>>,
+    pub cli_tools: Vec<Arc<CliToolEntry>>,
+    pub security_contexts: Vec<Arc<SecurityContextEntry>>,
+}
+
+impl From<Snapshot> for Entries {
+    /// Moves each entry into its `Arc`; nothing is copied.
+    fn from(snapshot: Snapshot) -> Self {
+        Self {
+            workflows: snapshot.workflows.into_iter().map(Arc::new).collect(),
+            cli_tools: snapshot.cli_tools.into_iter().map(Arc::new).collect(),
+            security_contexts: snapshot
+                .security_contexts
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
+        }
+    }
+}
+
+impl Entries {
+    /// [`Snapshot::hash`] of the same entries: they serialize to the same JSON.
+    pub fn hash(&self) -> String {
+        content_hash(self)
+    }
+
+    /// A plain copy, for code that takes a [`Snapshot`] (the catalog tables).
+    pub fn to_snapshot(&self) -> Snapshot {
+        Snapshot {
+            workflows: self.workflows.iter().map(|w| (**w).clone()).collect(),
+            cli_tools: self.cli_tools.iter().map(|t| (**t).clone()).collect(),
+            security_contexts: self
+                .security_contexts
+                .iter()
+                .map(|c| (**c).clone())
+                .collect(),
+        }
+    }
+}
+
+/// Field for field what `Snapshot`'s derived `Serialize` writes, so the hash is the same.
+impl Serialize for Entries {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("Snapshot", 3)?;
+        s.serialize_field("workflows", &Shared(&self.workflows))?;
+        s.serialize_field("cli_tools", &Shared(&self.cli_tools))?;
+        s.serialize_field("security_contexts", &Shared(&self.security_contexts))?;
+        s.end()
+    }
+}
+
+/// A list of shared entries serialized as the entries themselves (serde's `rc` feature is off).
+struct Shared<'a, T>(&'a [Arc<T>]);
+
+impl<T: Serialize> Serialize for Shared<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|e| &**e))
+    }
+}
+
 /// A snapshot ready to serve.
 #[derive(Default)]
 pub struct ServedSnapshot {
-    pub snapshot: Snapshot,
+    pub snapshot: Entries,
     pub hash: String,
     tools: Scoped<ToolRef>,
     contexts: Scoped<Arc<SecurityContextEntry>>,
@@ -124,11 +193,10 @@ pub fn with_default_contexts(mut snapshot: Snapshot) -> Snapshot {
 impl ServedSnapshot {
     /// Indexes the snapshot and compiles its workflows. Fails only for a snapshot that did not
     /// come from `crds::compile`, which validated every template and JSONPath.
-    pub fn new(snapshot: Snapshot) -> Result<Self, String> {
+    pub fn new(snapshot: Entries) -> Result<Self, String> {
         let mut tools = Scoped::new();
-        for w in &snapshot.workflows {
-            let compiled = CompiledWorkflow::compile(Arc::new(w.clone()))
-                .map_err(|e| format!("workflow {}: {e}", w.tool_name))?;
+        for compiled in CompiledWorkflow::compile_all(&snapshot.workflows)? {
+            let w = compiled.entry().clone();
             insert(
                 &mut tools,
                 &w.tenant_id,
@@ -141,12 +209,12 @@ impl ServedSnapshot {
                 &mut tools,
                 &t.tenant_id,
                 &t.tool_name,
-                ToolRef::CliTool(Arc::new(t.clone())),
+                ToolRef::CliTool(t.clone()),
             );
         }
         let mut contexts = Scoped::new();
         for c in &snapshot.security_contexts {
-            insert(&mut contexts, &c.tenant_id, &c.name, Arc::new(c.clone()));
+            insert(&mut contexts, &c.tenant_id, &c.name, c.clone());
         }
         Ok(Self {
             hash: snapshot.hash(),
@@ -191,6 +259,16 @@ fn scoped<T: Clone>(map: &Scoped<T>, tenant: &str, name: &str) -> Lookup<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_entries_hash_as_the_snapshot_they_came_from() {
+        let snapshot = with_default_contexts(Snapshot::default());
+        let hash = snapshot.hash();
+        let entries = Entries::from(snapshot);
+        assert_eq!(entries.hash(), hash);
+        assert_eq!(entries.to_snapshot().hash(), hash);
+        assert_eq!(Entries::default().hash(), Snapshot::default().hash());
+    }
 
     fn scoped_map(entries: &[(Option<&str>, &str, u32)]) -> Scoped<u32> {
         let mut map = Scoped::new();

@@ -23,7 +23,7 @@ use aegis_seal_crds::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
-use crate::application::catalog::ServedSnapshot;
+use crate::application::catalog::{Entries, ServedSnapshot};
 use crate::gateway::GatewayState;
 use crate::infrastructure::persistence::{
     CliToolRow, Database, PersistenceError, REST_SOURCE, SecurityContextRow, SpecRow, WorkflowRow,
@@ -42,12 +42,12 @@ pub const REST_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The declarative snapshot last loaded, as the registry lock guards it.
 pub struct Base {
-    snapshot: Snapshot,
+    snapshot: Entries,
     hash: String,
 }
 
 impl Base {
-    pub fn snapshot(&self) -> &Snapshot {
+    pub fn snapshot(&self) -> &Entries {
         &self.snapshot
     }
 
@@ -55,8 +55,9 @@ impl Base {
         &self.hash
     }
 
-    pub fn replace(&mut self, snapshot: Snapshot) {
-        self.hash = snapshot.hash();
+    /// `hash` is `snapshot.hash()`, which the caller has already computed.
+    pub fn replace(&mut self, snapshot: Entries, hash: String) {
+        self.hash = hash;
         self.snapshot = snapshot;
     }
 }
@@ -64,7 +65,7 @@ impl Base {
 impl Registry {
     /// `base` must already carry the default contexts; `revision` is the `catalog_revision` the
     /// REST objects were read at.
-    pub fn new(base: Snapshot, revision: i64) -> Self {
+    pub fn new(base: Entries, revision: i64) -> Self {
         Self {
             base: tokio::sync::Mutex::new(Base {
                 hash: base.hash(),
@@ -248,7 +249,7 @@ pub async fn rest_snapshot(db: &Database) -> Result<Snapshot, PersistenceError> 
 
 /// The declarative snapshot plus the REST objects whose names it does not define. Tools (workflows
 /// and CLI tools) share one name space per tenant, contexts another.
-pub fn merge(base: &Snapshot, rest: Snapshot) -> Snapshot {
+pub fn merge(base: &Entries, rest: Snapshot) -> Entries {
     let tools: HashSet<(Option<&str>, &str)> = base
         .workflows
         .iter()
@@ -264,7 +265,9 @@ pub fn merge(base: &Snapshot, rest: Snapshot) -> Snapshot {
         .iter()
         .map(|c| (c.tenant_id.as_deref(), c.name.as_str()))
         .collect();
+    // Clones the `Arc`s only: the base's entries are shared, not copied.
     let mut merged = base.clone();
+    let rest = Entries::from(rest);
     merged.workflows.extend(
         rest.workflows
             .into_iter()
@@ -284,7 +287,7 @@ pub fn merge(base: &Snapshot, rest: Snapshot) -> Snapshot {
 }
 
 /// The served snapshot for `base` and the REST objects in the database.
-pub async fn served_for(db: &Database, base: &Snapshot) -> Result<ServedSnapshot, String> {
+pub async fn served_for(db: &Database, base: &Entries) -> Result<ServedSnapshot, String> {
     let rest = rest_snapshot(db)
         .await
         .map_err(|e| format!("cannot read the REST objects: {e}"))?;

@@ -1,5 +1,6 @@
 //! The CLI invocation pipeline (see the module documentation of [`crate::application::cli`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aegis_seal_crds::CliToolEntry;
@@ -170,7 +171,7 @@ impl CliEngine {
     pub async fn start(
         settings: &CliSettings,
         http: HttpClient,
-        cli_tools: &[CliToolEntry],
+        cli_tools: &[Arc<CliToolEntry>],
     ) -> Self {
         let cli = container::resolve(&ResolveInput::from_process(
             settings.container_cli.as_deref(),

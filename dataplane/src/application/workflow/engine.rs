@@ -215,8 +215,8 @@ impl WorkflowEngine {
         ctx: &ExecutionContext<'_>,
         log: &mut EventLog<'_>,
     ) -> Result<StepSuccess, StepFailure> {
-        let text = if step.has_template {
-            template::render(&wf.registry, &step.name, scope).map_err(StepFailure::template)?
+        let text = if let Some(name) = &step.template {
+            template::render(&wf.registry, name, scope).map_err(StepFailure::template)?
         } else {
             "{}".to_owned()
         };
