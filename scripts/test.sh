@@ -9,7 +9,8 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "provisioning test services"
 eval "$(scripts/services.sh start)"
-trap 'scripts/services.sh stop' EXIT
+# The verdict is printed after the services stop, so that it is the run's last line.
+trap 'scripts/services.sh stop; if [ -n "${VERDICT:-}" ]; then echo "$VERDICT"; fi' EXIT
 
 command -v cargo-nextest >/dev/null || { step "installing cargo-nextest"; cargo install --locked cargo-nextest; }
 
@@ -53,4 +54,4 @@ step "all tests passed"
 # The last line is the verdict in the plain form CI reads: the Rust test count from nextest's summary
 # ("N tests run: N passed, M skipped"); the checks after it fail this script on any error.
 passed="$(grep -oE 'tests? run: [0-9]+ passed' "$NEXTEST_LOG" | tail -1 | grep -oE '[0-9]+' || true)"
-echo "tests: ${passed:?no nextest summary in $NEXTEST_LOG} passed, 0 failed"
+VERDICT="tests: ${passed:?no nextest summary in $NEXTEST_LOG} passed, 0 failed"
