@@ -510,22 +510,11 @@ async fn invocations_are_exported_as_otlp_traces_joined_to_the_callers_trace() {
 
     // No token, credential or secret anywhere in what was exported: not the issued credential,
     // not the OpenBao token, not the callers' security tokens or envelope signatures.
-    let mut needles = vec![secret.clone(), bao_token.clone()];
-    for envelope in &sent_envelopes {
-        let envelope: Value = serde_json::from_str(envelope).unwrap();
-        let token = envelope["security_token"].as_str().unwrap();
-        needles.push(token.to_owned());
-        needles.push(token.rsplit('.').next().unwrap().to_owned());
-        needles.push(envelope["signature"].as_str().unwrap().to_owned());
-    }
-    for body in &received.bodies {
-        for needle in &needles {
-            assert!(
-                !body.windows(needle.len()).any(|w| w == needle.as_bytes()),
-                "{needle} was exported"
-            );
-        }
-    }
+    assert_nothing_exported(
+        &received.bodies,
+        &sent_envelopes,
+        vec![secret.clone(), bao_token.clone()],
+    );
 }
 
 /// The lines a gateway logs for the same calls: the workflow with a caller trace context, a
@@ -997,15 +986,24 @@ async fn cli_tool_runs_and_judge_verdicts_are_spans_under_the_invocation() {
     );
 
     // No token, signature, secret-looking argument or judge's reason in what was exported.
-    let mut needles = vec![secret.clone(), CLI_JUDGE_DENIAL.to_owned()];
-    for envelope in &sent_envelopes {
+    assert_nothing_exported(
+        &received.bodies,
+        &sent_envelopes,
+        vec![secret.clone(), CLI_JUDGE_DENIAL.to_owned()],
+    );
+}
+
+/// No export body holds any of `needles`, nor the security token (whole, or its signature part)
+/// or the signature of any envelope sent.
+fn assert_nothing_exported(bodies: &[Bytes], sent_envelopes: &[String], mut needles: Vec<String>) {
+    for envelope in sent_envelopes {
         let envelope: Value = serde_json::from_str(envelope).unwrap();
         let token = envelope["security_token"].as_str().unwrap();
         needles.push(token.to_owned());
         needles.push(token.rsplit('.').next().unwrap().to_owned());
         needles.push(envelope["signature"].as_str().unwrap().to_owned());
     }
-    for body in &received.bodies {
+    for body in bodies {
         for needle in &needles {
             assert!(
                 !body.windows(needle.len()).any(|w| w == needle.as_bytes()),
