@@ -234,10 +234,9 @@ pub async fn reload(
     let snapshot = Entries::from(snapshot);
     // Built before the catalog tables change, so an invalid snapshot leaves everything as it was.
     let served = registry::served_for(&state.db, &snapshot).await?;
-    // The catalog tables take a plain `Snapshot`; this copy lives only while they are written.
     state
         .db
-        .sync_catalog(&snapshot.to_snapshot(), source)
+        .sync_catalog(&snapshot, source)
         .await
         .map_err(|e| format!("catalog update failed: {e}"))?;
     let hash = served.hash.clone();

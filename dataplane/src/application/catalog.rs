@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde::ser::SerializeStruct;
 
 use crate::application::workflow::CompiledWorkflow;
+use crate::infrastructure::persistence::CatalogEntries;
 
 /// A tool an agent can call.
 #[derive(Clone)]
@@ -89,18 +90,17 @@ impl Entries {
     pub fn hash(&self) -> String {
         content_hash(self)
     }
+}
 
-    /// A plain copy, for code that takes a [`Snapshot`] (the catalog tables).
-    pub fn to_snapshot(&self) -> Snapshot {
-        Snapshot {
-            workflows: self.workflows.iter().map(|w| (**w).clone()).collect(),
-            cli_tools: self.cli_tools.iter().map(|t| (**t).clone()).collect(),
-            security_contexts: self
-                .security_contexts
-                .iter()
-                .map(|c| (**c).clone())
-                .collect(),
-        }
+impl CatalogEntries for Entries {
+    fn workflows(&self) -> impl ExactSizeIterator<Item = &WorkflowEntry> {
+        self.workflows.iter().map(|w| &**w)
+    }
+    fn cli_tools(&self) -> impl ExactSizeIterator<Item = &CliToolEntry> {
+        self.cli_tools.iter().map(|t| &**t)
+    }
+    fn security_contexts(&self) -> impl ExactSizeIterator<Item = &SecurityContextEntry> {
+        self.security_contexts.iter().map(|c| &**c)
     }
 }
 
@@ -266,7 +266,6 @@ mod tests {
         let hash = snapshot.hash();
         let entries = Entries::from(snapshot);
         assert_eq!(entries.hash(), hash);
-        assert_eq!(entries.to_snapshot().hash(), hash);
         assert_eq!(Entries::default().hash(), Snapshot::default().hash());
     }
 

@@ -2,7 +2,7 @@
 //! the runbook's queries (`SELECT id, name, tenant_id FROM workflows WHERE name = ...`) see objects
 //! that came from manifests or custom resources as well as those registered over REST.
 
-use aegis_seal_crds::{ResourceRef, Snapshot};
+use aegis_seal_crds::{CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot, WorkflowEntry};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -23,6 +23,26 @@ impl CatalogSource {
             Self::Manifest => "manifest",
             Self::Kubernetes => "kubernetes",
         }
+    }
+}
+
+/// What the catalog tables mirror: a plain [`Snapshot`], or the shared entries a served snapshot
+/// holds (implemented beside them), so a reload writes the tables without copying its entries.
+pub trait CatalogEntries {
+    fn workflows(&self) -> impl ExactSizeIterator<Item = &WorkflowEntry>;
+    fn cli_tools(&self) -> impl ExactSizeIterator<Item = &CliToolEntry>;
+    fn security_contexts(&self) -> impl ExactSizeIterator<Item = &SecurityContextEntry>;
+}
+
+impl CatalogEntries for Snapshot {
+    fn workflows(&self) -> impl ExactSizeIterator<Item = &WorkflowEntry> {
+        self.workflows.iter()
+    }
+    fn cli_tools(&self) -> impl ExactSizeIterator<Item = &CliToolEntry> {
+        self.cli_tools.iter()
+    }
+    fn security_contexts(&self) -> impl ExactSizeIterator<Item = &SecurityContextEntry> {
+        self.security_contexts.iter()
     }
 }
 
@@ -79,7 +99,7 @@ impl Database {
     /// Replaces the declarative rows of `source` with the snapshot's entries, in one transaction.
     pub async fn sync_catalog(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &impl CatalogEntries,
         source: CatalogSource,
     ) -> Result<CatalogCounts, PersistenceError> {
         let backend = self.backend();
@@ -105,7 +125,7 @@ impl Database {
              description = excluded.description, input_schema = excluded.input_schema, \
              api_spec_id = NULL, steps = excluded.steps, source = excluded.source",
         );
-        for w in &snapshot.workflows {
+        for w in snapshot.workflows() {
             execute!(
                 tx,
                 upsert_workflow.clone(),
@@ -130,7 +150,7 @@ impl Database {
              default_timeout_seconds = excluded.default_timeout_seconds, resources = excluded.resources, \
              registry_credential_path = excluded.registry_credential_path, source = excluded.source",
         );
-        for t in &snapshot.cli_tools {
+        for t in snapshot.cli_tools() {
             execute!(
                 tx,
                 upsert_cli.clone(),
@@ -157,7 +177,7 @@ impl Database {
              description = excluded.description, capabilities = excluded.capabilities, \
              deny_list = excluded.deny_list, source = excluded.source",
         );
-        for c in &snapshot.security_contexts {
+        for c in snapshot.security_contexts() {
             execute!(
                 tx,
                 upsert_context.clone(),
@@ -176,9 +196,9 @@ impl Database {
             Tx::Postgres(tx) => tx.commit().await?,
         }
         let counts = CatalogCounts {
-            workflows: snapshot.workflows.len(),
-            cli_tools: snapshot.cli_tools.len(),
-            security_contexts: snapshot.security_contexts.len(),
+            workflows: snapshot.workflows().len(),
+            cli_tools: snapshot.cli_tools().len(),
+            security_contexts: snapshot.security_contexts().len(),
         };
         tracing::debug!(source = src, ?counts, "catalog tables synchronised");
         Ok(counts)
