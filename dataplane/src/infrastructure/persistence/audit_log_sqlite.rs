@@ -17,7 +17,8 @@
 //! rate). [`checkpoint_wal`] checkpoints `PASSIVE` from a pooled connection instead, which writers
 //! do not wait for. SQLite starts the log over at the first write after a checkpoint that caught
 //! up; under a load that never lets it catch up, the checkpointer asks the writer to finish the
-//! job (`RESTART`) before its next group, so the log stays bounded.
+//! job (`RESTART`) before its next group, so the log stays bounded. That restart stalls the group
+//! for two syncs, so the bound is generous and the restart rare.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,10 +62,13 @@ impl SqliteAuditLog {
         // no temporary file to create and unlink per group.
         let options = (*pool.connect_options())
             .clone()
+            // Named so that `top -H` and profiles tell the writer's thread from the pool's.
+            .thread_name(|_| "sqlite-audit".into())
             .pragma("temp_store", "memory")
             .pragma("wal_autocheckpoint", "0")
-            // After a restart, a log that grew under a burst is cut back to this size.
-            .pragma("journal_size_limit", "67108864");
+            // A restarted log keeps its file up to the bound instead of being cut back and grown
+            // again (and a cut is a discard on some mounts, paid in the writer's group).
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string());
         Self {
             options,
             conn: None,
@@ -154,8 +158,12 @@ impl SqliteAuditLog {
 /// 25 ms kept the bench's p99 at 1000/s near 2 ms where one every second made it 6 ms, at no cost
 /// in throughput.
 pub(super) const WAL_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(25);
-/// A log this long (4 KiB pages: 32 MiB) has not started over: the writer restarts it.
-pub(super) const WAL_RESTART_FRAMES: i64 = 8192;
+/// A log this long (4 KiB pages: 128 MiB) has not started over: the writer restarts it, which
+/// costs its group two syncs (3-4 ms here). At 8,192 frames the bench's 1,000 calls/s (18 frames
+/// each) paid that twice a second, and it was most of their p99 (bench/README.md).
+pub(super) const WAL_RESTART_FRAMES: i64 = 32_768;
+/// `journal_size_limit`: the log's file at the restart bound, frame headers included.
+const WAL_SIZE_LIMIT: i64 = WAL_RESTART_FRAMES * (4096 + 24);
 
 /// Checkpoints the write-ahead log after the audit log's commits, from a pooled connection, at
 /// most once per `interval`, and not at all while nothing is committed. Returns once the log is
