@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -15,8 +14,6 @@ use std::time::Duration;
 use aegis_seal_gateway::infrastructure::persistence::Database;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use sqlx::Row;
 use tokio::sync::Mutex;
@@ -38,21 +35,8 @@ const EVENT_TYPES: [&str; 4] = [
 
 /// POST /ok answers `{"id": 7}`.
 async fn upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|_req: http::Request<hyper::body::Incoming>| async {
-                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(r#"{"id": 7}"#))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    support::serve(|_req| async { http::Response::new(Full::new(Bytes::from(r#"{"id": 7}"#))) })
+        .await
 }
 
 fn write_manifests(dir: &Path, upstream: SocketAddr) {

@@ -4,7 +4,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::convert::Infallible;
 
 use aegis_seal_crds::Snapshot;
 use aegis_seal_gateway::application::clock::Clock;
@@ -14,8 +13,6 @@ use aegis_seal_gateway::infrastructure::persistence::{AuditEvent, Database};
 use bytes::Bytes;
 use chrono::{Duration, SecondsFormat, Utc};
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -42,29 +39,18 @@ async fn jwks_server() -> String {
     jwk["kid"] = json!("k1");
     jwk["use"] = json!("sig");
     let body = json!({"keys": [jwk]}).to_string();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!("http://{}/certs", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |_req| {
-                    let body = body.clone();
-                    async move {
-                        let mut response = http::Response::new(Full::new(Bytes::from(body)));
-                        response
-                            .headers_mut()
-                            .insert("content-type", "application/json".parse().unwrap());
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    let addr = support::serve(move |_req| {
+        let body = body.clone();
+        async move {
+            let mut response = http::Response::new(Full::new(Bytes::from(body)));
+            response
+                .headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            response
         }
-    });
-    uri
+    })
+    .await;
+    format!("http://{addr}/certs")
 }
 
 /// An operator token; `tenant` makes it a tenant operator.

@@ -3,6 +3,7 @@
 //! bounded output, NFS workspace mounts, and docker mode through podman's API socket.
 
 mod cli_support;
+mod support;
 
 use std::time::{Duration, Instant};
 

@@ -3,6 +3,7 @@
 //! the cause, which the runbook's query returns, on SQLite and on Postgres.
 
 mod cli_support;
+mod support;
 
 use std::time::{Duration, Instant};
 

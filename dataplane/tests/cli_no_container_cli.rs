@@ -108,26 +108,12 @@ async fn a_cli_call_without_a_container_cli_fails_with_the_runbook_error() {
 
 /// An upstream API for the workflow: `POST /ok` answers `{"id": 7}`.
 async fn upstream() -> std::net::SocketAddr {
-    use http_body_util::Full;
-    use hyper::service::service_fn;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|_req: http::Request<hyper::body::Incoming>| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                        bytes::Bytes::from_static(br#"{"id": 7}"#),
-                    )))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    support::serve(|_req| async {
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"id": 7}"#,
+        )))
+    })
+    .await
 }
 
 fn get(port: u16, path: &str) -> Option<(u16, String)> {

@@ -3,8 +3,8 @@
 //! into an auth file of the invocation's own, which is gone afterwards.
 
 mod cli_support;
+mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -20,60 +20,45 @@ use base64::Engine as _;
 use bytes::Bytes;
 use cli_support::*;
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
 /// A registry that only answers the login handshake: `GET /v2/` is 401 with a Basic challenge
 /// unless the right credentials come with it. Records every Authorization header.
 async fn registry(user: &'static str, password: String) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let recorded = seen.clone();
     let expected = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
     );
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (recorded, expected) = (recorded.clone(), expected.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (recorded, expected) = (recorded.clone(), expected.clone());
-                    async move {
-                        let auth = req
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_owned();
-                        if !auth.is_empty() {
-                            recorded.lock().unwrap().push(auth.clone());
-                        }
-                        let mut response =
-                            http::Response::new(Full::new(Bytes::from_static(b"{}")));
-                        response.headers_mut().insert(
-                            "docker-distribution-api-version",
-                            "registry/2.0".parse().unwrap(),
-                        );
-                        if auth != expected {
-                            *response.status_mut() = http::StatusCode::UNAUTHORIZED;
-                            response.headers_mut().insert(
-                                "www-authenticate",
-                                "Basic realm=\"test\"".parse().unwrap(),
-                            );
-                        }
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                // The CLI tries TLS first; that connection just fails and it falls back to HTTP.
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    // The CLI tries TLS first; that connection just fails and it falls back to HTTP.
+    let addr = support::serve(move |req: http::Request<hyper::body::Incoming>| {
+        let (recorded, expected) = (recorded.clone(), expected.clone());
+        async move {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            if !auth.is_empty() {
+                recorded.lock().unwrap().push(auth.clone());
+            }
+            let mut response = http::Response::new(Full::new(Bytes::from_static(b"{}")));
+            response.headers_mut().insert(
+                "docker-distribution-api-version",
+                "registry/2.0".parse().unwrap(),
+            );
+            if auth != expected {
+                *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+                response
+                    .headers_mut()
+                    .insert("www-authenticate", "Basic realm=\"test\"".parse().unwrap());
+            }
+            response
         }
-    });
+    })
+    .await;
     (addr, seen)
 }
 

@@ -5,6 +5,7 @@
 //! (`BAO_ADDR`, `BAO_TOKEN`) that `scripts/services.sh start` runs.
 
 mod credential_support;
+mod support;
 
 use aegis_seal_crds::SecretValue;
 use aegis_seal_crds::common::CredentialResolutionPath;

@@ -4,6 +4,7 @@
 //! Resolution Failed". A few tests use a fake OpenBao for answers a real one never gives.
 
 mod credential_support;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

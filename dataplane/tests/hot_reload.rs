@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,8 +16,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
@@ -34,35 +31,23 @@ struct Upstream {
 }
 
 async fn upstream() -> Upstream {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let hold = Arc::new(AtomicBool::new(false));
     let release = Arc::new(Notify::new());
     let (tx, arrived) = mpsc::unbounded_channel();
     let (h, r) = (hold.clone(), release.clone());
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (hold, release, tx) = (h.clone(), r.clone(), tx.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (hold, release, tx) = (hold.clone(), release.clone(), tx.clone());
-                    async move {
-                        let version = req.uri().path().trim_start_matches('/').to_owned();
-                        if hold.load(Ordering::SeqCst) {
-                            let _ = tx.send(version.clone());
-                            release.notified().await;
-                        }
-                        let body = json!({"version": version}).to_string();
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    let addr = support::serve(move |req: http::Request<hyper::body::Incoming>| {
+        let (hold, release, tx) = (h.clone(), r.clone(), tx.clone());
+        async move {
+            let version = req.uri().path().trim_start_matches('/').to_owned();
+            if hold.load(Ordering::SeqCst) {
+                let _ = tx.send(version.clone());
+                release.notified().await;
+            }
+            let body = json!({"version": version}).to_string();
+            http::Response::new(Full::new(Bytes::from(body)))
         }
-    });
+    })
+    .await;
     Upstream {
         addr,
         hold,

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use aegis_seal_crds::{Resources, compile, parse_manifests};
@@ -13,43 +12,29 @@ use aegis_seal_gateway::gateway::RunningGateway;
 use aegis_seal_gateway::infrastructure::persistence::Database;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use sqlx::Row;
 
 /// POST /ok answers `{"id": 7}`; POST /fail answers 500.
 async fn upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let auth = req
-                        .headers()
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    let (status, body) = match req.uri().path() {
-                        "/ok" => (200, r#"{"id": 7}"#.to_owned()),
-                        // Echoes the credential, as a careless upstream might.
-                        "/whoami" => (200, json!({"authorization": auth}).to_string()),
-                        _ => (500, r#"{"message": "boom"}"#.to_owned()),
-                    };
-                    let mut response = http::Response::new(Full::new(Bytes::from(body)));
-                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                    Ok::<_, Infallible>(response)
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    support::serve(|req: http::Request<hyper::body::Incoming>| async move {
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let (status, body) = match req.uri().path() {
+            "/ok" => (200, r#"{"id": 7}"#.to_owned()),
+            // Echoes the credential, as a careless upstream might.
+            "/whoami" => (200, json!({"authorization": auth}).to_string()),
+            _ => (500, r#"{"message": "boom"}"#.to_owned()),
+        };
+        let mut response = http::Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        response
+    })
+    .await
 }
 
 fn manifests(base_url: &str) -> String {

@@ -1,37 +1,23 @@
 //! OpenAPI documents named by URL are fetched (bounded) before the manifests compile.
 
-use std::convert::Infallible;
+mod support;
 
 use aegis_seal_gateway::infrastructure::config::{ManifestSet, fetch_documents};
 use aegis_seal_gateway::infrastructure::http_client::{HttpClient, HttpClientConfig};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
 const DOCUMENT: &str = "openapi: 3.0.0\npaths:\n  /repos:\n    post: {operationId: createRepo}\n";
 
 async fn document_server() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let mut response = http::Response::new(Full::new(Bytes::from(DOCUMENT)));
-                    if req.uri().path() != "/openapi.yaml" {
-                        *response.status_mut() = http::StatusCode::NOT_FOUND;
-                    }
-                    Ok::<_, Infallible>(response)
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    support::serve(|req: http::Request<hyper::body::Incoming>| async move {
+        let mut response = http::Response::new(Full::new(Bytes::from(DOCUMENT)));
+        if req.uri().path() != "/openapi.yaml" {
+            *response.status_mut() = http::StatusCode::NOT_FOUND;
         }
-    });
-    addr
+        response
+    })
+    .await
 }
 
 fn workflow(url: &str) -> String {

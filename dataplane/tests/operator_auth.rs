@@ -1,6 +1,7 @@
 //! Operator JWT authentication against a real JWKS endpoint (a hyper server on 127.0.0.1).
 
-use std::convert::Infallible;
+mod support;
+
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -16,8 +17,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -97,11 +96,6 @@ struct JwksServer {
 
 impl JwksServer {
     async fn start(jwks: Value) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri = format!(
-            "http://{}/realms/aegis/certs",
-            listener.local_addr().unwrap()
-        );
         let state = Arc::new(ServerState {
             fetches: AtomicUsize::new(0),
             jwks: Mutex::new(jwks),
@@ -109,17 +103,8 @@ impl JwksServer {
             delay: Mutex::new(Duration::ZERO),
         });
         let shared = state.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |_request| serve(state.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let addr = support::serve(move |_request| answer(shared.clone())).await;
+        let uri = format!("http://{addr}/realms/aegis/certs");
         Self { uri, state }
     }
 
@@ -140,7 +125,7 @@ impl JwksServer {
     }
 }
 
-async fn serve(state: Arc<ServerState>) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+async fn answer(state: Arc<ServerState>) -> hyper::Response<Full<Bytes>> {
     state.fetches.fetch_add(1, Ordering::SeqCst);
     let delay = *state.delay.lock().unwrap();
     if !delay.is_zero() {
@@ -155,12 +140,11 @@ async fn serve(state: Arc<ServerState>) -> Result<hyper::Response<Full<Bytes>>, 
         ),
         Mode::Hang => std::future::pending().await,
     };
-    let response = hyper::Response::builder()
+    hyper::Response::builder()
         .status(status)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    Ok(response)
+        .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ mod observability_support;
 mod support;
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -26,8 +25,6 @@ use std::time::{Duration, Instant};
 use aegis_seal_gateway::infrastructure::persistence::Database;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use observability_support::{KV_KEY, upstream, write_kv_token};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -57,62 +54,48 @@ struct Received {
 
 /// An OTLP/HTTP trace receiver on 127.0.0.1: `POST /v1/traces` only.
 async fn collector() -> (SocketAddr, Arc<Mutex<Received>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Received::default()));
     let store = received.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+    let addr = support::serve(move |req: http::Request<hyper::body::Incoming>| {
+        let store = store.clone();
+        async move {
+            if req.method() != http::Method::POST || req.uri().path() != "/v1/traces" {
+                let mut r = http::Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = http::StatusCode::NOT_FOUND;
+                return r;
+            }
+            let content_type = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let decoded = ExportTraceServiceRequest::decode(body.clone());
+            let mut store = store.lock().unwrap();
+            store.content_types.push(content_type);
+            store.bodies.push(body);
+            let mut response = match decoded {
+                Ok(request) => {
+                    store.requests.push(request);
+                    http::Response::new(Full::new(Bytes::from(
+                        ExportTraceServiceResponse::default().encode_to_vec(),
+                    )))
+                }
+                Err(_) => {
+                    let mut r = http::Response::new(Full::new(Bytes::new()));
+                    *r.status_mut() = http::StatusCode::BAD_REQUEST;
+                    r
+                }
             };
-            let store = store.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let store = store.clone();
-                    async move {
-                        if req.method() != http::Method::POST || req.uri().path() != "/v1/traces" {
-                            let mut r = http::Response::new(Full::new(Bytes::new()));
-                            *r.status_mut() = http::StatusCode::NOT_FOUND;
-                            return Ok::<_, Infallible>(r);
-                        }
-                        let content_type = req
-                            .headers()
-                            .get(http::header::CONTENT_TYPE)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_owned();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let decoded = ExportTraceServiceRequest::decode(body.clone());
-                        let mut store = store.lock().unwrap();
-                        store.content_types.push(content_type);
-                        store.bodies.push(body);
-                        let mut response = match decoded {
-                            Ok(request) => {
-                                store.requests.push(request);
-                                http::Response::new(Full::new(Bytes::from(
-                                    ExportTraceServiceResponse::default().encode_to_vec(),
-                                )))
-                            }
-                            Err(_) => {
-                                let mut r = http::Response::new(Full::new(Bytes::new()));
-                                *r.status_mut() = http::StatusCode::BAD_REQUEST;
-                                r
-                            }
-                        };
-                        response.headers_mut().insert(
-                            http::header::CONTENT_TYPE,
-                            http::HeaderValue::from_static("application/x-protobuf"),
-                        );
-                        Ok(response)
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/x-protobuf"),
+            );
+            response
         }
-    });
+    })
+    .await;
     (addr, received)
 }
 
@@ -642,39 +625,23 @@ async fn traces_leave_the_log_lines_as_they_were() {
 /// A semantic judge on 127.0.0.1 that denies (with [`CLI_JUDGE_DENIAL`]) a call whose first
 /// argument is `forbidden` and allows anything else; it counts the requests it answered.
 async fn judge() -> (SocketAddr, Arc<Mutex<usize>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let asked = Arc::new(Mutex::new(0));
     let count = asked.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+    let addr = support::serve(move |req: http::Request<hyper::body::Incoming>| {
+        let count = count.clone();
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            *count.lock().unwrap() += 1;
+            let verdict = if request["args"][0] == "forbidden" {
+                json!({"allowed": false, "reason": CLI_JUDGE_DENIAL})
+            } else {
+                json!({"allowed": true, "reason": null})
             };
-            let count = count.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let count = count.clone();
-                    async move {
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        *count.lock().unwrap() += 1;
-                        let verdict = if request["args"][0] == "forbidden" {
-                            json!({"allowed": false, "reason": CLI_JUDGE_DENIAL})
-                        } else {
-                            json!({"allowed": true, "reason": null})
-                        };
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
-                            verdict.to_string(),
-                        ))))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            http::Response::new(Full::new(Bytes::from(verdict.to_string())))
         }
-    });
+    })
+    .await;
     (addr, asked)
 }
 

@@ -2,7 +2,6 @@
 //! an engine wired to them, a real HTTP semantic judge on 127.0.0.1, and the runbook's SQL.
 #![allow(dead_code)] // each test binary uses its own part
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -19,10 +18,10 @@ use aegis_seal_gateway::infrastructure::http_client::{HttpClient, HttpClientConf
 use aegis_seal_gateway::infrastructure::persistence::{AuditEvent, Database};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use sqlx::Row;
+
+use crate::support;
 
 /// The runbook's query ("Semantic Judge Unreachable"), verbatim.
 pub const RUNBOOK_REJECTIONS_SQL: &str =
@@ -327,51 +326,35 @@ pub const JUDGE_DENIAL: &str = "rewriting history is not allowed for agents";
 
 impl Judge {
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let requests: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
         let recorded = requests.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
+        let addr = support::serve(move |req: http::Request<hyper::body::Incoming>| {
+            let recorded = recorded.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let parsed = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                recorded.lock().unwrap().push((path.clone(), parsed));
+                let (status, body) = match path.as_str() {
+                    "/allow" => (200, json!({"allowed": true, "reason": null}).to_string()),
+                    "/deny" => (
+                        200,
+                        json!({"allowed": false, "reason": JUDGE_DENIAL}).to_string(),
+                    ),
+                    "/deny-silent" => (200, json!({"allowed": false}).to_string()),
+                    "/error" => (500, json!({"error": "model overloaded"}).to_string()),
+                    "/hang" => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        (200, json!({"allowed": true}).to_string())
+                    }
+                    _ => (200, "<html>not a verdict</html>".to_owned()),
                 };
-                let recorded = recorded.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let recorded = recorded.clone();
-                        async move {
-                            let path = req.uri().path().to_owned();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let parsed = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                            recorded.lock().unwrap().push((path.clone(), parsed));
-                            let (status, body) = match path.as_str() {
-                                "/allow" => {
-                                    (200, json!({"allowed": true, "reason": null}).to_string())
-                                }
-                                "/deny" => (
-                                    200,
-                                    json!({"allowed": false, "reason": JUDGE_DENIAL}).to_string(),
-                                ),
-                                "/deny-silent" => (200, json!({"allowed": false}).to_string()),
-                                "/error" => (500, json!({"error": "model overloaded"}).to_string()),
-                                "/hang" => {
-                                    tokio::time::sleep(Duration::from_secs(30)).await;
-                                    (200, json!({"allowed": true}).to_string())
-                                }
-                                _ => (200, "<html>not a verdict</html>".to_owned()),
-                            };
-                            let mut response = http::Response::new(Full::new(Bytes::from(body)));
-                            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                let mut response = http::Response::new(Full::new(Bytes::from(body)));
+                *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                response
             }
-        });
+        })
+        .await;
         Self { addr, requests }
     }
 

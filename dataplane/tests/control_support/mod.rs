@@ -2,7 +2,6 @@
 //! rotate or fail, operator tokens, an upstream API, and a gateway with operator authentication on.
 #![allow(dead_code)] // each test binary uses its own part
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,11 +16,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+
+use crate::support;
 
 pub const ISSUER: &str = "https://idp.test/realms/aegis";
 pub const AUDIENCE: &str = "aegis-seal-gateway";
@@ -68,35 +67,22 @@ pub struct JwksServer {
 
 impl JwksServer {
     pub async fn start(jwks: Value) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri = format!(
-            "http://{}/realms/aegis/certs",
-            listener.local_addr().unwrap()
-        );
         let keys = Arc::new(Mutex::new(Some(jwks)));
         let shared = keys.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let keys = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-                        let current = keys.lock().unwrap().clone();
-                        async move {
-                            let (status, body) = match current {
-                                Some(jwks) => (200, jwks.to_string()),
-                                None => (500, "down".to_owned()),
-                            };
-                            let mut response = http::Response::new(Full::new(Bytes::from(body)));
-                            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        let addr = support::serve(move |_req| {
+            let current = shared.lock().unwrap().clone();
+            async move {
+                let (status, body) = match current {
+                    Some(jwks) => (200, jwks.to_string()),
+                    None => (500, "down".to_owned()),
+                };
+                let mut response = http::Response::new(Full::new(Bytes::from(body)));
+                *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                response
             }
-        });
+        })
+        .await;
+        let uri = format!("http://{addr}/realms/aegis/certs");
         Self { uri, keys }
     }
 
@@ -192,37 +178,25 @@ pub fn operator(tenant: Option<&str>, role: &str) -> String {
 /// An upstream API: `POST /repos` answers `{"id": 7, "name": <body.name>}`; `GET /repos/{id}` answers
 /// `{"id": <id>, "tags": ["a", "b"]}`; anything else 404.
 pub async fn upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    use http_body_util::BodyExt;
-                    let method = req.method().clone();
-                    let path = req.uri().path().to_owned();
-                    let body = req.into_body().collect().await.unwrap().to_bytes();
-                    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    let (status, reply) = match (method.as_str(), path.as_str()) {
-                        ("POST", "/repos") => (200, json!({"id": 7, "name": body["name"]})),
-                        ("GET", p) if p.starts_with("/repos/") => (
-                            200,
-                            json!({"id": p.trim_start_matches("/repos/"), "tags": ["a", "b"]}),
-                        ),
-                        _ => (404, json!({"message": "not found"})),
-                    };
-                    let mut response =
-                        http::Response::new(Full::new(Bytes::from(reply.to_string())));
-                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                    Ok::<_, Infallible>(response)
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    support::serve(|req: http::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let (status, reply) = match (method.as_str(), path.as_str()) {
+            ("POST", "/repos") => (200, json!({"id": 7, "name": body["name"]})),
+            ("GET", p) if p.starts_with("/repos/") => (
+                200,
+                json!({"id": p.trim_start_matches("/repos/"), "tags": ["a", "b"]}),
+            ),
+            _ => (404, json!({"message": "not found"})),
+        };
+        let mut response = http::Response::new(Full::new(Bytes::from(reply.to_string())));
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        response
+    })
+    .await
 }
 
 /// The OpenAPI document of [`upstream`].

@@ -2,7 +2,6 @@
 //! (OIDC discovery, JWKS and an RFC 8693 token endpoint) on 127.0.0.1, log capture, and leak checks.
 #![allow(dead_code)] // each test binary uses its own part
 
-use std::convert::Infallible;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -19,13 +18,10 @@ use aegis_seal_gateway::infrastructure::persistence::{AuditEvent, Database};
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use reqwest::Url;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 // Test-only RSA keys, generated once for these tests with
 // `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048` and used nowhere else: never trust them.
@@ -461,61 +457,48 @@ impl FakeServer {
     pub async fn start(
         respond: impl Fn(&str, &Recorded) -> (StatusCode, String) + Send + Sync + 'static,
     ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
         let hits = Arc::new(AtomicUsize::new(0));
         let respond: Arc<Responder> = Arc::new(respond);
+        // The responder is given the server's own base URL, known once it listens; it is set
+        // before `start` returns, so before anyone can send a request.
+        let known_base: Arc<OnceLock<String>> = Arc::default();
         let (shared_requests, shared_hits, shared_base) =
-            (requests.clone(), hits.clone(), base.clone());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (requests, hits, respond, base) = (
-                    shared_requests.clone(),
-                    shared_hits.clone(),
-                    respond.clone(),
-                    shared_base.clone(),
-                );
-                tokio::spawn(async move {
-                    let service =
-                        service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                            let (requests, hits, respond, base) = (
-                                requests.clone(),
-                                hits.clone(),
-                                respond.clone(),
-                                base.clone(),
-                            );
-                            async move {
-                                let (parts, body) = request.into_parts();
-                                let body = body
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
-                                let recorded = Recorded {
-                                    method: parts.method,
-                                    path: parts.uri.path().to_owned(),
-                                    headers: parts.headers,
-                                    body: body.to_vec(),
-                                };
-                                hits.fetch_add(1, Ordering::SeqCst);
-                                let (status, body) = respond(&base, &recorded);
-                                requests.lock().unwrap().push(recorded);
-                                Ok::<_, Infallible>(
-                                    hyper::Response::builder()
-                                        .status(status)
-                                        .header("content-type", "application/json")
-                                        .body(Full::new(Bytes::from(body)))
-                                        .unwrap(),
-                                )
-                            }
-                        });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+            (requests.clone(), hits.clone(), known_base.clone());
+        let addr = crate::support::serve(move |request: hyper::Request<hyper::body::Incoming>| {
+            let (requests, hits, respond, base) = (
+                shared_requests.clone(),
+                shared_hits.clone(),
+                respond.clone(),
+                shared_base.clone(),
+            );
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let recorded = Recorded {
+                    method: parts.method,
+                    path: parts.uri.path().to_owned(),
+                    headers: parts.headers,
+                    body: body.to_vec(),
+                };
+                hits.fetch_add(1, Ordering::SeqCst);
+                let base = base.get().expect("the base URL is set before any request");
+                let (status, body) = respond(base, &recorded);
+                requests.lock().unwrap().push(recorded);
+                hyper::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap()
             }
-        });
+        })
+        .await;
+        let base = format!("http://{addr}");
+        known_base.set(base.clone()).unwrap();
         Self {
             base,
             requests,

@@ -3,7 +3,6 @@
 //! tools on the real podman; signed invocations; and the exporter's scrape.
 #![allow(dead_code)] // each test binary uses its own part
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use aegis_seal_crds::{Resources, Snapshot, compile, parse_manifests};
@@ -14,8 +13,6 @@ use aegis_seal_gateway::infrastructure::persistence::{CatalogSource, Database};
 use aegis_seal_gateway::presentation::metrics::MetricsExporter;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
 use crate::support;
@@ -26,46 +23,31 @@ pub const KV_KEY: &str = "observability-tests/whoami";
 /// POST /ok answers `{"id": 7}`; POST /whoami echoes the `Authorization` header (as a careless
 /// upstream might); POST /trace echoes `traceparent` and `tracestate`; anything else answers 500.
 pub async fn upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let header = |name: &str| {
-                        req.headers()
-                            .get(name)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned)
-                    };
-                    let (status, body) = match req.uri().path() {
-                        "/ok" => (200, r#"{"id": 7}"#.to_owned()),
-                        "/whoami" => (
-                            200,
-                            json!({"authorization": header("authorization").unwrap_or_default()})
-                                .to_string(),
-                        ),
-                        "/trace" => (
-                            200,
-                            json!({"traceparent": header("traceparent"), "tracestate": header("tracestate")})
-                                .to_string(),
-                        ),
-                        _ => (500, r#"{"message": "boom"}"#.to_owned()),
-                    };
-                    let mut response = http::Response::new(Full::new(Bytes::from(body)));
-                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                    Ok::<_, Infallible>(response)
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    support::serve(|req: http::Request<hyper::body::Incoming>| async move {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (status, body) = match req.uri().path() {
+            "/ok" => (200, r#"{"id": 7}"#.to_owned()),
+            "/whoami" => (
+                200,
+                json!({"authorization": header("authorization").unwrap_or_default()}).to_string(),
+            ),
+            "/trace" => (
+                200,
+                json!({"traceparent": header("traceparent"), "tracestate": header("tracestate")})
+                    .to_string(),
+            ),
+            _ => (500, r#"{"message": "boom"}"#.to_owned()),
+        };
+        let mut response = http::Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        response
+    })
+    .await
 }
 
 /// Workflows `ok-tool` (no credential), `whoami` (OpenBao KV credential), `missing-secret` (a KV

@@ -1,10 +1,17 @@
-//! Shared by the data plane's integration tests: real databases of both kinds, and gateways.
+//! Shared by the data plane's integration tests: real databases of both kinds, gateways, and HTTP
+//! servers on 127.0.0.1 for the peers they talk to.
 #![allow(dead_code)] // each test binary uses its own part
 
-use std::net::TcpListener;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
+use std::sync::Arc;
 
 use aegis_seal_gateway::infrastructure::config::{ConfigSources, GatewayConfig, load_config};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 
 /// The Postgres server the test command started. Postgres tests never skip: without it they fail.
 pub fn postgres_server_url() -> String {
@@ -58,6 +65,39 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1 (an ephemeral port) that answers every request with
+/// `handler`: for the peers that speak a public contract over the wire, such as an upstream API,
+/// OpenBao, Keycloak, a JWKS endpoint, a semantic judge or an OTLP collector. Returns its address
+/// once it listens; it serves each connection on a task of its own until the runtime ends, and a
+/// failed `accept` is skipped.
+pub async fn serve<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(http::Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let response = handler(request);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
 }
 
 /// Settings for an in-process gateway on an ephemeral port, from environment-style overrides.
