@@ -18,7 +18,8 @@
 //! do not wait for. SQLite starts the log over at the first write after a checkpoint that caught
 //! up; under a load that never lets it catch up, the checkpointer asks the writer to finish the
 //! job (`RESTART`) before its next group, so the log stays bounded. That restart stalls the group
-//! for two syncs, so the bound is generous and the restart rare.
+//! for two syncs, so the bound is generous and the restart rare; and it never waits for readers
+//! still on old frames (it tries again at the checkpointer's next request).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,8 +38,8 @@ const TARGET: &str = "aegis_seal_gateway::infrastructure::persistence";
 
 pub(super) struct SqliteAuditLog {
     options: SqliteConnectOptions,
-    /// Opened on first use, and again after any failure.
-    conn: Option<SqliteConnection>,
+    /// Opened on first use, and again after any failure, with its `busy_timeout` in ms.
+    conn: Option<(SqliteConnection, i64)>,
     /// Last id handed out and the newest row's hash, as this connection committed or read them.
     head: Option<(i64, String)>,
     wal: Arc<Wal>,
@@ -112,9 +113,16 @@ impl SqliteAuditLog {
         events: &[AuditEvent],
         jtis: &[(String, DateTime<Utc>)],
     ) -> Result<(), PersistenceError> {
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => self.conn.insert(self.options.connect().await?),
+        let (conn, busy_ms) = match &mut self.conn {
+            Some((conn, busy_ms)) => (conn, *busy_ms),
+            None => {
+                let mut conn = self.options.connect().await?;
+                let busy_ms: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+                    .fetch_one(&mut conn)
+                    .await?;
+                let (conn, _) = self.conn.insert((conn, busy_ms));
+                (conn, busy_ms)
+            }
         };
         let (last_id, prev) = match (&self.head, events.is_empty()) {
             (_, true) => (0, String::new()),
@@ -123,9 +131,15 @@ impl SqliteAuditLog {
         };
         let linked = link(events, last_id + 1.., prev);
         let mut sql = QueryBuilder::new(if self.wal.restart.swap(false, Ordering::Relaxed) {
-            "PRAGMA wal_checkpoint(RESTART); BEGIN IMMEDIATE; "
+            // Without waiting: a reader still on old frames (an operator's query on the file,
+            // say) would otherwise hold every caller for up to the busy timeout. A restart that
+            // cannot finish copies what it can; the checkpointer asks again.
+            format!(
+                "PRAGMA busy_timeout = 0; PRAGMA wal_checkpoint(RESTART); \
+                 PRAGMA busy_timeout = {busy_ms}; BEGIN IMMEDIATE; "
+            )
         } else {
-            "BEGIN IMMEDIATE; "
+            "BEGIN IMMEDIATE; ".to_owned()
         });
         push_sqlite_inserts(&mut sql, &linked, jtis);
         sql.push("COMMIT");
@@ -141,7 +155,7 @@ impl SqliteAuditLog {
     /// left open.
     async fn reset(&mut self) {
         self.head = None;
-        if let Some(conn) = self.conn.take() {
+        if let Some((conn, _)) = self.conn.take() {
             let _ = conn.close().await;
         }
     }
@@ -418,6 +432,66 @@ mod tests {
         log.close().await;
         let report = db.verify_audit(None).await.unwrap().unwrap();
         assert_eq!(report.rows, 602);
+    }
+
+    #[tokio::test]
+    async fn a_reader_on_old_frames_does_not_hold_the_writer_at_a_restart() {
+        let (_dir, db, pool) = sqlite().await;
+        // The writer's connection would wait an hour for a lock: had the restart waited for the
+        // reader below, the group would not be committed.
+        let patient = SqlitePool::connect_with(
+            (*pool.connect_options())
+                .clone()
+                .busy_timeout(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+        let mut log = SqliteAuditLog::new(&patient);
+        for i in 0..20 {
+            log.append(&events(&format!("g{i}"), 5), &[]).await.unwrap();
+        }
+        let mut reader = pool.acquire().await.unwrap();
+        sqlx::query("BEGIN").execute(&mut *reader).await.unwrap();
+        let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM gateway_events")
+            .fetch_one(&mut *reader)
+            .await
+            .unwrap();
+        for i in 0..10 {
+            log.append(&events(&format!("during-{i}"), 5), &[])
+                .await
+                .unwrap();
+        }
+        checkpoint_once(&pool, &log.wal, 1).await.unwrap();
+        assert!(log.wal.restart.load(Ordering::Relaxed));
+
+        // The restart cannot finish while the reader is on old frames; the group goes through.
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            log.append(&events("while-read", 1), &[]),
+        )
+        .await
+        .expect("the writer waited for the reader")
+        .unwrap();
+        let (kept, _) = wal_frames(&pool).await;
+        assert!(
+            kept > 30,
+            "the log was restarted under a reader: {kept} frames"
+        );
+
+        // Once the reader is done, the next request restarts the log.
+        sqlx::query("COMMIT").execute(&mut *reader).await.unwrap();
+        drop(reader);
+        checkpoint_once(&pool, &log.wal, 1).await.unwrap();
+        log.append(&events("after", 1), &[]).await.unwrap();
+        let (restarted, _) = wal_frames(&pool).await;
+        assert!(
+            restarted < 30,
+            "the log was not restarted: {restarted} frames"
+        );
+
+        log.close().await;
+        patient.close().await;
+        assert_eq!(db.verify_audit(None).await.unwrap().unwrap().rows, 152);
     }
 
     #[tokio::test]
