@@ -133,6 +133,20 @@ async fn workflows_run_and_failures_are_recorded_as_the_runbook_reads_them() {
         assert_eq!(body["result"]["result"], json!({"id": 7}));
         assert_eq!(body["result"]["steps"]["call"]["id"], 7);
 
+        // `ok-tool` is system-global: its events are the calling tenant's rows all the same, so
+        // that tenant's operators can read them (GET /v1/events scopes by this column).
+        let sql = "SELECT DISTINCT tenant_id FROM gateway_events WHERE event_type LIKE 'Workflow%'";
+        let tenants: Vec<Option<String>> = match &db {
+            Database::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
+            Database::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
+        };
+        assert_eq!(
+            tenants,
+            [signer.session["tenant_id"].as_str().map(str::to_owned)],
+            "{backend}"
+        );
+        assert!(tenants[0].is_some(), "{backend}: the session has a tenant");
+
         let (status, body) = send("failing-tool", &format!("{backend}-fail")).await;
         assert_eq!(status, 502, "{backend}: {body}");
         assert_eq!(body["failed_step"], "create_repo");

@@ -33,6 +33,8 @@ use tokio::net::TcpListener;
 
 const SECRET: &str = "Bearer s3cr3t-credential";
 const EXEC: &str = "exec-0001";
+/// The tenant whose call runs the (system-global) workflows below.
+const CALLING_TENANT: &str = "acme";
 const WORKFLOW_ID: &str = "Workflow/team-a/repo-setup";
 const LIMIT: u64 = 64 * 1024;
 const BIG: usize = 100_000;
@@ -300,6 +302,7 @@ async fn run(engine: &WorkflowEngine, wf: &CompiledWorkflow, arguments: Value) -
             wf,
             ExecutionContext {
                 execution_id: EXEC,
+                tenant_id: Some(CALLING_TENANT),
                 arguments: &arguments,
                 credential_headers: &creds,
                 max_response_bytes: None,
@@ -459,8 +462,11 @@ async fn three_steps_pass_extracted_values_in_both_template_forms() {
     assert!(completed["duration_ms"].is_u64());
     assert!(is_rfc3339_utc(&completed["completed_at"]));
     assert!(
-        outcome.events.iter().all(|e| e.tenant_id.is_none()),
-        "a system-global workflow"
+        outcome
+            .events
+            .iter()
+            .all(|e| e.tenant_id.as_deref() == Some(CALLING_TENANT)),
+        "a system-global workflow's events belong to the tenant that called it"
     );
 }
 
@@ -545,6 +551,7 @@ async fn the_execute_future_can_be_spawned() {
                 &wf,
                 ExecutionContext {
                     execution_id: "spawned",
+                    tenant_id: None,
                     arguments: &args,
                     credential_headers: &[],
                     max_response_bytes: None,
@@ -749,6 +756,7 @@ async fn an_oversize_body_fails_with_502_whether_or_not_its_length_is_announced(
             &wf,
             ExecutionContext {
                 execution_id: EXEC,
+                tenant_id: None,
                 arguments: &args,
                 credential_headers: &[],
                 max_response_bytes: Some(1024 * 1024),

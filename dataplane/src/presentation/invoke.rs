@@ -202,6 +202,7 @@ async fn run_workflow(
             workflow,
             ExecutionContext {
                 execution_id: &call.execution_id,
+                tenant_id: Some(&call.tenant_id),
                 arguments: &call.arguments,
                 credential_headers: headers,
                 max_response_bytes: call.grant.max_response_size,

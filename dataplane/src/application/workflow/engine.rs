@@ -34,6 +34,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy)]
 pub struct ExecutionContext<'a> {
     pub execution_id: &'a str,
+    /// The calling tenant, whose rows the events are: a system-global workflow's events belong to
+    /// the tenant that invoked it, as the call's other events do.
+    pub tenant_id: Option<&'a str>,
     /// The invocation arguments (`input` in templates).
     pub arguments: &'a Value,
     /// Added to every request; they replace template-supplied headers of the same name.
@@ -127,7 +130,7 @@ impl WorkflowEngine {
         let mut log = EventLog::new(
             workflow_id,
             ctx.execution_id,
-            wf.entry().tenant_id.as_deref(),
+            ctx.tenant_id,
             wf.steps.len() + 2,
         );
         log.started(wf.tool_name());
