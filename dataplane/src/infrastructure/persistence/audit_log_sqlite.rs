@@ -222,6 +222,8 @@ async fn checkpoint_once(
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+    use sqlx::Sqlite;
+    use sqlx::pool::PoolConnection;
 
     use super::*;
     use crate::infrastructure::persistence::Database;
@@ -378,11 +380,12 @@ mod tests {
 
     /// A `PASSIVE` checkpoint that cannot catch up, as under a load that never pauses: a reader
     /// holds a snapshot while ten more groups are written, so the frames after it stay uncopied.
+    /// Returns the reader, still on its snapshot until [`end_read`].
     async fn checkpoint_behind_a_reader(
         pool: &SqlitePool,
         log: &mut SqliteAuditLog,
         restart_frames: i64,
-    ) {
+    ) -> PoolConnection<Sqlite> {
         let mut reader = pool.acquire().await.unwrap();
         sqlx::query("BEGIN").execute(&mut *reader).await.unwrap();
         let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM gateway_events")
@@ -397,6 +400,10 @@ mod tests {
         checkpoint_once(pool, &log.wal, restart_frames)
             .await
             .unwrap();
+        reader
+    }
+
+    async fn end_read(mut reader: PoolConnection<Sqlite>) {
         sqlx::query("COMMIT").execute(&mut *reader).await.unwrap();
     }
 
@@ -409,7 +416,7 @@ mod tests {
         }
         // Below the limit nothing is asked of the writer: the checkpoint did not catch up, so its
         // next group goes on growing the log (measuring it catches the checkpoint up).
-        checkpoint_behind_a_reader(&pool, &mut log, i64::MAX).await;
+        end_read(checkpoint_behind_a_reader(&pool, &mut log, i64::MAX).await).await;
         assert!(!log.wal.restart.load(Ordering::Relaxed));
         log.append(&events("below", 1), &[]).await.unwrap();
         let (grown, _) = wal_frames(&pool).await;
@@ -419,7 +426,7 @@ mod tests {
         );
 
         // At the limit, the writer checkpoints the rest and starts the log over before its group.
-        checkpoint_behind_a_reader(&pool, &mut log, 1).await;
+        end_read(checkpoint_behind_a_reader(&pool, &mut log, 1).await).await;
         assert!(log.wal.restart.load(Ordering::Relaxed));
         log.append(&events("after", 1), &[]).await.unwrap();
         assert!(!log.wal.restart.load(Ordering::Relaxed));
@@ -450,18 +457,7 @@ mod tests {
         for i in 0..20 {
             log.append(&events(&format!("g{i}"), 5), &[]).await.unwrap();
         }
-        let mut reader = pool.acquire().await.unwrap();
-        sqlx::query("BEGIN").execute(&mut *reader).await.unwrap();
-        let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM gateway_events")
-            .fetch_one(&mut *reader)
-            .await
-            .unwrap();
-        for i in 0..10 {
-            log.append(&events(&format!("during-{i}"), 5), &[])
-                .await
-                .unwrap();
-        }
-        checkpoint_once(&pool, &log.wal, 1).await.unwrap();
+        let reader = checkpoint_behind_a_reader(&pool, &mut log, 1).await;
         assert!(log.wal.restart.load(Ordering::Relaxed));
 
         // The restart cannot finish while the reader is on old frames; the group goes through.
@@ -479,8 +475,7 @@ mod tests {
         );
 
         // Once the reader is done, the next request restarts the log.
-        sqlx::query("COMMIT").execute(&mut *reader).await.unwrap();
-        drop(reader);
+        end_read(reader).await;
         checkpoint_once(&pool, &log.wal, 1).await.unwrap();
         log.append(&events("after", 1), &[]).await.unwrap();
         let (restarted, _) = wal_frames(&pool).await;
