@@ -2,9 +2,13 @@
 //!
 //! - the crypto ceiling: one Ed25519 envelope signature and one RS256 token verified per
 //!   envelope, on one core, through the gateway's own `infrastructure::auth` code;
+//! - the disk alone: what one durable SQLite commit's write and sync cost on the file system the
+//!   database is on, at the fixed rate, without the gateway;
 //! - a snapshot reload of many workflows, through the gateway's own `gateway::reload`.
 
+use std::fs::File;
 use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,6 +23,7 @@ use aegis_seal_gateway::infrastructure::persistence::{CatalogSource, Database};
 use aegis_seal_gateway::infrastructure::reload::folder::load_folder;
 use anyhow::{Context, anyhow};
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 
 use crate::signer::{Signer, unix_now};
 use crate::{affinity, manifests};
@@ -77,6 +82,75 @@ pub fn crypto_ceiling(signer: &Signer, envelopes: &[Bytes], pin: bool) -> anyhow
             .join()
             .map_err(|_| anyhow!("the ceiling thread panicked"))?
     })
+}
+
+/// WAL frames a one-call SQLite commit writes: the audit rows, their four indexes and the jti
+/// (measured from a copy of the gateway's WAL with `dbstat`; bench/README.md, third round).
+const FRAMES_PER_COMMIT: usize = 17;
+/// A WAL frame: a 24-byte header and one 4 KiB page.
+const FRAME_BYTES: usize = 24 + 4096;
+/// The commits are written round this region of a file, allocated beforehand, as the gateway's
+/// WAL is overwritten in place once it has its bounded size.
+const LOG_BYTES: usize = 16 << 20;
+
+/// The disk alone: one commit's frames written and `fsync`ed (SQLite's bundled build syncs with
+/// `fsync`), to a file in `dir`, on the gateway's core, at `per_second` for `commits` commits.
+/// What it measures is the floor under a durable commit's latency: the gateway's 1-step call
+/// waits for one such commit, so no added latency can be below this on this disk. Latencies are
+/// in µs; a commit due while the previous one was still syncing is timed from when it was due.
+pub fn disk_sync(
+    dir: &Path,
+    per_second: f64,
+    commits: usize,
+    pin: bool,
+) -> anyhow::Result<Histogram<u64>> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("disk-sync-probe");
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all_at(&vec![0; LOG_BYTES], 0)?;
+    file.sync_all()?;
+    // Not zeros, so that no layer below can tell the writes apart from real pages.
+    let commit: Vec<u8> = (0..FRAMES_PER_COMMIT * FRAME_BYTES)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let mut latency = Histogram::new_with_bounds(1, 60_000_000, 3)?;
+    let measured = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if pin {
+                    affinity::pin_current_thread(affinity::GATEWAY_CPU)?;
+                }
+                let interval = Duration::from_secs_f64(1.0 / per_second.max(1e-3));
+                let start = Instant::now();
+                let mut offset = 0;
+                for i in 0..commits {
+                    let due = start + interval * i as u32;
+                    let ready = Instant::now();
+                    let from = if ready > due {
+                        due
+                    } else {
+                        std::thread::sleep(due - ready);
+                        Instant::now()
+                    };
+                    file.write_all_at(&commit, offset as u64)?;
+                    file.sync_all()?;
+                    latency.record(from.elapsed().as_micros().max(1) as u64)?;
+                    offset = (offset + commit.len()) % (LOG_BYTES - commit.len());
+                }
+                anyhow::Ok(())
+            })
+            .join()
+            .map_err(|_| anyhow!("the disk probe thread panicked"))?
+    });
+    std::fs::remove_file(&path)?;
+    measured?;
+    Ok(latency)
 }
 
 pub struct Reload {
