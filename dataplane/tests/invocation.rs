@@ -3,7 +3,7 @@
 
 mod support;
 
-use aegis_seal_crds::{Resources, Snapshot, compile, parse_manifests};
+use aegis_seal_crds::Snapshot;
 use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
@@ -51,9 +51,7 @@ spec:
 "#;
 
 fn snapshot() -> Snapshot {
-    let mut resources = Resources::default();
-    parse_manifests(ACME_WORKFLOW, &mut resources).unwrap();
-    with_default_contexts(compile(&resources).snapshot)
+    with_default_contexts(support::snapshot_of(ACME_WORKFLOW))
 }
 
 fn session_record(session: &Value, now: DateTime<Utc>) -> SessionRecord {

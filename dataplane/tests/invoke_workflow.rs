@@ -5,7 +5,6 @@ mod support;
 
 use std::net::SocketAddr;
 
-use aegis_seal_crds::{Resources, compile, parse_manifests};
 use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
@@ -81,15 +80,9 @@ async fn query_one(db: &Database, sql: &str) -> Option<String> {
 #[tokio::test]
 async fn workflows_run_and_failures_are_recorded_as_the_runbook_reads_them() {
     let upstream = upstream().await;
-    let mut resources = Resources::default();
-    parse_manifests(&manifests(&format!("http://{upstream}")), &mut resources).unwrap();
-    let compiled = compile(&resources);
-    assert!(
-        compiled.rejected().next().is_none(),
-        "{:?}",
-        compiled.results
-    );
-    let snapshot = with_default_contexts(compiled.snapshot);
+    let snapshot = with_default_contexts(support::snapshot_of(&manifests(&format!(
+        "http://{upstream}"
+    ))));
     let signer = support::Signer::from_vectors();
 
     for (backend, url, _dir) in support::both_backends().await {
@@ -233,9 +226,7 @@ spec:
   steps: [{{name: ask, operation_id: whoami}}]
 "#
     );
-    let mut resources = Resources::default();
-    parse_manifests(&manifest, &mut resources).unwrap();
-    let snapshot = with_default_contexts(compile(&resources).snapshot);
+    let snapshot = with_default_contexts(support::snapshot_of(&manifest));
     let signer = support::Signer::from_vectors();
     let dir = tempfile::tempdir().unwrap();
     let db = Database::connect(&support::sqlite_url(dir.path()))

@@ -4,7 +4,6 @@ mod support;
 
 use std::time::Duration;
 
-use aegis_seal_crds::{Resources, compile, parse_manifests};
 use aegis_seal_gateway::infrastructure::persistence::{
     AuditEvent, Backend, CatalogSource, Database, PersistenceError, PoolSettings,
 };
@@ -240,9 +239,7 @@ spec: {capabilities: [{tool_pattern: "*"}], deny_list: ["danger.*"]}
 
 #[tokio::test]
 async fn catalog_tables_mirror_the_served_snapshot_on_both_backends() {
-    let mut resources = Resources::default();
-    parse_manifests(CATALOG, &mut resources).unwrap();
-    let snapshot = compile(&resources).snapshot;
+    let snapshot = support::snapshot_of(CATALOG);
     assert_eq!(snapshot.workflows.len(), 1);
 
     for (backend, url, _dir) in support::both_backends().await {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aegis_seal_crds::{Resources, Snapshot, compile, parse_manifests};
+use aegis_seal_crds::Snapshot;
 use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
@@ -235,15 +235,7 @@ metadata: {{name: manifest-ctx}}
 spec: {{capabilities: [{{tool_pattern: "*"}}]}}
 "#
     );
-    let mut resources = Resources::default();
-    parse_manifests(&text, &mut resources).unwrap();
-    let compiled = compile(&resources);
-    assert!(
-        compiled.rejected().next().is_none(),
-        "{:?}",
-        compiled.results
-    );
-    compiled.snapshot
+    support::snapshot_of(&text)
 }
 
 /// A gateway with operator authentication on, against `jwks_uri`.

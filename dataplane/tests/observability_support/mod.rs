@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use aegis_seal_crds::{Resources, Snapshot, compile, parse_manifests};
+use aegis_seal_crds::Snapshot;
 use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
@@ -130,15 +130,7 @@ spec:
   default_timeout_seconds: 1
 "#
     );
-    let mut resources = Resources::default();
-    parse_manifests(&manifests, &mut resources).unwrap();
-    let compiled = compile(&resources);
-    assert!(
-        compiled.rejected().next().is_none(),
-        "{:?}",
-        compiled.results
-    );
-    with_default_contexts(compiled.snapshot)
+    with_default_contexts(support::snapshot_of(&manifests))
 }
 
 /// Writes `token` at [`KV_KEY`] in the real OpenBao and makes a token for the gateway with a

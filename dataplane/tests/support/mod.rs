@@ -7,6 +7,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
 
+use aegis_seal_crds::{Resources, Snapshot, compile, parse_manifests};
 use aegis_seal_gateway::infrastructure::config::{ConfigSources, GatewayConfig, load_config};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -57,6 +58,17 @@ pub async fn both_backends() -> Vec<(&'static str, String, tempfile::TempDir)> {
             tempfile::tempdir().unwrap(),
         ),
     ]
+}
+
+/// The snapshot of `manifests` (`---`-separated YAML), compiled as the folder loader compiles it.
+/// Panics naming every rejected resource, so that no test runs on less than it wrote.
+pub fn snapshot_of(manifests: &str) -> Snapshot {
+    let mut resources = Resources::default();
+    parse_manifests(manifests, &mut resources).unwrap();
+    let compiled = compile(&resources);
+    let problems: Vec<String> = compiled.rejected().map(|r| r.message()).collect();
+    assert!(problems.is_empty(), "{problems:?}");
+    compiled.snapshot
 }
 
 pub fn free_port() -> u16 {
