@@ -194,8 +194,8 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
     };
     let sqlite_dir = work.path().join("sqlite");
     let sqlite_url = format!("sqlite://{}", sqlite_dir.join("gateway.db").display());
-    // Before any gateway: what they leave to the disk (a removed WAL is discarded on this kind of
-    // mount) would otherwise be in the floor.
+    // Before any gateway runs: for a while after one stops, the disk is still discarding its
+    // removed WAL (online discard on this mount), and that would be in the floor.
     progress("disk alone");
     let disk = reference::disk_sync(&sqlite_dir, sizes.rate, sizes.rate_requests, pin)?;
     let mut backends = vec![
