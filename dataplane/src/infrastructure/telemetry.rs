@@ -13,6 +13,7 @@
 //!
 //! The configuration is the standard OpenTelemetry environment (docs/observability.md, "Traces").
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -190,28 +191,30 @@ pub fn init(
 ) -> Result<Telemetry, String> {
     let rust_log = env("RUST_LOG");
     let filter = log_filter(rust_log.as_deref());
+    let ansi = colour(env);
     let settings = match TraceSettings::from_env(env) {
         Ok(Some(settings)) => settings,
         Ok(None) => {
             // The subscriber the gateway always had, plus the directive that hides TARGET.
-            logs_only(filter, std::io::stdout).init();
+            logs_only(filter, std::io::stdout, ansi).init();
             return Ok(Telemetry { provider: None });
         }
         Err(e) => {
-            logs_only(filter, std::io::stdout).init();
+            logs_only(filter, std::io::stdout, ansi).init();
             return Err(e);
         }
     };
     let provider = match provider(&settings, runtime) {
         Ok(provider) => provider,
         Err(e) => {
-            logs_only(filter, std::io::stdout).init();
+            logs_only(filter, std::io::stdout, ansi).init();
             return Err(e);
         }
     };
     with_traces(
         filter,
         std::io::stdout,
+        ansi,
         provider.tracer(DEFAULT_SERVICE_NAME),
     )
     .init();
@@ -229,14 +232,22 @@ pub fn init(
 }
 
 /// The log lines alone, as the gateway always logged: fmt with `filter` as a global filter.
-fn logs_only<W>(filter: EnvFilter, writer: W) -> impl tracing::Subscriber + Send + Sync
+fn logs_only<W>(filter: EnvFilter, writer: W, ansi: bool) -> impl tracing::Subscriber + Send + Sync
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
+        .with_ansi(ansi)
         .finish()
+}
+
+/// Colour codes only on a terminal whose user did not set `NO_COLOR`. Anywhere else (a pod's log,
+/// journald, a pipe) a line must be the bytes the runbook quotes (`ERROR sqlx::pool: ...`), or
+/// its `grep`s and log queries miss it.
+fn colour(env: &dyn Fn(&str) -> Option<String>) -> bool {
+    std::io::stdout().is_terminal() && env("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The log lines and the OpenTelemetry layer, each with a per-layer filter: the fmt layer keeps
@@ -245,6 +256,7 @@ where
 fn with_traces<W>(
     filter: EnvFilter,
     writer: W,
+    ansi: bool,
     tracer: opentelemetry_sdk::trace::SdkTracer,
 ) -> impl tracing::Subscriber + Send + Sync
 where
@@ -262,6 +274,7 @@ where
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(writer)
+                .with_ansi(ansi)
                 .with_filter(filter),
         )
         .with(otel.with_filter(span_filter()))
@@ -524,7 +537,7 @@ mod tests {
             Some("trace"),
             Some("aegis_seal_gateway=trace"),
         ] {
-            let subscriber = logs_only(log_filter(rust_log), Buffer::default());
+            let subscriber = logs_only(log_filter(rust_log), Buffer::default(), false);
             assert!(
                 subscriber.register_callsite(&SPAN_META).is_never(),
                 "RUST_LOG={rust_log:?}"
@@ -534,6 +547,7 @@ mod tests {
         let subscriber = logs_only(
             log_filter(Some("info,aegis_seal_otel=info")),
             Buffer::default(),
+            false,
         );
         assert!(!subscriber.register_callsite(&SPAN_META).is_never());
     }
@@ -542,7 +556,7 @@ mod tests {
     fn exported_spans_stay_out_of_the_log_lines() {
         let plain = Buffer::default();
         tracing::subscriber::with_default(
-            logs_only(log_filter(Some("trace")), plain.clone()),
+            logs_only(log_filter(Some("trace")), plain.clone(), false),
             emit,
         );
         let traced = Buffer::default();
@@ -550,6 +564,7 @@ mod tests {
         let subscriber = with_traces(
             log_filter(Some("trace")),
             traced.clone(),
+            false,
             provider.tracer("test"),
         );
         let mut context_valid = false;
