@@ -406,6 +406,17 @@ async fn three_steps_pass_extracted_values_in_both_template_forms() {
         result["steps"],
         json!({"create": {"id": 101, "login": "acme"}, "grant": {"repo_id": 101}, "verify": {}})
     );
+    // The upstream gateway's result form, kept for its callers: the arguments and each
+    // extracted value under `"<step>.<key>"`.
+    assert_eq!(
+        result["state"],
+        json!({
+            "input": {"org": "acme", "repo_name": "demo", "team": "core"},
+            "create.id": 101,
+            "create.login": "acme",
+            "grant.repo_id": 101
+        })
+    );
     assert_eq!(result["result"]["owner"], "acme");
     assert_eq!(result["result"]["query"], "page=101");
 

@@ -48,7 +48,8 @@ pub struct ExecutionContext<'a> {
 /// The result and the events to commit before answering. The engine writes nothing itself.
 #[derive(Debug)]
 pub struct WorkflowOutcome {
-    /// `{"workflow_id", "execution_id", "result": <last response>, "steps": {step: {key: value}}}`.
+    /// `{"workflow_id", "execution_id", "result": <last response>, "steps": {step: {key: value}},
+    /// "state": {"input": <arguments>, "<step>.<key>": value}}`.
     pub result: Result<Value, WorkflowError>,
     pub events: Vec<AuditEvent>,
 }
@@ -202,7 +203,10 @@ impl WorkflowEngine {
         result.insert("workflow_id".to_owned(), workflow_id.into());
         result.insert("execution_id".to_owned(), ctx.execution_id.into());
         result.insert("result".to_owned(), last_response);
-        result.insert("steps".to_owned(), scope.into_steps());
+        let (steps, state) = scope.into_extracted();
+        result.insert("steps".to_owned(), steps);
+        // The upstream gateway's form, which its callers read: `input` and `"<step>.<key>"`.
+        result.insert("state".to_owned(), state);
         WorkflowOutcome {
             result: Ok(Value::Object(result)),
             events: log.into_events(),

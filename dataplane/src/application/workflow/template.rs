@@ -125,13 +125,14 @@ impl TemplateScope {
         }
     }
 
-    /// The `steps` object: every recorded step's extracted values, taken out of a scope no
-    /// template will see again (moved, not copied).
-    pub fn into_steps(mut self) -> Value {
-        match self.context.data_mut() {
-            Value::Object(root) => root.remove("steps").unwrap_or_else(|| json!({})),
-            _ => json!({}),
-        }
+    /// The `steps` and `state` objects: every recorded step's extracted values in both forms,
+    /// taken out of a scope no template will see again (moved, not copied).
+    pub fn into_extracted(mut self) -> (Value, Value) {
+        let Value::Object(root) = self.context.data_mut() else {
+            return (json!({}), json!({}));
+        };
+        let mut take = |key| root.remove(key).unwrap_or_else(|| json!({}));
+        (take("steps"), take("state"))
     }
 
     pub fn data(&self) -> &Value {
