@@ -380,4 +380,186 @@ mod tests {
             b.wire_order_message().unwrap()
         );
     }
+
+    // ---- §1.8 worked example, byte for byte ----
+
+    /// The §1.8 security token (its third segment is a placeholder, irrelevant to the Ed25519 step).
+    const SPEC_TOKEN: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZ2VudC03ZjNjIiwiZXhlY19pZCI6ImV4ZWMtMDAwMSIsInRlbmFudF9pZCI6ImFjbWUiLCJpZGVudGl0eV9raW5kIjoiY29uc3VtZXIiLCJzY3AiOiJhZWdpcy1zeXN0ZW0tZGVmYXVsdCIsIndpZCI6ImRvY2tlcjovLzhhOWY3YjNjIiwianRpIjoiNmYxYzJkNGUtMWIyYS00YzNkLTllOGYtMGExYjJjM2Q0ZTVmIiwiaWF0IjoxNzcxMzM4NzAwLCJleHAiOjE3NzEzNDIzMDAsImlzcyI6ImFlZ2lzLW9yY2hlc3RyYXRvciIsImF1ZCI6ImFlZ2lzLWFnZW50cyJ9.c2lnbmF0dXJl";
+    const SPEC_SIG_SORTED: &str =
+        "sR/fqvPk9Z1o8ChnHaZHngl7cT5Kgou37ohzkKnzgi68+C9iJkXb0SjvJKwXffKRRCAUbJ2eBSgbOHxBf+jKAw==";
+    /// The payload as the SDK builds it (insertion order).
+    const SPEC_PAYLOAD_INSERTION: &str = r#"{"jsonrpc":"2.0","id":"req-0001","method":"tools/call","params":{"name":"create_repository_with_teams","arguments":{"repo_name":"demo","org":"acme"}}}"#;
+    /// The same payload with keys sorted at every level (the upstream wire-format example).
+    const SPEC_PAYLOAD_SORTED: &str = r#"{"id":"req-0001","jsonrpc":"2.0","method":"tools/call","params":{"arguments":{"org":"acme","repo_name":"demo"},"name":"create_repository_with_teams"}}"#;
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn spec_sorted_message() -> String {
+        format!(
+            "{{\"payload\":{SPEC_PAYLOAD_SORTED},\"security_token\":\"{SPEC_TOKEN}\",\"timestamp\":1771338721}}"
+        )
+    }
+
+    fn spec_wire_message() -> String {
+        format!(
+            "{{\"payload\":{SPEC_PAYLOAD_INSERTION},\"security_token\":\"{SPEC_TOKEN}\",\"timestamp\":1771338721}}"
+        )
+    }
+
+    /// The §1.8 "upstream wire format" envelope: integer timestamp, payload sent already sorted.
+    fn spec_upstream_wire_envelope() -> Envelope {
+        Envelope::parse(
+            format!(
+                "{{\"protocol\":\"seal/v1\",\n \"security_token\":\"{SPEC_TOKEN}\",\n \"signature\":\"{SPEC_SIG_SORTED}\",\n \"payload\":{SPEC_PAYLOAD_SORTED},\n \"container_id\":null,\n \"timestamp\":1771338721}}"
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    /// The §1.8 "SDK wire format" envelope: ISO timestamp, payload in insertion order.
+    fn spec_sdk_wire_envelope() -> Envelope {
+        Envelope::parse(
+            format!(
+                "{{\"protocol\":\"seal/v1\",\n \"security_token\":\"{SPEC_TOKEN}\",\n \"signature\":\"{SPEC_SIG_SORTED}\",\n \"payload\":{SPEC_PAYLOAD_INSERTION},\n \"timestamp\":\"2026-02-17T14:32:01.000Z\"}}"
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn spec_1_8_expected_messages_hash_to_the_spec_digests() {
+        // Guards the literals below: the spec's sha256 values are over exactly these bytes.
+        assert_eq!(
+            sha256_hex(spec_sorted_message().as_bytes()),
+            "1d595c816159b2833ba322e2b286ca57871f1353efc00dfd30f9ef0253be9dee"
+        );
+        assert_eq!(
+            sha256_hex(spec_wire_message().as_bytes()),
+            "a3472e1c5514377586d92e4e78548e6d1112071e50d782b1f7db565958625266"
+        );
+    }
+
+    #[test]
+    fn spec_1_8_sdk_wire_envelope_canonicalizes_to_the_sorted_vector() {
+        let e = spec_sdk_wire_envelope();
+        assert_eq!(e.protocol, PROTOCOL);
+        assert_eq!(e.security_token, SPEC_TOKEN);
+        assert_eq!(e.signature, SPEC_SIG_SORTED);
+        assert_eq!(e.timestamp, 1771338721);
+        assert_eq!(e.container_id, None);
+        assert_eq!(e.payload_raw.get(), SPEC_PAYLOAD_INSERTION);
+        let sorted = e.canonical_message().unwrap();
+        assert_eq!(
+            String::from_utf8(sorted.clone()).unwrap(),
+            spec_sorted_message()
+        );
+        assert_eq!(
+            sha256_hex(&sorted),
+            "1d595c816159b2833ba322e2b286ca57871f1353efc00dfd30f9ef0253be9dee"
+        );
+        // No key here leaves the BMP: the UTF-16 ordering is the same message.
+        assert_eq!(e.utf16_sorted_message().unwrap(), sorted);
+        // Upstream's message for the same arrival: the payload's wire order.
+        let wire = e.wire_order_message().unwrap();
+        assert_eq!(
+            String::from_utf8(wire.clone()).unwrap(),
+            spec_wire_message()
+        );
+        assert_eq!(
+            sha256_hex(&wire),
+            "a3472e1c5514377586d92e4e78548e6d1112071e50d782b1f7db565958625266"
+        );
+    }
+
+    #[test]
+    fn spec_1_8_upstream_wire_envelope_gives_the_sorted_vector_in_every_order() {
+        let e = spec_upstream_wire_envelope();
+        assert_eq!(e.timestamp, 1771338721);
+        assert_eq!(e.container_id, None);
+        assert_eq!(e.signature, SPEC_SIG_SORTED);
+        let expected = spec_sorted_message();
+        for message in [
+            e.canonical_message().unwrap(),
+            e.utf16_sorted_message().unwrap(),
+            e.wire_order_message().unwrap(),
+        ] {
+            assert_eq!(String::from_utf8(message.clone()).unwrap(), expected);
+            assert_eq!(
+                sha256_hex(&message),
+                "1d595c816159b2833ba322e2b286ca57871f1353efc00dfd30f9ef0253be9dee"
+            );
+        }
+    }
+
+    #[test]
+    fn spec_1_8_rfc_appendix_c2_vector() {
+        let e = Envelope::parse(
+            br#"{"protocol":"seal/v1","security_token":"eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ0ZXN0In0.c2lnbmF0dXJl","signature":"xsXhC8K7RAOQCHv3t5gSqF6yZ2Slz5jYV829jP6aZ8JFuZy1V5Qk1/q2gjBgS9DHp6fIKhSSpSjh+g6wXtU1BQ==","payload":{"jsonrpc":"2.0","method":"test","id":1},"timestamp":1708261921}"#,
+        )
+        .unwrap();
+        let sorted = e.canonical_message().unwrap();
+        assert_eq!(
+            String::from_utf8(sorted.clone()).unwrap(),
+            r#"{"payload":{"id":1,"jsonrpc":"2.0","method":"test"},"security_token":"eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ0ZXN0In0.c2lnbmF0dXJl","timestamp":1708261921}"#
+        );
+        assert_eq!(
+            sha256_hex(&sorted),
+            "f49043299f12f278397fa2502fb1566432c506c83a162bc271b3666f8618b837"
+        );
+        assert_eq!(
+            String::from_utf8(e.wire_order_message().unwrap()).unwrap(),
+            r#"{"payload":{"jsonrpc":"2.0","method":"test","id":1},"security_token":"eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ0ZXN0In0.c2lnbmF0dXJl","timestamp":1708261921}"#
+        );
+        // The RFC's ISO spelling of that instant is inconsistent (§1.8 note): 1708261921 is
+        // 2024-02-18T13:12:01Z, and that string canonicalizes to the same seconds.
+        let iso = Envelope::parse(
+            br#"{"protocol":"seal/v1","security_token":"eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ0ZXN0In0.c2lnbmF0dXJl","signature":"","payload":{"id":1,"jsonrpc":"2.0","method":"test"},"timestamp":"2024-02-18T13:12:01.000Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(iso.timestamp, 1708261921);
+        assert_eq!(iso.canonical_message().unwrap(), sorted);
+    }
+
+    #[test]
+    fn utf16_order_differs_from_code_point_order_only_across_the_surrogate_range() {
+        // U+1F600 is the surrogate pair D83D DE00 in UTF-16, which sorts before U+E000 there,
+        // but after it by code point (and by UTF-8 byte).
+        let e = envelope(
+            "{\"\u{1F600}\": 1, \"a\": {\"\u{FFFF}\": 2, \"\u{10000}\": 3, \"\u{D7FF}\": 4}, \"\u{E000}\": 5}",
+            "7",
+        );
+        assert_eq!(
+            String::from_utf8(e.canonical_message().unwrap()).unwrap(),
+            "{\"payload\":{\"a\":{\"\u{D7FF}\":4,\"\u{FFFF}\":2,\"\u{10000}\":3},\"\u{E000}\":5,\"\u{1F600}\":1},\"security_token\":\"t.o.k\",\"timestamp\":7}"
+        );
+        assert_eq!(
+            String::from_utf8(e.utf16_sorted_message().unwrap()).unwrap(),
+            "{\"payload\":{\"a\":{\"\u{D7FF}\":4,\"\u{10000}\":3,\"\u{FFFF}\":2},\"\u{1F600}\":1,\"\u{E000}\":5},\"security_token\":\"t.o.k\",\"timestamp\":7}"
+        );
+        assert_eq!(
+            String::from_utf8(e.wire_order_message().unwrap()).unwrap(),
+            "{\"payload\":{\"\u{1F600}\":1,\"a\":{\"\u{FFFF}\":2,\"\u{10000}\":3,\"\u{D7FF}\":4},\"\u{E000}\":5},\"security_token\":\"t.o.k\",\"timestamp\":7}"
+        );
+        // Escaped spellings of the same keys (a surrogate-pair escape included) order the same.
+        let escaped = envelope(
+            r#"{"\ud83d\ude00": 1, "a": {"\uffff": 2, "\ud800\udc00": 3, "\ud7ff": 4}, "\ue000": 5}"#,
+            "7",
+        );
+        assert_eq!(
+            escaped.canonical_message().unwrap(),
+            e.canonical_message().unwrap()
+        );
+        assert_eq!(
+            escaped.utf16_sorted_message().unwrap(),
+            e.utf16_sorted_message().unwrap()
+        );
+    }
 }

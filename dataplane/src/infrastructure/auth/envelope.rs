@@ -84,3 +84,274 @@ pub fn verify_signature(
         "signature verification failed: invalid signature for payload",
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::{Signer as _, SigningKey};
+
+    use super::*;
+
+    // §1.8 inputs: RFC 8032 test key 1.
+    const SEED_HEX: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+    const PUBLIC_HEX: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+    const PUBLIC_B64: &str = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+    const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZ2VudC03ZjNjIiwiZXhlY19pZCI6ImV4ZWMtMDAwMSIsInRlbmFudF9pZCI6ImFjbWUiLCJpZGVudGl0eV9raW5kIjoiY29uc3VtZXIiLCJzY3AiOiJhZWdpcy1zeXN0ZW0tZGVmYXVsdCIsIndpZCI6ImRvY2tlcjovLzhhOWY3YjNjIiwianRpIjoiNmYxYzJkNGUtMWIyYS00YzNkLTllOGYtMGExYjJjM2Q0ZTVmIiwiaWF0IjoxNzcxMzM4NzAwLCJleHAiOjE3NzEzNDIzMDAsImlzcyI6ImFlZ2lzLW9yY2hlc3RyYXRvciIsImF1ZCI6ImFlZ2lzLWFnZW50cyJ9.c2lnbmF0dXJl";
+    const SIG_SORTED: &str =
+        "sR/fqvPk9Z1o8ChnHaZHngl7cT5Kgou37ohzkKnzgi68+C9iJkXb0SjvJKwXffKRRCAUbJ2eBSgbOHxBf+jKAw==";
+    const SIG_WIRE: &str =
+        "dnmvts9XW5r9kN2BPDH3GSOZ0KrHZQgt49z9RTNcGgWBZ2Kqyk7nBNMKCCaz1ESzQrm5VYOvHF99aCt/TOZUAQ==";
+    const C2_TOKEN: &str = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ0ZXN0In0.c2lnbmF0dXJl";
+    const SIG_C2: &str =
+        "xsXhC8K7RAOQCHv3t5gSqF6yZ2Slz5jYV829jP6aZ8JFuZy1V5Qk1/q2gjBgS9DHp6fIKhSSpSjh+g6wXtU1BQ==";
+    const PAYLOAD_INSERTION: &str = r#"{"jsonrpc":"2.0","id":"req-0001","method":"tools/call","params":{"name":"create_repository_with_teams","arguments":{"repo_name":"demo","org":"acme"}}}"#;
+    const PAYLOAD_SORTED: &str = r#"{"id":"req-0001","jsonrpc":"2.0","method":"tools/call","params":{"arguments":{"org":"acme","repo_name":"demo"},"name":"create_repository_with_teams"}}"#;
+    const REFUSED: &str = "signature verification failed: invalid signature for payload";
+
+    fn hex32(hex: &str) -> [u8; 32] {
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        bytes.try_into().unwrap()
+    }
+
+    fn signing_key() -> SigningKey {
+        SigningKey::from_bytes(&hex32(SEED_HEX))
+    }
+
+    fn key() -> VerifyingKey {
+        parse_session_key(PUBLIC_B64).unwrap()
+    }
+
+    fn envelope(token: &str, signature: &str, payload: &str, timestamp: &str) -> Envelope {
+        Envelope::parse(
+            format!(
+                r#"{{"protocol":"seal/v1","security_token":"{token}","signature":"{signature}","payload":{payload},"timestamp":{timestamp}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn refused() -> SealError {
+        SealError::new(
+            http::StatusCode::UNAUTHORIZED,
+            code::SIGNATURE_VERIFICATION_FAILED,
+            REFUSED,
+        )
+    }
+
+    fn sign(message: &[u8]) -> String {
+        STANDARD.encode(signing_key().sign(message).to_bytes())
+    }
+
+    #[test]
+    fn spec_1_8_session_key_is_rfc8032_test_key_1() {
+        let key = key();
+        assert_eq!(key.to_bytes(), hex32(PUBLIC_HEX));
+        assert_eq!(signing_key().verifying_key(), key);
+        // Surrounding whitespace is tolerated, as in a hand-edited session row.
+        assert_eq!(parse_session_key(&format!(" {PUBLIC_B64}\n")).unwrap(), key);
+    }
+
+    #[test]
+    fn spec_1_8_signatures_are_the_deterministic_ed25519_signatures_of_the_vectors() {
+        // Ed25519 signing is deterministic: re-signing the pinned bytes gives the pinned values.
+        let sorted = format!(
+            "{{\"payload\":{PAYLOAD_SORTED},\"security_token\":\"{TOKEN}\",\"timestamp\":1771338721}}"
+        );
+        let wire = format!(
+            "{{\"payload\":{PAYLOAD_INSERTION},\"security_token\":\"{TOKEN}\",\"timestamp\":1771338721}}"
+        );
+        let c2 = format!(
+            "{{\"payload\":{{\"id\":1,\"jsonrpc\":\"2.0\",\"method\":\"test\"}},\"security_token\":\"{C2_TOKEN}\",\"timestamp\":1708261921}}"
+        );
+        assert_eq!(sign(sorted.as_bytes()), SIG_SORTED);
+        assert_eq!(sign(wire.as_bytes()), SIG_WIRE);
+        assert_eq!(sign(c2.as_bytes()), SIG_C2);
+        // And the product builds exactly those bytes for the SDK-ordered arrival.
+        let e = envelope(TOKEN, SIG_SORTED, PAYLOAD_INSERTION, "1771338721");
+        assert_eq!(e.canonical_message().unwrap(), sorted.as_bytes());
+        assert_eq!(e.wire_order_message().unwrap(), wire.as_bytes());
+    }
+
+    #[test]
+    fn spec_1_8_upstream_wire_format_envelope_verifies_sorted() {
+        let e = Envelope::parse(
+            format!(
+                "{{\"protocol\":\"seal/v1\",\n \"security_token\":\"{TOKEN}\",\n \"signature\":\"{SIG_SORTED}\",\n \"payload\":{PAYLOAD_SORTED},\n \"container_id\":null,\n \"timestamp\":1771338721}}"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(verify_signature(&e, &key()), Ok(CanonicalForm::Sorted));
+    }
+
+    #[test]
+    fn spec_1_8_sdk_wire_format_envelope_verifies_sorted() {
+        // Upstream answered 401/1002 here (wire-order mismatch); the target must accept it.
+        let e = Envelope::parse(
+            format!(
+                "{{\"protocol\":\"seal/v1\",\n \"security_token\":\"{TOKEN}\",\n \"signature\":\"{SIG_SORTED}\",\n \"payload\":{PAYLOAD_INSERTION},\n \"timestamp\":\"2026-02-17T14:32:01.000Z\"}}"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(verify_signature(&e, &key()), Ok(CanonicalForm::Sorted));
+        // The same with the integer timestamp upstream would have needed.
+        let e = envelope(TOKEN, SIG_SORTED, PAYLOAD_INSERTION, "1771338721");
+        assert_eq!(verify_signature(&e, &key()), Ok(CanonicalForm::Sorted));
+    }
+
+    #[test]
+    fn spec_1_8_wire_order_signature_is_accepted_as_wire_order() {
+        let e = envelope(TOKEN, SIG_WIRE, PAYLOAD_INSERTION, "1771338721");
+        assert_eq!(verify_signature(&e, &key()), Ok(CanonicalForm::WireOrder));
+        let e = envelope(
+            TOKEN,
+            SIG_WIRE,
+            PAYLOAD_INSERTION,
+            "\"2026-02-17T14:32:01.000Z\"",
+        );
+        assert_eq!(verify_signature(&e, &key()), Ok(CanonicalForm::WireOrder));
+    }
+
+    #[test]
+    fn spec_1_8_wire_order_signature_is_refused_when_the_payload_arrives_in_another_order() {
+        // Sent sorted, the payload's wire order is the sorted form: the wire-order signature
+        // covers bytes no form of this envelope produces.
+        let e = envelope(TOKEN, SIG_WIRE, PAYLOAD_SORTED, "1771338721");
+        assert_eq!(verify_signature(&e, &key()), Err(refused()));
+        // Any third order of the same content is refused too.
+        let shuffled = r#"{"params":{"arguments":{"repo_name":"demo","org":"acme"},"name":"create_repository_with_teams"},"method":"tools/call","id":"req-0001","jsonrpc":"2.0"}"#;
+        let e = envelope(TOKEN, SIG_WIRE, shuffled, "1771338721");
+        assert_eq!(verify_signature(&e, &key()), Err(refused()));
+        // ...while the sorted signature still verifies whatever the order.
+        let e = envelope(TOKEN, SIG_SORTED, shuffled, "1771338721");
+        assert_eq!(verify_signature(&e, &key()), Ok(CanonicalForm::Sorted));
+    }
+
+    #[test]
+    fn spec_1_8_rfc_appendix_c2_vector_verifies() {
+        for (payload, timestamp) in [
+            (r#"{"id":1,"jsonrpc":"2.0","method":"test"}"#, "1708261921"),
+            (
+                r#"{"jsonrpc":"2.0","method":"test","id":1}"#,
+                "\"2024-02-18T13:12:01.000Z\"",
+            ),
+        ] {
+            let e = envelope(C2_TOKEN, SIG_C2, payload, timestamp);
+            assert_eq!(
+                verify_signature(&e, &key()),
+                Ok(CanonicalForm::Sorted),
+                "{payload}"
+            );
+        }
+        // The RFC's own ISO spelling (2026-02-17T14:32:01Z = 1771338721) is not the signed second.
+        let e = envelope(
+            C2_TOKEN,
+            SIG_C2,
+            r#"{"id":1,"jsonrpc":"2.0","method":"test"}"#,
+            "\"2026-02-17T14:32:01.000Z\"",
+        );
+        assert_eq!(verify_signature(&e, &key()), Err(refused()));
+    }
+
+    #[test]
+    fn spec_1_8_signatures_over_other_bytes_are_refused_with_1002() {
+        let c2_payload = r#"{"id":1,"jsonrpc":"2.0","method":"test"}"#;
+        for e in [
+            // One argument changed.
+            envelope(
+                TOKEN,
+                SIG_SORTED,
+                &PAYLOAD_SORTED.replace("\"acme\"", "\"acme2\""),
+                "1771338721",
+            ),
+            // A number respelled: 1 and 1.0 are different bytes.
+            envelope(
+                C2_TOKEN,
+                SIG_C2,
+                r#"{"id":1.0,"jsonrpc":"2.0","method":"test"}"#,
+                "1708261921",
+            ),
+            // Timestamp one second off.
+            envelope(TOKEN, SIG_SORTED, PAYLOAD_SORTED, "1771338722"),
+            envelope(C2_TOKEN, SIG_C2, c2_payload, "1708261920"),
+            // Another token.
+            envelope(C2_TOKEN, SIG_SORTED, PAYLOAD_SORTED, "1771338721"),
+            // Another vector's signature.
+            envelope(TOKEN, SIG_C2, PAYLOAD_SORTED, "1771338721"),
+            envelope(C2_TOKEN, SIG_WIRE, c2_payload, "1708261921"),
+        ] {
+            assert_eq!(verify_signature(&e, &key()), Err(refused()), "{e:?}");
+        }
+        // The right bytes under another key.
+        let other = SigningKey::from_bytes(&[7u8; 32]).verifying_key();
+        let e = envelope(TOKEN, SIG_SORTED, PAYLOAD_SORTED, "1771338721");
+        assert_eq!(verify_signature(&e, &other), Err(refused()));
+        // A single flipped bit of the signature.
+        let mut raw = STANDARD.decode(SIG_SORTED).unwrap();
+        raw[10] ^= 1;
+        let e = envelope(TOKEN, &STANDARD.encode(&raw), PAYLOAD_SORTED, "1771338721");
+        assert_eq!(verify_signature(&e, &key()), Err(refused()));
+    }
+
+    #[test]
+    fn undecodable_signatures_are_refused_with_1001() {
+        let e = envelope(TOKEN, "not base64!", PAYLOAD_SORTED, "1771338721");
+        let err = verify_signature(&e, &key()).unwrap_err();
+        assert_eq!(err.status, http::StatusCode::UNAUTHORIZED);
+        assert_eq!(err.code, code::INVALID_SIGNATURE);
+        assert!(
+            err.message.starts_with("invalid signature b64: "),
+            "{}",
+            err.message
+        );
+        // 63 bytes: the §1.8 signature short of its last byte.
+        let raw = STANDARD.decode(SIG_SORTED).unwrap();
+        let e = envelope(
+            TOKEN,
+            &STANDARD.encode(&raw[..63]),
+            PAYLOAD_SORTED,
+            "1771338721",
+        );
+        assert_eq!(
+            verify_signature(&e, &key()),
+            Err(SealError::new(
+                http::StatusCode::UNAUTHORIZED,
+                code::INVALID_SIGNATURE,
+                "signature must be 64 bytes",
+            ))
+        );
+    }
+
+    /// `Object.keys().sort()` in the TypeScript SDK orders by UTF-16 code unit: U+1F600 (D83D DE00)
+    /// before U+E000, the reverse of Python's code-point order. Both are the sorted form.
+    #[test]
+    fn utf16_sorted_signature_verifies_as_sorted_and_a_third_order_as_wire_order() {
+        let payload = "{\"\u{1F600}\":1,\"a\":{\"\u{FFFF}\":2,\"\u{10000}\":3},\"\u{E000}\":5}";
+        let code_point = "{\"payload\":{\"a\":{\"\u{FFFF}\":2,\"\u{10000}\":3},\"\u{E000}\":5,\"\u{1F600}\":1},\"security_token\":\"t.o.k\",\"timestamp\":9}";
+        let utf16 = "{\"payload\":{\"a\":{\"\u{10000}\":3,\"\u{FFFF}\":2},\"\u{1F600}\":1,\"\u{E000}\":5},\"security_token\":\"t.o.k\",\"timestamp\":9}";
+        let wire =
+            format!("{{\"payload\":{payload},\"security_token\":\"t.o.k\",\"timestamp\":9}}");
+        let probe = envelope("t.o.k", "", payload, "9");
+        assert_eq!(probe.canonical_message().unwrap(), code_point.as_bytes());
+        assert_eq!(probe.utf16_sorted_message().unwrap(), utf16.as_bytes());
+        assert_eq!(probe.wire_order_message().unwrap(), wire.as_bytes());
+
+        for (signed, expected) in [
+            (code_point.to_owned(), Ok(CanonicalForm::Sorted)),
+            (utf16.to_owned(), Ok(CanonicalForm::Sorted)),
+            (wire.clone(), Ok(CanonicalForm::WireOrder)),
+            // UTF-16 order at the top level only, code-point order inside: no form.
+            (
+                "{\"payload\":{\"a\":{\"\u{FFFF}\":2,\"\u{10000}\":3},\"\u{1F600}\":1,\"\u{E000}\":5},\"security_token\":\"t.o.k\",\"timestamp\":9}".to_owned(),
+                Err(refused()),
+            ),
+        ] {
+            let e = envelope("t.o.k", &sign(signed.as_bytes()), payload, "9");
+            assert_eq!(verify_signature(&e, &key()), expected, "{signed}");
+        }
+    }
+}
