@@ -13,6 +13,8 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use observability_support::{Harness, snapshot, upstream, write_kv_token};
 use serde_json::json;
 use tracing::field::{Field, Visit};
@@ -218,6 +220,12 @@ async fn trace_seal_envelope_verification() {
                     .unwrap();
             forged["payload"]["params"]["arguments"] = json!({"changed": true});
             assert_eq!(harness.post_envelope(forged.to_string()).await.0, 401);
+            // A signature that is not one at all (63 bytes) is refused with a line too.
+            let mut garbled: serde_json::Value =
+                serde_json::from_str(&harness.signer.envelope("ok-tool", json!({}), "jti-g", now))
+                    .unwrap();
+            garbled["signature"] = json!(STANDARD.encode([7u8; 63]));
+            assert_eq!(harness.post_envelope(garbled.to_string()).await.0, 401);
             let replayed = harness.signer.envelope("ok-tool", json!({}), "jti-r", now);
             assert_eq!(harness.post_envelope(replayed.clone()).await.0, 200);
             assert_eq!(harness.post_envelope(replayed).await.0, 401);
@@ -231,6 +239,12 @@ async fn trace_seal_envelope_verification() {
         Level::WARN,
         AUTH,
         "signature verification failed: invalid signature for payload",
+    );
+    assert_logged(
+        &lines,
+        Level::WARN,
+        AUTH,
+        "envelope rejected: signature must be 64 bytes",
     );
     assert_logged(
         &lines,

@@ -142,9 +142,15 @@ impl InvocationService {
             self.reject(Attestation::SignatureInvalid, exec, e);
             e.clone()
         })?;
-        verify_signature(&envelope, key).inspect_err(|_| {
+        verify_signature(&envelope, key).inspect_err(|e| {
             self.metrics.signature_failure();
-            self.metrics.attestation(Attestation::SignatureInvalid);
+            if e.code == code::SIGNATURE_VERIFICATION_FAILED {
+                // `verify_signature` logged the runbook's own line for it.
+                self.metrics.attestation(Attestation::SignatureInvalid);
+            } else {
+                // Not base64, or not 64 bytes: refused before any verification, logged here.
+                self.reject(Attestation::SignatureInvalid, exec, e);
+            }
         })?;
         stage.done();
 
