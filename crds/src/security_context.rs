@@ -31,7 +31,8 @@ pub struct SecurityContextSpec {
     pub tenant_id: Option<String>,
     #[serde(default)]
     pub description: String,
-    /// Evaluated in order; the first capability whose pattern matches decides.
+    /// A call is allowed when any capability whose pattern matches the tool passes its
+    /// constraints and rate limit; a refusal reports what the first matching one refused.
     #[serde(default)]
     pub capabilities: Vec<Capability>,
     /// Tool patterns always refused, checked before the capabilities.
