@@ -158,7 +158,13 @@ impl SealTokenVerifier {
             tenant_id: text("tenant_id")?,
             jti: text("jti")?,
             scope: text("scp")?,
-            workload_id: text("wid")?,
+            workload_id: match claims.get("wid") {
+                // The reference's own words for a `wid` that is there but blank.
+                Some(Value::String(v)) if v.trim().is_empty() => {
+                    return Err(SealError::token("security token wid claim is empty"));
+                }
+                _ => text("wid")?,
+            },
             expires_at,
             identity_kind: IdentityKind::from_claims(&Value::Object(claims)),
         })
