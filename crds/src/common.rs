@@ -31,7 +31,8 @@ pub enum CredentialResolutionPath {
         system_jit_role: String,
         target_service: String,
     },
-    /// OpenBao KV v2 secret under `openbao_kv_mount`.
+    /// OpenBao KV v2 secret under `openbao_kv_mount`: `<key>` for a system-global resource,
+    /// `tenant-<tenant_id>/<key>` for a tenant's.
     StaticRef { key: String },
     /// A per-user credential binding (Postgres only).
     UserBound { provider: String },

@@ -15,7 +15,7 @@ use aegis_seal_crds::common::CredentialResolutionPath;
 use aegis_seal_crds::gateway::CredentialSettings;
 use aegis_seal_gateway::application::credential::{
     CREDENTIAL_EXCHANGE_COMPLETED, CREDENTIAL_EXCHANGE_FAILED, CREDENTIAL_LEASE_REVOKE_FAILED,
-    CREDENTIAL_LEASE_REVOKED, CredentialOutcome, Lease,
+    CREDENTIAL_LEASE_REVOKED, CredentialOutcome, CredentialRequest, Lease,
 };
 use credential_support::*;
 use http::{Method, StatusCode};
@@ -128,6 +128,80 @@ async fn static_ref_kv_token_becomes_a_sensitive_bearer_header() {
             && logs.contains("reading OpenBao KV v2 secret")
             && logs.contains("credential resolution completed"),
         "each step is traced:\n{logs}"
+    );
+}
+
+/// A StaticRef key is its author's choice: a tenant's workflow (or spec, or CLI tool) reads it
+/// under `tenant-<owner>/` only, so it cannot name another tenant's secret or a platform one.
+#[tokio::test]
+async fn a_tenants_static_ref_reads_only_under_its_own_prefix() {
+    let bao = Bao::from_env();
+    let key = unique("app/shared-name-");
+    let platform = unique("platform-token-");
+    let acme = unique("acme-token-");
+    bao.write_kv(&key, json!({"token": platform})).await;
+    bao.write_kv(&format!("tenant-acme/{key}"), json!({"token": acme}))
+        .await;
+    let (db, _dir) = sqlite_database().await;
+    let resolver = resolver(&bao.settings(), &db);
+    let path = static_ref(&key);
+
+    // The calling tenant does not matter: a system-global workflow reads the key as written.
+    let global = resolver
+        .resolve(CredentialRequest {
+            tenant_id: Some("acme"),
+            ..request("exec-kv-global", &path)
+        })
+        .await;
+    assert_eq!(
+        bearer(global.result.as_ref().unwrap()),
+        format!("Bearer {platform}")
+    );
+
+    let owned = resolver
+        .resolve(CredentialRequest {
+            tenant_id: Some("acme"),
+            owner_tenant_id: Some("acme"),
+            ..request("exec-kv-owned", &path)
+        })
+        .await;
+    assert_eq!(
+        bearer(owned.result.as_ref().unwrap()),
+        format!("Bearer {acme}")
+    );
+    let event = only_event(&owned, CREDENTIAL_EXCHANGE_COMPLETED);
+    assert_eq!(
+        event.payload["target_service"],
+        format!("secret/data/tenant-acme/{key}")
+    );
+
+    // Another tenant's workflow with the same key finds nothing of acme's or the platform's.
+    let other = resolver
+        .resolve(CredentialRequest {
+            tenant_id: Some("globex"),
+            owner_tenant_id: Some("globex"),
+            ..request("exec-kv-other", &path)
+        })
+        .await;
+    let error = other.result.as_ref().unwrap_err();
+    assert_eq!(error.status, StatusCode::BAD_GATEWAY, "{error}");
+    assert!(
+        error
+            .reason
+            .starts_with("http error: OpenBao KV request returned 404"),
+        "{}",
+        error.reason
+    );
+    // Nor can an owner's name climb out of its prefix.
+    let climbing = resolver
+        .resolve(CredentialRequest {
+            owner_tenant_id: Some("acme/../globex"),
+            ..request("exec-kv-climb", &path)
+        })
+        .await;
+    assert_eq!(
+        climbing.result.as_ref().unwrap_err().reason,
+        "validation error: tenant id is not a valid OpenBao path segment"
     );
 }
 

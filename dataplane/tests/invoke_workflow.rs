@@ -212,6 +212,18 @@ async fn an_openbao_kv_credential_reaches_the_upstream_and_never_the_agent() {
         written.text().await.unwrap()
     );
 
+    // The same key in the session tenant's own prefix, for the tenant-owned copy below.
+    let written = client
+        .post(format!(
+            "{bao}/v1/secret/data/tenant-acme/gateway-tests/whoami"
+        ))
+        .header("X-Vault-Token", &bao_token)
+        .json(&json!({"data": {"token": format!("acme-{secret}")}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(written.status().is_success());
+
     let upstream = upstream().await;
     let manifest = format!(
         r#"
@@ -219,6 +231,18 @@ apiVersion: seal.100monkeys.ai/v1
 kind: Workflow
 metadata: {{name: whoami}}
 spec:
+  api_spec:
+    base_url: http://{upstream}
+    openapi: {{inline: {{openapi: 3.0.0, paths: {{/whoami: {{post: {{operationId: whoami}}}}}}}}}}
+    credential_path: {{StaticRef: {{key: gateway-tests/whoami}}}}
+  steps: [{{name: ask, operation_id: whoami}}]
+---
+apiVersion: seal.100monkeys.ai/v1
+kind: Workflow
+metadata: {{name: acme-whoami}}
+spec:
+  tool_name: acme-whoami
+  tenant_id: acme
   api_spec:
     base_url: http://{upstream}
     openapi: {{inline: {{openapi: 3.0.0, paths: {{/whoami: {{post: {{operationId: whoami}}}}}}}}}}
@@ -274,5 +298,28 @@ spec:
     .unwrap();
     assert!(path.contains("static_ref"), "{path}");
     assert!(!path.contains(&secret));
+    let target: Value = serde_json::from_str(&path).unwrap();
+    assert_eq!(target["target_service"], "secret/data/gateway-tests/whoami");
+
+    // The tenant's own workflow reads the same key under `tenant-acme/`, never the platform's.
+    let body = signer.envelope("acme-whoami", json!({}), "jti-acme-whoami", now.timestamp());
+    let r = client
+        .post(format!("http://{}/v1/invoke", gateway.local_addr))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let path = query_one(
+        &db,
+        "SELECT payload FROM gateway_events WHERE event_type = 'CredentialExchangeCompleted' ORDER BY id DESC LIMIT 1",
+    )
+    .await
+    .unwrap();
+    let target: Value = serde_json::from_str(&path).unwrap();
+    assert_eq!(
+        target["target_service"],
+        "secret/data/tenant-acme/gateway-tests/whoami"
+    );
     gateway.shutdown().await;
 }

@@ -175,6 +175,7 @@ async fn run_workflow(
                 .resolve(CredentialRequest {
                     execution_id: &call.execution_id,
                     tenant_id: Some(&call.tenant_id),
+                    owner_tenant_id: workflow.entry().tenant_id.as_deref(),
                     path,
                     user_token,
                     allows_human_delegated: call.allows_human_delegated,

@@ -249,6 +249,7 @@ pub fn request<'a>(
     CredentialRequest {
         execution_id,
         tenant_id: None,
+        owner_tenant_id: None,
         path,
         user_token: None,
         allows_human_delegated: true,

@@ -276,6 +276,7 @@ impl CliEngine {
                     .resolve_registry(CredentialRequest {
                         execution_id: exec,
                         tenant_id: call.tenant_id,
+                        owner_tenant_id: tool.tenant_id.as_deref(),
                         path,
                         user_token: call.user_token,
                         allows_human_delegated: call.allows_human_delegated,

@@ -6,7 +6,7 @@
 //! | path | source |
 //! |---|---|
 //! | `SystemJit` | OpenBao dynamic secret `GET /v1/[tenant-<tenant>/]<engine>/creds/<role>`: token = `data.token`, else `data.password` (database engines: the generated user's password, sent as `Bearer <password>` as upstream does; the lease is recorded and revoked by [`CredentialResolver::release`]) |
-//! | `StaticRef` | OpenBao KV v2 `GET /v1/<kv_mount>/data/<key>`: `data.data.token`, else `.value` |
+//! | `StaticRef` | OpenBao KV v2 `GET /v1/<kv_mount>/data/[tenant-<owner>/]<key>`: `data.data.token`, else `.value`. The key is its author's choice, so a tenant's workflow, spec or CLI tool reads only under its own `tenant-<owner>/` (reference §13.11); a system-global one reads the key as written |
 //! | `HumanDelegated` | the `X-Seal-User-Token`, verified against the user-token JWKS, exchanged at Keycloak (RFC 8693) for a token with audience `target_service` |
 //! | `Auto` | `HumanDelegated` when a user token came with the call, else `SystemJit` |
 //! | `UserBound` | the caller's active binding in the orchestrator's `credential_bindings`/`credential_grants` tables (Postgres only, read-only), then a KV read of its `secret_path`; without a binding, `HumanDelegated(provider)` when a user token came, else 401 |
@@ -78,7 +78,11 @@ const UNDEFINED_TABLE: &str = "42P01";
 #[derive(Clone, Copy)]
 pub struct CredentialRequest<'a> {
     pub execution_id: &'a str,
+    /// The calling tenant: SystemJit reads under its `tenant-<tenant>/` mounts.
     pub tenant_id: Option<&'a str>,
+    /// The tenant owning the workflow, spec or CLI tool whose `path` this is; `None` for a
+    /// system-global one. A `StaticRef` key is read under `tenant-<owner>/`.
+    pub owner_tenant_id: Option<&'a str>,
     pub path: &'a CredentialResolutionPath,
     /// The `X-Seal-User-Token` header (a leading `Bearer ` is tolerated).
     pub user_token: Option<&'a str>,
@@ -91,6 +95,7 @@ impl std::fmt::Debug for CredentialRequest<'_> {
         f.debug_struct("CredentialRequest")
             .field("execution_id", &self.execution_id)
             .field("tenant_id", &self.tenant_id)
+            .field("owner_tenant_id", &self.owner_tenant_id)
             .field("path", &self.path.label())
             .field("user_token", &self.user_token.map(|_| "<redacted>"))
             .field("allows_human_delegated", &self.allows_human_delegated)
@@ -625,7 +630,9 @@ impl CredentialResolver {
                 openbao_engine_path,
                 role,
             } => self.dynamic(tenant, openbao_engine_path, role).await,
-            CredentialResolutionPath::StaticRef { key } => self.static_ref(key).await,
+            CredentialResolutionPath::StaticRef { key } => {
+                self.static_ref(req.owner_tenant_id, key).await
+            }
             CredentialResolutionPath::HumanDelegated { target_service } => {
                 let Some(token) = user_token else {
                     return Err(Failure::gate(StatusCode::UNAUTHORIZED, "unauthorized"));
@@ -680,12 +687,13 @@ impl CredentialResolver {
         })
     }
 
-    async fn static_ref(&self, key: &str) -> Result<Obtained, Failure> {
-        let data = self.openbao.kv(key).await?;
+    async fn static_ref(&self, owner: Option<&str>, key: &str) -> Result<Obtained, Failure> {
+        let data = self.openbao.kv(owner, key).await?;
+        let prefix = owner.map(|t| format!("tenant-{t}/")).unwrap_or_default();
         Ok(Obtained {
             effective: "static_ref",
             target: format!(
-                "{}/data/{}",
+                "{}/data/{prefix}{}",
                 self.openbao.kv_mount.trim().trim_matches('/'),
                 key.trim().trim_matches('/')
             ),
@@ -756,7 +764,7 @@ impl CredentialResolver {
         };
         if let Some(secret_path) = binding {
             tracing::trace!(provider, "credential binding found; reading its KV secret");
-            let data = self.openbao.kv(&secret_path).await?;
+            let data = self.openbao.kv(None, &secret_path).await?;
             return Ok(Obtained {
                 effective: "user_bound",
                 target: provider.to_owned(),

@@ -107,15 +107,7 @@ impl OpenBao {
                 "validation error: SystemJit role must be a single path segment",
             ));
         }
-        let tenant_segment = match tenant {
-            Some(t) if t.contains('/') || t.trim().is_empty() => {
-                return Err(Failure::exchange(
-                    "validation error: tenant id is not a valid OpenBao path segment",
-                ));
-            }
-            Some(t) => Some(format!("tenant-{t}")),
-            None => None,
-        };
+        let tenant_segment = tenant_segment(tenant)?;
         let mut segments: Vec<&str> = Vec::new();
         if let Some(prefix) = &tenant_segment {
             segments.push(prefix);
@@ -171,8 +163,13 @@ impl OpenBao {
         Ok(DynamicSecret { data, lease_id })
     }
 
-    /// `GET {addr}/v1/<kv_mount>/data/<key>` (KV v2): the nested `data.data` object.
-    pub(super) async fn kv(&self, key: &str) -> Result<Map<String, Value>, Failure> {
+    /// `GET {addr}/v1/<kv_mount>/data/[tenant-<tenant>/]<key>` (KV v2): the nested `data.data`
+    /// object.
+    pub(super) async fn kv(
+        &self,
+        tenant: Option<&str>,
+        key: &str,
+    ) -> Result<Map<String, Value>, Failure> {
         let key = key.trim().trim_matches('/');
         if key.is_empty() {
             return Err(Failure::exchange(
@@ -185,8 +182,10 @@ impl OpenBao {
                 "internal error: openbao_kv_mount cannot be empty",
             ));
         }
+        let tenant_segment = tenant_segment(tenant)?;
         let mut segments = path_segments("openbao_kv_mount", mount)?;
         segments.push("data");
+        segments.extend(tenant_segment.as_deref());
         segments.extend(path_segments("key", key)?);
         let (url, headers) = self.request_parts(&segments)?;
         tracing::trace!(
@@ -257,6 +256,17 @@ impl OpenBao {
                 openbao_errors(&response.body)
             ))
         }
+    }
+}
+
+/// `tenant-<tenant>`, the segment every OpenBao path of a tenant's credentials starts with.
+fn tenant_segment(tenant: Option<&str>) -> Result<Option<String>, Failure> {
+    match tenant {
+        Some(t) if t.contains('/') || t.trim().is_empty() => Err(Failure::exchange(
+            "validation error: tenant id is not a valid OpenBao path segment",
+        )),
+        Some(t) => Ok(Some(format!("tenant-{t}"))),
+        None => Ok(None),
     }
 }
 

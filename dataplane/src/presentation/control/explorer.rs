@@ -94,6 +94,7 @@ pub(super) async fn explore(ctx: &Ctx<'_>, body: Bytes) -> Response<Body> {
                 .resolve(CredentialRequest {
                     execution_id: &req.execution_id,
                     tenant_id: tenant.as_deref(),
+                    owner_tenant_id: spec.tenant_id.as_deref(),
                     path,
                     user_token: None,
                     allows_human_delegated: false,
