@@ -30,7 +30,7 @@ use crate::infrastructure::persistence::{
 use crate::infrastructure::reload::ReloadStats;
 use crate::presentation::server;
 
-/// How often expired jtis are purged.
+/// How often expired jtis are purged and sessions past their `expires_at` marked `Expired`.
 pub const JTI_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What every request handler can reach.
@@ -171,7 +171,7 @@ impl RunningGateway {
             .map_err(StartError::Config)?;
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(server::serve(listener, state.clone(), stopped));
-        let sweeper = tokio::spawn(sweep_jtis(state.clone()));
+        let sweeper = tokio::spawn(sweep(state.clone()));
         let rest_follower = tokio::spawn(registry::follow_rest_writes(state.clone()));
         release_freed_memory();
         tracing::info!("aegis-seal-gateway listening on {local_addr}");
@@ -258,8 +258,9 @@ fn release_freed_memory() {
     }
 }
 
-/// Purges expired jtis every [`JTI_SWEEP_INTERVAL`]; the first sweep runs at start.
-async fn sweep_jtis(state: Arc<GatewayState>) {
+/// Purges expired jtis and marks sessions past their expiry `Expired`, every
+/// [`JTI_SWEEP_INTERVAL`]; the first sweep runs at start.
+async fn sweep(state: Arc<GatewayState>) {
     let mut tick = tokio::time::interval(JTI_SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -271,6 +272,19 @@ async fn sweep_jtis(state: Arc<GatewayState>) {
                 error = %e,
                 "JTI cleanup failed: {e}"
             );
+        }
+        match state.db.expire_sessions(now).await {
+            Ok(0) => {}
+            Ok(expired) => tracing::debug!(
+                target: "aegis_seal_gateway::infrastructure::persistence",
+                expired,
+                "sessions past their expiry marked Expired"
+            ),
+            Err(e) => tracing::warn!(
+                target: "aegis_seal_gateway::infrastructure::persistence",
+                error = %e,
+                "session expiry failed: {e}"
+            ),
         }
     }
 }

@@ -384,3 +384,51 @@ async fn jtis_are_first_used_once_per_batch_and_again_only_after_expiry_on_both_
         assert_eq!(db.record_jtis(&[], now).await.unwrap(), Vec::<bool>::new());
     }
 }
+
+#[tokio::test]
+async fn sessions_past_their_expiry_are_marked_expired_on_both_backends() {
+    use aegis_seal_gateway::infrastructure::persistence::SessionStatus;
+
+    let signer = support::Signer::from_vectors();
+    let now = chrono::Utc::now();
+    for (backend, url, _dir) in support::both_backends().await {
+        let db = Database::connect(&url).await.unwrap();
+        let session = |id: &str, status, expires_in: chrono::Duration| {
+            let mut s = signer.session_record(now);
+            s.execution_id = id.to_owned();
+            s.status = status;
+            s.expires_at = now + expires_in;
+            s
+        };
+        let second = chrono::Duration::seconds(1);
+        for s in [
+            session("past", SessionStatus::Active, -second),
+            session("due-now", SessionStatus::Active, chrono::Duration::zero()),
+            session("live", SessionStatus::Active, second),
+            session("revoked-and-past", SessionStatus::Revoked, -second),
+        ] {
+            db.upsert_session(&s).await.unwrap();
+        }
+
+        assert_eq!(db.expire_sessions(now).await.unwrap(), 2, "{backend}");
+        for (id, status) in [
+            ("past", SessionStatus::Expired),
+            ("due-now", SessionStatus::Expired),
+            ("live", SessionStatus::Active),
+            ("revoked-and-past", SessionStatus::Revoked),
+        ] {
+            let stored = db.get_session(id).await.unwrap().unwrap();
+            assert_eq!(stored.status, status, "{backend}: {id}");
+        }
+        let active: Vec<String> = db
+            .list_active_sessions(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.execution_id)
+            .collect();
+        assert_eq!(active, ["live"], "{backend}");
+        // Nothing left to mark: the sweep is idempotent.
+        assert_eq!(db.expire_sessions(now).await.unwrap(), 0, "{backend}");
+    }
+}

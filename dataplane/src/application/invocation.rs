@@ -179,6 +179,18 @@ impl InvocationService {
                     "security context mismatch: scp claim does not match session security_context",
                 ),
             ))
+        } else if record.status == SessionStatus::Expired
+            || (record.status == SessionStatus::Active && record.expires_at <= now)
+        {
+            // One answer whether or not the sweep has marked the session yet.
+            Some((
+                Attestation::Expired,
+                SealError::new(
+                    StatusCode::UNAUTHORIZED,
+                    code::SESSION_INACTIVE,
+                    "session expired",
+                ),
+            ))
         } else if record.status != SessionStatus::Active {
             Some((
                 Attestation::Unauthorized,
@@ -186,15 +198,6 @@ impl InvocationService {
                     StatusCode::UNAUTHORIZED,
                     code::SESSION_INACTIVE,
                     format!("session is {}", record.status.as_str().to_lowercase()),
-                ),
-            ))
-        } else if record.expires_at <= now {
-            Some((
-                Attestation::Expired,
-                SealError::new(
-                    StatusCode::UNAUTHORIZED,
-                    code::SESSION_INACTIVE,
-                    "session expired",
                 ),
             ))
         } else {

@@ -269,4 +269,24 @@ impl Database {
         };
         Ok((affected == 1).then_some(session))
     }
+
+    /// Marks `Expired` every `Active` session whose `expires_at` has passed, so that the list of
+    /// active sessions and each session's status say what the invocation path already enforces.
+    /// Returns how many were marked.
+    pub async fn expire_sessions(&self, now: DateTime<Utc>) -> Result<u64, PersistenceError> {
+        let sql = "UPDATE seal_sessions SET session_status = 'Expired' \
+                   WHERE session_status = 'Active' AND expires_at <= $1";
+        Ok(match self {
+            Self::Sqlite(pool) => sqlx::query(sqlx::AssertSqlSafe(sql.replace('$', "?")))
+                .bind(sqlite_time(now))
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            Self::Postgres(pool) => sqlx::query(sql)
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        })
+    }
 }
