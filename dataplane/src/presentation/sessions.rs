@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use crate::gateway::GatewayState;
 use crate::infrastructure::auth::envelope::parse_session_key;
 use crate::infrastructure::auth::operator::OperatorIdentity;
-use crate::infrastructure::persistence::{AuditEvent, SessionRecord, SessionStatus, SessionWrite};
+use crate::infrastructure::persistence::{
+    AuditEvent, SessionRecord, SessionRevoke, SessionStatus, SessionWrite,
+};
 use crate::presentation::http::{Body, error, json_response, unavailable};
 
 const HANDLER: &str = "seal_sessions";
@@ -202,11 +204,20 @@ pub async fn revoke(
         Err(e) => return unavailable(HANDLER, &e),
     };
     state.invocation.sessions.invalidate(execution_id);
-    let Some(session) = revoked else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "session not found or already revoked",
-        );
+    let session = match revoked {
+        SessionRevoke::Revoked(session) => session,
+        SessionRevoke::NotActive => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "session not found or already revoked",
+            );
+        }
+        SessionRevoke::RefusedOtherTenant => {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("tenant mismatch: session {execution_id} belongs to another tenant"),
+            );
+        }
     };
     let now = state.invocation.clock.now();
     let event = AuditEvent::from_json(

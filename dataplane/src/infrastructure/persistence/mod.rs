@@ -36,7 +36,7 @@ pub use registry::{
     CatalogTable, CliToolRow, NameHolder, REST_SOURCE, SecurityContextRow, SpecRow, WorkflowRow,
 };
 pub use replay::{PendingJtis, ReplayGuard};
-pub use sessions::{SessionRecord, SessionStatus, SessionWrite};
+pub use sessions::{SessionRecord, SessionRevoke, SessionStatus, SessionWrite};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");

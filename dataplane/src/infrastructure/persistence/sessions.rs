@@ -54,7 +54,19 @@ pub enum SessionWrite {
     Updated,
     /// The row is revoked: revocation is terminal, nothing was written.
     RefusedRevoked,
-    /// The row belongs to another tenant: nothing was written.
+    /// The row is not the writer's tenant's (a system-global row is only a tenant-less
+    /// writer's, that is a platform operator's): nothing was written.
+    RefusedOtherTenant,
+}
+
+/// What a revocation did.
+#[derive(Debug)]
+pub enum SessionRevoke {
+    /// The session as it was before.
+    Revoked(SessionRecord),
+    /// No such session, or it is no longer active.
+    NotActive,
+    /// The session is not the revoking tenant's (system-global ones included).
     RefusedOtherTenant,
 }
 
@@ -163,8 +175,10 @@ impl Database {
         }
     }
 
-    /// Creates or replaces a session, unless the existing row is revoked or another tenant's.
-    /// One statement, so two concurrent writers cannot interleave a check and a write.
+    /// Creates or replaces a session, unless the existing row is revoked or not of the tenant
+    /// `s` is written for (reference §4.2: only a platform operator, who writes tenant-less rows,
+    /// may change a system-global one). One statement, so two concurrent writers cannot
+    /// interleave a check and a write.
     pub async fn upsert_session(
         &self,
         s: &SessionRecord,
@@ -173,7 +187,7 @@ impl Database {
             if existing.status == SessionStatus::Revoked {
                 return Ok(SessionWrite::RefusedRevoked);
             }
-            if existing.tenant_id.is_some() && existing.tenant_id != s.tenant_id {
+            if existing.tenant_id != s.tenant_id {
                 return Ok(SessionWrite::RefusedOtherTenant);
             }
         }
@@ -181,7 +195,7 @@ impl Database {
             serde_json::to_string(&s.allowed_tool_patterns).unwrap_or_else(|_| "[]".into());
         // The WHERE on the conflict branch keeps revocation terminal even against a racing revoke.
         let guard = "WHERE seal_sessions.session_status <> 'Revoked' \
-                     AND (seal_sessions.tenant_id IS NULL OR seal_sessions.tenant_id IS NOT DISTINCT FROM excluded.tenant_id)";
+                     AND seal_sessions.tenant_id IS NOT DISTINCT FROM excluded.tenant_id";
         let set = "agent_id = excluded.agent_id, security_context = excluded.security_context, \
                    public_key_b64 = excluded.public_key_b64, security_token = excluded.security_token, \
                    session_status = excluded.session_status, expires_at = excluded.expires_at, \
@@ -239,20 +253,21 @@ impl Database {
         })
     }
 
-    /// Marks an active session revoked. `tenant` scopes the lookup (`None`: any tenant).
-    /// Returns the session as it was, or `None` when there is no active session to revoke.
+    /// Marks an active session revoked. `tenant` is the revoking tenant operator's (`None`: a
+    /// platform operator, who may revoke any session); a tenant may revoke only its own.
     pub async fn revoke_session(
         &self,
         execution_id: &str,
         tenant: Option<&str>,
-    ) -> Result<Option<SessionRecord>, PersistenceError> {
+    ) -> Result<SessionRevoke, PersistenceError> {
         let Some(session) = self.get_session(execution_id).await? else {
-            return Ok(None);
+            return Ok(SessionRevoke::NotActive);
         };
-        if session.status != SessionStatus::Active
-            || tenant.is_some_and(|t| session.tenant_id.as_deref().is_some_and(|owner| owner != t))
-        {
-            return Ok(None);
+        if tenant.is_some_and(|t| session.tenant_id.as_deref() != Some(t)) {
+            return Ok(SessionRevoke::RefusedOtherTenant);
+        }
+        if session.status != SessionStatus::Active {
+            return Ok(SessionRevoke::NotActive);
         }
         let sql = "UPDATE seal_sessions SET session_status = 'Revoked' WHERE execution_id = $1 AND session_status = 'Active'";
         let affected = match self {
@@ -267,7 +282,11 @@ impl Database {
                 .await?
                 .rows_affected(),
         };
-        Ok((affected == 1).then_some(session))
+        Ok(if affected == 1 {
+            SessionRevoke::Revoked(session)
+        } else {
+            SessionRevoke::NotActive
+        })
     }
 
     /// Marks `Expired` every `Active` session whose `expires_at` has passed, so that the list of
