@@ -55,7 +55,8 @@ impl SealError {
             "error": {
                 "code": self.code,
                 "message": self.message,
-                "timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+                // `+00:00`, not `Z`: the reference gateway's spelling (reference §1.6).
+                "timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, false),
                 "request_id": request_id,
             }
         })
@@ -69,3 +70,22 @@ impl std::fmt::Display for SealError {
 }
 
 impl std::error::Error for SealError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_is_the_reference_shape_with_a_plus_zero_offset_timestamp() {
+        let body = SealError::token("security token missing jti").body("req-1");
+        let error = &body["error"];
+        assert_eq!(body["protocol"], "seal/v1");
+        assert_eq!(body["status"], "error");
+        assert_eq!(error["code"], code::TOKEN_VERIFICATION_FAILED);
+        assert_eq!(error["message"], "security token missing jti");
+        assert_eq!(error["request_id"], "req-1");
+        let timestamp = error["timestamp"].as_str().unwrap();
+        assert!(timestamp.ends_with("+00:00"), "{timestamp}");
+        assert!(chrono::DateTime::parse_from_rfc3339(timestamp).is_ok());
+    }
+}
