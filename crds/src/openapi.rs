@@ -72,7 +72,8 @@ pub fn operations(doc: &Value) -> Result<BTreeMap<String, Operation>, String> {
     let paths = root
         .get("paths")
         .and_then(Value::as_object)
-        .ok_or("the document has no `paths` object")?;
+        // The reference gateway's own words for this and for no operation at all (reference §5.1).
+        .ok_or("OpenAPI spec missing paths")?;
 
     let mut out: BTreeMap<String, Operation> = BTreeMap::new();
     for (path, item) in paths {
@@ -132,7 +133,7 @@ pub fn operations(doc: &Value) -> Result<BTreeMap<String, Operation>, String> {
         }
     }
     if out.is_empty() {
-        return Err("the document defines no operation with an operationId".into());
+        return Err("OpenAPI spec has no operationId definitions".into());
     }
     Ok(out)
 }
@@ -195,7 +196,7 @@ mod tests {
         );
         assert_eq!(
             operations(&json!({"openapi": "3.1.0", "paths": {"/a": {"get": {}}}})).unwrap_err(),
-            "the document defines no operation with an operationId"
+            "OpenAPI spec has no operationId definitions"
         );
         assert_eq!(
             operations(&json!({"openapi": "3.1.0", "paths": {

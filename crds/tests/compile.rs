@@ -1110,10 +1110,10 @@ fn openapi_document_must_be_openapi_with_operations() {
             "{swagger: '1.2', paths: {/a: {get: {operationId: a}}}}",
             "not an OpenAPI 3 or Swagger 2 document (expected `openapi: 3.x` or `swagger: \"2.0\"`)",
         ),
-        ("{openapi: 3.1.0}", "the document has no `paths` object"),
+        ("{openapi: 3.1.0}", "OpenAPI spec missing paths"),
         (
             "{openapi: 3.1.0, paths: {/a: {get: {summary: no id}}}}",
-            "the document defines no operation with an operationId",
+            "OpenAPI spec has no operationId definitions",
         ),
         (
             "{openapi: 3.1.0, paths: {/a: {get: {operationId: x}}, /b: {put: {operationId: x}}}}",
