@@ -152,7 +152,8 @@ pub struct NetworkSettings {
     /// HTTP listener (HTTP/1.1 and h2c).
     #[serde(default = "default_bind_addr")]
     pub bind_addr: String,
-    /// gRPC listener.
+    /// The upstream gateway's gRPC listener address: accepted and checked, so its config files
+    /// load unchanged, but no gRPC is served and no port is opened for it.
     #[serde(default = "default_grpc_bind_addr")]
     pub grpc_bind_addr: String,
     /// Largest accepted request body.

@@ -30,7 +30,6 @@ pub const CONFIG_MOUNT_DIR: &str = "/etc/seal-gateway";
 /// Writable data directory (SQLite) and the container's working directory.
 pub const DATA_DIR: &str = "/var/lib/seal-gateway";
 pub const HTTP_PORT: i32 = 8089;
-pub const GRPC_PORT: i32 = 50055;
 pub const METRICS_PORT: i32 = 9092;
 /// Non-root user and group of the data-plane container (distroless `nonroot`).
 pub const RUN_AS_USER: i64 = 65532;

@@ -164,7 +164,8 @@ fn the_deployment_runs_the_data_plane_restricted() {
         .iter()
         .map(|p| (p.name.as_deref().unwrap(), p.container_port))
         .collect();
-    assert_eq!(ports, [("http", 8089), ("grpc", 50055), ("metrics", 9092)]);
+    // No gRPC port: the data plane serves none, so a published one would only refuse connections.
+    assert_eq!(ports, [("http", 8089), ("metrics", 9092)]);
     for (probe, path) in [
         (c.liveness_probe.as_ref().unwrap(), "/health"),
         (c.readiness_probe.as_ref().unwrap(), "/ready"),
@@ -418,7 +419,8 @@ fn spec_image_and_listener_ports_are_used() {
         .iter()
         .map(|p| p.container_port)
         .collect();
-    assert_eq!(ports, [9000, 9001, 9092]);
+    // `grpc_bind_addr` opens no port (no gRPC is served).
+    assert_eq!(ports, [9000, 9092]);
     // The Service keeps its well-known ports and targets the container's named ports.
     let svc: Vec<_> = d
         .service
@@ -438,11 +440,6 @@ fn spec_image_and_listener_ports_are_used() {
                 "http".into(),
                 8089,
                 Some(IntOrString::String("http".into()))
-            ),
-            (
-                "grpc".into(),
-                50055,
-                Some(IntOrString::String("grpc".into()))
             ),
             (
                 "metrics".into(),
@@ -709,6 +706,11 @@ fn unusable_specs_are_refused_with_a_reason() {
     assert_eq!(
         err(json!({"network": {"bind_addr": "localhost"}})).to_string(),
         "spec.network.bind_addr: \"localhost\" is not a socket address (e.g. 0.0.0.0:8089)"
+    );
+    // It opens no port, but the data plane would refuse to start on it.
+    assert_eq!(
+        err(json!({"network": {"grpc_bind_addr": "grpc"}})).to_string(),
+        "spec.network.grpc_bind_addr: \"grpc\" is not a socket address (e.g. 0.0.0.0:8089)"
     );
     assert_eq!(
         err(json!({"replicas": -1})),

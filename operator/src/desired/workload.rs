@@ -18,17 +18,18 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::SecretEnv;
 use super::{
-    CONFIG_FILE_KEY, CONFIG_MOUNT_DIR, CONFIGMAP_ENV, DATA_DIR, DesiredError, GRPC_PORT,
-    GatewayContext, HTTP_PORT, METRICS_PORT, RESTART_HASH_ANNOTATION, RUN_AS_USER,
+    CONFIG_FILE_KEY, CONFIG_MOUNT_DIR, CONFIGMAP_ENV, DATA_DIR, DesiredError, GatewayContext,
+    HTTP_PORT, METRICS_PORT, RESTART_HASH_ANNOTATION, RUN_AS_USER,
 };
 
 /// Container name of the data plane.
 pub const CONTAINER_NAME: &str = "seal-gateway";
 
-/// The ports the data plane listens on, from its listener settings.
+/// The ports the data plane listens on, from its listener settings. The data plane serves no
+/// gRPC (docs/observability.md), so `grpc_bind_addr` opens no port: a published one would only
+/// refuse connections.
 pub(super) struct ContainerPorts {
     http: i32,
-    grpc: i32,
 }
 
 impl ContainerPorts {
@@ -43,12 +44,13 @@ impl ContainerPorts {
                     message: format!("\"{value}\" is not a socket address (e.g. 0.0.0.0:8089)"),
                 })
         };
+        // Checked although it opens no port: the data plane refuses to start without an address.
+        port(
+            "spec.network.grpc_bind_addr",
+            &settings.network.grpc_bind_addr,
+        )?;
         Ok(Self {
             http: port("spec.network.bind_addr", &settings.network.bind_addr)?,
-            grpc: port(
-                "spec.network.grpc_bind_addr",
-                &settings.network.grpc_bind_addr,
-            )?,
         })
     }
 }
@@ -194,7 +196,6 @@ pub(super) fn deployment(
         working_dir: Some(DATA_DIR.into()),
         ports: Some(vec![
             port("http", ports.http),
-            port("grpc", ports.grpc),
             port("metrics", METRICS_PORT),
         ]),
         env: Some(env_vars),
@@ -304,7 +305,6 @@ pub(super) fn service(ctx: &GatewayContext) -> Service {
             selector: Some(ctx.selector_labels()),
             ports: Some(vec![
                 port("http", HTTP_PORT, Some("http")),
-                port("grpc", GRPC_PORT, Some("kubernetes.io/h2c")),
                 port("metrics", METRICS_PORT, Some("http")),
             ]),
             ..Default::default()
