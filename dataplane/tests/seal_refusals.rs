@@ -8,19 +8,16 @@
 //! by the configured RS256 key: each case changes one claim or one session field, and a control
 //! case with nothing changed is accepted, so each refusal is the work of that one change.
 
+mod refusal_support;
 mod support;
 
 use aegis_seal_crds::Snapshot;
 use aegis_seal_gateway::application::catalog::with_default_contexts;
-use aegis_seal_gateway::application::clock::Clock;
-use aegis_seal_gateway::gateway::RunningGateway;
 use aegis_seal_gateway::infrastructure::persistence::{Database, SessionRecord};
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
+use refusal_support::{Expected, NOW, SealGateway, assert_seal_error, now};
 use serde_json::{Map, Value, json};
-use sqlx::Row;
 
-/// The gateway's clock, frozen; envelopes are dated at this instant, so freshness never interferes.
-const NOW: i64 = 1_771_338_721;
 /// Not the defaults (`aegis-orchestrator`, `aegis-agents`): the configured values are the ones
 /// checked.
 const ISSUER: &str = "seal-refusals-issuer";
@@ -31,39 +28,14 @@ const TOOL: &str = "no-such-tool";
 const EXPIRED_SESSION: &str = "exec-expired";
 const EXPIRING_SESSION: &str = "exec-expiring";
 
-/// What a refusal must answer: HTTP status, SEAL code, message.
-type Expected = (u16, u64, &'static str);
-
-fn now() -> DateTime<Utc> {
-    DateTime::from_timestamp(NOW, 0).unwrap()
-}
-
-/// The vectors' RS256 token key (`support::Signer` keeps its own private).
-fn token_key() -> jsonwebtoken::EncodingKey {
-    let path = format!(
-        "{}/tests/vectors/python-sdk.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let file: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let pem = file["token_issuer"]["rs256_private_key_pem"]
-        .as_str()
-        .unwrap();
-    jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()
-}
-
 struct Harness {
-    gateway: RunningGateway,
-    db: Database,
-    client: reqwest::Client,
-    signer: support::Signer,
-    token_key: jsonwebtoken::EncodingKey,
+    seal: SealGateway,
 }
 
 impl Harness {
     async fn start(url: &str) -> Self {
-        let signer = support::Signer::from_vectors();
         let db = Database::connect(url).await.unwrap();
-        let session = signer.session_record(now());
+        let session = support::Signer::from_vectors().session_record(now());
         db.upsert_session(&session).await.unwrap();
         let other = |execution_id: &str, expires_at| SessionRecord {
             execution_id: execution_id.into(),
@@ -77,116 +49,37 @@ impl Harness {
         db.upsert_session(&other(EXPIRING_SESSION, now() + Duration::seconds(1)))
             .await
             .unwrap();
-        let config = support::gateway_config(&[
-            (
-                "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
-                &signer.rs256_public_key_pem,
-            ),
+        let config = [
             ("SEAL_GATEWAY_SEAL_JWT_ISSUER", ISSUER),
             ("SEAL_GATEWAY_SEAL_JWT_AUDIENCE", AUDIENCE),
-        ]);
+        ];
         let snapshot = with_default_contexts(Snapshot::default());
-        let gateway = RunningGateway::start(&config, db.clone(), snapshot, Clock::fixed(now()))
-            .await
-            .unwrap();
         Self {
-            gateway,
-            db,
-            client: reqwest::Client::new(),
-            signer,
-            token_key: token_key(),
+            seal: SealGateway::start(db, snapshot, &config).await,
         }
     }
 
-    /// Every claim the gateway requires, valid for the vectors' session, with a jti of its own.
-    fn claims(&self, jti: &str) -> Map<String, Value> {
-        let s = &self.signer.session;
-        let Value::Object(claims) = json!({
-            "sub": s["agent_id"], "exec_id": s["execution_id"], "tenant_id": s["tenant_id"],
-            "scp": s["security_context"], "wid": "docker://test", "jti": jti,
-            "iat": NOW, "exp": NOW + 3600, "iss": ISSUER, "aud": AUDIENCE,
-        }) else {
-            unreachable!()
-        };
+    /// Every claim the gateway requires, valid for the vectors' session, with a jti of its own and
+    /// `changes` set over them.
+    fn claims(&self, jti: &str, changes: Value) -> Map<String, Value> {
+        let mut claims = self
+            .seal
+            .claims(jti, json!({"iss": ISSUER, "aud": AUDIENCE}));
+        claims.extend(changes.as_object().unwrap().clone());
         claims
-    }
-
-    /// An envelope dated `NOW`, signed by the session's agent key, carrying `claims` in an RS256
-    /// token signed by the configured key.
-    fn envelope(&self, claims: &Map<String, Value>) -> String {
-        use base64::Engine;
-        use ed25519_dalek::Signer as _;
-        let token = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
-            claims,
-            &self.token_key,
-        )
-        .unwrap();
-        let mut envelope = json!({
-            "protocol": "seal/v1", "security_token": token, "signature": "",
-            "payload": {"jsonrpc": "2.0", "id": "req-1", "method": "tools/call",
-                        "params": {"name": TOOL, "arguments": {}}},
-            "timestamp": NOW,
-        });
-        let parsed =
-            aegis_seal_gateway::domain::envelope::Envelope::parse(envelope.to_string().as_bytes())
-                .unwrap();
-        let signature = self.signer.agent.sign(&parsed.canonical_message().unwrap());
-        envelope["signature"] = base64::engine::general_purpose::STANDARD
-            .encode(signature.to_bytes())
-            .into();
-        envelope.to_string()
-    }
-
-    async fn invoke(&self, body: String) -> (u16, Value) {
-        let response = self
-            .client
-            .post(format!("http://{}/v1/invoke", self.gateway.local_addr))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Rows of `gateway_events`, of one type or (`None`) of every type.
-    async fn events(&self, event_type: Option<&str>) -> i64 {
-        let sql = "SELECT COUNT(*) AS n FROM gateway_events WHERE $1 IS NULL OR event_type = $1";
-        match &self.db {
-            Database::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(sql.replace('$', "?")))
-                .bind(event_type)
-                .bind(event_type)
-                .fetch_one(p)
-                .await
-                .unwrap()
-                .get("n"),
-            Database::Postgres(p) => sqlx::query(sql)
-                .bind(event_type)
-                .fetch_one(p)
-                .await
-                .unwrap()
-                .get("n"),
-        }
     }
 
     /// `claims` are refused with exactly `expected`, in the SEAL error body (checklist #56), and
     /// leave no audit row.
     async fn assert_refused(&self, what: &str, claims: &Map<String, Value>, expected: Expected) {
-        let before = self.events(None).await;
-        let (status, body) = self.invoke(self.envelope(claims)).await;
-        let error = &body["error"];
-        let (code, message) = (error["code"].as_u64(), error["message"].as_str());
+        let (status, body, rows) = self
+            .seal
+            .invoke(claims, json!({"name": TOOL, "arguments": {}}))
+            .await;
+        assert_seal_error(what, status, &body, expected);
         assert_eq!(
-            (status, code, message),
-            (expected.0, Some(expected.1), Some(expected.2)),
-            "{what}: {body}"
-        );
-        assert_seal_body(what, &body);
-        assert_eq!(
-            self.events(None).await - before,
-            0,
+            rows,
+            [],
             "{what}: a refused token or session binding writes no audit row"
         );
     }
@@ -194,62 +87,18 @@ impl Harness {
     /// `claims` pass every check: the call is authorized (one `ToolCallAuthorized` row) and answered
     /// 404, since the tool does not exist.
     async fn assert_authorized(&self, what: &str, claims: &Map<String, Value>) {
-        let before = self.events(Some("ToolCallAuthorized")).await;
-        let (status, body) = self.invoke(self.envelope(claims)).await;
+        let (status, body, rows) = self
+            .seal
+            .invoke(claims, json!({"name": TOOL, "arguments": {}}))
+            .await;
         assert_eq!(
             (status, &body),
             (404, &json!({"error": format!("tool '{TOOL}' not found")})),
             "{what}"
         );
-        assert_eq!(
-            self.events(Some("ToolCallAuthorized")).await - before,
-            1,
-            "{what}"
-        );
+        let authorized = rows.iter().filter(|r| r.event_type == "ToolCallAuthorized");
+        assert_eq!(authorized.count(), 1, "{what}");
     }
-}
-
-/// `{"protocol":"seal/v1","status":"error","error":{"code","message","timestamp","request_id"}}`,
-/// nothing more, with an RFC 3339 timestamp and a UUIDv4 request id.
-fn assert_seal_body(what: &str, body: &Value) {
-    let keys = |v: &Value| {
-        let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
-        keys.sort();
-        keys
-    };
-    assert_eq!(
-        keys(body),
-        ["error", "protocol", "status"],
-        "{what}: {body}"
-    );
-    assert_eq!(
-        (&body["protocol"], &body["status"]),
-        (&json!("seal/v1"), &json!("error")),
-        "{what}"
-    );
-    let error = &body["error"];
-    assert_eq!(
-        keys(error),
-        ["code", "message", "request_id", "timestamp"],
-        "{what}: {body}"
-    );
-    let timestamp = error["timestamp"].as_str().unwrap();
-    assert!(
-        DateTime::parse_from_rfc3339(timestamp).is_ok(),
-        "{what}: {timestamp}"
-    );
-    let request_id = uuid::Uuid::parse_str(error["request_id"].as_str().unwrap()).unwrap();
-    assert_eq!(request_id.get_version_num(), 4, "{what}: {body}");
-}
-
-/// One claim of `claims` removed, or set to `value`.
-fn with(claims: &Map<String, Value>, claim: &str, value: Option<Value>) -> Map<String, Value> {
-    let mut claims = claims.clone();
-    match value {
-        Some(value) => claims.insert(claim.into(), value),
-        None => claims.remove(claim),
-    };
-    claims
 }
 
 /// Checklist #49/#50 and reference §1.4 TARGET: `sub`, `exec_id`, `tenant_id`, `scp`, `wid`, `jti`,
@@ -298,14 +147,18 @@ async fn a_token_without_a_required_claim_is_refused_naming_the_claim() {
     ];
     for (backend, url, _dir) in support::both_backends().await {
         let h = Harness::start(&url).await;
-        h.assert_authorized(&format!("{backend}: every claim"), &h.claims("all-claims"))
-            .await;
+        h.assert_authorized(
+            &format!("{backend}: every claim"),
+            &h.claims("all-claims", json!({})),
+        )
+        .await;
         for (claim, expected) in cases {
-            let claims = with(&h.claims(&format!("missing-{claim}")), claim, None);
+            let mut claims = h.claims(&format!("missing-{claim}"), json!({}));
+            claims.remove(claim);
             h.assert_refused(&format!("{backend}: no {claim}"), &claims, expected)
                 .await;
         }
-        h.gateway.shutdown().await;
+        h.seal.gateway.shutdown().await;
     }
 }
 
@@ -332,15 +185,11 @@ async fn a_token_with_an_empty_required_claim_is_refused_as_if_it_were_missing()
     for (backend, url, _dir) in support::both_backends().await {
         let h = Harness::start(&url).await;
         for (claim, value, expected) in cases {
-            let claims = with(
-                &h.claims(&format!("empty-{claim}")),
-                claim,
-                Some(json!(value)),
-            );
+            let claims = h.claims(&format!("empty-{claim}"), json!({ claim: value }));
             h.assert_refused(&format!("{backend}: {claim} {value:?}"), &claims, expected)
                 .await;
         }
-        h.gateway.shutdown().await;
+        h.seal.gateway.shutdown().await;
     }
 }
 
@@ -351,7 +200,7 @@ async fn an_empty_wid_claim_is_refused_with_the_reference_message() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::start(&support::sqlite_url(dir.path())).await;
     for value in ["", "   "] {
-        let claims = with(&h.claims("empty-wid"), "wid", Some(json!(value)));
+        let claims = h.claims("empty-wid", json!({ "wid": value }));
         h.assert_refused(
             &format!("wid {value:?}"),
             &claims,
@@ -359,7 +208,7 @@ async fn an_empty_wid_claim_is_refused_with_the_reference_message() {
         )
         .await;
     }
-    h.gateway.shutdown().await;
+    h.seal.gateway.shutdown().await;
 }
 
 /// Checklist #49: `iss` and `aud` are checked against the configured issuer and audience (not the
@@ -395,25 +244,17 @@ async fn a_token_for_another_issuer_or_audience_is_refused() {
     for (backend, url, _dir) in support::both_backends().await {
         let h = Harness::start(&url).await;
         for (i, (what, claim, value, expected)) in cases.iter().enumerate() {
-            let claims = with(
-                &h.claims(&format!("aud-iss-{i}")),
-                claim,
-                Some(value.clone()),
-            );
+            let claims = h.claims(&format!("aud-iss-{i}"), json!({ *claim: value }));
             h.assert_refused(&format!("{backend}: {what}"), &claims, *expected)
                 .await;
         }
-        let listed = with(
-            &h.claims("aud-list"),
-            "aud",
-            Some(json!(["someone-else", AUDIENCE])),
-        );
+        let listed = h.claims("aud-list", json!({"aud": ["someone-else", AUDIENCE]}));
         h.assert_authorized(
             &format!("{backend}: an audience list with the configured one"),
             &listed,
         )
         .await;
-        h.gateway.shutdown().await;
+        h.seal.gateway.shutdown().await;
     }
 }
 
@@ -424,28 +265,28 @@ async fn a_token_for_another_issuer_or_audience_is_refused() {
 async fn token_time_claims_are_checked_at_the_gateway_clock_with_a_60_second_leeway() {
     for (backend, url, _dir) in support::both_backends().await {
         let h = Harness::start(&url).await;
-        let expired = with(&h.claims("exp-61"), "exp", Some(json!(NOW - 61)));
+        let expired = h.claims("exp-61", json!({"exp": NOW - 61}));
         h.assert_refused(
             &format!("{backend}: exp 61 s ago"),
             &expired,
             (401, 1003, "security token expired"),
         )
         .await;
-        let within_leeway = with(&h.claims("exp-60"), "exp", Some(json!(NOW - 60)));
+        let within_leeway = h.claims("exp-60", json!({"exp": NOW - 60}));
         h.assert_authorized(&format!("{backend}: exp 60 s ago"), &within_leeway)
             .await;
 
-        let not_yet = with(&h.claims("nbf+61"), "nbf", Some(json!(NOW + 61)));
+        let not_yet = h.claims("nbf+61", json!({"nbf": NOW + 61}));
         h.assert_refused(
             &format!("{backend}: nbf in 61 s"),
             &not_yet,
             (401, 1004, "security token is not valid yet (nbf)"),
         )
         .await;
-        let within_leeway = with(&h.claims("nbf+60"), "nbf", Some(json!(NOW + 60)));
+        let within_leeway = h.claims("nbf+60", json!({"nbf": NOW + 60}));
         h.assert_authorized(&format!("{backend}: nbf in 60 s"), &within_leeway)
             .await;
-        h.gateway.shutdown().await;
+        h.seal.gateway.shutdown().await;
     }
 }
 
@@ -460,7 +301,7 @@ async fn a_token_that_does_not_match_its_session_is_refused() {
         let cases: [(&str, Map<String, Value>, Expected); 4] = [
             (
                 "sub is another agent",
-                with(&h.claims("sub"), "sub", Some(json!("agent-other"))),
+                h.claims("sub", json!({"sub": "agent-other"})),
                 (
                     401,
                     1004,
@@ -470,7 +311,7 @@ async fn a_token_that_does_not_match_its_session_is_refused() {
             (
                 // A context that exists: the refusal is the mismatch, not an unknown name.
                 "scp is another context",
-                with(&h.claims("scp"), "scp", Some(json!("zaru-free"))),
+                h.claims("scp", json!({"scp": "zaru-free"})),
                 (
                     400,
                     3001,
@@ -479,16 +320,12 @@ async fn a_token_that_does_not_match_its_session_is_refused() {
             ),
             (
                 "no session has this exec_id",
-                with(&h.claims("exec"), "exec_id", Some(json!("exec-unknown"))),
+                h.claims("exec", json!({"exec_id": "exec-unknown"})),
                 (401, 1005, "session not found"),
             ),
             (
                 "the session expired at this instant",
-                with(
-                    &h.claims("expired"),
-                    "exec_id",
-                    Some(json!(EXPIRED_SESSION)),
-                ),
+                h.claims("expired", json!({"exec_id": EXPIRED_SESSION})),
                 (401, 1006, "session expired"),
             ),
         ];
@@ -496,13 +333,9 @@ async fn a_token_that_does_not_match_its_session_is_refused() {
             h.assert_refused(&format!("{backend}: {what}"), claims, *expected)
                 .await;
         }
-        let expiring = with(
-            &h.claims("expiring"),
-            "exec_id",
-            Some(json!(EXPIRING_SESSION)),
-        );
+        let expiring = h.claims("expiring", json!({"exec_id": EXPIRING_SESSION}));
         h.assert_authorized(&format!("{backend}: the session expires in 1 s"), &expiring)
             .await;
-        h.gateway.shutdown().await;
+        h.seal.gateway.shutdown().await;
     }
 }

@@ -14,22 +14,21 @@
 //! documented defaults; `security_token` is stored and never returned.
 
 mod control_support;
+mod refusal_support;
 mod support;
 
 use aegis_seal_crds::Snapshot;
 use aegis_seal_gateway::application::catalog::with_default_contexts;
-use aegis_seal_gateway::application::clock::Clock;
-use aegis_seal_gateway::gateway::RunningGateway;
 use aegis_seal_gateway::infrastructure::persistence::{
     CatalogSource, Database, SessionRecord, SessionStatus,
 };
 use chrono::{DateTime, Duration, Utc};
 use control_support::{Control, JwksServer, operator, standard_jwks};
-use serde_json::{Map, Value, json};
-use sqlx::Row;
+use refusal_support::{
+    EventRow, Expected, SealGateway, assert_seal_error, events_after, last_event_id, now,
+};
+use serde_json::{Value, json};
 
-/// The gateway's clock, frozen; envelopes are dated at this instant.
-const NOW: i64 = 1_771_338_721;
 /// `NOW` as chrono serialises it into payloads.
 const NOW_RFC3339: &str = "2026-02-17T14:32:01Z";
 /// The vectors' agent, owner of every session here.
@@ -45,10 +44,6 @@ const SHARED_SESSION: &str = "exec-shared";
 const ACME_CTX_SESSION: &str = "exec-acme-ctx";
 /// Owned by `acme`, context `guarded` (global, with a deny list).
 const GUARDED_SESSION: &str = "exec-guarded";
-
-fn now() -> DateTime<Utc> {
-    DateTime::from_timestamp(NOW, 0).unwrap()
-}
 
 /// Two tenants' workflows (each answers `{"id": 7}`), a global unrestricted context under the name
 /// the vectors' session uses, a global context with a deny list, and a context owned by `acme`.
@@ -92,104 +87,10 @@ spec: {{tenant_id: acme, capabilities: [{{tool_pattern: "*"}}]}}
     )
 }
 
-/// The vectors' RS256 token key (`support::Signer` keeps its own private).
-fn token_key() -> jsonwebtoken::EncodingKey {
-    let path = format!(
-        "{}/tests/vectors/python-sdk.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let file: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let pem = file["token_issuer"]["rs256_private_key_pem"]
-        .as_str()
-        .unwrap();
-    jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()
-}
-
-/// One row of `gateway_events`.
-#[derive(Debug, Clone, PartialEq)]
-struct EventRow {
-    event_type: String,
-    tenant_id: Option<String>,
-    payload: Value,
-}
-
-/// The rows with an id above `after`, in id order.
-async fn events_after(db: &Database, after: i64) -> Vec<EventRow> {
-    let sql = "SELECT event_type, tenant_id, payload FROM gateway_events WHERE id > $1 ORDER BY id";
-    match db {
-        Database::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(sql.replace('$', "?")))
-            .bind(after)
-            .fetch_all(p)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| EventRow {
-                event_type: r.get("event_type"),
-                tenant_id: r.get("tenant_id"),
-                payload: serde_json::from_str(&r.get::<String, _>("payload")).unwrap(),
-            })
-            .collect(),
-        Database::Postgres(p) => sqlx::query(sql)
-            .bind(after)
-            .fetch_all(p)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| EventRow {
-                event_type: r.get("event_type"),
-                tenant_id: r.get("tenant_id"),
-                payload: r.get::<sqlx::types::Json<Value>, _>("payload").0,
-            })
-            .collect(),
-    }
-}
-
-/// The newest row's id (0 for an empty table).
-async fn last_event_id(db: &Database) -> i64 {
-    let sql = "SELECT COALESCE(MAX(id), 0) AS n FROM gateway_events";
-    match db {
-        Database::Sqlite(p) => sqlx::query(sql).fetch_one(p).await.unwrap().get("n"),
-        Database::Postgres(p) => sqlx::query(sql).fetch_one(p).await.unwrap().get("n"),
-    }
-}
-
-/// `{"protocol":"seal/v1","status":"error","error":{"code","message","timestamp","request_id"}}`.
-fn assert_seal_body(what: &str, body: &Value) {
-    let keys = |v: &Value| {
-        let mut keys: Vec<String> = v
-            .as_object()
-            .unwrap_or_else(|| panic!("{what}: not an object: {body}"))
-            .keys()
-            .cloned()
-            .collect();
-        keys.sort();
-        keys
-    };
-    assert_eq!(
-        keys(body),
-        ["error", "protocol", "status"],
-        "{what}: {body}"
-    );
-    assert_eq!(
-        (&body["protocol"], &body["status"]),
-        (&json!("seal/v1"), &json!("error")),
-        "{what}"
-    );
-    assert_eq!(
-        keys(&body["error"]),
-        ["code", "message", "request_id", "timestamp"],
-        "{what}: {body}"
-    );
-}
-
 /// A gateway at the frozen clock, serving [`manifests`] against a live upstream, with the sessions
 /// named above.
 struct Seal {
-    gateway: RunningGateway,
-    db: Database,
-    client: reqwest::Client,
-    signer: support::Signer,
-    token_key: jsonwebtoken::EncodingKey,
+    seal: SealGateway,
 }
 
 /// One call: whose token, which session, what it asks.
@@ -218,6 +119,22 @@ impl<'a> Call<'a> {
             jti,
         }
     }
+
+    /// The same call, its token carrying `extra` claims too.
+    fn with_claims(self, extra: &Value) -> Self {
+        Self {
+            extra: extra.clone(),
+            ..self
+        }
+    }
+
+    /// The same call, asking through `params._meta.tenant_id` to act for `tenant`.
+    fn acting_for(self, tenant: impl Into<Value>) -> Self {
+        Self {
+            meta: Some(json!({"tenant_id": tenant.into()})),
+            ..self
+        }
+    }
 }
 
 impl Seal {
@@ -236,12 +153,11 @@ impl Seal {
         let snapshot = with_default_contexts(support::snapshot_of(&manifests(&format!(
             "http://{upstream}"
         ))));
-        let signer = support::Signer::from_vectors();
         let db = Database::connect(url).await.unwrap();
         db.sync_catalog(&snapshot, CatalogSource::Manifest)
             .await
             .unwrap();
-        let acme = signer.session_record(now());
+        let acme = support::Signer::from_vectors().session_record(now());
         assert_eq!(
             (acme.execution_id.as_str(), acme.tenant_id.as_deref()),
             (ACME_SESSION, Some("acme"))
@@ -261,99 +177,36 @@ impl Seal {
         ] {
             db.upsert_session(&record).await.unwrap();
         }
-        let config = support::gateway_config(&[(
-            "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
-            &signer.rs256_public_key_pem,
-        )]);
-        let gateway = RunningGateway::start(&config, db.clone(), snapshot, Clock::fixed(now()))
-            .await
-            .unwrap();
         Self {
-            gateway,
-            db,
-            client: reqwest::Client::new(),
-            signer,
-            token_key: token_key(),
+            seal: SealGateway::start(db, snapshot, &[]).await,
         }
-    }
-
-    /// The envelope of `call`, dated `NOW`, signed by the agent key, its token by the vectors' key.
-    fn envelope(&self, call: &Call<'_>) -> String {
-        use base64::Engine;
-        use ed25519_dalek::Signer as _;
-        let Value::Object(mut claims) = json!({
-            "sub": AGENT, "exec_id": call.session, "tenant_id": call.tenant,
-            "scp": call.scp, "wid": "docker://test", "jti": call.jti,
-            "iat": NOW, "exp": NOW + 3600,
-            "iss": self.signer.issuer, "aud": self.signer.audience,
-        }) else {
-            unreachable!()
-        };
-        let extra: &Map<String, Value> = call.extra.as_object().unwrap();
-        claims.extend(extra.clone());
-        let token = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
-            &claims,
-            &self.token_key,
-        )
-        .unwrap();
-        let mut params = json!({"name": call.tool, "arguments": {"name": "r"}});
-        if let Some(meta) = &call.meta {
-            params["_meta"] = meta.clone();
-        }
-        let mut envelope = json!({
-            "protocol": "seal/v1", "security_token": token, "signature": "",
-            "payload": {"jsonrpc": "2.0", "id": "req-1", "method": "tools/call", "params": params},
-            "timestamp": NOW,
-        });
-        let parsed =
-            aegis_seal_gateway::domain::envelope::Envelope::parse(envelope.to_string().as_bytes())
-                .unwrap();
-        let signature = self.signer.agent.sign(&parsed.canonical_message().unwrap());
-        envelope["signature"] = base64::engine::general_purpose::STANDARD
-            .encode(signature.to_bytes())
-            .into();
-        envelope.to_string()
     }
 
     /// Sends `call`: the status, the JSON body, and the audit rows it left.
     async fn invoke(&self, call: &Call<'_>) -> (u16, Value, Vec<EventRow>) {
-        let before = last_event_id(&self.db).await;
-        let response = self
-            .client
-            .post(format!("http://{}/v1/invoke", self.gateway.local_addr))
-            .header("content-type", "application/json")
-            .body(self.envelope(call))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let body = response.json().await.unwrap_or(Value::Null);
-        (status, body, events_after(&self.db, before).await)
+        let changes = json!({"exec_id": call.session, "tenant_id": call.tenant, "scp": call.scp});
+        let mut claims = self.seal.claims(call.jti, changes);
+        claims.extend(call.extra.as_object().unwrap().clone());
+        let mut params = json!({"name": call.tool, "arguments": {"name": "r"}});
+        if let Some(meta) = &call.meta {
+            params["_meta"] = meta.clone();
+        }
+        self.seal.invoke(&claims, params).await
     }
 
-    /// `call` is refused with exactly (`status`, `code`, `message`) in a SEAL error body, and leaves
-    /// one row: `PolicyViolationBlocked` of `row_tenant` (column and payload) with every field.
+    /// `call` is refused with exactly `expected` in a SEAL error body, and leaves one row:
+    /// `PolicyViolationBlocked` of `row_tenant` (column and payload) with every field.
     async fn assert_blocked(
         &self,
         what: &str,
         call: &Call<'_>,
-        (status, code, message): (u16, u64, &str),
+        expected: Expected,
         violation_type: &str,
         row_tenant: &str,
     ) {
-        let (got, body, rows) = self.invoke(call).await;
-        assert_eq!(
-            (
-                got,
-                body["error"]["code"].as_u64(),
-                body["error"]["message"].as_str()
-            ),
-            (status, Some(code), Some(message)),
-            "{what}: {body}"
-        );
-        assert_seal_body(what, &body);
-        let expected = EventRow {
+        let (status, body, rows) = self.invoke(call).await;
+        assert_seal_error(what, status, &body, expected);
+        let row = EventRow {
             event_type: "PolicyViolationBlocked".into(),
             tenant_id: Some(row_tenant.into()),
             payload: json!({
@@ -363,12 +216,12 @@ impl Seal {
                 "security_context": call.scp,
                 "tenant_id": row_tenant,
                 "violation_type": violation_type,
-                "code": code,
-                "reason": message,
+                "code": expected.1,
+                "reason": expected.2,
                 "blocked_at": NOW_RFC3339,
             }),
         };
-        assert_eq!(rows, [expected], "{what}: the refusal's only row");
+        assert_eq!(rows, [row], "{what}: the refusal's only row");
     }
 
     /// `call` runs its workflow (200, the upstream's `{"id": 7}`), and every row it leaves
@@ -414,93 +267,73 @@ impl Seal {
 async fn another_tenants_tool_session_or_context_is_a_tenant_mismatch() {
     for (backend, url, _dir) in support::both_backends().await {
         let h = Seal::start(&url).await;
-
-        // A tool of acme, with globex's token through globex's own session.
-        h.assert_blocked(
-            &format!("{backend}: globex calls acme's tool"),
-            &Call::new("globex", GLOBEX_SESSION, "acme-repos", "a-1"),
+        for (what, call, message) in [
+            // A tool of acme, with globex's token through globex's own session.
             (
-                403,
-                2000,
+                "globex calls acme's tool",
+                Call::new("globex", GLOBEX_SESSION, "acme-repos", "a-1"),
                 "tenant mismatch: tool 'acme-repos' belongs to another tenant than 'globex'",
             ),
-            "tenant_mismatch",
-            "globex",
-        )
-        .await;
-        // The same through a system-global session: the tool's owner still decides.
-        h.assert_blocked(
-            &format!("{backend}: globex calls acme's tool through a global session"),
-            &Call::new("globex", SHARED_SESSION, "acme-repos", "a-2"),
+            // The same through a system-global session: the tool's owner still decides.
             (
-                403,
-                2000,
+                "globex calls acme's tool through a global session",
+                Call::new("globex", SHARED_SESSION, "acme-repos", "a-2"),
                 "tenant mismatch: tool 'acme-repos' belongs to another tenant than 'globex'",
             ),
-            "tenant_mismatch",
-            "globex",
-        )
-        .await;
-        // acme's session, with globex's token, for globex's own tool: the session's owner decides
-        // before the tool is looked up.
-        h.assert_blocked(
-            &format!("{backend}: globex uses acme's session"),
-            &Call::new("globex", ACME_SESSION, "globex-repos", "a-3"),
+            // acme's session, with globex's token, for globex's own tool: the session's owner
+            // decides before the tool is looked up.
             (
-                403,
-                2000,
+                "globex uses acme's session",
+                Call::new("globex", ACME_SESSION, "globex-repos", "a-3"),
                 "tenant mismatch: session exec-0001 belongs to another tenant than the token's 'globex'",
             ),
-            "tenant_mismatch",
-            "globex",
-        )
-        .await;
-        // A global session whose SecurityContext is acme's.
-        h.assert_blocked(
-            &format!("{backend}: globex through acme's security context"),
-            &Call {
-                scp: "acme-ctx",
-                ..Call::new("globex", ACME_CTX_SESSION, "globex-repos", "a-4")
-            },
+            // A global session whose SecurityContext is acme's.
             (
-                403,
-                2000,
+                "globex through acme's security context",
+                Call {
+                    scp: "acme-ctx",
+                    ..Call::new("globex", ACME_CTX_SESSION, "globex-repos", "a-4")
+                },
                 "tenant mismatch: security context 'acme-ctx' belongs to another tenant than 'globex'",
             ),
-            "tenant_mismatch",
-            "globex",
-        )
-        .await;
+        ] {
+            let what = format!("{backend}: {what}");
+            h.assert_blocked(
+                &what,
+                &call,
+                (403, 2000, message),
+                "tenant_mismatch",
+                "globex",
+            )
+            .await;
+        }
 
         // The owners are served: each change above is what was refused.
-        h.assert_ran(
-            &format!("{backend}: acme calls its tool"),
-            &Call::new("acme", ACME_SESSION, "acme-repos", "a-ok-1"),
-            "acme",
-        )
-        .await;
-        h.assert_ran(
-            &format!("{backend}: globex calls its tool"),
-            &Call::new("globex", GLOBEX_SESSION, "globex-repos", "a-ok-2"),
-            "globex",
-        )
-        .await;
-        h.assert_ran(
-            &format!("{backend}: acme through a global session"),
-            &Call::new("acme", SHARED_SESSION, "acme-repos", "a-ok-3"),
-            "acme",
-        )
-        .await;
-        h.assert_ran(
-            &format!("{backend}: acme through its own context"),
-            &Call {
-                scp: "acme-ctx",
-                ..Call::new("acme", ACME_CTX_SESSION, "acme-repos", "a-ok-4")
-            },
-            "acme",
-        )
-        .await;
-        h.gateway.shutdown().await;
+        for (what, call) in [
+            (
+                "acme calls its tool",
+                Call::new("acme", ACME_SESSION, "acme-repos", "a-ok-1"),
+            ),
+            (
+                "globex calls its tool",
+                Call::new("globex", GLOBEX_SESSION, "globex-repos", "a-ok-2"),
+            ),
+            (
+                "acme through a global session",
+                Call::new("acme", SHARED_SESSION, "acme-repos", "a-ok-3"),
+            ),
+            (
+                "acme through its own context",
+                Call {
+                    scp: "acme-ctx",
+                    ..Call::new("acme", ACME_CTX_SESSION, "acme-repos", "a-ok-4")
+                },
+            ),
+        ] {
+            h.assert_ran(&format!("{backend}: {what}"), &call, call.tenant)
+                .await;
+        }
+        h.seal.gateway.shutdown().await;
     }
 }
 
@@ -529,14 +362,11 @@ async fn a_consumer_token_cannot_act_for_another_tenant() {
         .enumerate()
         {
             let jti = format!("b-{i}");
-            let call = Call {
-                extra: extra.clone(),
-                meta: Some(json!({"tenant_id": "globex"})),
-                ..Call::new("acme", ACME_SESSION, "globex-repos", &jti)
-            };
             h.assert_blocked(
                 &format!("{backend}: consumer {extra} delegates to globex"),
-                &call,
+                &Call::new("acme", ACME_SESSION, "globex-repos", &jti)
+                    .with_claims(&extra)
+                    .acting_for("globex"),
                 refused,
                 "unauthorized_tenant",
                 "acme",
@@ -546,10 +376,7 @@ async fn a_consumer_token_cannot_act_for_another_tenant() {
         // The refusal comes before the tool lookup: also for the consumer's own tenant's tool.
         h.assert_blocked(
             &format!("{backend}: consumer delegates to globex for acme's tool"),
-            &Call {
-                meta: Some(json!({"tenant_id": "globex"})),
-                ..Call::new("acme", ACME_SESSION, "acme-repos", "b-own-tool")
-            },
+            &Call::new("acme", ACME_SESSION, "acme-repos", "b-own-tool").acting_for("globex"),
             refused,
             "unauthorized_tenant",
             "acme",
@@ -559,10 +386,7 @@ async fn a_consumer_token_cannot_act_for_another_tenant() {
         // Naming its own tenant is not delegating.
         h.assert_ran(
             &format!("{backend}: consumer names its own tenant"),
-            &Call {
-                meta: Some(json!({"tenant_id": "acme"})),
-                ..Call::new("acme", ACME_SESSION, "acme-repos", "b-self")
-            },
+            &Call::new("acme", ACME_SESSION, "acme-repos", "b-self").acting_for("acme"),
             "acme",
         )
         .await;
@@ -570,28 +394,14 @@ async fn a_consumer_token_cannot_act_for_another_tenant() {
         // A `_meta.tenant_id` that is not a non-empty string is a malformed call, with no row.
         for (i, bad) in [json!(""), json!("  "), json!(7)].into_iter().enumerate() {
             let jti = format!("b-bad-{i}");
-            let (status, body, rows) = h
-                .invoke(&Call {
-                    meta: Some(json!({"tenant_id": bad})),
-                    ..Call::new("acme", ACME_SESSION, "acme-repos", &jti)
-                })
-                .await;
-            assert_eq!(
-                (
-                    status,
-                    body["error"]["code"].as_u64(),
-                    body["error"]["message"].as_str()
-                ),
-                (
-                    400,
-                    Some(1000),
-                    Some("invalid tools/call params: _meta.tenant_id must be a non-empty string")
-                ),
-                "{backend}: _meta.tenant_id {bad}: {body}"
-            );
-            assert_eq!(rows, [], "{backend}: _meta.tenant_id {bad}");
+            let what = format!("{backend}: _meta.tenant_id {bad}");
+            let call = Call::new("acme", ACME_SESSION, "acme-repos", &jti).acting_for(bad);
+            let (status, body, rows) = h.invoke(&call).await;
+            let message = "invalid tools/call params: _meta.tenant_id must be a non-empty string";
+            assert_seal_error(&what, status, &body, (400, 1000, message));
+            assert_eq!(rows, [], "{what}");
         }
-        h.gateway.shutdown().await;
+        h.seal.gateway.shutdown().await;
     }
 }
 
@@ -615,70 +425,52 @@ async fn a_service_account_may_delegate_and_the_rows_are_the_delegated_tenants()
             let jti = format!("c-{i}");
             h.assert_ran(
                 &format!("{backend}: service account {extra} acts for globex"),
-                &Call {
-                    extra: extra.clone(),
-                    meta: Some(json!({"tenant_id": "globex"})),
-                    ..Call::new("acme", ACME_SESSION, "globex-repos", &jti)
-                },
+                &Call::new("acme", ACME_SESSION, "globex-repos", &jti)
+                    .with_claims(&extra)
+                    .acting_for("globex"),
                 "globex",
             )
             .await;
         }
 
-        // Without delegation the same token is acme's, and globex's tool is not its own.
         let service = json!({"identity_kind": "service_account"});
-        h.assert_blocked(
-            &format!("{backend}: service account without delegation"),
-            &Call {
-                extra: service.clone(),
-                ..Call::new("acme", ACME_SESSION, "globex-repos", "c-none")
-            },
+        for (what, call, message) in [
+            // Without delegation the same token is acme's, and globex's tool is not its own.
             (
-                403,
-                2000,
+                "service account without delegation",
+                Call::new("acme", ACME_SESSION, "globex-repos", "c-none").with_claims(&service),
                 "tenant mismatch: tool 'globex-repos' belongs to another tenant than 'acme'",
             ),
-            "tenant_mismatch",
-            "acme",
-        )
-        .await;
-        // Acting for globex, the token's own tenant's tool is another tenant's. The refusal row is
-        // the authenticated (token) tenant's, while the message names the delegated one.
-        h.assert_blocked(
-            &format!("{backend}: service account acting for globex calls acme's tool"),
-            &Call {
-                extra: service.clone(),
-                meta: Some(json!({"tenant_id": "globex"})),
-                ..Call::new("acme", ACME_SESSION, "acme-repos", "c-back")
-            },
+            // Acting for globex, the token's own tenant's tool is another tenant's. The refusal row
+            // is the authenticated (token) tenant's, while the message names the delegated one.
             (
-                403,
-                2000,
+                "service account acting for globex calls acme's tool",
+                Call::new("acme", ACME_SESSION, "acme-repos", "c-back")
+                    .with_claims(&service)
+                    .acting_for("globex"),
                 "tenant mismatch: tool 'acme-repos' belongs to another tenant than 'globex'",
             ),
-            "tenant_mismatch",
-            "acme",
-        )
-        .await;
-        // Delegation moves the tool's tenant, not the session's: globex's session stays out of
-        // reach of an acme token.
-        h.assert_blocked(
-            &format!("{backend}: service account acting for globex uses globex's session"),
-            &Call {
-                extra: service.clone(),
-                meta: Some(json!({"tenant_id": "globex"})),
-                ..Call::new("acme", GLOBEX_SESSION, "globex-repos", "c-session")
-            },
+            // Delegation moves the tool's tenant, not the session's: globex's session stays out of
+            // reach of an acme token.
             (
-                403,
-                2000,
+                "service account acting for globex uses globex's session",
+                Call::new("acme", GLOBEX_SESSION, "globex-repos", "c-session")
+                    .with_claims(&service)
+                    .acting_for("globex"),
                 "tenant mismatch: session exec-globex belongs to another tenant than the token's 'acme'",
             ),
-            "tenant_mismatch",
-            "acme",
-        )
-        .await;
-        h.gateway.shutdown().await;
+        ] {
+            let what = format!("{backend}: {what}");
+            h.assert_blocked(
+                &what,
+                &call,
+                (403, 2000, message),
+                "tenant_mismatch",
+                "acme",
+            )
+            .await;
+        }
+        h.seal.gateway.shutdown().await;
     }
 }
 
@@ -694,35 +486,38 @@ async fn a_security_context_refusal_is_a_403_with_its_code_and_one_audit_row() {
             scp: "guarded",
             ..Call::new("acme", GUARDED_SESSION, tool, jti)
         };
-        h.assert_blocked(
-            &format!("{backend}: a denied tool"),
-            &guarded("danger.drop", "d-1"),
-            (403, 2001, "tool denied: danger.drop"),
-            "tool_denied",
-            "acme",
-        )
-        .await;
-        h.assert_blocked(
-            &format!("{backend}: a tool no capability covers"),
-            &guarded("unknown.tool", "d-2"),
-            (403, 2000, "tool not allowed: unknown.tool"),
-            "tool_not_allowed",
-            "acme",
-        )
-        .await;
-        // Tenancy is checked before the policy: globex's tool is a mismatch, not "not allowed".
-        h.assert_blocked(
-            &format!("{backend}: another tenant's tool under the guarded context"),
-            &guarded("globex-repos", "d-3"),
+        for (what, tool, jti, expected, violation_type) in [
             (
-                403,
-                2000,
-                "tenant mismatch: tool 'globex-repos' belongs to another tenant than 'acme'",
+                "a denied tool",
+                "danger.drop",
+                "d-1",
+                (403, 2001, "tool denied: danger.drop"),
+                "tool_denied",
             ),
-            "tenant_mismatch",
-            "acme",
-        )
-        .await;
+            (
+                "a tool no capability covers",
+                "unknown.tool",
+                "d-2",
+                (403, 2000, "tool not allowed: unknown.tool"),
+                "tool_not_allowed",
+            ),
+            // Tenancy is checked before the policy: globex's tool is a mismatch, not "not allowed".
+            (
+                "another tenant's tool under the guarded context",
+                "globex-repos",
+                "d-3",
+                (
+                    403,
+                    2000,
+                    "tenant mismatch: tool 'globex-repos' belongs to another tenant than 'acme'",
+                ),
+                "tenant_mismatch",
+            ),
+        ] {
+            let what = format!("{backend}: {what}");
+            h.assert_blocked(&what, &guarded(tool, jti), expected, violation_type, "acme")
+                .await;
+        }
         // The capability the context grants is served.
         h.assert_ran(
             &format!("{backend}: a granted tool"),
@@ -730,7 +525,7 @@ async fn a_security_context_refusal_is_a_403_with_its_code_and_one_audit_row() {
             "acme",
         )
         .await;
-        h.gateway.shutdown().await;
+        h.seal.gateway.shutdown().await;
     }
 }
 
@@ -770,8 +565,9 @@ fn assert_no_token(what: &str, body: &Value) {
 }
 
 /// Tenant operators of `tenant-a` and `tenant-b`, a tenant-less platform operator, and a
-/// `platform-admin` whose token names `tenant-a`.
+/// `platform-admin` whose token names `tenant-a`, with the JWKS endpoint of their IdP.
 struct Operators {
+    jwks: JwksServer,
     a: String,
     b: String,
     platform: String,
@@ -779,29 +575,66 @@ struct Operators {
 }
 
 impl Operators {
-    fn new() -> Self {
+    async fn start() -> Self {
         Self {
+            jwks: JwksServer::start(standard_jwks()).await,
             a: operator(Some("tenant-a"), "operator"),
             b: operator(Some("tenant-b"), "aegis:operator"),
             platform: operator(None, "operator"),
             admin_in_a: operator(Some("tenant-a"), "platform-admin"),
         }
     }
+
+    /// A gateway on `url` that authenticates these operators.
+    async fn control(&self, url: &str) -> Control {
+        Control::start(url, Snapshot::default(), &self.jwks.uri, &[]).await
+    }
+
+    /// A gateway on `url` where tenant A has registered `sa-1`, tenant B `sb-1`, and the platform
+    /// `sg-1` (system-global).
+    async fn control_with_three(&self, url: &str) -> Control {
+        let control = self.control(url).await;
+        for (token, id) in [
+            (&self.a, "sa-1"),
+            (&self.b, "sb-1"),
+            (&self.platform, "sg-1"),
+        ] {
+            let (status, body) = upsert(&control, token, session_body(id)).await;
+            assert_eq!(status, 201, "{id}: {body}");
+        }
+        control
+    }
 }
 
-/// Registers `sa-1` (tenant A), `sb-1` (tenant B) and `sg-1` (platform: system-global).
-async fn register_three(control: &Control, ops: &Operators) {
-    for (token, id) in [(&ops.a, "sa-1"), (&ops.b, "sb-1"), (&ops.platform, "sg-1")] {
-        let (status, body) = control
-            .call(
-                "POST",
-                "/v1/seal/sessions",
-                Some(token),
-                Some(session_body(id)),
-            )
-            .await;
-        assert_eq!(status, 201, "{id}: {body}");
-    }
+/// `POST /v1/seal/sessions` of `body`, as `token`.
+async fn upsert(control: &Control, token: &str, body: Value) -> (u16, Value) {
+    control
+        .call("POST", "/v1/seal/sessions", Some(token), Some(body))
+        .await
+}
+
+/// `GET /v1/seal/sessions`, as `token`.
+async fn list(control: &Control, token: &str) -> (u16, Value) {
+    control
+        .call("GET", "/v1/seal/sessions", Some(token), None)
+        .await
+}
+
+/// `method` (`GET` or `DELETE`) of `/v1/seal/sessions/<id>`, as `token`.
+async fn one(control: &Control, method: &str, token: &str, id: &str) -> (u16, Value) {
+    let path = format!("/v1/seal/sessions/{id}");
+    control.call(method, &path, Some(token), None).await
+}
+
+/// The answer to an operator who reads, overwrites or revokes another tenant's session `id`.
+fn tenant_mismatch(id: &str) -> (u16, Value) {
+    let error = format!("tenant mismatch: session {id} belongs to another tenant");
+    (403, json!({ "error": error }))
+}
+
+/// The stored row of session `id`.
+async fn stored(control: &Control, id: &str) -> SessionRecord {
+    control.db.get_session(id).await.unwrap().unwrap()
 }
 
 async fn session_events_after(db: &Database, after: i64) -> Vec<EventRow> {
@@ -818,21 +651,13 @@ async fn session_events_after(db: &Database, after: i64) -> Vec<EventRow> {
 /// upsert is audited as `SessionRegistered`, a row of the session's tenant.
 #[tokio::test]
 async fn an_upsert_gets_the_documented_defaults_and_the_token_is_never_returned() {
-    let jwks = JwksServer::start(standard_jwks()).await;
-    let ops = Operators::new();
+    let ops = Operators::start().await;
     for (backend, url, _dir) in support::both_backends().await {
-        let control = Control::start(&url, Snapshot::default(), &jwks.uri, &[]).await;
+        let control = ops.control(&url).await;
 
         let before_id = last_event_id(&control.db).await;
         let before = Utc::now();
-        let (status, body) = control
-            .call(
-                "POST",
-                "/v1/seal/sessions",
-                Some(&ops.a),
-                Some(session_body("sa-1")),
-            )
-            .await;
+        let (status, body) = upsert(&control, &ops.a, session_body("sa-1")).await;
         let after = Utc::now();
         assert_eq!(status, 201, "{backend}: {body}");
         assert_no_token(backend, &body);
@@ -859,7 +684,7 @@ async fn an_upsert_gets_the_documented_defaults_and_the_token_is_never_returned(
         );
 
         // Stored as sent, with the defaults.
-        let stored = control.db.get_session("sa-1").await.unwrap().unwrap();
+        let stored = stored(&control, "sa-1").await;
         assert_eq!(stored.security_token, token_of("sa-1"), "{backend}");
         assert_eq!(stored.status, SessionStatus::Active, "{backend}");
         assert_eq!(stored.tenant_id.as_deref(), Some("tenant-a"), "{backend}");
@@ -896,9 +721,7 @@ async fn an_upsert_gets_the_documented_defaults_and_the_token_is_never_returned(
         // An empty pattern list is the default too; an update answers 200.
         let mut empty = session_body("sa-1");
         empty["allowed_tool_patterns"] = json!([]);
-        let (status, body) = control
-            .call("POST", "/v1/seal/sessions", Some(&ops.a), Some(empty))
-            .await;
+        let (status, body) = upsert(&control, &ops.a, empty).await;
         assert_eq!(status, 200, "{backend}: {body}");
         assert_eq!(body["session"]["allowed_tool_patterns"], json!(["*"]));
         assert_no_token(backend, &body);
@@ -907,9 +730,7 @@ async fn an_upsert_gets_the_documented_defaults_and_the_token_is_never_returned(
         let mut explicit = session_body("sa-2");
         explicit["expires_at"] = json!("2030-01-02T03:04:05+02:00");
         explicit["allowed_tool_patterns"] = json!(["github.*"]);
-        let (status, body) = control
-            .call("POST", "/v1/seal/sessions", Some(&ops.a), Some(explicit))
-            .await;
+        let (status, body) = upsert(&control, &ops.a, explicit).await;
         assert_eq!(status, 201, "{backend}: {body}");
         assert_eq!(
             (
@@ -921,11 +742,8 @@ async fn an_upsert_gets_the_documented_defaults_and_the_token_is_never_returned(
         );
         let mut bad = session_body("sa-3");
         bad["session_status"] = json!("Paused");
-        let (status, body) = control
-            .call("POST", "/v1/seal/sessions", Some(&ops.a), Some(bad))
-            .await;
         assert_eq!(
-            (status, body),
+            upsert(&control, &ops.a, bad).await,
             (
                 400,
                 json!({"error": "invalid session_status 'Paused': expected Active, Expired or Revoked"})
@@ -935,15 +753,11 @@ async fn an_upsert_gets_the_documented_defaults_and_the_token_is_never_returned(
 
         // Neither the list nor the get returns the token.
         for token in [&ops.a, &ops.platform] {
-            let (status, list) = control
-                .call("GET", "/v1/seal/sessions", Some(token), None)
-                .await;
+            let (status, list) = list(&control, token).await;
             assert_eq!(status, 200, "{backend}: {list}");
             assert_eq!(ids(&list), ["sa-1", "sa-2"], "{backend}");
             assert_no_token(backend, &list);
-            let (status, one) = control
-                .call("GET", "/v1/seal/sessions/sa-1", Some(token), None)
-                .await;
+            let (status, one) = one(&control, "GET", token, "sa-1").await;
             assert_eq!(status, 200, "{backend}: {one}");
             assert_eq!(one["tenant_id"], "tenant-a", "{backend}");
             assert!(one.get("security_token").is_none(), "{backend}: {one}");
@@ -958,11 +772,9 @@ async fn an_upsert_gets_the_documented_defaults_and_the_token_is_never_returned(
 /// operator (tenant-less, or role `platform-admin`) lists and reads every tenant's.
 #[tokio::test]
 async fn a_tenant_operator_lists_and_reads_only_its_own_and_global_sessions() {
-    let jwks = JwksServer::start(standard_jwks()).await;
-    let ops = Operators::new();
+    let ops = Operators::start().await;
     for (backend, url, _dir) in support::both_backends().await {
-        let control = Control::start(&url, Snapshot::default(), &jwks.uri, &[]).await;
-        register_three(&control, &ops).await;
+        let control = ops.control_with_three(&url).await;
 
         for (who, token, expected) in [
             ("tenant A", &ops.a, vec!["sa-1", "sg-1"]),
@@ -974,9 +786,7 @@ async fn a_tenant_operator_lists_and_reads_only_its_own_and_global_sessions() {
                 vec!["sa-1", "sb-1", "sg-1"],
             ),
         ] {
-            let (status, list) = control
-                .call("GET", "/v1/seal/sessions", Some(token), None)
-                .await;
+            let (status, list) = list(&control, token).await;
             assert_eq!(status, 200, "{backend} {who}: {list}");
             assert_eq!(ids(&list), expected, "{backend} {who}");
             assert_no_token(backend, &list);
@@ -986,15 +796,9 @@ async fn a_tenant_operator_lists_and_reads_only_its_own_and_global_sessions() {
             ("B reads A's", &ops.b, "sa-1"),
             ("A reads B's", &ops.a, "sb-1"),
         ] {
-            let (status, body) = control
-                .call("GET", &format!("/v1/seal/sessions/{id}"), Some(token), None)
-                .await;
             assert_eq!(
-                (status, body),
-                (
-                    403,
-                    json!({"error": format!("tenant mismatch: session {id} belongs to another tenant")})
-                ),
+                one(&control, "GET", token, id).await,
+                tenant_mismatch(id),
                 "{backend}: {who}"
             );
         }
@@ -1014,9 +818,7 @@ async fn a_tenant_operator_lists_and_reads_only_its_own_and_global_sessions() {
                 json!("tenant-b"),
             ),
         ] {
-            let (status, body) = control
-                .call("GET", &format!("/v1/seal/sessions/{id}"), Some(token), None)
-                .await;
+            let (status, body) = one(&control, "GET", token, id).await;
             assert_eq!(status, 200, "{backend}: {who}: {body}");
             assert_eq!(
                 (&body["execution_id"], &body["tenant_id"]),
@@ -1024,11 +826,8 @@ async fn a_tenant_operator_lists_and_reads_only_its_own_and_global_sessions() {
                 "{backend}: {who}"
             );
         }
-        let (status, body) = control
-            .call("GET", "/v1/seal/sessions/nope", Some(&ops.a), None)
-            .await;
         assert_eq!(
-            (status, body),
+            one(&control, "GET", &ops.a, "nope").await,
             (404, json!({"error": "session not found"})),
             "{backend}"
         );
@@ -1042,40 +841,30 @@ async fn a_tenant_operator_lists_and_reads_only_its_own_and_global_sessions() {
 /// as `SessionRevoked`, a row of the session's tenant naming who revoked it.
 #[tokio::test]
 async fn a_tenant_operator_cannot_revoke_or_overwrite_another_tenants_session() {
-    let jwks = JwksServer::start(standard_jwks()).await;
-    let ops = Operators::new();
+    let ops = Operators::start().await;
     for (backend, url, _dir) in support::both_backends().await {
-        let control = Control::start(&url, Snapshot::default(), &jwks.uri, &[]).await;
-        register_three(&control, &ops).await;
-        let original = control.db.get_session("sa-1").await.unwrap().unwrap();
+        let control = ops.control_with_three(&url).await;
+        let original = stored(&control, "sa-1").await;
         let before = last_event_id(&control.db).await;
 
         // B overwrites A's session: refused, exactly.
         let mut takeover = session_body("sa-1");
         takeover["agent_id"] = json!("agent-of-b");
         takeover["security_token"] = json!("secret-token-of-b");
-        let (status, body) = control
-            .call("POST", "/v1/seal/sessions", Some(&ops.b), Some(takeover))
-            .await;
         assert_eq!(
-            (status, body),
-            (
-                403,
-                json!({"error": "tenant mismatch: session sa-1 belongs to another tenant"})
-            ),
+            upsert(&control, &ops.b, takeover).await,
+            tenant_mismatch("sa-1"),
             "{backend}"
         );
         // B revokes A's session: refused (the exact answer is pinned by
         // `revoking_another_tenants_session_is_a_tenant_mismatch`).
-        let (status, body) = control
-            .call("DELETE", "/v1/seal/sessions/sa-1", Some(&ops.b), None)
-            .await;
+        let (status, body) = one(&control, "DELETE", &ops.b, "sa-1").await;
         assert!(
             status == 403 || status == 404,
             "{backend}: B revoked A's session: {status} {body}"
         );
         assert_eq!(
-            control.db.get_session("sa-1").await.unwrap().unwrap(),
+            stored(&control, "sa-1").await,
             original,
             "{backend}: A's session is untouched"
         );
@@ -1088,13 +877,9 @@ async fn a_tenant_operator_cannot_revoke_or_overwrite_another_tenants_session() 
         // A updates and revokes its own.
         let mut update = session_body("sa-1");
         update["allowed_tool_patterns"] = json!(["github.*"]);
-        let (status, body) = control
-            .call("POST", "/v1/seal/sessions", Some(&ops.a), Some(update))
-            .await;
+        let (status, body) = upsert(&control, &ops.a, update).await;
         assert_eq!(status, 200, "{backend}: {body}");
-        let (status, body) = control
-            .call("DELETE", "/v1/seal/sessions/sa-1", Some(&ops.a), None)
-            .await;
+        let (status, body) = one(&control, "DELETE", &ops.a, "sa-1").await;
         assert_eq!(status, 200, "{backend}: {body}");
         assert_eq!(
             (
@@ -1108,14 +893,7 @@ async fn a_tenant_operator_cannot_revoke_or_overwrite_another_tenants_session() 
 
         // The platform operator revokes B's.
         let before = last_event_id(&control.db).await;
-        let (status, body) = control
-            .call(
-                "DELETE",
-                "/v1/seal/sessions/sb-1",
-                Some(&ops.platform),
-                None,
-            )
-            .await;
+        let (status, body) = one(&control, "DELETE", &ops.platform, "sb-1").await;
         assert_eq!(status, 200, "{backend}: {body}");
         let revoked_at = body["revoked_at"].as_str().unwrap().to_owned();
         assert_eq!(
@@ -1148,21 +926,13 @@ async fn a_tenant_operator_cannot_revoke_or_overwrite_another_tenants_session() 
             "{backend}: {payload}"
         );
         assert_eq!(
-            control
-                .db
-                .get_session("sb-1")
-                .await
-                .unwrap()
-                .unwrap()
-                .status,
+            stored(&control, "sb-1").await.status,
             SessionStatus::Revoked,
             "{backend}"
         );
 
         // Revoked sessions leave every list.
-        let (_, list) = control
-            .call("GET", "/v1/seal/sessions", Some(&ops.platform), None)
-            .await;
+        let (_, list) = list(&control, &ops.platform).await;
         assert_eq!(ids(&list), ["sg-1"], "{backend}");
         control.shutdown().await;
     }
@@ -1173,20 +943,12 @@ async fn a_tenant_operator_cannot_revoke_or_overwrite_another_tenants_session() 
 /// and `DELETE` of every other tenant-owned control-plane object answer.
 #[tokio::test]
 async fn revoking_another_tenants_session_is_a_tenant_mismatch() {
-    let jwks = JwksServer::start(standard_jwks()).await;
-    let ops = Operators::new();
+    let ops = Operators::start().await;
     for (backend, url, _dir) in support::both_backends().await {
-        let control = Control::start(&url, Snapshot::default(), &jwks.uri, &[]).await;
-        register_three(&control, &ops).await;
-        let (status, body) = control
-            .call("DELETE", "/v1/seal/sessions/sa-1", Some(&ops.b), None)
-            .await;
+        let control = ops.control_with_three(&url).await;
         assert_eq!(
-            (status, body),
-            (
-                403,
-                json!({"error": "tenant mismatch: session sa-1 belongs to another tenant"})
-            ),
+            one(&control, "DELETE", &ops.b, "sa-1").await,
+            tenant_mismatch("sa-1"),
             "{backend}"
         );
         control.shutdown().await;
@@ -1199,36 +961,27 @@ async fn revoking_another_tenants_session_is_a_tenant_mismatch() {
 /// system-global session.
 #[tokio::test]
 async fn a_tenant_operator_cannot_take_over_or_revoke_a_system_global_session() {
-    let jwks = JwksServer::start(standard_jwks()).await;
-    let ops = Operators::new();
+    let ops = Operators::start().await;
     for (backend, url, _dir) in support::both_backends().await {
-        let control = Control::start(&url, Snapshot::default(), &jwks.uri, &[]).await;
-        register_three(&control, &ops).await;
-        let (status, body) = control
-            .call(
-                "POST",
-                "/v1/seal/sessions",
-                Some(&ops.platform),
-                Some(session_body("sg-2")),
-            )
-            .await;
+        let control = ops.control_with_three(&url).await;
+        let (status, body) = upsert(&control, &ops.platform, session_body("sg-2")).await;
         assert_eq!(status, 201, "{backend}: {body}");
         let before = last_event_id(&control.db).await;
         // Both are checked before failing, so the report names every wrong answer.
         let mut problems = Vec::new();
+        let refused = |status: u16, body: &Value| {
+            status == 403
+                && body["error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("tenant mismatch"))
+        };
 
-        let original = control.db.get_session("sg-1").await.unwrap().unwrap();
+        let original = stored(&control, "sg-1").await;
         let mut takeover = session_body("sg-1");
         takeover["agent_id"] = json!("agent-of-a");
-        let (status, body) = control
-            .call("POST", "/v1/seal/sessions", Some(&ops.a), Some(takeover))
-            .await;
-        let after = control.db.get_session("sg-1").await.unwrap().unwrap();
-        let refused = status == 403
-            && body["error"]
-                .as_str()
-                .is_some_and(|e| e.starts_with("tenant mismatch"));
-        if !refused || after != original {
+        let (status, body) = upsert(&control, &ops.a, takeover).await;
+        let after = stored(&control, "sg-1").await;
+        if !refused(status, &body) || after != original {
             problems.push(format!(
                 "tenant A's upsert over global sg-1 answered {status} {body}; the row is now \
                  tenant {:?}, agent {:?}",
@@ -1236,16 +989,10 @@ async fn a_tenant_operator_cannot_take_over_or_revoke_a_system_global_session() 
             ));
         }
 
-        let original = control.db.get_session("sg-2").await.unwrap().unwrap();
-        let (status, body) = control
-            .call("DELETE", "/v1/seal/sessions/sg-2", Some(&ops.a), None)
-            .await;
-        let after = control.db.get_session("sg-2").await.unwrap().unwrap();
-        let refused = status == 403
-            && body["error"]
-                .as_str()
-                .is_some_and(|e| e.starts_with("tenant mismatch"));
-        if !refused || after != original {
+        let original = stored(&control, "sg-2").await;
+        let (status, body) = one(&control, "DELETE", &ops.a, "sg-2").await;
+        let after = stored(&control, "sg-2").await;
+        if !refused(status, &body) || after != original {
             problems.push(format!(
                 "tenant A's DELETE of global sg-2 answered {status} {body}; the row is now {:?}",
                 after.status
