@@ -432,3 +432,298 @@ async fn sessions_past_their_expiry_are_marked_expired_on_both_backends() {
         assert_eq!(db.expire_sessions(now).await.unwrap(), 0, "{backend}");
     }
 }
+
+/// Every `seen_jtis` row, jti -> `expires_at`, read back through each backend's own column type.
+async fn stored_jtis(
+    db: &Database,
+) -> std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>> {
+    match db {
+        Database::Sqlite(pool) => {
+            sqlx::query_as::<_, (String, String)>("SELECT jti, expires_at FROM seen_jtis")
+                .fetch_all(pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(jti, text)| {
+                    let at = chrono::DateTime::parse_from_rfc3339(&text)
+                        .unwrap_or_else(|e| panic!("{jti}: {text:?} is not RFC 3339: {e}"));
+                    (jti, at.with_timezone(&chrono::Utc))
+                })
+                .collect()
+        }
+        Database::Postgres(pool) => sqlx::query_as::<_, (String, chrono::DateTime<chrono::Utc>)>(
+            "SELECT jti, expires_at FROM seen_jtis",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect(),
+    }
+}
+
+/// `Utc::now()` at the microsecond, the precision both backends store.
+fn now_micros() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(chrono::Utc::now().timestamp_micros()).unwrap()
+}
+
+#[tokio::test]
+async fn a_used_jti_is_stored_until_the_later_of_envelope_time_and_now_plus_30_s_on_both_backends()
+{
+    use aegis_seal_gateway::application::clock::Clock;
+    use aegis_seal_gateway::gateway::RunningGateway;
+
+    let signer = support::Signer::from_vectors();
+    // A quarter second past a whole second: the envelope's whole-second timestamp of "now" is
+    // earlier than now, so `max(envelope, now)` must pick now, sub-second part included.
+    let now =
+        chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 250_000_000).unwrap();
+    let whole = now.timestamp();
+    let window = chrono::Duration::seconds(30);
+    let at = |secs: i64| chrono::DateTime::from_timestamp(secs, 0).unwrap();
+    // (jti suffix, envelope timestamp, expected `expires_at`). Spec §1.7 TARGET:
+    // `max(envelope_ts, now) + 30 s`, not upstream's `min(session.expires_at, now + 30 s)`, and
+    // not the token's `exp` (the signer's tokens expire an hour after `now`).
+    let cases = [
+        ("dated-now", whole, now + window),
+        ("dated-25s-ago", whole - 25, now + window),
+        ("dated-20s-ahead", whole + 20, at(whole + 20) + window),
+        ("dated-30s-ahead", whole + 30, at(whole + 30) + window),
+    ];
+    for (backend, url, _dir) in support::both_backends().await {
+        let db = Database::connect(&url).await.unwrap();
+        db.upsert_session(&signer.session_record(now))
+            .await
+            .unwrap();
+        let config = support::gateway_config(&[(
+            "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
+            signer.rs256_public_key_pem.as_str(),
+        )]);
+        let gateway = RunningGateway::start(&config, db, Default::default(), Clock::fixed(now))
+            .await
+            .unwrap();
+        let client = reqwest::Client::new();
+        let run = uuid::Uuid::new_v4();
+        for (name, timestamp, _) in &cases {
+            let jti = format!("{run}-{name}");
+            let envelope = signer.envelope("no_such_tool", json!({}), &jti, *timestamp);
+            let response = client
+                .post(format!("http://{}/v1/invoke", gateway.local_addr))
+                .header("content-type", "application/json")
+                .body(envelope)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap();
+            // Past the replay check (the jti is recorded), then no such tool.
+            assert_eq!(status, 404, "{backend}: {name}: {body}");
+        }
+        // Shutdown writes the jtis still pending (SQLite) and closes the shared pool.
+        gateway.shutdown().await;
+
+        let db = Database::connect(&url).await.unwrap();
+        let stored = stored_jtis(&db).await;
+        for (name, _, expected) in &cases {
+            let jti = format!("{run}-{name}");
+            assert_eq!(
+                stored.get(&jti),
+                Some(expected),
+                "{backend}: {name}: expires_at (now = {now})"
+            );
+        }
+        assert_eq!(stored.len(), cases.len(), "{backend}: {stored:?}");
+        db.close().await;
+    }
+}
+
+#[tokio::test]
+async fn the_jti_sweep_drains_more_than_a_batch_keeps_live_rows_and_is_idempotent_on_both_backends()
+{
+    // `SWEEP_BATCH` (1000, src/infrastructure/persistence/replay.rs:22) is `pub` in a private
+    // module and not re-exported, so the batch size is read from the source: 2,500 expired rows
+    // take two full batches and a partial one; 1,000 more take exactly one full batch and an
+    // empty one.
+    const SWEEP_BATCH: usize = 1000;
+    const EXPIRED: usize = SWEEP_BATCH * 5 / 2;
+    const LIVE: usize = 700;
+    const DUE_NOW: usize = 3;
+
+    for (backend, url, _dir) in support::both_backends().await {
+        let db = Database::connect(&url).await.unwrap();
+        let now = now_micros();
+        let micro = chrono::Duration::microseconds(1);
+        let mut rows = Vec::new();
+        for i in 0..EXPIRED as i64 {
+            // The newest expired row is one microsecond before `now`; the oldest ~42 min before.
+            rows.push((
+                format!("expired-{i}"),
+                now - micro - chrono::Duration::seconds(i),
+            ));
+        }
+        for i in 0..DUE_NOW {
+            rows.push((format!("due-now-{i}"), now));
+        }
+        for i in 0..LIVE as i64 {
+            rows.push((
+                format!("live-{i}"),
+                now + micro + chrono::Duration::seconds(i),
+            ));
+        }
+        let recorded_at = now - chrono::Duration::days(1);
+        for chunk in rows.chunks(500) {
+            let new = db.record_jtis(chunk, recorded_at).await.unwrap();
+            assert!(new.iter().all(|n| *n), "{backend}: every row is new");
+        }
+        assert_eq!(
+            stored_jtis(&db).await.len(),
+            EXPIRED + DUE_NOW + LIVE,
+            "{backend}"
+        );
+
+        assert_eq!(
+            db.sweep_expired_jtis(now).await.unwrap(),
+            EXPIRED as u64,
+            "{backend}: every expired row, across batches"
+        );
+        let stored = stored_jtis(&db).await;
+        let expected: std::collections::BTreeMap<_, _> = rows[EXPIRED..].iter().cloned().collect();
+        // The comparison is `expires_at < now`: a row expiring exactly at `now` is kept.
+        assert_eq!(
+            stored, expected,
+            "{backend}: live and due-now rows kept, unchanged"
+        );
+        assert_eq!(
+            db.sweep_expired_jtis(now).await.unwrap(),
+            0,
+            "{backend}: idempotent"
+        );
+
+        // One microsecond later the due-now rows are expired, and only they go.
+        assert_eq!(
+            db.sweep_expired_jtis(now + micro).await.unwrap(),
+            DUE_NOW as u64,
+            "{backend}"
+        );
+        let stored = stored_jtis(&db).await;
+        assert_eq!(stored.len(), LIVE, "{backend}");
+        assert!(stored.keys().all(|k| k.starts_with("live-")), "{backend}");
+
+        // Exactly one full batch: the loop must run the empty batch after it and count 1,000.
+        let more: Vec<_> = (0..SWEEP_BATCH as i64)
+            .map(|i| (format!("again-{i}"), now - chrono::Duration::seconds(i + 1)))
+            .collect();
+        for chunk in more.chunks(500) {
+            db.record_jtis(chunk, recorded_at).await.unwrap();
+        }
+        assert_eq!(
+            db.sweep_expired_jtis(now).await.unwrap(),
+            SWEEP_BATCH as u64,
+            "{backend}"
+        );
+        assert_eq!(db.sweep_expired_jtis(now).await.unwrap(), 0, "{backend}");
+        assert_eq!(stored_jtis(&db).await.len(), LIVE, "{backend}");
+        db.close().await;
+    }
+}
+
+#[tokio::test]
+async fn pool_settings_are_the_references_and_connect_applies_them_on_both_backends() {
+    // Spec §9.1 / parity #12: 50 connections, 5 kept warm, 5 s acquire, 600 s idle.
+    assert_eq!(
+        PoolSettings::POSTGRES,
+        PoolSettings {
+            max_connections: 50,
+            min_connections: 5,
+            acquire_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+        }
+    );
+    // As documented in src/infrastructure/persistence/mod.rs: a few readers beside the single
+    // writer, with the same short acquire timeout (starvation surfaces fast).
+    assert_eq!(
+        PoolSettings::SQLITE,
+        PoolSettings {
+            max_connections: 8,
+            min_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+        }
+    );
+    for (backend, url, _dir) in support::both_backends().await {
+        let db = Database::connect(&url).await.unwrap();
+        let expected = match backend {
+            "postgres" => PoolSettings::POSTGRES,
+            _ => PoolSettings::SQLITE,
+        };
+        let applied = match &db {
+            Database::Sqlite(pool) => {
+                let o = pool.options();
+                (
+                    o.get_max_connections(),
+                    o.get_min_connections(),
+                    o.get_acquire_timeout(),
+                    o.get_idle_timeout(),
+                )
+            }
+            Database::Postgres(pool) => {
+                let o = pool.options();
+                (
+                    o.get_max_connections(),
+                    o.get_min_connections(),
+                    o.get_acquire_timeout(),
+                    o.get_idle_timeout(),
+                )
+            }
+        };
+        assert_eq!(
+            applied,
+            (
+                expected.max_connections,
+                expected.min_connections,
+                expected.acquire_timeout,
+                Some(expected.idle_timeout)
+            ),
+            "{backend}"
+        );
+        db.close().await;
+    }
+}
+
+#[tokio::test]
+async fn jtis_are_swept_every_30_s_starting_at_gateway_start_on_both_backends() {
+    use aegis_seal_gateway::application::clock::Clock;
+    use aegis_seal_gateway::gateway::{JTI_SWEEP_INTERVAL, RunningGateway};
+
+    // Runbook: "The background sweep purges expired entries every 30 seconds."
+    assert_eq!(JTI_SWEEP_INTERVAL, Duration::from_secs(30));
+
+    // Spec §1.7: the first tick is immediate at startup.
+    for (backend, url, _dir) in support::both_backends().await {
+        let db = Database::connect(&url).await.unwrap();
+        let now = now_micros();
+        let expired = ("expired".to_owned(), now - chrono::Duration::seconds(1));
+        let live = ("live".to_owned(), now + chrono::Duration::minutes(5));
+        db.record_jtis(&[expired, live.clone()], now - chrono::Duration::hours(1))
+            .await
+            .unwrap();
+        let config = support::gateway_config(&[]);
+        let gateway =
+            RunningGateway::start(&config, db.clone(), Default::default(), Clock::fixed(now))
+                .await
+                .unwrap();
+        // Far less than the interval: only the start-up sweep can have removed the row.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut stored = stored_jtis(&db).await;
+        while stored.len() != 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            stored = stored_jtis(&db).await;
+        }
+        assert_eq!(
+            stored,
+            std::collections::BTreeMap::from([live]),
+            "{backend}: expired row swept at start, live row kept"
+        );
+        gateway.shutdown().await;
+    }
+}
