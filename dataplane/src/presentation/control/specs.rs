@@ -112,17 +112,18 @@ async fn document(
     ctx: &Ctx<'_>,
     req: &RegisterSpecRequest,
 ) -> Result<(Value, BTreeMap<String, Operation>), Response<Body>> {
-    let doc = match (&req.inline_json, &req.source_fetch_url) {
-        (Some(doc), _) => doc.clone(),
-        (None, Some(url)) => fetch(ctx, url).await?,
+    // Errors name the field the document came from.
+    let (doc, field) = match (&req.inline_json, &req.source_fetch_url) {
+        (Some(doc), _) => (doc.clone(), "inline_json"),
+        (None, Some(url)) => (fetch(ctx, url).await?, "source_fetch_url"),
         (None, None) => return Err(bad_request("provide inline_json or source_fetch_url")),
     };
     if !doc.is_object() {
-        return Err(bad_request(
-            "inline_json: the OpenAPI document must be a JSON object",
-        ));
+        return Err(bad_request(format!(
+            "{field}: the OpenAPI document must be a JSON object"
+        )));
     }
-    let ops = openapi::operations(&doc).map_err(|e| bad_request(format!("inline_json: {e}")))?;
+    let ops = openapi::operations(&doc).map_err(|e| bad_request(format!("{field}: {e}")))?;
     Ok((doc, ops))
 }
 
