@@ -2,8 +2,8 @@
 //!
 //! - the crypto ceiling: one Ed25519 envelope signature and one RS256 token verified per
 //!   envelope, on one core, through the gateway's own `infrastructure::auth` code;
-//! - the disk alone: what one durable SQLite commit's write and sync cost on the file system the
-//!   database is on, at the fixed rate, without the gateway;
+//! - the disk alone: what the SQLite audit writer's commits and checkpoints ask of the file
+//!   system the database is on, at the fixed rate, without SQLite or the gateway;
 //! - a snapshot reload of many workflows, through the gateway's own `gateway::reload`.
 
 use std::fs::File;
@@ -92,63 +92,98 @@ const FRAME_BYTES: usize = 24 + 4096;
 /// The commits are written round this region of a file, allocated beforehand, as the gateway's
 /// WAL is overwritten in place once it has its bounded size.
 const LOG_BYTES: usize = 16 << 20;
+/// How often the gateway checkpoints under load, and how many distinct pages one copies then.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
+const PAGES_PER_CHECKPOINT: usize = 40;
 
-/// The disk alone: one commit's frames written and `fsync`ed (SQLite's bundled build syncs with
-/// `fsync`), to a file in `dir`, on the gateway's core, at `per_second` for `commits` commits.
-/// What it measures is the floor under a durable commit's latency: the gateway's 1-step call
-/// waits for one such commit, so no added latency can be below this on this disk. Latencies are
-/// in µs; a commit due while the previous one was still syncing is timed from when it was due.
-pub fn disk_sync(
+/// The disk alone, doing what the gateway's SQLite audit writer asks of it, without SQLite or the
+/// gateway: on the gateway's core, `commits` commits at `per_second`, each one `pwrite` of a
+/// commit's frames to a log file (no sync: the gateway runs `synchronous = NORMAL`, so a commit
+/// only writes), and beside them every 25 ms a checkpoint's work on its own thread: `fsync` of the
+/// log, `PAGES_PER_CHECKPOINT` pages written into a database file, `fsync` of it (SQLite's bundled
+/// build syncs with `fsync`). Returns the commits' latencies in µs: what the file system alone
+/// adds to a commit, with the checkpoints it must share the disk with. A commit due while the
+/// previous one was still writing is timed from when it was due.
+pub fn disk_alone(
     dir: &Path,
     per_second: f64,
     commits: usize,
     pin: bool,
 ) -> anyhow::Result<Histogram<u64>> {
     std::fs::create_dir_all(dir)?;
-    let path = dir.join("disk-sync-probe");
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all_at(&vec![0; LOG_BYTES], 0)?;
-    file.sync_all()?;
+    let create = |name: &str| {
+        let path = dir.join(name);
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))
+            .map(|file| (file, path))
+    };
+    let (log, log_path) = create("disk-probe-wal")?;
+    let (db, db_path) = create("disk-probe-db")?;
+    log.write_all_at(&vec![0; LOG_BYTES], 0)?;
+    log.sync_all()?;
     // Not zeros, so that no layer below can tell the writes apart from real pages.
     let commit: Vec<u8> = (0..FRAMES_PER_COMMIT * FRAME_BYTES)
         .map(|i| (i % 251) as u8)
         .collect();
+    let page: Vec<u8> = commit[..4096].to_vec();
     let mut latency = Histogram::new_with_bounds(1, 60_000_000, 3)?;
+    let done = std::sync::atomic::AtomicBool::new(false);
     let measured = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                if pin {
-                    affinity::pin_current_thread(affinity::GATEWAY_CPU)?;
+        let checkpointer = scope.spawn(|| -> anyhow::Result<()> {
+            if pin {
+                affinity::pin_current_thread(affinity::GATEWAY_CPU)?;
+            }
+            // The database grows as the audit table does: new pages past the end, plus the
+            // same hot index pages again.
+            let mut next_page = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                log.sync_all()?;
+                for i in 0..PAGES_PER_CHECKPOINT as u64 {
+                    let at = if i % 2 == 0 { next_page + i } else { i };
+                    db.write_all_at(&page, at * 4096)?;
                 }
-                let interval = Duration::from_secs_f64(1.0 / per_second.max(1e-3));
-                let start = Instant::now();
-                let mut offset = 0;
-                for i in 0..commits {
-                    let due = start + interval * i as u32;
-                    let ready = Instant::now();
-                    let from = if ready > due {
-                        due
-                    } else {
-                        std::thread::sleep(due - ready);
-                        Instant::now()
-                    };
-                    file.write_all_at(&commit, offset as u64)?;
-                    file.sync_all()?;
-                    latency.record(from.elapsed().as_micros().max(1) as u64)?;
-                    offset = (offset + commit.len()) % (LOG_BYTES - commit.len());
-                }
-                anyhow::Ok(())
-            })
-            .join()
-            .map_err(|_| anyhow!("the disk probe thread panicked"))?
+                next_page += PAGES_PER_CHECKPOINT as u64 / 2;
+                db.sync_all()?;
+            }
+            Ok(())
+        });
+        let writer = scope.spawn(|| -> anyhow::Result<()> {
+            if pin {
+                affinity::pin_current_thread(affinity::GATEWAY_CPU)?;
+            }
+            let interval = Duration::from_secs_f64(1.0 / per_second.max(1e-3));
+            let start = Instant::now();
+            let mut offset = 0;
+            for i in 0..commits {
+                let due = start + interval * i as u32;
+                let ready = Instant::now();
+                let from = if ready > due {
+                    due
+                } else {
+                    std::thread::sleep(due - ready);
+                    Instant::now()
+                };
+                log.write_all_at(&commit, offset as u64)?;
+                latency.record(from.elapsed().as_micros().max(1) as u64)?;
+                offset = (offset + commit.len()) % (LOG_BYTES - commit.len());
+            }
+            Ok(())
+        });
+        let written = writer.join();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let checkpointed = checkpointer.join();
+        written.map_err(|_| anyhow!("the disk probe's writer panicked"))??;
+        checkpointed.map_err(|_| anyhow!("the disk probe's checkpointer panicked"))??;
+        anyhow::Ok(())
     });
-    std::fs::remove_file(&path)?;
+    std::fs::remove_file(&log_path)?;
+    std::fs::remove_file(&db_path)?;
     measured?;
     Ok(latency)
 }
