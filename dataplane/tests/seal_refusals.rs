@@ -1,8 +1,9 @@
 //! The refusals of the token and session-binding stages of `POST /v1/invoke`, each pinned to its
 //! HTTP status, SEAL code and message (reference §1.4-§1.6, parity checklist #49, #50, #51, #56),
-//! on both backends, with the audit rows each one leaves (none: reference §10 names no event for a
-//! refused token or session binding; only policy and tenancy refusals write
-//! `PolicyViolationBlocked`).
+//! on both backends, with the audit row each one leaves: an `AttestationFailed` row when the
+//! token names a session the gateway knows (reference §10 TARGET: signature, token and replay
+//! refusals are audited too), within that session's budget of
+//! `ATTESTATION_AUDIT_BUDGET` a minute; none when it names no known session.
 //!
 //! Every envelope here is signed correctly by the session's agent key and carries a token signed
 //! by the configured RS256 key: each case changes one claim or one session field, and a control
@@ -13,6 +14,7 @@ mod support;
 
 use aegis_seal_crds::Snapshot;
 use aegis_seal_gateway::application::catalog::with_default_contexts;
+use aegis_seal_gateway::application::invocation::ATTESTATION_AUDIT_BUDGET;
 use aegis_seal_gateway::infrastructure::persistence::{Database, SessionRecord};
 use chrono::Duration;
 use refusal_support::{Expected, NOW, SealGateway, assert_seal_error, now};
@@ -30,7 +32,12 @@ const EXPIRING_SESSION: &str = "exec-expiring";
 
 struct Harness {
     seal: SealGateway,
+    /// Refusals audited so far, per session: past the budget they leave no row.
+    audited: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
+
+/// Every session the harness registers: a refusal naming one of them is audited.
+const KNOWN_SESSIONS: [&str; 3] = ["exec-0001", EXPIRED_SESSION, EXPIRING_SESSION];
 
 impl Harness {
     async fn start(url: &str) -> Self {
@@ -56,6 +63,7 @@ impl Harness {
         let snapshot = with_default_contexts(Snapshot::default());
         Self {
             seal: SealGateway::start(db, snapshot, &config).await,
+            audited: Default::default(),
         }
     }
 
@@ -70,17 +78,55 @@ impl Harness {
     }
 
     /// `claims` are refused with exactly `expected`, in the SEAL error body (checklist #56), and
-    /// leave no audit row.
+    /// leave one `AttestationFailed` row if they name a known session whose budget is not spent,
+    /// else none.
     async fn assert_refused(&self, what: &str, claims: &Map<String, Value>, expected: Expected) {
         let (status, body, rows) = self
             .seal
             .invoke(claims, json!({"name": TOOL, "arguments": {}}))
             .await;
         assert_seal_error(what, status, &body, expected);
+        let session = claims
+            .get("exec_id")
+            .and_then(Value::as_str)
+            .filter(|id| KNOWN_SESSIONS.contains(id));
+        let within_budget = session.is_some_and(|id| {
+            let mut audited = self.audited.lock().unwrap();
+            let n = audited.entry(id.to_owned()).or_default();
+            *n += 1;
+            *n <= ATTESTATION_AUDIT_BUDGET.calls
+        });
+        let Some(id) = session.filter(|_| within_budget) else {
+            assert_eq!(rows, [], "{what}: no known session, or its budget spent");
+            return;
+        };
+        let [row] = rows.as_slice() else {
+            panic!("{what}: one AttestationFailed row expected, got {rows:#?}");
+        };
+        let (_, code, reason) = expected;
+        assert_eq!(row.event_type, "AttestationFailed", "{what}");
+        assert_eq!(row.tenant_id.as_deref(), Some("acme"), "{what}");
+        let outcome = row.payload["outcome"].as_str().unwrap_or_default();
+        assert!(
+            [
+                "signature_invalid",
+                "expired",
+                "malformed",
+                "unauthorized",
+                "context_mismatch"
+            ]
+            .contains(&outcome),
+            "{what}: {outcome}"
+        );
+        let mut payload = row.payload.clone();
+        payload.as_object_mut().unwrap().remove("outcome");
         assert_eq!(
-            rows,
-            [],
-            "{what}: a refused token or session binding writes no audit row"
+            payload,
+            json!({
+                "execution_id": id, "agent_id": "agent-7f3c", "tenant_id": "acme",
+                "code": code, "reason": reason, "failed_at": "2026-02-17T14:32:01Z",
+            }),
+            "{what}"
         );
     }
 
@@ -336,6 +382,47 @@ async fn a_token_that_does_not_match_its_session_is_refused() {
         let expiring = h.claims("expiring", json!({"exec_id": EXPIRING_SESSION}));
         h.assert_authorized(&format!("{backend}: the session expires in 1 s"), &expiring)
             .await;
+        h.seal.gateway.shutdown().await;
+    }
+}
+
+/// A flood of refused envelopes for one session is audited up to the session's budget and no
+/// further (each still answers, logs and counts), and the budget is per session.
+#[tokio::test]
+async fn refusals_of_one_session_are_audited_up_to_its_budget() {
+    let budget = ATTESTATION_AUDIT_BUDGET.calls as usize;
+    for (backend, url, _dir) in support::both_backends().await {
+        let h = Harness::start(&url).await;
+        let count = || async {
+            let rows = refusal_support::events_after(&h.seal.db, 0).await;
+            rows.iter()
+                .filter(|r| r.event_type == "AttestationFailed")
+                .map(|r| r.payload["execution_id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        for i in 0..budget + 2 {
+            let expired = h.claims(&format!("flood-{i}"), json!({"exp": NOW - 3600}));
+            h.assert_refused(
+                &format!("{backend}: expired token {i}"),
+                &expired,
+                (401, 1003, "security token expired"),
+            )
+            .await;
+        }
+        assert_eq!(count().await, vec!["exec-0001"; budget], "{backend}");
+
+        // Another session's refusals have their own budget.
+        let other = h.claims(
+            "other-session",
+            json!({"exec_id": EXPIRING_SESSION, "exp": NOW - 3600}),
+        );
+        h.assert_refused(
+            &format!("{backend}: another session"),
+            &other,
+            (401, 1003, "security token expired"),
+        )
+        .await;
+        assert_eq!(count().await.len(), budget + 1, "{backend}");
         h.seal.gateway.shutdown().await;
     }
 }

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use aegis_seal_crds::security_context::RateLimit;
 use chrono::{DateTime, Duration};
 use http::StatusCode;
 use serde::Deserialize;
@@ -30,6 +31,17 @@ use crate::infrastructure::telemetry::{self, Stage};
 pub const FRESHNESS_WINDOW_SECS: i64 = 30;
 
 const TARGET: &str = "aegis_seal_gateway::application::invocation";
+
+/// The audit event of an envelope refused for a session the gateway knows: its signature, token,
+/// freshness, session binding or `jti`.
+pub const ATTESTATION_FAILED: &str = "AttestationFailed";
+
+/// At most this many `AttestationFailed` events per session, per window (see
+/// [`InvocationService::attestation_budget`]).
+pub const ATTESTATION_AUDIT_BUDGET: RateLimit = RateLimit {
+    calls: 10,
+    per_seconds: 60,
+};
 
 /// A call that passed every check.
 #[derive(Debug, Clone)]
@@ -123,6 +135,25 @@ impl InvocationService {
             return Err(e.into());
         };
         let exec = Some(execution_id.as_str());
+        // From here on a refusal concerns a known session, so it is audited as well
+        // (`AttestationFailed`), within the session's budget.
+        let audited = |outcome: Attestation, error: SealError| -> Refusal {
+            let event = self.attestation_budget(&execution_id).then(|| {
+                AuditEvent::from_json(
+                    ATTESTATION_FAILED,
+                    json!({
+                        "execution_id": execution_id,
+                        "agent_id": session.record.agent_id,
+                        "tenant_id": session.record.tenant_id,
+                        "outcome": outcome.as_str(),
+                        "code": error.code,
+                        "reason": error.message,
+                        "failed_at": now,
+                    }),
+                )
+            });
+            Refusal::Seal { error, event }
+        };
 
         let skew = now.timestamp() - envelope.timestamp;
         if skew.abs() > FRESHNESS_WINDOW_SECS {
@@ -134,23 +165,24 @@ impl InvocationService {
                 ),
             );
             self.reject(Attestation::Malformed, exec, &e);
-            return Err(e.into());
+            return Err(audited(Attestation::Malformed, e));
         }
 
         let key = session.key.as_ref().map_err(|e| {
             self.metrics.signature_failure();
             self.reject(Attestation::SignatureInvalid, exec, e);
-            e.clone()
+            audited(Attestation::SignatureInvalid, e.clone())
         })?;
-        verify_signature(&envelope, key).inspect_err(|e| {
+        verify_signature(&envelope, key).map_err(|e| {
             self.metrics.signature_failure();
             if e.code == code::SIGNATURE_VERIFICATION_FAILED {
                 // `verify_signature` logged the runbook's own line for it.
                 self.metrics.attestation(Attestation::SignatureInvalid);
             } else {
                 // Not base64, or not 64 bytes: refused before any verification, logged here.
-                self.reject(Attestation::SignatureInvalid, exec, e);
+                self.reject(Attestation::SignatureInvalid, exec, &e);
             }
+            audited(Attestation::SignatureInvalid, e)
         })?;
         stage.done();
 
@@ -158,7 +190,11 @@ impl InvocationService {
         let claims = self
             .tokens
             .verify_read(&envelope.security_token, unverified, now.timestamp())
-            .inspect_err(|e| self.reject(token_outcome(e), exec, e))?;
+            .map_err(|e| {
+                let outcome = token_outcome(&e);
+                self.reject(outcome, exec, &e);
+                audited(outcome, e)
+            })?;
         let record = &session.record;
         let binding = if claims.execution_id != record.execution_id {
             Some((
@@ -205,7 +241,7 @@ impl InvocationService {
         };
         if let Some((outcome, e)) = binding {
             self.reject(outcome, exec, &e);
-            return Err(e.into());
+            return Err(audited(outcome, e));
         }
 
         let call: ToolsCall = serde_json::from_str(envelope.payload_raw.get())
@@ -233,7 +269,7 @@ impl InvocationService {
             );
             self.metrics.attestation(Attestation::Replay);
             tracing::warn!(target: AUTH_TARGET, execution_id, jti = %claims.jti, "replay detected: jti already seen");
-            return Err(e.into());
+            return Err(audited(Attestation::Replay, e));
         }
         stage.done();
 
@@ -438,6 +474,26 @@ fn read_params(params: Value) -> Result<(String, Value, Option<String>), String>
 
 impl InvocationService {
     /// Counts a refusal of the verification stages by its outcome and logs it.
+    /// Whether one more `AttestationFailed` event of this session may be written now. Each
+    /// refusal still logs its line and counts in the metrics; past the budget only the event is
+    /// left out, so forged or replayed envelopes for a known session cannot grow the audit table
+    /// (or hold every caller's commit) without bound.
+    fn attestation_budget(&self, execution_id: &str) -> bool {
+        let allowed = self.limiter.check(
+            &format!("attestation-audit\u{1f}{execution_id}"),
+            &ATTESTATION_AUDIT_BUDGET,
+            std::time::Instant::now(),
+        );
+        if !allowed {
+            tracing::debug!(
+                target: AUTH_TARGET,
+                execution_id,
+                "attestation audit budget spent: refusal not audited"
+            );
+        }
+        allowed
+    }
+
     fn reject(&self, outcome: Attestation, execution_id: Option<&str>, error: &SealError) {
         self.metrics.attestation(outcome);
         log_rejection(execution_id, error);
