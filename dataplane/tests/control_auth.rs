@@ -93,6 +93,45 @@ async fn every_operator_token_problem_is_a_401_naming_the_check() {
 
     let (status, body) = get(None).await;
     assert_refused(status, &body, "token");
+
+    // Each 401 carries its RFC 6750 challenge, with no error for a request without a token.
+    let challenge = |token: Option<String>| {
+        let control = &control;
+        async move {
+            let mut request = control.client.get(format!("{}/v1/specs", control.base));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401);
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(
+        challenge(None).await,
+        r#"Bearer realm="aegis-seal-gateway""#
+    );
+    assert_eq!(
+        challenge(Some(ed_token(
+            KEY_1,
+            "key-1",
+            &claims(json!({"exp": now() - 3600}))
+        )))
+        .await,
+        r#"Bearer realm="aegis-seal-gateway", error="invalid_token""#
+    );
+    assert_eq!(
+        challenge(Some(ed_token(
+            KEY_1,
+            "key-1",
+            &claims(json!({"aegis_role": ["viewer"]}))
+        )))
+        .await,
+        r#"Bearer realm="aegis-seal-gateway", error="insufficient_scope""#
+    );
     // Every operator endpoint is behind the same check.
     for path in [
         "/v1/workflows",

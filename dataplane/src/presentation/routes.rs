@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
@@ -169,7 +169,15 @@ pub(crate) async fn authenticate(
     authenticator
         .authenticate(req.headers())
         .await
-        .map_err(|e| json_response(e.status(), &e.body()))
+        .map_err(|e| {
+            let mut response = json_response(e.status(), &e.body());
+            if let Some(challenge) = e.challenge() {
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            }
+            response
+        })
 }
 
 /// Liveness: never touches the database, so a starved pool cannot make the kubelet restart pods.

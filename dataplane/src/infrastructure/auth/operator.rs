@@ -195,6 +195,19 @@ impl OperatorAuthError {
         }
     }
 
+    /// The `WWW-Authenticate` challenge of the 401 (RFC 6750 §3): the scheme, and why a token that
+    /// came was not enough; no error for a request without a bearer token. `None` for the 503.
+    pub fn challenge(&self) -> Option<&'static str> {
+        match self {
+            Self::JwksUnavailable(_) => None,
+            Self::MissingToken | Self::NotBearer => Some(r#"Bearer realm="aegis-seal-gateway""#),
+            Self::MissingRole { .. } | Self::InsufficientRole { .. } => {
+                Some(r#"Bearer realm="aegis-seal-gateway", error="insufficient_scope""#)
+            }
+            _ => Some(r#"Bearer realm="aegis-seal-gateway", error="invalid_token""#),
+        }
+    }
+
     /// The name of the failed check, as it appears in bodies and logs.
     pub fn check(&self) -> &'static str {
         match self {
