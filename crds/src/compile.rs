@@ -362,6 +362,11 @@ fn compile_workflow(
             "spec.input_schema",
             "must be a JSON Schema object with \"type\": \"object\"",
         );
+    } else if let Err(e) = crate::workflow::input_validator(&spec.input_schema) {
+        p.add(
+            "spec.input_schema",
+            format!("is not a usable JSON Schema: {e}"),
+        );
     }
     let base_url = spec.api_spec.base_url.trim_end_matches('/').to_owned();
     if !is_http_url(&base_url) {

@@ -33,7 +33,8 @@ pub struct WorkflowSpec {
     pub tenant_id: Option<String>,
     #[serde(default)]
     pub description: String,
-    /// JSON Schema of the invocation arguments (`type: object`).
+    /// JSON Schema of the invocation arguments (`type: object`). Every call's arguments are
+    /// checked against it before the workflow runs; only local `$ref`s resolve.
     #[serde(default = "default_input_schema")]
     #[schemars(schema_with = "free_form_object")]
     pub input_schema: serde_json::Value,
@@ -43,6 +44,15 @@ pub struct WorkflowSpec {
 
 fn default_input_schema() -> serde_json::Value {
     serde_json::json!({"type": "object"})
+}
+
+/// The validator every call's arguments go through: `input_schema` compiled once, with only
+/// local `$ref`s (nothing is fetched). Its error says why the schema is not usable.
+pub fn input_validator(schema: &serde_json::Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::options()
+        .offline()
+        .build(schema)
+        .map_err(|e| e.to_string())
 }
 
 /// The upstream API a workflow calls.

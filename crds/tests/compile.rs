@@ -2288,3 +2288,30 @@ fn parse_manifests_rejects_malformed_yaml() {
         "document 1: malformed YAML: mapping values are not allowed in this context at line 2 column 11"
     );
 }
+
+#[test]
+fn input_schema_must_be_a_usable_json_schema() {
+    for (schema, why) in [
+        (
+            "{type: object, properties: {n: {type: nope}}}",
+            "\"nope\" is not valid under any of the schemas listed in the 'anyOf' keyword",
+        ),
+        (
+            "{type: object, properties: {n: {type: string, pattern: '('}}}",
+            "\"(\" is not a \"regex\"",
+        ),
+        // Remote references are never fetched: the gateway checks arguments offline.
+        (
+            "{type: object, $ref: 'https://schemas.example/repo.json'}",
+            "Resource 'https://schemas.example/repo.json' is not present in a registry and retrieving it failed: Retrieval is disabled, cannot fetch https://schemas.example/repo.json",
+        ),
+    ] {
+        assert_rejected(
+            &workflow(&format!("spec: {{input_schema: {schema}}}")),
+            &[(
+                "spec.input_schema",
+                &format!("is not a usable JSON Schema: {why}"),
+            )],
+        );
+    }
+}

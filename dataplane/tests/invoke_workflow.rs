@@ -4,6 +4,8 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::clock::Clock;
@@ -320,6 +322,119 @@ spec:
     assert_eq!(
         target["target_service"],
         "secret/data/tenant-acme/gateway-tests/whoami"
+    );
+    gateway.shutdown().await;
+}
+
+/// A workflow's `input_schema` decides which arguments it runs with: others are a 400 naming the
+/// argument and the rule, before any credential or upstream request (reference §13.22), and the
+/// argument's value is not repeated (it may be a secret).
+#[tokio::test]
+async fn arguments_outside_the_input_schema_are_refused_before_anything_runs() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let upstream = {
+        let hits = hits.clone();
+        support::serve(move |_req: http::Request<hyper::body::Incoming>| {
+            hits.fetch_add(1, Ordering::SeqCst);
+            async { http::Response::new(Full::new(Bytes::from_static(br#"{"id": 7}"#))) }
+        })
+        .await
+    };
+    let manifest = format!(
+        r#"
+apiVersion: seal.100monkeys.ai/v1
+kind: Workflow
+metadata: {{name: create-repo}}
+spec:
+  input_schema:
+    type: object
+    required: [repo_name]
+    properties:
+      repo_name: {{type: string, minLength: 1}}
+      private: {{type: boolean}}
+  api_spec:
+    base_url: http://{upstream}
+    openapi: {{inline: {{openapi: 3.0.0, paths: {{/ok: {{post: {{operationId: ok}}}}}}}}}}
+  steps: [{{name: create, operation_id: ok}}]
+"#
+    );
+    let snapshot = with_default_contexts(support::snapshot_of(&manifest));
+    let signer = support::Signer::from_vectors();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::connect(&support::sqlite_url(dir.path()))
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    db.upsert_session(&signer.session_record(now))
+        .await
+        .unwrap();
+    let config = support::gateway_config(&[(
+        "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
+        &signer.rs256_public_key_pem,
+    )]);
+    let gateway = RunningGateway::start(&config, db.clone(), snapshot, Clock::System)
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let invoke = |jti: &'static str, arguments: Value| {
+        let body = signer.envelope("create-repo", arguments, jti, now.timestamp());
+        let request = client
+            .post(format!("http://{}/v1/invoke", gateway.local_addr))
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+
+    let refused = |reason: &str| json!({"error": format!("arguments do not match the input_schema of 'create-repo': {reason}")});
+    assert_eq!(
+        invoke("jti-missing", json!({"private": true})).await,
+        (400, refused("/: \"repo_name\" is a required property"))
+    );
+    assert_eq!(
+        invoke(
+            "jti-type",
+            json!({"repo_name": "demo", "private": "sk-not-a-bool"})
+        )
+        .await,
+        (400, refused("/private: value is not of type \"boolean\""))
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "nothing reached the upstream"
+    );
+    let (status, body) = invoke("jti-ok", json!({"repo_name": "demo", "private": true})).await;
+    assert_eq!(
+        (status, &body["result"]["result"]),
+        (200, &json!({"id": 7}))
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // A refused call was authorized (its row is there) but started no workflow.
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM gateway_events WHERE payload->>'execution_id' IS NOT NULL ORDER BY id",
+    )
+    .fetch_all(match &db {
+        Database::Sqlite(pool) => pool,
+        Database::Postgres(_) => unreachable!(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            "ToolCallAuthorized",
+            "ToolCallAuthorized",
+            "ToolCallAuthorized",
+            "WorkflowInvocationStarted",
+            "WorkflowStepExecuted",
+            "WorkflowInvocationCompleted"
+        ]
     );
     gateway.shutdown().await;
 }

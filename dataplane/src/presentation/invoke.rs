@@ -167,6 +167,17 @@ async fn run_workflow(
     user_token: Option<&str>,
     events: &mut Vec<AuditEvent>,
 ) -> Response<Body> {
+    // Before anything runs: arguments the workflow does not accept reach no credential and no
+    // upstream.
+    if let Err(reason) = workflow.check_arguments(&call.arguments) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "arguments do not match the input_schema of '{}': {reason}",
+                call.tool_name
+            ),
+        );
+    }
     let credential = match &workflow.entry().credential_path {
         None => None,
         Some(path) => {

@@ -1,6 +1,7 @@
 //! [`CompiledWorkflow`]: a snapshot's workflow entry with its templates and JSONPaths compiled, built
 //! once per snapshot and shared by every invocation.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ pub struct CompiledWorkflow {
     /// [`compile_all`]: CompiledWorkflow::compile_all
     pub(super) registry: Arc<Handlebars<'static>>,
     pub(super) steps: Vec<CompiledStep>,
+    /// `input_schema`, compiled: every call's arguments are checked against it. Shared by the
+    /// snapshot's workflows with the same schema (most have `{"type": "object"}`).
+    input: Arc<jsonschema::Validator>,
 }
 
 #[derive(Debug)]
@@ -58,9 +62,10 @@ impl CompiledWorkflow {
     /// Entries come from `aegis_seal_crds::compile`, which has validated all of this already, so
     /// an error here means a snapshot built otherwise.
     pub fn compile(entry: Arc<WorkflowEntry>) -> Result<Self, String> {
+        let input = Arc::new(input_validator(&entry.input_schema)?);
         let mut registry = template::new_registry();
         let steps = compile_steps(&entry, &mut registry, "")?;
-        Ok(Self::assemble(entry, Arc::new(registry), steps))
+        Ok(Self::assemble(entry, Arc::new(registry), steps, input))
     }
 
     /// Compiles the workflows of one snapshot, in order, as [`compile`] would, but into one
@@ -74,16 +79,29 @@ impl CompiledWorkflow {
     pub fn compile_all(entries: &[Arc<WorkflowEntry>]) -> Result<Vec<Self>, String> {
         enum Part {
             Own(CompiledWorkflow),
-            Shared(Arc<WorkflowEntry>, Vec<CompiledStep>),
+            Shared(Arc<WorkflowEntry>, Vec<CompiledStep>, Arc<jsonschema::Validator>),
         }
         let mut shared = template::new_registry();
+        // Keyed by the schema's text: a validator is a few kB, and most schemas repeat.
+        let mut validators: HashMap<String, Arc<jsonschema::Validator>> = HashMap::new();
+        let mut validator_for = |schema: &serde_json::Value| {
+            let text = schema.to_string();
+            if let Some(validator) = validators.get(&text) {
+                return Ok(validator.clone());
+            }
+            let validator = Arc::new(input_validator(schema)?);
+            validators.insert(text, validator.clone());
+            Ok::<_, String>(validator)
+        };
         let mut parts = Vec::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             let part = if uses_partials(entry) {
                 Self::compile(entry.clone()).map(Part::Own)
             } else {
-                compile_steps(entry, &mut shared, &format!("{index}/"))
-                    .map(|steps| Part::Shared(entry.clone(), steps))
+                validator_for(&entry.input_schema).and_then(|input| {
+                    compile_steps(entry, &mut shared, &format!("{index}/"))
+                        .map(|steps| Part::Shared(entry.clone(), steps, input))
+                })
             };
             parts.push(part.map_err(|e| format!("workflow {}: {e}", entry.tool_name))?);
         }
@@ -92,7 +110,9 @@ impl CompiledWorkflow {
             .into_iter()
             .map(|part| match part {
                 Part::Own(workflow) => workflow,
-                Part::Shared(entry, steps) => Self::assemble(entry, shared.clone(), steps),
+                Part::Shared(entry, steps, input) => {
+                    Self::assemble(entry, shared.clone(), steps, input)
+                }
             })
             .collect())
     }
@@ -101,13 +121,25 @@ impl CompiledWorkflow {
         entry: Arc<WorkflowEntry>,
         registry: Arc<Handlebars<'static>>,
         steps: Vec<CompiledStep>,
+        input: Arc<jsonschema::Validator>,
     ) -> Self {
         Self {
             workflow_id: workflow_id(&entry),
             entry,
             registry,
             steps,
+            input,
         }
+    }
+
+    /// Checks a call's arguments against `input_schema`. The first problem, as `<JSON pointer of
+    /// the argument>: <what is wrong>`, with the argument's value left out (it may be a secret).
+    pub fn check_arguments(&self, arguments: &serde_json::Value) -> Result<(), String> {
+        self.input.validate(arguments).map_err(|e| {
+            let at = e.instance_path().to_string();
+            let at = if at.is_empty() { "/" } else { at.as_str() };
+            format!("{at}: {}", e.masked())
+        })
     }
 
     /// `Workflow/<namespace>/<name>` of the resource the entry was compiled from (`Workflow/<name>`
@@ -123,6 +155,10 @@ impl CompiledWorkflow {
     pub fn entry(&self) -> &Arc<WorkflowEntry> {
         &self.entry
     }
+}
+
+fn input_validator(schema: &serde_json::Value) -> Result<jsonschema::Validator, String> {
+    aegis_seal_crds::workflow::input_validator(schema).map_err(|e| format!("input_schema: {e}"))
 }
 
 /// Compiles the steps of `entry`, registering their templates in `registry` as `<prefix><step>`.
