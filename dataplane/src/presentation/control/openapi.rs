@@ -79,7 +79,9 @@ const INVOKE_RESPONSES: &[(u16, &str)] = &[
     (403, "refused by policy or tenancy"),
     (404, "unknown tool"),
     (413, "body too large"),
+    (500, "template or internal failure"),
     (502, "upstream or credential failure"),
+    (503, "database unavailable (Retry-After)"),
 ];
 
 const OPERATIONS: &[Operation] = &[
