@@ -473,7 +473,6 @@ fn read_params(params: Value) -> Result<(String, Value, Option<String>), String>
 }
 
 impl InvocationService {
-    /// Counts a refusal of the verification stages by its outcome and logs it.
     /// Whether one more `AttestationFailed` event of this session may be written now. Each
     /// refusal still logs its line and counts in the metrics; past the budget only the event is
     /// left out, so forged or replayed envelopes for a known session cannot grow the audit table
@@ -494,6 +493,7 @@ impl InvocationService {
         allowed
     }
 
+    /// Counts a refusal of the verification stages by its outcome and logs it.
     fn reject(&self, outcome: Attestation, execution_id: Option<&str>, error: &SealError) {
         self.metrics.attestation(outcome);
         log_rejection(execution_id, error);
