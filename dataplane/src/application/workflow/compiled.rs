@@ -79,10 +79,15 @@ impl CompiledWorkflow {
     pub fn compile_all(entries: &[Arc<WorkflowEntry>]) -> Result<Vec<Self>, String> {
         enum Part {
             Own(CompiledWorkflow),
-            Shared(Arc<WorkflowEntry>, Vec<CompiledStep>, Arc<jsonschema::Validator>),
+            Shared(
+                Arc<WorkflowEntry>,
+                Vec<CompiledStep>,
+                Arc<jsonschema::Validator>,
+            ),
         }
         let mut shared = template::new_registry();
-        // Keyed by the schema's text: a validator is a few kB, and most schemas repeat.
+        // Keyed by the schema's text: most schemas repeat (`{"type": "object"}`), and one
+        // validator serves every workflow with the same one.
         let mut validators: HashMap<String, Arc<jsonschema::Validator>> = HashMap::new();
         let mut validator_for = |schema: &serde_json::Value| {
             let text = schema.to_string();

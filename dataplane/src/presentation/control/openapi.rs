@@ -74,7 +74,10 @@ fn session(_: &mut SchemaGenerator) -> Value {
 /// What `/v1/invoke` and its alias `/v1/seal/invoke` answer.
 const INVOKE_RESPONSES: &[(u16, &str)] = &[
     (200, "tool result"),
-    (400, "malformed envelope, or arguments outside the tool's input_schema"),
+    (
+        400,
+        "malformed envelope, or arguments outside the tool's input_schema",
+    ),
     (401, "verification failed"),
     (403, "refused by policy or tenancy"),
     (404, "unknown tool"),
