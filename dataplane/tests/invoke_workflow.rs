@@ -79,6 +79,37 @@ async fn query_one(db: &Database, sql: &str) -> Option<String> {
     }
 }
 
+/// A gateway on a fresh SQLite file serving `manifest`, with the vectors' session registered and
+/// `config` beside the vectors' token key.
+async fn sqlite_gateway(
+    manifest: &str,
+    config: &[(&str, &str)],
+) -> (RunningGateway, Database, support::Signer, tempfile::TempDir) {
+    let snapshot = with_default_contexts(support::snapshot_of(manifest));
+    let signer = support::Signer::from_vectors();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::connect(&support::sqlite_url(dir.path()))
+        .await
+        .unwrap();
+    db.upsert_session(&signer.session_record(chrono::Utc::now()))
+        .await
+        .unwrap();
+    let mut config = config.to_vec();
+    config.push((
+        "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
+        &signer.rs256_public_key_pem,
+    ));
+    let gateway = RunningGateway::start(
+        &support::gateway_config(&config),
+        db.clone(),
+        snapshot,
+        Clock::System,
+    )
+    .await
+    .unwrap();
+    (gateway, db, signer, dir)
+}
+
 #[tokio::test]
 async fn workflows_run_and_failures_are_recorded_as_the_runbook_reads_them() {
     let upstream = upstream().await;
@@ -252,27 +283,15 @@ spec:
   steps: [{{name: ask, operation_id: whoami}}]
 "#
     );
-    let snapshot = with_default_contexts(support::snapshot_of(&manifest));
-    let signer = support::Signer::from_vectors();
-    let dir = tempfile::tempdir().unwrap();
-    let db = Database::connect(&support::sqlite_url(dir.path()))
-        .await
-        .unwrap();
+    let (gateway, db, signer, _dir) = sqlite_gateway(
+        &manifest,
+        &[
+            ("SEAL_GATEWAY_OPENBAO_ADDR", &bao),
+            ("SEAL_GATEWAY_OPENBAO_TOKEN", &bao_token),
+        ],
+    )
+    .await;
     let now = chrono::Utc::now();
-    db.upsert_session(&signer.session_record(now))
-        .await
-        .unwrap();
-    let config = support::gateway_config(&[
-        (
-            "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
-            &signer.rs256_public_key_pem,
-        ),
-        ("SEAL_GATEWAY_OPENBAO_ADDR", &bao),
-        ("SEAL_GATEWAY_OPENBAO_TOKEN", &bao_token),
-    ]);
-    let gateway = RunningGateway::start(&config, db.clone(), snapshot, Clock::System)
-        .await
-        .unwrap();
     let body = signer.envelope("whoami", json!({}), "jti-whoami", now.timestamp());
     let r = client
         .post(format!("http://{}/v1/invoke", gateway.local_addr))
@@ -358,23 +377,8 @@ spec:
   steps: [{{name: create, operation_id: ok}}]
 "#
     );
-    let snapshot = with_default_contexts(support::snapshot_of(&manifest));
-    let signer = support::Signer::from_vectors();
-    let dir = tempfile::tempdir().unwrap();
-    let db = Database::connect(&support::sqlite_url(dir.path()))
-        .await
-        .unwrap();
+    let (gateway, db, signer, _dir) = sqlite_gateway(&manifest, &[]).await;
     let now = chrono::Utc::now();
-    db.upsert_session(&signer.session_record(now))
-        .await
-        .unwrap();
-    let config = support::gateway_config(&[(
-        "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
-        &signer.rs256_public_key_pem,
-    )]);
-    let gateway = RunningGateway::start(&config, db.clone(), snapshot, Clock::System)
-        .await
-        .unwrap();
     let client = reqwest::Client::new();
     let invoke = |jti: &'static str, arguments: Value| {
         let body = signer.envelope("create-repo", arguments, jti, now.timestamp());
