@@ -134,6 +134,13 @@ async fn count_events(db: &Database, kind: &str) -> i64 {
     }
 }
 
+/// `POST /v1/specs` with `body`, as the operator `token`.
+async fn register(control: &Control, token: &str, body: Value) -> (u16, Value) {
+    control
+        .call("POST", "/v1/specs", Some(token), Some(body))
+        .await
+}
+
 /// Ids of the specs `token` lists.
 async fn listed(control: &Control, token: &str) -> Vec<String> {
     let (status, list) = control.call("GET", "/v1/specs", Some(token), None).await;
@@ -164,17 +171,13 @@ async fn a_fetched_document_is_registered_with_its_operations_and_source_url() {
     for (backend, db_url, _dir) in support::both_backends().await {
         let control = Control::start(&db_url, Default::default(), &jwks.uri, &[]).await;
         let before = docs.hits("/repos.json");
-        let (status, reply) = control
-            .call(
-                "POST",
-                "/v1/specs",
-                Some(&acme),
-                Some(
-                    json!({"name": "repos", "base_url": "http://127.0.0.1:9/api/",
+        let (status, reply) = register(
+            &control,
+            &acme,
+            json!({"name": "repos", "base_url": "http://127.0.0.1:9/api/",
                             "source_fetch_url": url, "source_url": url}),
-                ),
-            )
-            .await;
+        )
+        .await;
         assert_eq!(status, 201, "{backend}: {reply}");
         let id = reply["id"].as_str().unwrap().to_owned();
         assert_eq!(
@@ -203,27 +206,19 @@ async fn a_fetched_document_is_registered_with_its_operations_and_source_url() {
         );
 
         // `source_fetch_url` alone is not recorded as the source_url.
-        let (status, reply) = control
-            .call(
-                "POST",
-                "/v1/specs",
-                Some(&acme),
-                Some(fetched("repos-unnamed-source", &url, None)),
-            )
-            .await;
+        let (status, reply) =
+            register(&control, &acme, fetched("repos-unnamed-source", &url, None)).await;
         assert_eq!(status, 201, "{backend}: {reply}");
         assert_eq!(reply["spec"]["source_url"], Value::Null, "{backend}");
         assert_eq!(reply["spec"]["operations"], repo_operations(), "{backend}");
 
         // A Swagger 2 document in YAML is accepted too (methods upper-cased).
-        let (status, reply) = control
-            .call(
-                "POST",
-                "/v1/specs",
-                Some(&acme),
-                Some(fetched("teams", &docs.url("/teams.yaml"), None)),
-            )
-            .await;
+        let (status, reply) = register(
+            &control,
+            &acme,
+            fetched("teams", &docs.url("/teams.yaml"), None),
+        )
+        .await;
         assert_eq!(status, 201, "{backend}: {reply}");
         assert_eq!(
             reply["spec"]["operations"],
@@ -239,9 +234,7 @@ async fn a_fetched_document_is_registered_with_its_operations_and_source_url() {
         let mut both = fetched("inline-wins", &url, None);
         both["inline_json"] =
             json!({"openapi": "3.0.0", "paths": {"/x": {"put": {"operationId": "putX"}}}});
-        let (status, reply) = control
-            .call("POST", "/v1/specs", Some(&acme), Some(both))
-            .await;
+        let (status, reply) = register(&control, &acme, both).await;
         assert_eq!(status, 201, "{backend}: {reply}");
         assert_eq!(
             reply["spec"]["operations"],
@@ -263,27 +256,14 @@ async fn the_same_source_url_in_the_same_tenant_is_deduplicated_before_any_fetch
     for (backend, db_url, _dir) in support::both_backends().await {
         let control = Control::start(&db_url, Default::default(), &jwks.uri, &[]).await;
         let before = docs.hits("/repos.json");
-        let (status, reply) = control
-            .call(
-                "POST",
-                "/v1/specs",
-                Some(&acme),
-                Some(fetched("repos", &url, Some(&url))),
-            )
-            .await;
+        let (status, reply) = register(&control, &acme, fetched("repos", &url, Some(&url))).await;
         assert_eq!(status, 201, "{backend}: {reply}");
         let first = reply["id"].as_str().unwrap().to_owned();
         assert_eq!(docs.hits("/repos.json"), before + 1, "{backend}");
 
         // Again, under another name: the dedup form, the same id, no second fetch, nothing written.
-        let (status, reply) = control
-            .call(
-                "POST",
-                "/v1/specs",
-                Some(&acme),
-                Some(fetched("repos-again", &url, Some(&url))),
-            )
-            .await;
+        let (status, reply) =
+            register(&control, &acme, fetched("repos-again", &url, Some(&url))).await;
         assert_eq!(
             (status, reply),
             (200, json!({"id": first, "deduplicated": true})),
@@ -295,18 +275,12 @@ async fn the_same_source_url_in_the_same_tenant_is_deduplicated_before_any_fetch
             "{backend}: the dedup answers before fetching"
         );
         // The lookup precedes the fetch: a fetch URL that would fail is never tried.
-        let (status, reply) = control
-            .call(
-                "POST",
-                "/v1/specs",
-                Some(&acme),
-                Some(fetched(
-                    "repos-third",
-                    &docs.url("/missing.json"),
-                    Some(&url),
-                )),
-            )
-            .await;
+        let (status, reply) = register(
+            &control,
+            &acme,
+            fetched("repos-third", &docs.url("/missing.json"), Some(&url)),
+        )
+        .await;
         assert_eq!(
             (status, reply),
             (200, json!({"id": first, "deduplicated": true})),
@@ -323,14 +297,7 @@ async fn the_same_source_url_in_the_same_tenant_is_deduplicated_before_any_fetch
         // The dedup key is `source_url`, not `source_fetch_url`: without it the document is
         // fetched again and the name rule applies.
         let before = docs.hits("/repos.json");
-        let (status, reply) = control
-            .call(
-                "POST",
-                "/v1/specs",
-                Some(&acme),
-                Some(fetched("repos", &url, None)),
-            )
-            .await;
+        let (status, reply) = register(&control, &acme, fetched("repos", &url, None)).await;
         assert_eq!(
             (status, reply),
             (
@@ -340,14 +307,7 @@ async fn the_same_source_url_in_the_same_tenant_is_deduplicated_before_any_fetch
             "{backend}"
         );
         assert_eq!(docs.hits("/repos.json"), before + 1, "{backend}");
-        let (status, reply) = control
-            .call(
-                "POST",
-                "/v1/specs",
-                Some(&acme),
-                Some(fetched("repos-copy", &url, None)),
-            )
-            .await;
+        let (status, reply) = register(&control, &acme, fetched("repos-copy", &url, None)).await;
         assert_eq!(status, 201, "{backend}: {reply}");
         assert_ne!(reply["id"], json!(first), "{backend}");
         assert_eq!(docs.hits("/repos.json"), before + 2, "{backend}");
@@ -370,22 +330,12 @@ async fn dedup_never_hands_out_a_spec_of_another_owner() {
     for (backend, db_url, _dir) in support::both_backends().await {
         let control = Control::start(&db_url, Default::default(), &jwks.uri, &[]).await;
         let before = docs.hits("/repos.json");
-        let register = |token: &str, body: Value| {
-            let token = token.to_owned();
-            let control = &control;
-            async move {
-                control
-                    .call("POST", "/v1/specs", Some(&token), Some(body))
-                    .await
-            }
-        };
-
-        let (status, reply) = register(&a, body.clone()).await;
+        let (status, reply) = register(&control, &a, body.clone()).await;
         assert_eq!(status, 201, "{backend}: {reply}");
         let of_a = reply["id"].as_str().unwrap().to_owned();
 
         // Tenant B, same source_url (and name): a spec of its own, not A's.
-        let (status, reply) = register(&b, body.clone()).await;
+        let (status, reply) = register(&control, &b, body.clone()).await;
         assert_eq!(status, 201, "{backend}: {reply}");
         let of_b = reply["id"].as_str().unwrap().to_owned();
         assert_ne!(of_b, of_a, "{backend}");
@@ -403,21 +353,27 @@ async fn dedup_never_hands_out_a_spec_of_another_owner() {
             "{backend}"
         );
         // Each tenant's repeat lands on its own spec.
-        assert_eq!(register(&a, body.clone()).await, (200, dedup(&of_a)));
-        assert_eq!(register(&b, body.clone()).await, (200, dedup(&of_b)));
+        assert_eq!(
+            register(&control, &a, body.clone()).await,
+            (200, dedup(&of_a))
+        );
+        assert_eq!(
+            register(&control, &b, body.clone()).await,
+            (200, dedup(&of_b))
+        );
 
         // A platform operator registers a system-global spec: not deduplicated to a tenant's.
-        let (status, reply) = register(&platform, body.clone()).await;
+        let (status, reply) = register(&control, &platform, body.clone()).await;
         assert_eq!(status, 201, "{backend}: {reply}");
         let global = reply["id"].as_str().unwrap().to_owned();
         assert!(global != of_a && global != of_b, "{backend}");
         assert_eq!(reply["spec"]["tenant_id"], Value::Null, "{backend}");
         assert_eq!(
-            register(&platform, body.clone()).await,
+            register(&control, &platform, body.clone()).await,
             (200, dedup(&global))
         );
         // Nor is the global one handed to a tenant that has none of its own.
-        let (status, reply) = register(&c, body.clone()).await;
+        let (status, reply) = register(&control, &c, body.clone()).await;
         assert_eq!(status, 201, "{backend}: {reply}");
         let of_c = reply["id"].as_str().unwrap().to_owned();
         assert!(![&of_a, &of_b, &global].contains(&&of_c), "{backend}");
@@ -425,7 +381,10 @@ async fn dedup_never_hands_out_a_spec_of_another_owner() {
         // A platform operator registering for a tenant deduplicates inside that tenant.
         let mut for_a = body.clone();
         for_a["tenant_id"] = json!("tenant-a");
-        assert_eq!(register(&platform, for_a).await, (200, dedup(&of_a)));
+        assert_eq!(
+            register(&control, &platform, for_a).await,
+            (200, dedup(&of_a))
+        );
 
         // One fetch per spec created (a, b, global, c); none for the dedups.
         assert_eq!(docs.hits("/repos.json"), before + 4, "{backend}");
@@ -545,14 +504,7 @@ async fn fetch_failures_answer_with_their_cause_and_store_nothing() {
         ),
     ];
     for (url, status, error) in cases {
-        let (got, reply) = control
-            .call(
-                "POST",
-                "/v1/specs",
-                Some(&acme),
-                Some(fetched("repos", &url, Some(&url))),
-            )
-            .await;
+        let (got, reply) = register(&control, &acme, fetched("repos", &url, Some(&url))).await;
         assert_eq!((got, reply), (status, json!({"error": error})), "{url}");
     }
     assert_eq!(
@@ -562,14 +514,12 @@ async fn fetch_failures_answer_with_their_cause_and_store_nothing() {
     );
 
     // Nothing listening: a transport error naming the URL, its query redacted.
-    let (status, reply) = control
-        .call(
-            "POST",
-            "/v1/specs",
-            Some(&acme),
-            Some(fetched("repos", &format!("{closed}?api_key=secret"), None)),
-        )
-        .await;
+    let (status, reply) = register(
+        &control,
+        &acme,
+        fetched("repos", &format!("{closed}?api_key=secret"), None),
+    )
+    .await;
     assert_eq!(status, 422, "{reply}");
     let error = reply["error"].as_str().unwrap();
     let prefix = format!(
