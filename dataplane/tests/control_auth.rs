@@ -13,18 +13,6 @@ use control_support::{
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-async fn gateway(jwks: &JwksServer, extra: &[(&str, &str)]) -> (Control, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let control = Control::start(
-        &support::sqlite_url(dir.path()),
-        Default::default(),
-        &jwks.uri,
-        extra,
-    )
-    .await;
-    (control, dir)
-}
-
 fn assert_refused(status: u16, body: &Value, check: &str) {
     assert_eq!(status, 401, "{check}: {body}");
     assert_eq!(body["error"], "unauthorized", "{check}: {body}");
@@ -38,7 +26,7 @@ fn assert_refused(status: u16, body: &Value, check: &str) {
 #[tokio::test]
 async fn every_operator_token_problem_is_a_401_naming_the_check() {
     let jwks = JwksServer::start(standard_jwks()).await;
-    let (control, _dir) = gateway(&jwks, &[]).await;
+    let (control, _dir) = Control::on_sqlite(&jwks.uri, &[]).await;
     let get = |token: Option<String>| {
         let control = &control;
         async move {
@@ -153,7 +141,8 @@ async fn every_operator_token_problem_is_a_401_naming_the_check() {
 async fn a_rotated_key_is_picked_up_without_a_restart() {
     let jwks = JwksServer::start(json!({"keys": [ed_jwk(KEY_1, "key-1")]})).await;
     // TTL 0: the runbook's advice for an IdP that rotates aggressively.
-    let (control, _dir) = gateway(&jwks, &[("SEAL_GATEWAY_JWKS_CACHE_TTL_SECS", "0")]).await;
+    let (control, _dir) =
+        Control::on_sqlite(&jwks.uri, &[("SEAL_GATEWAY_JWKS_CACHE_TTL_SECS", "0")]).await;
     let old = ed_token(KEY_1, "key-1", &claims(json!({})));
     let new = ed_token(KEY_2, "key-2", &claims(json!({})));
     assert_eq!(
@@ -174,7 +163,8 @@ async fn a_rotated_key_is_picked_up_without_a_restart() {
 #[tokio::test]
 async fn a_failing_idp_is_bridged_by_the_cached_keys_and_never_reached_is_503() {
     let jwks = JwksServer::start(standard_jwks()).await;
-    let (control, _dir) = gateway(&jwks, &[("SEAL_GATEWAY_JWKS_CACHE_TTL_SECS", "0")]).await;
+    let (control, _dir) =
+        Control::on_sqlite(&jwks.uri, &[("SEAL_GATEWAY_JWKS_CACHE_TTL_SECS", "0")]).await;
     let token = operator(None, "operator");
     assert_eq!(
         control.call("GET", "/v1/specs", Some(&token), None).await.0,
@@ -189,7 +179,7 @@ async fn a_failing_idp_is_bridged_by_the_cached_keys_and_never_reached_is_503() 
 
     let down = JwksServer::start(standard_jwks()).await;
     down.fail();
-    let (control, _dir) = gateway(&down, &[]).await;
+    let (control, _dir) = Control::on_sqlite(&down.uri, &[]).await;
     let (status, body) = control.call("GET", "/v1/specs", Some(&token), None).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["check"], "jwks", "{body}");
@@ -203,7 +193,8 @@ async fn a_failing_idp_is_bridged_by_the_cached_keys_and_never_reached_is_503() 
 #[tokio::test]
 async fn auth_disabled_bypasses_operator_auth_only() {
     let jwks = JwksServer::start(standard_jwks()).await;
-    let (control, _dir) = gateway(&jwks, &[("SEAL_GATEWAY_AUTH_DISABLED", "true")]).await;
+    let (control, _dir) =
+        Control::on_sqlite(&jwks.uri, &[("SEAL_GATEWAY_AUTH_DISABLED", "true")]).await;
     let (status, body) = control.call("GET", "/v1/specs", None, None).await;
     assert_eq!(status, 200, "{body}");
     // Envelope verification is untouched: an unsigned call is still refused.
@@ -222,7 +213,7 @@ async fn auth_disabled_bypasses_operator_auth_only() {
 #[tokio::test]
 async fn the_openapi_document_describes_every_endpoint_without_a_token() {
     let jwks = JwksServer::start(standard_jwks()).await;
-    let (control, _dir) = gateway(&jwks, &[]).await;
+    let (control, _dir) = Control::on_sqlite(&jwks.uri, &[]).await;
     let (status, doc) = control.call("GET", "/openapi.json", None, None).await;
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.0.3");

@@ -407,14 +407,7 @@ async fn dedup_never_hands_out_a_spec_of_another_owner() {
 async fn fetch_failures_answer_with_their_cause_and_store_nothing() {
     let jwks = JwksServer::start(standard_jwks()).await;
     let docs = DocServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let control = Control::start(
-        &support::sqlite_url(dir.path()),
-        Default::default(),
-        &jwks.uri,
-        &[],
-    )
-    .await;
+    let (control, _dir) = Control::on_sqlite(&jwks.uri, &[]).await;
     let acme = operator(Some("acme"), "operator");
     let broken_json = serde_json::from_str::<Value>("{\"openapi\": ")
         .unwrap_err()

@@ -405,14 +405,7 @@ async fn tenants_are_isolated_and_global_objects_belong_to_platform_operators() 
 #[tokio::test]
 async fn invalid_bodies_are_400_with_the_compile_problem() {
     let jwks = JwksServer::start(standard_jwks()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let control = Control::start(
-        &support::sqlite_url(dir.path()),
-        Default::default(),
-        &jwks.uri,
-        &[],
-    )
-    .await;
+    let (control, _dir) = Control::on_sqlite(&jwks.uri, &[]).await;
     let token = operator(Some("acme"), "operator");
     let (_, spec) = control
         .call(

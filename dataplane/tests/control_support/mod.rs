@@ -277,6 +277,19 @@ pub fn config(
 }
 
 impl Control {
+    /// A gateway with no manifests on a fresh SQLite file, whose folder the caller keeps alive.
+    pub async fn on_sqlite(jwks_uri: &str, extra: &[(&str, &str)]) -> (Self, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let control = Self::start(
+            &support::sqlite_url(dir.path()),
+            Default::default(),
+            jwks_uri,
+            extra,
+        )
+        .await;
+        (control, dir)
+    }
+
     /// Connects `db_url`, mirrors `snapshot` as manifests do at start, and starts the gateway.
     pub async fn start(
         db_url: &str,
