@@ -80,11 +80,7 @@ async fn cli_tools_answer_signed_invocations_on_both_backends() {
             .await
             .unwrap();
         let judge_url = judge.url("/deny");
-        let config = support::gateway_config(&[
-            (
-                "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
-                &signer.rs256_public_key_pem,
-            ),
+        let config = signer.gateway_config(&[
             ("SEAL_GATEWAY_CONTAINER_CLI", &podman()),
             ("SEAL_GATEWAY_SEMANTIC_JUDGE_URL", &judge_url),
         ]);

@@ -94,13 +94,8 @@ async fn sqlite_gateway(
     db.upsert_session(&signer.session_record(chrono::Utc::now()))
         .await
         .unwrap();
-    let mut config = config.to_vec();
-    config.push((
-        "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
-        &signer.rs256_public_key_pem,
-    ));
     let gateway = RunningGateway::start(
-        &support::gateway_config(&config),
+        &signer.gateway_config(config),
         db.clone(),
         snapshot,
         Clock::System,
@@ -130,10 +125,7 @@ async fn workflows_run_and_failures_are_recorded_as_the_runbook_reads_them() {
         )
         .await
         .unwrap();
-        let config = support::gateway_config(&[(
-            "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
-            &signer.rs256_public_key_pem,
-        )]);
+        let config = signer.gateway_config(&[]);
         let gateway = RunningGateway::start(&config, db.clone(), snapshot.clone(), Clock::System)
             .await
             .unwrap();

@@ -495,10 +495,7 @@ async fn a_used_jti_is_stored_until_the_later_of_envelope_time_and_now_plus_30_s
         db.upsert_session(&signer.session_record(now))
             .await
             .unwrap();
-        let config = support::gateway_config(&[(
-            "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
-            signer.rs256_public_key_pem.as_str(),
-        )]);
+        let config = signer.gateway_config(&[]);
         let gateway = RunningGateway::start(&config, db, Default::default(), Clock::fixed(now))
             .await
             .unwrap();

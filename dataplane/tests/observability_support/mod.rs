@@ -202,12 +202,7 @@ impl Harness {
         db.sync_catalog(&snapshot, CatalogSource::Manifest)
             .await
             .unwrap();
-        let mut settings = vec![(
-            "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
-            signer.rs256_public_key_pem.as_str(),
-        )];
-        settings.extend_from_slice(overrides);
-        let config = support::gateway_config(&settings);
+        let config = signer.gateway_config(overrides);
         let gateway = RunningGateway::start(&config, db.clone(), snapshot, Clock::System)
             .await
             .unwrap();

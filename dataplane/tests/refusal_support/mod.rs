@@ -132,12 +132,7 @@ impl SealGateway {
     /// Starts on `db`, serving `snapshot`, with `config` (environment-style) beside the token key.
     pub async fn start(db: Database, snapshot: Snapshot, config: &[(&str, &str)]) -> Self {
         let signer = support::Signer::from_vectors();
-        let mut env = vec![(
-            "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
-            signer.rs256_public_key_pem.as_str(),
-        )];
-        env.extend_from_slice(config);
-        let config = support::gateway_config(&env);
+        let config = signer.gateway_config(config);
         let gateway = RunningGateway::start(&config, db.clone(), snapshot, Clock::fixed(now()))
             .await
             .unwrap();

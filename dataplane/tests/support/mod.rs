@@ -145,6 +145,16 @@ pub struct Signer {
 }
 
 impl Signer {
+    /// [`gateway_config`] trusting this signer's RS256 token key, plus `overrides`.
+    pub fn gateway_config(&self, overrides: &[(&str, &str)]) -> GatewayConfig {
+        let mut env = vec![(
+            "SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM",
+            self.rs256_public_key_pem.as_str(),
+        )];
+        env.extend_from_slice(overrides);
+        gateway_config(&env)
+    }
+
     pub fn from_vectors() -> Self {
         let path = format!(
             "{}/tests/vectors/python-sdk.json",
