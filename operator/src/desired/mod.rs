@@ -136,7 +136,7 @@ pub fn desired_objects_with_limits(
             url: url.clone(),
         });
     }
-    let ports = workload::ContainerPorts::from_settings(&spec.settings)?;
+    let http_port = workload::http_port(&spec.settings)?;
     let tracing_env = workload::tracing_env(spec.tracing.as_ref())?;
 
     let config = config_file(&ctx.name, &spec.settings).map_err(DesiredError::Encode)?;
@@ -158,7 +158,7 @@ pub fn desired_objects_with_limits(
         deployment: workload::deployment(
             &ctx,
             replicas,
-            &ports,
+            http_port,
             &config.secret_env,
             tracing_env,
             &restart_hash,

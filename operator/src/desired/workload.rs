@@ -25,34 +25,26 @@ use super::{
 /// Container name of the data plane.
 pub const CONTAINER_NAME: &str = "seal-gateway";
 
-/// The ports the data plane listens on, from its listener settings. The data plane serves no
+/// The port the data plane's HTTP listener takes from its settings. The data plane serves no
 /// gRPC (docs/observability.md), so `grpc_bind_addr` opens no port: a published one would only
 /// refuse connections.
-pub(super) struct ContainerPorts {
-    http: i32,
-}
-
-impl ContainerPorts {
-    pub fn from_settings(settings: &GatewaySettings) -> Result<Self, DesiredError> {
-        let port = |field: &str, value: &str| -> Result<i32, DesiredError> {
-            value
-                .trim()
-                .parse::<SocketAddr>()
-                .map(|a| i32::from(a.port()))
-                .map_err(|_| DesiredError::InvalidSetting {
-                    field: field.into(),
-                    message: format!("\"{value}\" is not a socket address (e.g. 0.0.0.0:8089)"),
-                })
-        };
-        // Checked although it opens no port: the data plane refuses to start without an address.
-        port(
-            "spec.network.grpc_bind_addr",
-            &settings.network.grpc_bind_addr,
-        )?;
-        Ok(Self {
-            http: port("spec.network.bind_addr", &settings.network.bind_addr)?,
-        })
-    }
+pub(super) fn http_port(settings: &GatewaySettings) -> Result<i32, DesiredError> {
+    let port = |field: &str, value: &str| -> Result<i32, DesiredError> {
+        value
+            .trim()
+            .parse::<SocketAddr>()
+            .map(|a| i32::from(a.port()))
+            .map_err(|_| DesiredError::InvalidSetting {
+                field: field.into(),
+                message: format!("\"{value}\" is not a socket address (e.g. 0.0.0.0:8089)"),
+            })
+    };
+    // Checked although it opens no port: the data plane refuses to start without an address.
+    port(
+        "spec.network.grpc_bind_addr",
+        &settings.network.grpc_bind_addr,
+    )?;
+    port("spec.network.bind_addr", &settings.network.bind_addr)
 }
 
 /// The standard OpenTelemetry variables the data plane reads at start (docs/observability.md,
@@ -163,7 +155,7 @@ fn runtime_default_seccomp() -> SeccompProfile {
 pub(super) fn deployment(
     ctx: &GatewayContext,
     replicas: i32,
-    ports: &ContainerPorts,
+    http_port: i32,
     secret_env: &[SecretEnv],
     tracing_env: Vec<EnvVar>,
     restart_hash: &str,
@@ -194,10 +186,7 @@ pub(super) fn deployment(
         ]),
         // A relative SQLite URL (the default `sqlite://gateway.db`) lands on the writable volume.
         working_dir: Some(DATA_DIR.into()),
-        ports: Some(vec![
-            port("http", ports.http),
-            port("metrics", METRICS_PORT),
-        ]),
+        ports: Some(vec![port("http", http_port), port("metrics", METRICS_PORT)]),
         env: Some(env_vars),
         resources: spec.resources.clone(),
         liveness_probe: Some(http_probe("/health", 10, 3)),
