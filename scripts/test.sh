@@ -7,6 +7,10 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 step() { printf '\n==> %s\n' "$*" >&2; }
 
+# One full build, never rebuilt in place: incremental artefacts would only cost disk (they were
+# most of a 63 GB target directory once, and a full disk failed a CI run).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 step "provisioning test services"
 eval "$(scripts/services.sh start)"
 # The verdict is printed after the services stop, so that it is the run's last line.
