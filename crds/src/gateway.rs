@@ -58,9 +58,8 @@ pub struct CliContainers {
 }
 
 /// OpenTelemetry traces exported over OTLP/HTTP (docs/observability.md, "Traces"). The data plane
-/// reads these from the standard `OTEL_*` environment at start, so they are not part of the
-/// hot-reloaded settings: the operator sets them on the data-plane container, and a change rolls
-/// the pods.
+/// reads these from the standard `OTEL_*` environment at start, not from its config file: the
+/// operator sets them on the data-plane container, and a change rolls the pods.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct TracingSettings {
     /// Base URL of the collector's OTLP/HTTP receiver, e.g.

@@ -1,5 +1,5 @@
 //! The `SealGatewayConfig` file a data plane reads, built from a SealGateway's settings, and the
-//! hash of the settings that need a restart.
+//! hash that rolls the pods when it changes.
 
 use aegis_seal_crds::gateway::GatewaySettings;
 use aegis_seal_crds::{API_VERSION, SecretKeyRef};
@@ -80,16 +80,15 @@ fn replace_secret_refs(
     Ok(())
 }
 
-/// Hash (16 hex digits) of what a running data plane cannot change without a restart: its listeners,
-/// its database URL, its image and the Secrets its env vars come from. Everything else reaches the
-/// pods through the ConfigMap and hot reload.
-pub fn restart_hash(settings: &GatewaySettings, image: &str, secret_env: &[SecretEnv]) -> String {
+/// Hash (16 hex digits) of what a running data plane reads only when it starts: the whole config
+/// file, its image and the Secrets its env vars come from. The data plane hot-reloads its snapshot,
+/// never its settings (a changed config file is only checked and logged), so any change of the
+/// settings must roll the pods; the snapshot, kept in the same ConfigMap, must not.
+pub fn restart_hash(config: &ConfigFile, image: &str) -> String {
     let inputs = json!({
-        "bind_addr": settings.network.bind_addr,
-        "grpc_bind_addr": settings.network.grpc_bind_addr,
-        "database_url": settings.database.url,
+        "config": config.yaml,
         "image": image,
-        "secret_env": secret_env,
+        "secret_env": config.secret_env,
     });
     // Serializing a json! value cannot fail.
     let bytes = serde_json::to_vec(&inputs).unwrap_or_default();

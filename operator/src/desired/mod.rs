@@ -34,7 +34,8 @@ pub const METRICS_PORT: i32 = 9092;
 /// Non-root user and group of the data-plane container (distroless `nonroot`).
 pub const RUN_AS_USER: i64 = 65532;
 
-/// Pod-template annotation: hash of the settings a running data plane cannot take on without a restart.
+/// Pod-template annotation: hash of the config file, image and Secret references, which a running
+/// data plane reads only at start.
 pub const RESTART_HASH_ANNOTATION: &str = "seal.100monkeys.ai/restart-hash";
 /// ConfigMap annotation: `Snapshot::hash()` of the snapshot it holds.
 pub const SNAPSHOT_HASH_ANNOTATION: &str = "seal.100monkeys.ai/snapshot-hash";
@@ -140,7 +141,7 @@ pub fn desired_objects_with_limits(
     let tracing_env = workload::tracing_env(spec.tracing.as_ref())?;
 
     let config = config_file(&ctx.name, &spec.settings).map_err(DesiredError::Encode)?;
-    let restart_hash = restart_hash(&spec.settings, &ctx.image, &config.secret_env);
+    let restart_hash = restart_hash(&config, &ctx.image);
     let maps = config_maps::snapshot_config_maps(&ctx, &config.yaml, &compiled.snapshot, limits)?;
     let config_map_names: Vec<String> = std::iter::once(&maps.main)
         .chain(&maps.extra)

@@ -250,13 +250,24 @@ fn check_config(state: &GatewayState, file: &Path, running: &GatewaySettings) {
 
 /// The top-level sections of the settings that differ.
 pub fn changed_sections(a: &GatewaySettings, b: &GatewaySettings) -> Vec<&'static str> {
+    // Destructured, so that a section added to the settings cannot be left out here.
+    let GatewaySettings {
+        network,
+        database,
+        auth,
+        credentials,
+        cli,
+        ui,
+        audit,
+    } = a;
     [
-        ("network", a.network != b.network),
-        ("database", a.database != b.database),
-        ("auth", a.auth != b.auth),
-        ("credentials", a.credentials != b.credentials),
-        ("cli", a.cli != b.cli),
-        ("ui", a.ui != b.ui),
+        ("network", *network != b.network),
+        ("database", *database != b.database),
+        ("auth", *auth != b.auth),
+        ("credentials", *credentials != b.credentials),
+        ("cli", *cli != b.cli),
+        ("ui", *ui != b.ui),
+        ("audit", *audit != b.audit),
     ]
     .into_iter()
     .filter_map(|(name, differs)| differs.then_some(name))
@@ -325,6 +336,7 @@ mod tests {
         assert!(changed_sections(&a, &b).is_empty());
         b.network.max_body_bytes += 1;
         b.auth.seal_jwt_issuer = "other".into();
-        assert_eq!(changed_sections(&a, &b), ["network", "auth"]);
+        b.audit.retention_days = Some(30);
+        assert_eq!(changed_sections(&a, &b), ["network", "auth", "audit"]);
     }
 }
