@@ -354,8 +354,16 @@ pub struct CliSettings {
     /// Path or name of the container CLI; auto-detects podman, then docker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_cli: Option<String>,
+    /// The semantic judge CLI tools with `require_semantic_judge` are checked by (fail closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub semantic_judge_url: Option<String>,
+    /// Sent to the judge as `Authorization: Bearer <token>` when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic_judge_token: Option<SecretValue>,
+    /// Bound on one judge call, from connecting to the last byte; past it the call is rejected.
+    #[serde(default = "default_semantic_judge_timeout_ms")]
+    #[schemars(range(min = 1, max = 60_000))]
+    pub semantic_judge_timeout_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orchestrator_url: Option<String>,
     #[serde(default = "default_nfs_server_host")]
@@ -366,6 +374,9 @@ pub struct CliSettings {
     pub nfs_mount_port: u16,
 }
 
+fn default_semantic_judge_timeout_ms() -> u64 {
+    5000
+}
 fn default_nfs_server_host() -> String {
     "127.0.0.1".into()
 }
@@ -381,6 +392,8 @@ impl Default for CliSettings {
         Self {
             container_cli: None,
             semantic_judge_url: None,
+            semantic_judge_token: None,
+            semantic_judge_timeout_ms: default_semantic_judge_timeout_ms(),
             orchestrator_url: None,
             nfs_server_host: default_nfs_server_host(),
             nfs_port: default_nfs_port(),

@@ -268,6 +268,40 @@ async fn an_allowing_judge_sees_the_call_and_the_command_runs() {
 }
 
 #[tokio::test]
+async fn a_judge_behind_authentication_gets_the_configured_bearer_token() {
+    let judge = Judge::start().await;
+    let (db, _dir) = sqlite_database().await;
+    let creds = credentials(&db);
+    let tool = judged_tool();
+    let call = json!({"subcommand": "echo", "args": ["with", "token"]});
+
+    // Without the token the judge answers 401: the call is rejected and the event says so.
+    let exec = execution_id();
+    let out = invoke(
+        &engine_with_judge(Some(judge.url("/authenticated"))).await,
+        &creds,
+        &tool,
+        &exec,
+        call.clone(),
+    )
+    .await;
+    let event = rejected(&out, &exec);
+    assert_eq!(
+        event.payload["rejection_reason"],
+        "semantic judge returned 401 Unauthorized"
+    );
+
+    // With it the judge allows, and the command runs.
+    let mut cfg = config();
+    cfg.semantic_judge_url = Some(judge.url("/authenticated"));
+    cfg.judge_token = Some(JUDGE_TOKEN.into());
+    let exec = execution_id();
+    let out = invoke(&podman_engine(cfg).await, &creds, &tool, &exec, call).await;
+    assert_eq!(out.result.expect("allowed").stdout, "with token\n");
+    assert!(events_of(&out.events, CLI_TOOL_SEMANTIC_REJECTED).is_empty());
+}
+
+#[tokio::test]
 async fn the_allowlist_is_exact_and_checked_before_the_judge() {
     let judge = Judge::start().await;
     let (db, _dir) = sqlite_database().await;

@@ -80,6 +80,7 @@ pub fn http() -> HttpClient {
 pub fn config() -> CliEngineConfig {
     CliEngineConfig {
         semantic_judge_url: None,
+        judge_token: None,
         judge_timeout: Duration::from_secs(5),
         nfs_server_host: "127.0.0.1".into(),
         nfs_port: 2049,
@@ -323,6 +324,9 @@ pub struct Judge {
 }
 
 pub const JUDGE_DENIAL: &str = "rewriting history is not allowed for agents";
+/// The token the judge's `/authenticated` route expects, and its `Authorization` header.
+pub const JUDGE_TOKEN: &str = "judge-secret-7f3a";
+const JUDGE_BEARER: &str = "Bearer judge-secret-7f3a";
 
 impl Judge {
     pub async fn start() -> Self {
@@ -332,6 +336,8 @@ impl Judge {
             let recorded = recorded.clone();
             async move {
                 let path = req.uri().path().to_owned();
+                let authorized = req.headers().get(http::header::AUTHORIZATION)
+                    == Some(&http::HeaderValue::from_static(JUDGE_BEARER));
                 let body = req.into_body().collect().await.unwrap().to_bytes();
                 let parsed = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 recorded.lock().unwrap().push((path.clone(), parsed));
@@ -342,6 +348,11 @@ impl Judge {
                         json!({"allowed": false, "reason": JUDGE_DENIAL}).to_string(),
                     ),
                     "/deny-silent" => (200, json!({"allowed": false}).to_string()),
+                    // A judge behind authentication, as in production.
+                    "/authenticated" if authorized => {
+                        (200, json!({"allowed": true, "reason": null}).to_string())
+                    }
+                    "/authenticated" => (401, json!({"error": "unauthorized"}).to_string()),
                     "/error" => (500, json!({"error": "model overloaded"}).to_string()),
                     "/hang" => {
                         tokio::time::sleep(Duration::from_secs(30)).await;

@@ -3,15 +3,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aegis_seal_crds::CliToolEntry;
 use aegis_seal_crds::compile::{DEFAULT_CPUS, DEFAULT_MEMORY, DEFAULT_PIDS, MAX_TIMEOUT_SECONDS};
 use aegis_seal_crds::gateway::CliSettings;
+use aegis_seal_crds::{CliToolEntry, SecretValue};
 use chrono::Utc;
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use super::arguments::{self, CliArguments};
-use super::judge::{DEFAULT_JUDGE_TIMEOUT, JudgeRequest, SemanticJudge, Verdict};
+use super::judge::{JudgeRequest, SemanticJudge, Verdict};
 use super::redact::redact_args;
 use super::{
     CLI_TOOL_INVOCATION_COMPLETED, CLI_TOOL_INVOCATION_FAILED, CLI_TOOL_INVOCATION_STARTED,
@@ -40,6 +40,8 @@ const MAX_NAME_PART: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CliEngineConfig {
     pub semantic_judge_url: Option<String>,
+    /// Sent to the judge as a bearer token.
+    pub judge_token: Option<String>,
     pub judge_timeout: Duration,
     pub nfs_server_host: String,
     pub nfs_port: u16,
@@ -51,7 +53,12 @@ impl CliEngineConfig {
     pub fn from_settings(settings: &CliSettings) -> Self {
         Self {
             semantic_judge_url: settings.semantic_judge_url.clone(),
-            judge_timeout: DEFAULT_JUDGE_TIMEOUT,
+            // The config check refuses a `secret_key_ref` here; `env:` was resolved.
+            judge_token: match &settings.semantic_judge_token {
+                Some(SecretValue::Literal(token)) => Some(token.trim().to_owned()),
+                _ => None,
+            },
+            judge_timeout: Duration::from_millis(settings.semantic_judge_timeout_ms),
             nfs_server_host: settings.nfs_server_host.clone(),
             nfs_port: settings.nfs_port,
             nfs_mount_port: settings.nfs_mount_port,
@@ -147,6 +154,7 @@ impl CliEngine {
     ) -> Self {
         let judge = SemanticJudge::new(
             config.semantic_judge_url.as_deref(),
+            config.judge_token.as_deref(),
             config.judge_timeout,
             http,
         );

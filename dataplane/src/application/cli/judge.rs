@@ -2,7 +2,8 @@
 //! closed (DESIGN B-9): unset, unreachable, slow, non-2xx or unintelligible means rejected, never
 //! permitted.
 //!
-//! Request: `POST <semantic_judge_url>`, `Content-Type: application/json`,
+//! Request: `POST <semantic_judge_url>`, `Content-Type: application/json`, with
+//! `Authorization: Bearer <semantic_judge_token>` when a token is set,
 //! `{"tool_name", "tool", "subcommand", "args", "execution_id", "description", "security_context",
 //! "tenant_id"}`. Response: `{"allowed": bool, "reason": string|null}`.
 
@@ -10,15 +11,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::Url;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::infrastructure::http_client::{HttpClient, HttpClientError, OutboundRequest};
 
-/// Default bound on one judge call (connect to last byte).
-pub const DEFAULT_JUDGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest judge response read.
 const MAX_JUDGE_RESPONSE_BYTES: u64 = 64 * 1024;
 /// Longest judge reason recorded.
@@ -78,12 +77,19 @@ struct JudgeResponse {
 pub struct SemanticJudge {
     /// `Ok(None)`: not configured. `Err`: configured but not a usable URL.
     url: Result<Option<Url>, String>,
+    /// `Authorization` value; marked sensitive so that no debug output shows it.
+    authorization: Option<HeaderValue>,
     timeout: Duration,
     http: HttpClient,
 }
 
 impl SemanticJudge {
-    pub fn new(url: Option<&str>, timeout: Duration, http: HttpClient) -> Self {
+    pub fn new(
+        url: Option<&str>,
+        token: Option<&str>,
+        timeout: Duration,
+        http: HttpClient,
+    ) -> Self {
         let url = match url.map(str::trim).filter(|u| !u.is_empty()) {
             None => Ok(None),
             Some(u) => match Url::parse(u) {
@@ -92,7 +98,30 @@ impl SemanticJudge {
                 Err(e) => Err(format!("semantic judge URL {u:?} is invalid: {e}")),
             },
         };
-        Self { url, timeout, http }
+        // A token that is not a valid header value cannot be sent: the judge is then unusable,
+        // and every judged call is rejected naming the setting (fail closed).
+        let token = token.map(str::trim).filter(|t| !t.is_empty());
+        let (url, authorization) = match token.map(|t| HeaderValue::try_from(format!("Bearer {t}")))
+        {
+            None => (url, None),
+            Some(Ok(mut value)) => {
+                value.set_sensitive(true);
+                (url, Some(value))
+            }
+            Some(Err(_)) => (
+                Err(
+                    "semantic judge token (cli.semantic_judge_token) is not a valid header value"
+                        .into(),
+                ),
+                None,
+            ),
+        };
+        Self {
+            url,
+            authorization,
+            timeout,
+            http,
+        }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -125,6 +154,9 @@ impl SemanticJudge {
         request
             .headers
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(authorization) = &self.authorization {
+            request.headers.insert(AUTHORIZATION, authorization.clone());
+        }
         request.body = Some(Bytes::from(body.to_string()));
         request.timeout = Some(self.timeout);
         request.max_response_bytes = Some(MAX_JUDGE_RESPONSE_BYTES);

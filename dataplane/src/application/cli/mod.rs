@@ -22,9 +22,7 @@ pub use arguments::{CliArguments, FsalMount};
 pub use engine::{
     CliCall, CliEngine, CliEngineConfig, CliError, CliOutcome, CliResult, DEFAULT_MAX_OUTPUT_BYTES,
 };
-pub use judge::{
-    DEFAULT_JUDGE_TIMEOUT, JUDGE_DEFAULT_DENIAL, JUDGE_NOT_CONFIGURED, SemanticJudge, Verdict,
-};
+pub use judge::{JUDGE_DEFAULT_DENIAL, JUDGE_NOT_CONFIGURED, SemanticJudge, Verdict};
 
 pub const CLI_TOOL_INVOCATION_STARTED: &str = "CliToolInvocationStarted";
 pub const CLI_TOOL_INVOCATION_COMPLETED: &str = "CliToolInvocationCompleted";

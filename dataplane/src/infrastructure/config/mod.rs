@@ -242,6 +242,9 @@ fn resolve_env_references(s: &mut GatewaySettings, sources: &ConfigSources<'_>) 
     }
     optional(&mut s.cli.container_cli);
     optional(&mut s.cli.semantic_judge_url);
+    if let Some(token) = &mut s.cli.semantic_judge_token {
+        secret(token);
+    }
     optional(&mut s.cli.orchestrator_url);
     required(&mut s.cli.nfs_server_host);
 
@@ -266,6 +269,7 @@ fn resolve_env_references(s: &mut GatewaySettings, sources: &ConfigSources<'_>) 
         &mut s.credentials.openbao_token,
         &mut s.credentials.keycloak_client_secret,
         &mut s.audit.checkpoint_signing_key_pem,
+        &mut s.cli.semantic_judge_token,
     ] {
         if matches!(field, Some(SecretValue::Literal(v)) if v.trim().is_empty()) {
             *field = None;
@@ -391,6 +395,16 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
         &mut s.cli.semantic_judge_url,
         "SEAL_GATEWAY_SEMANTIC_JUDGE_URL",
     );
+    set_secret(
+        &mut s.cli.semantic_judge_token,
+        "SEAL_GATEWAY_SEMANTIC_JUDGE_TOKEN",
+    );
+    if let Some(ms) = src
+        .var("SEAL_GATEWAY_SEMANTIC_JUDGE_TIMEOUT_MS")
+        .and_then(|v| v.trim().parse().ok())
+    {
+        s.cli.semantic_judge_timeout_ms = ms;
+    }
     set_opt(&mut s.cli.orchestrator_url, "SEAL_GATEWAY_ORCHESTRATOR_URL");
     set(&mut s.cli.nfs_server_host, "SEAL_GATEWAY_NFS_HOST");
     if let Some(port) = src
@@ -478,6 +492,10 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
             "spec.audit.checkpoint_signing_key_pem",
             s.audit.checkpoint_signing_key_pem.as_ref(),
         ),
+        (
+            "spec.cli.semantic_judge_token",
+            s.cli.semantic_judge_token.as_ref(),
+        ),
     ] {
         if let Some(SecretValue::FromSecret { .. }) = value {
             return Err(format!(
@@ -502,6 +520,9 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
     }
     if s.credentials.max_retries > 3 {
         return Err("spec.credentials.max_retries: must be at most 3".into());
+    }
+    if !(1..=60_000).contains(&s.cli.semantic_judge_timeout_ms) {
+        return Err("spec.cli.semantic_judge_timeout_ms: must be between 1 and 60000".into());
     }
     if !s.auth.disabled && s.auth.operator_jwks_uri.trim().is_empty() {
         return Err("spec.auth.operator_jwks_uri is required when auth is enabled".into());

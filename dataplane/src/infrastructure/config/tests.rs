@@ -167,6 +167,8 @@ fn spec_defaults() -> GatewaySettings {
         cli: CliSettings {
             container_cli: None,
             semantic_judge_url: None,
+            semantic_judge_token: None,
+            semantic_judge_timeout_ms: 5000,
             orchestrator_url: None,
             nfs_server_host: "127.0.0.1".into(),
             nfs_port: 2049,
@@ -391,6 +393,7 @@ credentials:
 cli:
   container_cli: env:V_CLI
   semantic_judge_url: env:V_JUDGE
+  semantic_judge_token: env:V_JUDGE_TOKEN
   orchestrator_url: env:V_ORCH
   nfs_server_host: env:V_NFS";
 
@@ -415,6 +418,7 @@ fn env_references_are_replaced_in_every_supported_field() {
         ("V_KC_SECRET", "kc-secret"),
         ("V_CLI", "podman"),
         ("V_JUDGE", "http://judge"),
+        ("V_JUDGE_TOKEN", "judge-token"),
         ("V_ORCH", "http://orchestrator"),
         ("V_NFS", "10.0.0.5"),
     ]);
@@ -457,6 +461,7 @@ fn env_references_are_replaced_in_every_supported_field() {
         cli: CliSettings {
             container_cli: Some("podman".into()),
             semantic_judge_url: Some("http://judge".into()),
+            semantic_judge_token: literal("judge-token"),
             orchestrator_url: Some("http://orchestrator".into()),
             nfs_server_host: "10.0.0.5".into(),
             ..spec_defaults().cli
@@ -712,6 +717,8 @@ credentials:
 cli:
   container_cli: file-cli
   semantic_judge_url: http://file-judge
+  semantic_judge_token: file-judge-token
+  semantic_judge_timeout_ms: 7000
   orchestrator_url: http://file-orch
   nfs_server_host: file-nfs
   nfs_port: 1111
@@ -754,6 +761,8 @@ fn file_values() -> GatewaySettings {
         cli: CliSettings {
             container_cli: Some("file-cli".into()),
             semantic_judge_url: Some("http://file-judge".into()),
+            semantic_judge_token: literal("file-judge-token"),
+            semantic_judge_timeout_ms: 7000,
             orchestrator_url: Some("http://file-orch".into()),
             nfs_server_host: "file-nfs".into(),
             nfs_port: 1111,
@@ -804,6 +813,8 @@ fn every_override_replaces_the_file_value() {
         ("SEAL_GATEWAY_KEYCLOAK_CLIENT_SECRET", "env-secret"),
         ("SEAL_GATEWAY_CONTAINER_CLI", "/usr/bin/podman"),
         ("SEAL_GATEWAY_SEMANTIC_JUDGE_URL", "http://env-judge"),
+        ("SEAL_GATEWAY_SEMANTIC_JUDGE_TOKEN", "env-judge-token"),
+        ("SEAL_GATEWAY_SEMANTIC_JUDGE_TIMEOUT_MS", "9000"),
         ("SEAL_GATEWAY_ORCHESTRATOR_URL", "http://env-orch"),
         ("SEAL_GATEWAY_NFS_HOST", "env-nfs"),
         ("SEAL_GATEWAY_NFS_PORT", "3049"),
@@ -846,6 +857,8 @@ fn every_override_replaces_the_file_value() {
         cli: CliSettings {
             container_cli: Some("/usr/bin/podman".into()),
             semantic_judge_url: Some("http://env-judge".into()),
+            semantic_judge_token: literal("env-judge-token"),
+            semantic_judge_timeout_ms: 9000,
             orchestrator_url: Some("http://env-orch".into()),
             nfs_server_host: "env-nfs".into(),
             nfs_port: 3049,
@@ -1238,6 +1251,10 @@ fn secret_key_refs_are_refused_in_a_config_file() {
             format!("credentials:\n  keycloak_client_secret: {reference}"),
             "spec.credentials.keycloak_client_secret",
         ),
+        (
+            format!("cli:\n  semantic_judge_token: {reference}"),
+            "spec.cli.semantic_judge_token",
+        ),
     ] {
         let text = config_yaml(&format!("{AUTH_OFF}\n{spec}"));
         assert_eq!(
@@ -1245,6 +1262,19 @@ fn secret_key_refs_are_refused_in_a_config_file() {
             format!(
                 "{field}: secret_key_ref is only understood in a SealGateway resource; use env:VAR in a config file"
             )
+        );
+    }
+}
+
+#[test]
+fn judge_timeouts_out_of_range_are_refused() {
+    for timeout in [0, 60_001] {
+        let text = config_yaml(&format!(
+            "{AUTH_OFF}\ncli:\n  semantic_judge_timeout_ms: {timeout}"
+        ));
+        assert_eq!(
+            config_error(&text),
+            "spec.cli.semantic_judge_timeout_ms: must be between 1 and 60000"
         );
     }
 }
