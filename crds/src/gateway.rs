@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{FromSecret, SecretValue};
+use crate::common::{ConfigMapKeyRef, FromSecret, SecretKeyRef, SecretValue};
 
 /// A data plane: its settings (the `spec` of `SealGatewayConfig`), its size, and which resources it serves.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -41,6 +41,9 @@ pub struct SealGatewaySpec {
     /// OpenTelemetry traces of the data plane; absent, tracing is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingSettings>,
+    /// Certificates of the data plane's outbound HTTPS, mounted into its pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_tls: Option<OutboundTls>,
     #[serde(flatten)]
     pub settings: GatewaySettings,
 }
@@ -81,6 +84,34 @@ pub struct TracingSettings {
     /// `authorization=Bearer%20<token>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<FromSecret>,
+}
+
+/// Certificates for every HTTPS request the data plane makes (its `outbound` settings), mounted
+/// by the operator from the gateway's namespace. A change of these references rolls the pods; a
+/// renewed Secret or ConfigMap reaches running pods through the kubelet and is used for new
+/// connections, without a restart.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundTls {
+    /// CA certificates (PEM) trusted in addition to the system's: one key of a ConfigMap (e.g. a
+    /// trust-manager bundle) or of a Secret (e.g. the `ca.crt` of a cert-manager certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaBundleRef>,
+    /// Name of a `kubernetes.io/tls` Secret (`tls.crt` and `tls.key`, e.g. issued by
+    /// cert-manager) whose certificate is presented to servers that ask for one (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub client_certificate_secret: Option<String>,
+}
+
+/// Where a CA bundle is: exactly one of the two references.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaBundleRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<ConfigMapKeyRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
 }
 
 /// Which Workflow, CliTool and SecurityContext resources a gateway serves.
@@ -144,6 +175,8 @@ pub struct GatewaySettings {
     pub ui: UiSettings,
     #[serde(default)]
     pub audit: AuditSettings,
+    #[serde(default)]
+    pub outbound: OutboundSettings,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -416,6 +449,26 @@ impl Default for UiSettings {
     fn default() -> Self {
         Self { enabled: true }
     }
+}
+
+/// Every HTTP request the data plane makes: workflow steps' upstream APIs, OpenBao, Keycloak, the
+/// semantic judge, JWKS documents and OpenAPI documents fetched by URL. HTTPS servers are trusted
+/// by the system's certificate store plus `ca_file`. The files are re-read when they change (a
+/// rotated Secret), for new connections.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct OutboundSettings {
+    /// PEM file of CA certificates trusted in addition to the system's, for servers signed by an
+    /// internal CA. In a SealGateway, set `outbound_tls.ca` instead: the operator mounts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// PEM file of the client certificate (and its chain) presented to servers that ask for one
+    /// (mutual TLS). Requires `client_key_file`. In a SealGateway, set
+    /// `outbound_tls.client_certificate` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_file: Option<String>,
+    /// PEM file of the client certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<String>,
 }
 
 /// Audit trail integrity and retention (`gateway_events`, docs/audit.md).

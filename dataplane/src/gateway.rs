@@ -79,6 +79,8 @@ pub struct RunningGateway {
     /// Signs audit checkpoints on a timer and purges expired events (docs/audit.md).
     audit_tasks: AuditTasks,
     sessions_gauge: JoinHandle<()>,
+    /// Takes renewed outbound TLS files on.
+    tls_follower: JoinHandle<()>,
 }
 
 impl RunningGateway {
@@ -96,17 +98,13 @@ impl RunningGateway {
                 "no SEAL token key configured (seal_jwt_public_key_pem, seal_jwt_eddsa_public_key_pem): every invocation will be refused"
             );
         }
-        let operator_auth = if auth.disabled {
-            None
-        } else {
-            let http = reqwest::Client::builder()
-                .build()
-                .map_err(|e| StartError::Config(format!("cannot build the JWKS client: {e}")))?;
-            Some(OperatorAuthenticator::new(
-                OperatorAuthConfig::from_settings(auth),
-                http,
-            ))
-        };
+        let metrics = Metrics::new();
+        let http = HttpClient::new(HttpClientConfig::from_settings(&config.settings.outbound))
+            .map_err(|e| StartError::Config(format!("cannot build the outbound HTTP client: {e}")))?
+            .with_metrics(metrics.clone());
+        let operator_auth = (!auth.disabled).then(|| {
+            OperatorAuthenticator::new(OperatorAuthConfig::from_settings(auth), http.clone())
+        });
         // Served: the declarative snapshot plus the REST objects stored in the database.
         let base = Entries::from(with_default_contexts(snapshot));
         let revision = db
@@ -116,10 +114,6 @@ impl RunningGateway {
         let served = registry::served_for(&db, &base)
             .await
             .map_err(StartError::Config)?;
-        let metrics = Metrics::new();
-        let http = HttpClient::new(HttpClientConfig::default())
-            .map_err(|e| StartError::Config(format!("cannot build the upstream HTTP client: {e}")))?
-            .with_metrics(metrics.clone());
         let credentials =
             CredentialResolver::new(&config.settings.credentials, http.clone(), db.clone())
                 .map_err(StartError::Config)?;
@@ -152,6 +146,7 @@ impl RunningGateway {
             .map_err(|source| StartError::Listen { addr, source })?;
         let network = &config.settings.network;
         let sessions_gauge = tokio::spawn(metrics.clone().refresh_sessions_active(db.clone()));
+        let tls_follower = tokio::spawn(http.clone().follow_tls_files());
         let state = Arc::new(GatewayState {
             audit: AuditWriter::start(db.clone(), metrics.clone(), replay.pending()),
             metrics,
@@ -184,6 +179,7 @@ impl RunningGateway {
             rest_follower,
             audit_tasks,
             sessions_gauge,
+            tls_follower,
         })
     }
 
@@ -212,6 +208,7 @@ impl RunningGateway {
         // After the drain every accepted event is committed: sign the final head.
         self.audit_tasks.stop(&self.state.db).await;
         self.sessions_gauge.abort();
+        self.tls_follower.abort();
         self.state.db.close().await;
         tracing::info!("aegis-seal-gateway stopped");
     }

@@ -145,8 +145,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .filter(|s| !s.trim().is_empty())
         .map(str::parse::<ConfigMapRef>)
         .transpose()?;
-    let http = HttpClient::new(HttpClientConfig::default())
-        .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
+    // Fetches the manifests' OpenAPI documents by URL, trusting what upstream calls trust.
+    let http = HttpClient::new(HttpClientConfig::from_settings(&config.settings.outbound))
+        .map_err(|e| anyhow::anyhow!("cannot build the outbound HTTP client: {e}"))?;
     let folder = match &cluster {
         Some(_) => None,
         None => cli.manifests.as_deref(),
@@ -211,7 +212,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
 
     let mut watchers = Watchers::default();
+    let mut tls_follower = None;
     if let Some(watch) = folder_watch.filter(FolderWatch::watches_anything) {
+        // The watcher fetches the folder's OpenAPI documents with this client, for as long as
+        // the gateway runs: it takes renewed TLS files on, as the gateway's own client does.
+        tls_follower = Some(tokio::spawn(http.clone().follow_tls_files()));
         let stop = watchers.stop_signal();
         watchers.push(watch.spawn(gateway.state.clone(), config.settings.clone(), http, stop));
     }
@@ -229,6 +234,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     shutdown_signal().await;
     watchers.stop().await;
+    if let Some(follower) = tls_follower {
+        follower.abort();
+    }
     if let Some(exporter) = exporter {
         exporter.shutdown().await;
     }

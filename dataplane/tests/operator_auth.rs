@@ -12,6 +12,7 @@ use aegis_seal_gateway::domain::tenancy::IdentityKind;
 use aegis_seal_gateway::infrastructure::auth::operator::{
     OperatorAuthConfig, OperatorAuthError, OperatorAuthenticator, OperatorIdentity,
 };
+use aegis_seal_gateway::infrastructure::http_client::{HttpClient, HttpClientConfig};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
@@ -276,7 +277,8 @@ fn config(server: &JwksServer) -> OperatorAuthConfig {
 }
 
 fn authenticator(config: OperatorAuthConfig) -> Arc<OperatorAuthenticator> {
-    Arc::new(OperatorAuthenticator::new(config, reqwest::Client::new()))
+    let http = HttpClient::new(HttpClientConfig::default()).expect("the default client builds");
+    Arc::new(OperatorAuthenticator::new(config, http))
 }
 
 async fn standard() -> (JwksServer, Arc<OperatorAuthenticator>) {

@@ -111,8 +111,14 @@ fn starts_stops_and_restarts_on_the_same_postgres_database() {
 
 /// Runs the gateway expecting it to refuse to start; returns its one stderr line.
 fn refused(dir: &Path, args: &[&str]) -> String {
+    refused_with(dir, args, &[])
+}
+
+/// [`refused`], with more environment variables.
+fn refused_with(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> String {
     let out = gateway_command(dir, &support::sqlite_url(dir), support::free_port())
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -203,5 +209,39 @@ fn bad_configuration_fails_at_start_with_one_line_naming_file_document_and_field
             "error: {}: document 1 (CliTool git): spec.timeout: unknown field",
             file.display()
         )
+    );
+}
+
+#[test]
+fn an_unusable_outbound_tls_file_fails_at_start_naming_the_setting_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let missing = d.join("corp-ca.crt");
+    let line = refused_with(d, &[], &[("SEAL_GATEWAY_OUTBOUND_CA_FILE", &missing)]);
+    assert_eq!(
+        line,
+        format!(
+            "error: cannot build the outbound HTTP client: HTTP client setup failed: outbound.ca_file {}: cannot read: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
+
+    let cert = d.join("tls.crt");
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    let line = refused_with(
+        d,
+        &[],
+        &[
+            ("SEAL_GATEWAY_OUTBOUND_CLIENT_CERTIFICATE_FILE", &cert),
+            ("SEAL_GATEWAY_OUTBOUND_CLIENT_KEY_FILE", &cert),
+        ],
+    );
+    assert!(
+        line.starts_with(&format!(
+            "error: cannot build the outbound HTTP client: HTTP client setup failed: outbound.client_certificate_file {} with outbound.client_key_file {}: ",
+            cert.display(),
+            cert.display()
+        )),
+        "{line}"
     );
 }

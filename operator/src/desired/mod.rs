@@ -3,6 +3,7 @@
 
 mod config;
 mod config_maps;
+mod outbound_tls;
 mod rbac;
 mod workload;
 
@@ -139,8 +140,10 @@ pub fn desired_objects_with_limits(
     }
     let http_port = workload::http_port(&spec.settings)?;
     let tracing_env = workload::tracing_env(spec.tracing.as_ref())?;
+    let mut settings = spec.settings.clone();
+    let tls_mounts = outbound_tls::mounts(spec.outbound_tls.as_ref(), &mut settings)?;
 
-    let config = config_file(&ctx.name, &spec.settings).map_err(DesiredError::Encode)?;
+    let config = config_file(&ctx.name, &settings).map_err(DesiredError::Encode)?;
     let restart_hash = restart_hash(&config, &ctx.image);
     let maps = config_maps::snapshot_config_maps(&ctx, &config.yaml, &compiled.snapshot, limits)?;
     let config_map_names: Vec<String> = std::iter::once(&maps.main)
@@ -158,11 +161,14 @@ pub fn desired_objects_with_limits(
         service: workload::service(&ctx),
         deployment: workload::deployment(
             &ctx,
-            replicas,
-            http_port,
-            &config.secret_env,
-            tracing_env,
-            &restart_hash,
+            workload::PodInputs {
+                replicas,
+                http_port,
+                secret_env: &config.secret_env,
+                tracing_env,
+                tls: tls_mounts,
+                restart_hash: &restart_hash,
+            },
             spec,
         ),
         pod_disruption_budget: workload::pod_disruption_budget(&ctx),

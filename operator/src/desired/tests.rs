@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use aegis_seal_crds::gateway::GatewaySettings;
 use aegis_seal_crds::manifest::strict;
 use aegis_seal_crds::{Compiled, Resources, compile};
-use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, EnvVarSource, SecretKeySelector};
+use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, EnvVarSource, SecretKeySelector, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
@@ -405,6 +405,124 @@ fn unusable_tracing_settings_are_refused_with_a_reason() {
 }
 
 #[test]
+fn outbound_tls_mounts_whole_volumes_and_points_the_settings_at_them() {
+    let d = desired(json!({"outbound_tls": {
+        "ca": {"config_map_key_ref": {"name": "corp-trust", "key": "bundle.pem"}},
+        "client_certificate_secret": "gateway-client-tls"
+    }}));
+    let pod = d.deployment.spec.template.spec.clone().unwrap();
+    let volumes = pod.volumes.unwrap();
+    let ca = volumes.iter().find(|v| v.name == "outbound-ca").unwrap();
+    assert_eq!(
+        serde_json::to_value(ca).unwrap(),
+        json!({"name": "outbound-ca", "configMap": {
+            "name": "corp-trust", "items": [{"key": "bundle.pem", "path": "ca.crt"}]
+        }})
+    );
+    let client = volumes
+        .iter()
+        .find(|v| v.name == "outbound-client")
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(client).unwrap(),
+        json!({"name": "outbound-client", "secret": {
+            "secretName": "gateway-client-tls",
+            "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+            "defaultMode": 0o440
+        }})
+    );
+    // Directories, not `subPath` files: the kubelet then swaps in a renewed Secret.
+    let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+    for (name, dir) in [
+        ("outbound-ca", "/etc/seal-gateway/outbound-ca"),
+        ("outbound-client", "/etc/seal-gateway/outbound-client"),
+    ] {
+        let m = mounts.iter().find(|m| m.name == name).unwrap();
+        assert_eq!(
+            (m.mount_path.as_str(), m.read_only, m.sub_path.as_deref()),
+            (dir, Some(true), None)
+        );
+    }
+    let outbound = &config_document(&d).spec.outbound;
+    assert_eq!(
+        outbound.ca_file.as_deref(),
+        Some("/etc/seal-gateway/outbound-ca/ca.crt")
+    );
+    assert_eq!(
+        outbound.client_certificate_file.as_deref(),
+        Some("/etc/seal-gateway/outbound-client/tls.crt")
+    );
+    assert_eq!(
+        outbound.client_key_file.as_deref(),
+        Some("/etc/seal-gateway/outbound-client/tls.key")
+    );
+
+    // A CA from a Secret (cert-manager's ca.crt); no client certificate.
+    let d = desired(json!({"outbound_tls": {
+        "ca": {"secret_key_ref": {"name": "upstream-ca", "key": "ca.crt"}}
+    }}));
+    let volumes = pod_volumes(&d);
+    let ca = volumes.iter().find(|v| v.name == "outbound-ca").unwrap();
+    let secret = ca.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("upstream-ca"));
+    assert!(!volumes.iter().any(|v| v.name == "outbound-client"));
+    let outbound = &config_document(&d).spec.outbound;
+    assert!(outbound.client_certificate_file.is_none() && outbound.client_key_file.is_none());
+
+    // Without outbound_tls the pod is as it was, and the settings' own files pass through.
+    let d = desired(json!({"outbound": {"ca_file": "/etc/ssl/certs/corp.pem"}}));
+    let volumes = pod_volumes(&d);
+    assert_eq!(volumes.len(), 3);
+    assert_eq!(
+        config_document(&d).spec.outbound.ca_file.as_deref(),
+        Some("/etc/ssl/certs/corp.pem")
+    );
+}
+
+fn pod_volumes(d: &Desired) -> Vec<Volume> {
+    let pod = d.deployment.spec.template.spec.as_ref().unwrap();
+    pod.volumes.clone().unwrap()
+}
+
+#[test]
+fn unusable_outbound_tls_is_refused_with_a_reason() {
+    let c = compiled(0);
+    let err = |spec: Value| {
+        desired_objects(&fixtures::gateway(spec), &c, IMAGE)
+            .unwrap_err()
+            .to_string()
+    };
+    let exactly_one =
+        "spec.outbound_tls.ca: set exactly one of config_map_key_ref and secret_key_ref";
+    assert_eq!(err(json!({"outbound_tls": {"ca": {}}})), exactly_one);
+    assert_eq!(
+        err(json!({"outbound_tls": {"ca": {
+            "config_map_key_ref": {"name": "a", "key": "ca.crt"},
+            "secret_key_ref": {"name": "b", "key": "ca.crt"}
+        }}})),
+        exactly_one
+    );
+    assert_eq!(
+        err(json!({"outbound_tls": {"ca": {"secret_key_ref": {"name": " ", "key": "ca.crt"}}}})),
+        "spec.outbound_tls.ca.secret_key_ref.name: must name an object in the gateway's namespace"
+    );
+    assert_eq!(
+        err(json!({
+            "outbound": {"ca_file": "/etc/ssl/corp.pem"},
+            "outbound_tls": {"ca": {"config_map_key_ref": {"name": "corp", "key": "ca.crt"}}}
+        })),
+        "spec.outbound.ca_file: set either spec.outbound_tls.ca (the operator mounts it) or spec.outbound.ca_file (a file already in the image), not both"
+    );
+    assert_eq!(
+        err(json!({
+            "outbound": {"client_key_file": "/k.pem"},
+            "outbound_tls": {"client_certificate_secret": "client"}
+        })),
+        "spec.outbound.client_certificate_file: set either spec.outbound_tls.client_certificate_secret (the operator mounts it) or spec.outbound.client_certificate_file (a file already in the image), not both"
+    );
+}
+
+#[test]
 fn spec_image_and_listener_ports_are_used() {
     let d = desired(json!({
         "image": "registry.local/seal:2",
@@ -628,6 +746,8 @@ fn every_settings_change_rolls_the_pods_and_nothing_else_does() {
         json!({"cli": {"semantic_judge_url": "http://judge"}}),
         json!({"ui": {"enabled": false}}),
         json!({"audit": {"retention_days": 30}}),
+        json!({"outbound": {"ca_file": "/etc/ssl/corp.pem"}}),
+        json!({"outbound_tls": {"client_certificate_secret": "client-tls"}}),
     ];
     for patch in restart {
         let (h, _) = hash(patch.clone());

@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::SecretEnv;
+use super::outbound_tls;
 use super::{
     CONFIG_FILE_KEY, CONFIG_MOUNT_DIR, CONFIGMAP_ENV, DATA_DIR, DesiredError, GatewayContext,
     HTTP_PORT, METRICS_PORT, RESTART_HASH_ANNOTATION, RUN_AS_USER,
@@ -152,15 +153,30 @@ fn runtime_default_seccomp() -> SeccompProfile {
     }
 }
 
+/// What the data-plane Deployment is made of beside the gateway's spec, each computed (and
+/// checked) from it first.
+pub(super) struct PodInputs<'a> {
+    pub replicas: i32,
+    pub http_port: i32,
+    pub secret_env: &'a [SecretEnv],
+    pub tracing_env: Vec<EnvVar>,
+    pub tls: outbound_tls::Mounts,
+    pub restart_hash: &'a str,
+}
+
 pub(super) fn deployment(
     ctx: &GatewayContext,
-    replicas: i32,
-    http_port: i32,
-    secret_env: &[SecretEnv],
-    tracing_env: Vec<EnvVar>,
-    restart_hash: &str,
+    inputs: PodInputs<'_>,
     spec: &SealGatewaySpec,
 ) -> Deployment {
+    let PodInputs {
+        replicas,
+        http_port,
+        secret_env,
+        tracing_env,
+        tls,
+        restart_hash,
+    } = inputs;
     let cli_containers = &spec.cli_containers;
     let mut env_vars = vec![
         env(
@@ -217,6 +233,10 @@ pub(super) fn deployment(
         ..Default::default()
     };
     let mut volumes = volumes(ctx);
+    volumes.extend(tls.volumes);
+    if let Some(mounts) = container.volume_mounts.as_mut() {
+        mounts.extend(tls.mounts);
+    }
     if cli_containers.enabled {
         // podman's image store, container state and runtime files: writable, per pod.
         for (name, path) in PODMAN_VOLUMES {

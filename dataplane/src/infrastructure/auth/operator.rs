@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use crate::domain::tenancy::IdentityKind;
+use crate::infrastructure::http_client::HttpClient;
 
 /// Claim holding the operator role when `operator_role_claim` is unset.
 pub const DEFAULT_ROLE_CLAIM: &str = "aegis_role";
@@ -287,7 +288,7 @@ struct RefreshState {
 /// Verifies operator JWTs. Cheap to share behind an `Arc`.
 pub struct OperatorAuthenticator {
     config: OperatorAuthConfig,
-    http: reqwest::Client,
+    http: HttpClient,
     keys: ArcSwapOption<KeySet>,
     refresh: tokio::sync::Mutex<RefreshState>,
     validation: [(Algorithm, Validation); 3],
@@ -313,7 +314,7 @@ fn signature_only(algorithm: Algorithm) -> (Algorithm, Validation) {
 }
 
 impl OperatorAuthenticator {
-    pub fn new(config: OperatorAuthConfig, http: reqwest::Client) -> Self {
+    pub fn new(config: OperatorAuthConfig, http: HttpClient) -> Self {
         if jsonwebtoken::crypto::CryptoProvider::try_get_default().is_none() {
             tracing::error!(
                 "no jsonwebtoken crypto provider: every operator token will be refused"
@@ -494,6 +495,7 @@ impl OperatorAuthenticator {
     async fn fetch_unbounded(&self) -> Result<KeySet, String> {
         let mut response = self
             .http
+            .reqwest()
             .get(&self.config.jwks_uri)
             .header(http::header::ACCEPT, "application/json")
             .send()

@@ -247,6 +247,9 @@ fn resolve_env_references(s: &mut GatewaySettings, sources: &ConfigSources<'_>) 
     }
     optional(&mut s.cli.orchestrator_url);
     required(&mut s.cli.nfs_server_host);
+    optional(&mut s.outbound.ca_file);
+    optional(&mut s.outbound.client_certificate_file);
+    optional(&mut s.outbound.client_key_file);
 
     // Empty optional settings mean "unset".
     for field in [
@@ -260,6 +263,9 @@ fn resolve_env_references(s: &mut GatewaySettings, sources: &ConfigSources<'_>) 
         &mut s.cli.container_cli,
         &mut s.cli.semantic_judge_url,
         &mut s.cli.orchestrator_url,
+        &mut s.outbound.ca_file,
+        &mut s.outbound.client_certificate_file,
+        &mut s.outbound.client_key_file,
     ] {
         if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
             *field = None;
@@ -419,6 +425,15 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
     {
         s.cli.nfs_mount_port = port;
     }
+    set_opt(&mut s.outbound.ca_file, "SEAL_GATEWAY_OUTBOUND_CA_FILE");
+    set_opt(
+        &mut s.outbound.client_certificate_file,
+        "SEAL_GATEWAY_OUTBOUND_CLIENT_CERTIFICATE_FILE",
+    );
+    set_opt(
+        &mut s.outbound.client_key_file,
+        "SEAL_GATEWAY_OUTBOUND_CLIENT_KEY_FILE",
+    );
     if let Some(v) = src.var("SEAL_GATEWAY_UI_ENABLED") {
         s.ui.enabled = !v.trim().eq_ignore_ascii_case("false");
     }
@@ -523,6 +538,12 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
     }
     if !(1..=60_000).contains(&s.cli.semantic_judge_timeout_ms) {
         return Err("spec.cli.semantic_judge_timeout_ms: must be between 1 and 60000".into());
+    }
+    if s.outbound.client_certificate_file.is_some() != s.outbound.client_key_file.is_some() {
+        return Err(
+            "spec.outbound.client_certificate_file and spec.outbound.client_key_file must be set together"
+                .into(),
+        );
     }
     if !s.auth.disabled && s.auth.operator_jwks_uri.trim().is_empty() {
         return Err("spec.auth.operator_jwks_uri is required when auth is enabled".into());

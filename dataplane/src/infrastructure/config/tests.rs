@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use aegis_seal_crds::gateway::{
     AuditSettings, AuthSettings, CliSettings, CredentialSettings, DatabaseSettings,
-    GatewaySettings, NetworkSettings, UiSettings,
+    GatewaySettings, NetworkSettings, OutboundSettings, UiSettings,
 };
 use aegis_seal_crds::{SecretKeyRef, SecretValue};
 use tempfile::TempDir;
@@ -181,6 +181,11 @@ fn spec_defaults() -> GatewaySettings {
             retention_days: None,
             purge_interval_secs: 3600,
             purge_batch_size: 5000,
+        },
+        outbound: OutboundSettings {
+            ca_file: None,
+            client_certificate_file: None,
+            client_key_file: None,
         },
     }
 }
@@ -395,7 +400,11 @@ cli:
   semantic_judge_url: env:V_JUDGE
   semantic_judge_token: env:V_JUDGE_TOKEN
   orchestrator_url: env:V_ORCH
-  nfs_server_host: env:V_NFS";
+  nfs_server_host: env:V_NFS
+outbound:
+  ca_file: env:V_CA
+  client_certificate_file: env:V_CERT
+  client_key_file: env:V_KEY";
 
 #[test]
 fn env_references_are_replaced_in_every_supported_field() {
@@ -421,6 +430,9 @@ fn env_references_are_replaced_in_every_supported_field() {
         ("V_JUDGE_TOKEN", "judge-token"),
         ("V_ORCH", "http://orchestrator"),
         ("V_NFS", "10.0.0.5"),
+        ("V_CA", "/etc/ca.crt"),
+        ("V_CERT", "/etc/tls.crt"),
+        ("V_KEY", "/etc/tls.key"),
     ]);
     let (path, result) = sandbox.load_config_text(&config_yaml(ALL_ENV_REFERENCES));
     let config = result.expect("loads");
@@ -468,6 +480,11 @@ fn env_references_are_replaced_in_every_supported_field() {
         },
         ui: UiSettings { enabled: true },
         audit: spec_defaults().audit,
+        outbound: OutboundSettings {
+            ca_file: Some("/etc/ca.crt".into()),
+            client_certificate_file: Some("/etc/tls.crt".into()),
+            client_key_file: Some("/etc/tls.key".into()),
+        },
     };
     assert_eq!(config.settings, expected);
 }
@@ -724,7 +741,11 @@ cli:
   nfs_port: 1111
   nfs_mount_port: 2222
 ui:
-  enabled: false";
+  enabled: false
+outbound:
+  ca_file: /file/ca.crt
+  client_certificate_file: /file/tls.crt
+  client_key_file: /file/tls.key";
 
 fn file_values() -> GatewaySettings {
     GatewaySettings {
@@ -770,6 +791,11 @@ fn file_values() -> GatewaySettings {
         },
         ui: UiSettings { enabled: false },
         audit: spec_defaults().audit,
+        outbound: OutboundSettings {
+            ca_file: Some("/file/ca.crt".into()),
+            client_certificate_file: Some("/file/tls.crt".into()),
+            client_key_file: Some("/file/tls.key".into()),
+        },
     }
 }
 
@@ -816,6 +842,12 @@ fn every_override_replaces_the_file_value() {
         ("SEAL_GATEWAY_SEMANTIC_JUDGE_TOKEN", "env-judge-token"),
         ("SEAL_GATEWAY_SEMANTIC_JUDGE_TIMEOUT_MS", "9000"),
         ("SEAL_GATEWAY_ORCHESTRATOR_URL", "http://env-orch"),
+        ("SEAL_GATEWAY_OUTBOUND_CA_FILE", "/env/ca.crt"),
+        (
+            "SEAL_GATEWAY_OUTBOUND_CLIENT_CERTIFICATE_FILE",
+            "/env/tls.crt",
+        ),
+        ("SEAL_GATEWAY_OUTBOUND_CLIENT_KEY_FILE", "/env/tls.key"),
         ("SEAL_GATEWAY_NFS_HOST", "env-nfs"),
         ("SEAL_GATEWAY_NFS_PORT", "3049"),
         ("SEAL_GATEWAY_NFS_MOUNT_PORT", "30048"),
@@ -866,6 +898,11 @@ fn every_override_replaces_the_file_value() {
         },
         ui: UiSettings { enabled: true },
         audit: spec_defaults().audit,
+        outbound: OutboundSettings {
+            ca_file: Some("/env/ca.crt".into()),
+            client_certificate_file: Some("/env/tls.crt".into()),
+            client_key_file: Some("/env/tls.key".into()),
+        },
     };
     assert_eq!(config.settings, expected);
     assert_eq!(config.database_url(), "postgres://env/db");
@@ -1267,7 +1304,7 @@ fn secret_key_refs_are_refused_in_a_config_file() {
 }
 
 #[test]
-fn judge_timeouts_out_of_range_are_refused() {
+fn judge_timeouts_out_of_range_and_half_a_client_identity_are_refused() {
     for timeout in [0, 60_001] {
         let text = config_yaml(&format!(
             "{AUTH_OFF}\ncli:\n  semantic_judge_timeout_ms: {timeout}"
@@ -1275,6 +1312,16 @@ fn judge_timeouts_out_of_range_are_refused() {
         assert_eq!(
             config_error(&text),
             "spec.cli.semantic_judge_timeout_ms: must be between 1 and 60000"
+        );
+    }
+    for outbound in [
+        "client_certificate_file: /tls.crt",
+        "client_key_file: /tls.key",
+    ] {
+        let text = config_yaml(&format!("{AUTH_OFF}\noutbound:\n  {outbound}"));
+        assert_eq!(
+            config_error(&text),
+            "spec.outbound.client_certificate_file and spec.outbound.client_key_file must be set together"
         );
     }
 }

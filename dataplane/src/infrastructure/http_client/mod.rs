@@ -8,8 +8,10 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -19,8 +21,10 @@ use crate::infrastructure::metrics::Metrics;
 use crate::infrastructure::telemetry;
 use tracing::Instrument;
 
+mod tls;
 mod trace_context;
 
+pub use tls::OutboundTls;
 pub use trace_context::{TraceContext, with_trace_context};
 
 /// Most redirects followed for one request.
@@ -50,6 +54,18 @@ pub struct HttpClientConfig {
     pub allow_cross_origin_redirects: bool,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: Duration,
+    /// CA certificates and client certificate beyond the system trust store.
+    pub tls: OutboundTls,
+}
+
+impl HttpClientConfig {
+    /// The defaults, with the `outbound` settings' TLS files.
+    pub fn from_settings(outbound: &aegis_seal_crds::gateway::OutboundSettings) -> Self {
+        Self {
+            tls: OutboundTls::from_settings(outbound),
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for HttpClientConfig {
@@ -61,6 +77,7 @@ impl Default for HttpClientConfig {
             allow_link_local: false,
             allow_cross_origin_redirects: false,
             pool_idle_timeout: Duration::from_secs(90),
+            tls: OutboundTls::default(),
         }
     }
 }
@@ -192,61 +209,83 @@ impl HttpClientError {
     }
 }
 
+/// How often [`HttpClient::follow_tls_files`] looks at the TLS files.
+pub const TLS_FILES_POLL: Duration = Duration::from_secs(10);
+
 /// The shared outbound client. Cheap to clone: clones share one connection pool.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    client: reqwest::Client,
+    /// Replaced whole when the TLS files change; requests already sent finish on the old one.
+    client: Arc<ArcSwap<reqwest::Client>>,
+    /// The TLS files as last read (or last found unusable, so a bad file is reported once).
+    tls_stamp: Arc<Mutex<tls::Stamp>>,
     config: HttpClientConfig,
     /// Where each request's latency and outcome are recorded, per upstream (`host:port`).
     metrics: Option<Metrics>,
 }
 
 impl HttpClient {
+    /// Builds the client. Fails on TLS files that cannot be read or parsed.
     pub fn new(config: HttpClientConfig) -> Result<Self, HttpClientError> {
-        let allow_link_local = config.allow_link_local;
-        let allow_cross_origin = config.allow_cross_origin_redirects;
-        let policy = redirect::Policy::custom(move |attempt| {
-            // `previous` starts with the original URL, which is not a redirect.
-            if attempt.previous().len() > MAX_REDIRECTS {
-                return attempt.error(RedirectRefused(format!(
-                    "too many redirects (more than {MAX_REDIRECTS})"
-                )));
-            }
-            let next = attempt.url();
-            // Literal addresses never reach the resolver, so they are checked here.
-            if !allow_link_local && let Err(blocked) = check_url_host(next) {
-                return attempt.error(blocked);
-            }
-            if !allow_cross_origin
-                && let Some(first) = attempt.previous().first()
-                && first.origin() != next.origin()
-            {
-                let origin = next.origin().ascii_serialization();
-                return attempt.error(RedirectRefused(format!(
-                    "redirect to another origin ({origin}) refused"
-                )));
-            }
-            attempt.follow()
-        });
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .redirect(policy)
-            .user_agent(concat!("aegis-seal-gateway/", env!("CARGO_PKG_VERSION")))
-            .tls_backend_rustls()
-            .no_proxy();
-        if !allow_link_local {
-            builder = builder.dns_resolver(GuardedResolver);
-        }
-        let client = builder
-            .build()
-            .map_err(|e| HttpClientError::Setup(error_chain(&e)))?;
+        let tls_stamp = config.tls.stamp();
+        let client = build_client(&config)?;
         Ok(Self {
-            client,
+            client: Arc::new(ArcSwap::from_pointee(client)),
+            tls_stamp: Arc::new(Mutex::new(tls_stamp)),
             config,
             metrics: None,
         })
+    }
+
+    /// The underlying client now in effect, for a caller that reads a response its own way (the
+    /// operator JWKS). It has this client's TLS, redirect and destination rules.
+    pub fn reqwest(&self) -> reqwest::Client {
+        reqwest::Client::clone(&self.client.load())
+    }
+
+    /// Rebuilds the client when a TLS file changed since it was last read, so that a renewed
+    /// certificate is used for new connections without a restart. Returns what happened, if
+    /// anything did: `Err` when the new files are unusable (the current client keeps serving).
+    pub fn reload_tls_if_changed(&self) -> Option<Result<(), String>> {
+        let stamp = self.config.tls.stamp();
+        {
+            let mut last = self.tls_stamp.lock().unwrap_or_else(|e| e.into_inner());
+            if *last == stamp {
+                return None;
+            }
+            *last = stamp;
+        }
+        Some(match build_client(&self.config) {
+            Ok(client) => {
+                self.client.store(Arc::new(client));
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        })
+    }
+
+    /// Polls the TLS files every [`TLS_FILES_POLL`] and takes changed ones on; runs until dropped.
+    /// Nothing to do without TLS files.
+    pub async fn follow_tls_files(self) {
+        if self.config.tls.is_empty() {
+            return;
+        }
+        let mut ticks = tokio::time::interval(TLS_FILES_POLL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            match self.reload_tls_if_changed() {
+                None => {}
+                Some(Ok(())) => tracing::info!(
+                    "outbound TLS files changed; new connections use the new certificates"
+                ),
+                Some(Err(e)) => tracing::warn!(
+                    error = %e,
+                    "outbound TLS files changed but are unusable; the previous certificates stay in use"
+                ),
+            }
+        }
     }
 
     /// Records every request of this client (and its clones) in `metrics`.
@@ -353,6 +392,7 @@ impl HttpClient {
         let exchange = async {
             let mut builder = self
                 .client
+                .load()
                 .request(req.method.clone(), req.url)
                 .headers(headers)
                 .timeout(timeout);
@@ -403,6 +443,50 @@ impl HttpClient {
             }),
         }
     }
+}
+
+/// A client with `config`'s bounds, redirect and destination rules, and TLS files read now.
+fn build_client(config: &HttpClientConfig) -> Result<reqwest::Client, HttpClientError> {
+    let tls = config.tls.read().map_err(HttpClientError::Setup)?;
+    let allow_link_local = config.allow_link_local;
+    let allow_cross_origin = config.allow_cross_origin_redirects;
+    let policy = redirect::Policy::custom(move |attempt| {
+        // `previous` starts with the original URL, which is not a redirect.
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(RedirectRefused(format!(
+                "too many redirects (more than {MAX_REDIRECTS})"
+            )));
+        }
+        let next = attempt.url();
+        // Literal addresses never reach the resolver, so they are checked here.
+        if !allow_link_local && let Err(blocked) = check_url_host(next) {
+            return attempt.error(blocked);
+        }
+        if !allow_cross_origin
+            && let Some(first) = attempt.previous().first()
+            && first.origin() != next.origin()
+        {
+            let origin = next.origin().ascii_serialization();
+            return attempt.error(RedirectRefused(format!(
+                "redirect to another origin ({origin}) refused"
+            )));
+        }
+        attempt.follow()
+    });
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .timeout(config.request_timeout)
+        .pool_idle_timeout(config.pool_idle_timeout)
+        .redirect(policy)
+        .user_agent(concat!("aegis-seal-gateway/", env!("CARGO_PKG_VERSION")))
+        .tls_backend_rustls()
+        .no_proxy();
+    if !allow_link_local {
+        builder = builder.dns_resolver(GuardedResolver);
+    }
+    tls.apply(builder)
+        .build()
+        .map_err(|e| HttpClientError::Setup(error_chain(&e)))
 }
 
 /// The `upstream` metric label: `host:port`, never the path or query (they may carry identifiers).

@@ -259,6 +259,7 @@ pub fn changed_sections(a: &GatewaySettings, b: &GatewaySettings) -> Vec<&'stati
         cli,
         ui,
         audit,
+        outbound,
     } = a;
     [
         ("network", *network != b.network),
@@ -268,6 +269,7 @@ pub fn changed_sections(a: &GatewaySettings, b: &GatewaySettings) -> Vec<&'stati
         ("cli", *cli != b.cli),
         ("ui", *ui != b.ui),
         ("audit", *audit != b.audit),
+        ("outbound", *outbound != b.outbound),
     ]
     .into_iter()
     .filter_map(|(name, differs)| differs.then_some(name))

@@ -1,0 +1,124 @@
+//! Outbound TLS beyond the system trust store (the `outbound` settings): CA certificates trusted
+//! in addition to the system's, and a client certificate for servers that ask for one. Both come
+//! from PEM files, which a Kubernetes Secret or ConfigMap volume replaces in place when the
+//! certificate is renewed; [`OutboundTls::stamp`] tells when that happened.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use aegis_seal_crds::gateway::OutboundSettings;
+
+/// The PEM files of the `outbound` settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboundTls {
+    pub ca_file: Option<PathBuf>,
+    /// The certificate chain's file and its private key's file: both or neither (the config
+    /// check refuses one without the other).
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// What the files held when they were read.
+pub(super) struct TlsMaterial {
+    pub roots: Vec<reqwest::Certificate>,
+    pub identity: Option<reqwest::Identity>,
+}
+
+/// Each file's modification time and size, or `None` where it cannot be read. A renewed
+/// certificate changes it: the kubelet swaps a volume's files by replacing a symlink, and
+/// `fs::metadata` follows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Stamp(Vec<Option<(SystemTime, u64)>>);
+
+impl OutboundTls {
+    pub fn from_settings(settings: &OutboundSettings) -> Self {
+        Self {
+            ca_file: settings.ca_file.as_ref().map(PathBuf::from),
+            client_identity: settings
+                .client_certificate_file
+                .as_ref()
+                .zip(settings.client_key_file.as_ref())
+                .map(|(cert, key)| (PathBuf::from(cert), PathBuf::from(key))),
+        }
+    }
+
+    /// Whether there is nothing beyond the system trust store.
+    pub fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.client_identity.is_none()
+    }
+
+    fn files(&self) -> impl Iterator<Item = &Path> {
+        let identity = self
+            .client_identity
+            .iter()
+            .flat_map(|(cert, key)| [cert.as_path(), key.as_path()]);
+        self.ca_file.as_deref().into_iter().chain(identity)
+    }
+
+    pub(super) fn stamp(&self) -> Stamp {
+        Stamp(
+            self.files()
+                .map(|f| {
+                    let meta = std::fs::metadata(f).ok()?;
+                    Some((meta.modified().ok()?, meta.len()))
+                })
+                .collect(),
+        )
+    }
+
+    /// Reads and parses the files. The errors name the setting and the file, never key material.
+    pub(super) fn read(&self) -> Result<TlsMaterial, String> {
+        let mut roots = Vec::new();
+        if let Some(file) = &self.ca_file {
+            let pem = read("outbound.ca_file", file)?;
+            roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                format!(
+                    "outbound.ca_file {}: not a PEM certificate bundle: {}",
+                    file.display(),
+                    super::error_chain(&e)
+                )
+            })?;
+            if roots.is_empty() {
+                return Err(format!(
+                    "outbound.ca_file {}: holds no PEM certificate",
+                    file.display()
+                ));
+            }
+        }
+        let identity = match &self.client_identity {
+            None => None,
+            Some((cert_file, key_file)) => {
+                let mut pem = read("outbound.client_certificate_file", cert_file)?;
+                if !pem.ends_with(b"\n") {
+                    pem.push(b'\n');
+                }
+                pem.extend(read("outbound.client_key_file", key_file)?);
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    format!(
+                        "outbound.client_certificate_file {} with outbound.client_key_file {}: not a PEM certificate and private key: {}",
+                        cert_file.display(),
+                        key_file.display(),
+                        super::error_chain(&e)
+                    )
+                })?;
+                Some(identity)
+            }
+        };
+        Ok(TlsMaterial { roots, identity })
+    }
+}
+
+impl TlsMaterial {
+    pub(super) fn apply(self, mut builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        if !self.roots.is_empty() {
+            builder = builder.tls_certs_merge(self.roots);
+        }
+        if let Some(identity) = self.identity {
+            builder = builder.identity(identity);
+        }
+        builder
+    }
+}
+
+fn read(setting: &str, file: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(file).map_err(|e| format!("{setting} {}: cannot read: {e}", file.display()))
+}
