@@ -11,6 +11,7 @@ use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
 use aegis_seal_gateway::infrastructure::persistence::{Database, PoolSettings};
+use aegis_seal_gateway::infrastructure::telemetry;
 
 /// Log lines written by any gateway in this test binary (the subscriber is process-wide).
 fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
@@ -18,9 +19,10 @@ fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let sink = buffer.clone();
+        // The binary's own filter for RUST_LOG=info: the lines exactly as a pod's log shows them.
         tracing_subscriber::fmt()
             .with_ansi(false)
-            .with_env_filter("info")
+            .with_env_filter(telemetry::log_filter(Some("info")))
             .with_writer(move || LogWriter(sink.clone()))
             .init();
         buffer
@@ -114,6 +116,71 @@ async fn health_never_touches_the_database_and_ready_reports_starvation() {
             "{backend}: runbook log line missing from:\n{text}"
         );
         drop((held_sqlite, held_pg));
+        gateway.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_starved_pool_answers_an_invocation_503_and_the_retried_envelope_still_counts() {
+    let logs = captured_logs();
+    let signer = support::Signer::from_vectors();
+    for (backend, url, _dir) in support::both_backends().await {
+        let pool = PoolSettings {
+            max_connections: 1,
+            min_connections: 0,
+            acquire_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let db = Database::connect_with(&url, pool).await.unwrap();
+        let now = chrono::Utc::now();
+        // Stored, not registered through the API: the session is not cached, so the call must read it.
+        db.upsert_session(&signer.session_record(now))
+            .await
+            .unwrap();
+        let config = signer.gateway_config(&[]);
+        let gateway =
+            RunningGateway::start(&config, db.clone(), Snapshot::default(), Clock::System)
+                .await
+                .unwrap();
+        let invoke = format!("http://{}/v1/invoke", gateway.local_addr);
+        let envelope = signer.envelope(
+            "no-such-tool",
+            serde_json::json!({}),
+            &uuid::Uuid::new_v4().to_string(),
+            now.timestamp(),
+        );
+        let client = reqwest::Client::new();
+
+        // Take the only connection: the invocation cannot read its session.
+        let held = match &db {
+            Database::Sqlite(p) => Box::new(p.acquire().await.unwrap()) as Box<dyn std::any::Any>,
+            Database::Postgres(p) => Box::new(p.acquire().await.unwrap()),
+        };
+        let starved = client
+            .post(&invoke)
+            .body(envelope.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(starved.status(), 503, "{backend}");
+        assert_eq!(starved.headers()["retry-after"], "1", "{backend}");
+        let body: serde_json::Value = starved.json().await.unwrap();
+        assert_eq!(body["error"], "database pool acquire timeout", "{backend}");
+        let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains(
+                "ERROR sqlx::pool: database pool acquire timed out — request path starved"
+            ),
+            "{backend}: runbook log line missing from:\n{text}"
+        );
+
+        // Nothing was consumed: the agent's retry of the same envelope is verified and reaches
+        // the catalog (no such tool), not refused as a replay.
+        drop(held);
+        let retried = client.post(&invoke).body(envelope).send().await.unwrap();
+        let status = retried.status();
+        let body: serde_json::Value = retried.json().await.unwrap();
+        assert_eq!(status, 404, "{backend}: {body}");
         gateway.shutdown().await;
     }
 }
