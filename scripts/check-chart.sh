@@ -333,7 +333,10 @@ def replace(value, path):
     if isinstance(value, dict):
         if list(value) == ["secret_key_ref"]:
             name = f"SEAL_GW_SECRET_{len(env)}"
-            sample = "postgres://seal:secret@127.0.0.1:5432/seal" if path == "spec.database.url" else "sample-secret"
+            sample = {
+                "spec.database.url": "postgres://seal:secret@127.0.0.1:5432/seal",
+                "spec.outbound.proxy_url": "http://seal:secret@egress-proxy.example:3128",
+            }.get(path, "sample-secret")
             env.append(f"{name}={sample}")
             return f"env:{name}"
         return {k: replace(v, f"{path}.{k}") for k, v in value.items()}

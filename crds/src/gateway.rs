@@ -454,7 +454,8 @@ impl Default for UiSettings {
 /// Every HTTP request the data plane makes: workflow steps' upstream APIs, OpenBao, Keycloak, the
 /// semantic judge, JWKS documents and OpenAPI documents fetched by URL. HTTPS servers are trusted
 /// by the system's certificate store plus `ca_file`. The files are re-read when they change (a
-/// rotated Secret), for new connections.
+/// rotated Secret), for new connections. Requests go direct unless `proxy_url` is set; the
+/// `HTTP_PROXY`-style environment variables are not read.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct OutboundSettings {
     /// PEM file of CA certificates trusted in addition to the system's, for servers signed by an
@@ -463,12 +464,22 @@ pub struct OutboundSettings {
     pub ca_file: Option<String>,
     /// PEM file of the client certificate (and its chain) presented to servers that ask for one
     /// (mutual TLS). Requires `client_key_file`. In a SealGateway, set
-    /// `outbound_tls.client_certificate` instead.
+    /// `outbound_tls.client_certificate_secret` instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate_file: Option<String>,
     /// PEM file of the client certificate's private key (PKCS#8, PKCS#1 or SEC1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key_file: Option<String>,
+    /// Egress proxy for every request not matched by `no_proxy`: `http://[user:password@]host:port`
+    /// (or `https://`). HTTPS goes through it with `CONNECT`; the proxy then resolves the
+    /// destination names, so it must refuse link-local and metadata addresses itself (literal
+    /// addresses and known metadata names are still refused here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_url: Option<SecretValue>,
+    /// Destinations reached directly despite `proxy_url`, as in `NO_PROXY`: host names (each also
+    /// matches its subdomains), IP addresses and CIDR blocks, e.g. `[.svc, .cluster.local, 10.0.0.0/8]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_proxy: Vec<String>,
 }
 
 /// Audit trail integrity and retention (`gateway_events`, docs/audit.md).

@@ -1,14 +1,16 @@
-//! Outbound HTTPS against real TLS servers on 127.0.0.1 whose certificates come from CAs made in
-//! the test: an internal CA trusted through `outbound.ca_file`, a server that requires a client
-//! certificate (mutual TLS), files renewed in place the way the kubelet renews a mounted Secret,
-//! and unusable files refused with a message that names the setting and the file.
+//! The outbound client's `outbound` settings against real servers on 127.0.0.1. TLS: servers
+//! whose certificates come from CAs made in the test, an internal CA trusted through
+//! `outbound.ca_file`, a server that requires a client certificate (mutual TLS), files renewed in
+//! place the way the kubelet renews a mounted Secret, and unusable files refused with a message
+//! that names the setting and the file. Proxy: an HTTP proxy that forwards plain requests and
+//! tunnels `CONNECT`, the `no_proxy` bypass, and destinations still refused before the proxy.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use aegis_seal_gateway::infrastructure::http_client::{
-    HttpClient, HttpClientConfig, HttpClientError, OutboundRequest, OutboundTls,
+    HttpClient, HttpClientConfig, HttpClientError, OutboundProxy, OutboundRequest, OutboundTls,
 };
 use bytes::Bytes;
 use http::Method;
@@ -20,7 +22,8 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use reqwest::Url;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::crypto::aws_lc_rs;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -348,4 +351,152 @@ fn unusable_files_are_refused_naming_the_setting_and_the_file() {
         "{message}"
     );
     assert!(!message.contains("PRIVATE KEY"), "{message}");
+}
+
+/// An HTTP proxy on 127.0.0.1, as an egress proxy behaves: `CONNECT host:port` opens a tunnel to
+/// it, and a request in absolute form (`GET http://host/path`) is answered by the proxy itself
+/// with what it was asked, so the test sees the request that reached it. Records each request
+/// line and its `Proxy-Authorization`.
+struct Proxy {
+    addr: SocketAddr,
+    seen: Seen,
+}
+
+/// Each request line that reached the proxy, with its `Proxy-Authorization`.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+impl Proxy {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Seen = Arc::default();
+        let recorded = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(Self::serve(client, recorded.clone()));
+            }
+        });
+        Self { addr, seen }
+    }
+
+    async fn serve(mut client: TcpStream, seen: Seen) {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let request_line = head.lines().next().unwrap_or_default().to_owned();
+        let authorization = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("proxy-authorization")
+                .then(|| value.trim().to_owned())
+        });
+        seen.lock()
+            .unwrap()
+            .push((request_line.clone(), authorization));
+        if let Some(target) = request_line
+            .strip_prefix("CONNECT ")
+            .and_then(|rest| rest.split(' ').next())
+        {
+            let Ok(mut upstream) = TcpStream::connect(target).await else {
+                let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                return;
+            };
+            let _ = client
+                .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                .await;
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        } else {
+            let body = format!("proxied {request_line}");
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = client.write_all(response.as_bytes()).await;
+        }
+    }
+
+    fn seen(&self) -> Vec<(String, Option<String>)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn proxied(proxy: &Proxy, no_proxy: &[&str], tls: OutboundTls) -> HttpClient {
+    HttpClient::new(HttpClientConfig {
+        tls,
+        proxy: Some(OutboundProxy {
+            url: format!("http://gateway:s3cret@{}", proxy.addr),
+            no_proxy: no_proxy.iter().map(|s| s.to_string()).collect(),
+        }),
+        ..HttpClientConfig::default()
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn requests_go_through_the_proxy_with_its_credentials_except_no_proxy_destinations() {
+    let proxy = Proxy::start().await;
+    // "Basic" of gateway:s3cret.
+    let credentials = Some("Basic Z2F0ZXdheTpzM2NyZXQ=".to_owned());
+
+    // A plain request: the proxy gets it in absolute form, names unresolved by the gateway.
+    let http = proxied(&proxy, &[".svc.cluster.local"], OutboundTls::default());
+    let url = Url::parse("http://billing.example.internal:8080/v1/invoices?page=2").unwrap();
+    assert_eq!(
+        get(&http, url).await.unwrap(),
+        "proxied GET http://billing.example.internal:8080/v1/invoices?page=2 HTTP/1.1"
+    );
+    assert_eq!(
+        proxy.seen(),
+        [(
+            "GET http://billing.example.internal:8080/v1/invoices?page=2 HTTP/1.1".to_owned(),
+            credentials.clone()
+        )]
+    );
+
+    // HTTPS: tunnelled with CONNECT; the TLS session (and the internal CA) is end to end.
+    let ca = Ca::new("Internal CA");
+    let server = HttpsServer::start(&ca.server(), None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let trusting = OutboundTls {
+        ca_file: Some(write(dir.path(), "ca.crt", &ca.pem)),
+        client_identity: None,
+    };
+    let http = proxied(&proxy, &[".svc.cluster.local"], trusting.clone());
+    assert_eq!(get(&http, server.url()).await.unwrap(), "ok");
+    let connect = format!("CONNECT localhost:{} HTTP/1.1", server.addr.port());
+    assert_eq!(proxy.seen().last().unwrap(), &(connect, credentials));
+
+    // A no_proxy destination is reached directly: the proxy sees nothing more.
+    let before = proxy.seen().len();
+    let http = proxied(&proxy, &["localhost"], trusting);
+    assert_eq!(get(&http, server.url()).await.unwrap(), "ok");
+    assert_eq!(proxy.seen().len(), before);
+
+    // Metadata addresses are refused before the proxy is asked.
+    let http = proxied(&proxy, &[], OutboundTls::default());
+    let metadata = Url::parse("http://169.254.169.254/latest/meta-data/").unwrap();
+    assert!(matches!(
+        get(&http, metadata).await,
+        Err(HttpClientError::BlockedDestination(_))
+    ));
+    assert_eq!(proxy.seen().len(), before);
+}
+
+#[test]
+fn the_proxy_password_never_shows_in_debug_output() {
+    let proxy = OutboundProxy {
+        url: "http://gateway:s3cret@proxy.corp:3128".into(),
+        no_proxy: vec![".svc".into()],
+    };
+    let shown = format!("{proxy:?}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("proxy.corp:3128"), "{shown}");
 }

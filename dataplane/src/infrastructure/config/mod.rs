@@ -250,6 +250,9 @@ fn resolve_env_references(s: &mut GatewaySettings, sources: &ConfigSources<'_>) 
     optional(&mut s.outbound.ca_file);
     optional(&mut s.outbound.client_certificate_file);
     optional(&mut s.outbound.client_key_file);
+    if let Some(proxy) = &mut s.outbound.proxy_url {
+        secret(proxy);
+    }
 
     // Empty optional settings mean "unset".
     for field in [
@@ -276,6 +279,7 @@ fn resolve_env_references(s: &mut GatewaySettings, sources: &ConfigSources<'_>) 
         &mut s.credentials.keycloak_client_secret,
         &mut s.audit.checkpoint_signing_key_pem,
         &mut s.cli.semantic_judge_token,
+        &mut s.outbound.proxy_url,
     ] {
         if matches!(field, Some(SecretValue::Literal(v)) if v.trim().is_empty()) {
             *field = None;
@@ -434,6 +438,15 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
         &mut s.outbound.client_key_file,
         "SEAL_GATEWAY_OUTBOUND_CLIENT_KEY_FILE",
     );
+    set_secret(&mut s.outbound.proxy_url, "SEAL_GATEWAY_OUTBOUND_PROXY_URL");
+    if let Some(list) = src.var("SEAL_GATEWAY_OUTBOUND_NO_PROXY") {
+        s.outbound.no_proxy = list
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(str::to_owned)
+            .collect();
+    }
     if let Some(v) = src.var("SEAL_GATEWAY_UI_ENABLED") {
         s.ui.enabled = !v.trim().eq_ignore_ascii_case("false");
     }
@@ -511,6 +524,7 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
             "spec.cli.semantic_judge_token",
             s.cli.semantic_judge_token.as_ref(),
         ),
+        ("spec.outbound.proxy_url", s.outbound.proxy_url.as_ref()),
     ] {
         if let Some(SecretValue::FromSecret { .. }) = value {
             return Err(format!(
@@ -538,6 +552,21 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
     }
     if !(1..=60_000).contains(&s.cli.semantic_judge_timeout_ms) {
         return Err("spec.cli.semantic_judge_timeout_ms: must be between 1 and 60000".into());
+    }
+    if let Some(SecretValue::Literal(url)) = &s.outbound.proxy_url {
+        let usable = reqwest::Url::parse(url.trim())
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        if !usable {
+            // The value is not repeated: it may carry the proxy's password.
+            return Err(
+                "spec.outbound.proxy_url: not an http:// or https:// URL with a host".into(),
+            );
+        }
+    }
+    if let Some(entry) = s.outbound.no_proxy.iter().find(|e| e.trim().is_empty()) {
+        return Err(format!(
+            "spec.outbound.no_proxy: {entry:?} is empty: list host names, addresses or CIDR blocks"
+        ));
     }
     if s.outbound.client_certificate_file.is_some() != s.outbound.client_key_file.is_some() {
         return Err(

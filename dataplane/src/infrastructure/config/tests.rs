@@ -186,6 +186,8 @@ fn spec_defaults() -> GatewaySettings {
             ca_file: None,
             client_certificate_file: None,
             client_key_file: None,
+            proxy_url: None,
+            no_proxy: Vec::new(),
         },
     }
 }
@@ -404,7 +406,8 @@ cli:
 outbound:
   ca_file: env:V_CA
   client_certificate_file: env:V_CERT
-  client_key_file: env:V_KEY";
+  client_key_file: env:V_KEY
+  proxy_url: env:V_PROXY";
 
 #[test]
 fn env_references_are_replaced_in_every_supported_field() {
@@ -433,6 +436,7 @@ fn env_references_are_replaced_in_every_supported_field() {
         ("V_CA", "/etc/ca.crt"),
         ("V_CERT", "/etc/tls.crt"),
         ("V_KEY", "/etc/tls.key"),
+        ("V_PROXY", "http://gw:pw@proxy:3128"),
     ]);
     let (path, result) = sandbox.load_config_text(&config_yaml(ALL_ENV_REFERENCES));
     let config = result.expect("loads");
@@ -484,6 +488,8 @@ fn env_references_are_replaced_in_every_supported_field() {
             ca_file: Some("/etc/ca.crt".into()),
             client_certificate_file: Some("/etc/tls.crt".into()),
             client_key_file: Some("/etc/tls.key".into()),
+            proxy_url: literal("http://gw:pw@proxy:3128"),
+            no_proxy: Vec::new(),
         },
     };
     assert_eq!(config.settings, expected);
@@ -745,7 +751,9 @@ ui:
 outbound:
   ca_file: /file/ca.crt
   client_certificate_file: /file/tls.crt
-  client_key_file: /file/tls.key";
+  client_key_file: /file/tls.key
+  proxy_url: http://file-proxy:3128
+  no_proxy: [.svc, 10.0.0.0/8]";
 
 fn file_values() -> GatewaySettings {
     GatewaySettings {
@@ -795,6 +803,8 @@ fn file_values() -> GatewaySettings {
             ca_file: Some("/file/ca.crt".into()),
             client_certificate_file: Some("/file/tls.crt".into()),
             client_key_file: Some("/file/tls.key".into()),
+            proxy_url: literal("http://file-proxy:3128"),
+            no_proxy: vec![".svc".into(), "10.0.0.0/8".into()],
         },
     }
 }
@@ -848,6 +858,11 @@ fn every_override_replaces_the_file_value() {
             "/env/tls.crt",
         ),
         ("SEAL_GATEWAY_OUTBOUND_CLIENT_KEY_FILE", "/env/tls.key"),
+        ("SEAL_GATEWAY_OUTBOUND_PROXY_URL", "https://env-proxy:3129"),
+        (
+            "SEAL_GATEWAY_OUTBOUND_NO_PROXY",
+            " .cluster.local, 192.168.0.0/16 ,",
+        ),
         ("SEAL_GATEWAY_NFS_HOST", "env-nfs"),
         ("SEAL_GATEWAY_NFS_PORT", "3049"),
         ("SEAL_GATEWAY_NFS_MOUNT_PORT", "30048"),
@@ -902,6 +917,8 @@ fn every_override_replaces_the_file_value() {
             ca_file: Some("/env/ca.crt".into()),
             client_certificate_file: Some("/env/tls.crt".into()),
             client_key_file: Some("/env/tls.key".into()),
+            proxy_url: literal("https://env-proxy:3129"),
+            no_proxy: vec![".cluster.local".into(), "192.168.0.0/16".into()],
         },
     };
     assert_eq!(config.settings, expected);
@@ -1292,6 +1309,10 @@ fn secret_key_refs_are_refused_in_a_config_file() {
             format!("cli:\n  semantic_judge_token: {reference}"),
             "spec.cli.semantic_judge_token",
         ),
+        (
+            format!("outbound:\n  proxy_url: {reference}"),
+            "spec.outbound.proxy_url",
+        ),
     ] {
         let text = config_yaml(&format!("{AUTH_OFF}\n{spec}"));
         assert_eq!(
@@ -1324,6 +1345,30 @@ fn judge_timeouts_out_of_range_and_half_a_client_identity_are_refused() {
             "spec.outbound.client_certificate_file and spec.outbound.client_key_file must be set together"
         );
     }
+}
+
+#[test]
+fn unusable_proxy_settings_are_refused_without_showing_the_url() {
+    for url in [
+        "proxy.corp:3128",
+        "ftp://proxy.corp",
+        "http://",
+        "socks5://u:hunter2@p:1080",
+    ] {
+        let text = config_yaml(&format!("{AUTH_OFF}\noutbound:\n  proxy_url: \"{url}\""));
+        let error = config_error(&text);
+        assert_eq!(
+            error, "spec.outbound.proxy_url: not an http:// or https:// URL with a host",
+            "{url}"
+        );
+    }
+    let text = config_yaml(&format!(
+        "{AUTH_OFF}\noutbound:\n  proxy_url: http://p:3128\n  no_proxy: [.svc, \" \"]"
+    ));
+    assert_eq!(
+        config_error(&text),
+        "spec.outbound.no_proxy: \" \" is empty: list host names, addresses or CIDR blocks"
+    );
 }
 
 #[test]

@@ -17,6 +17,9 @@ use http::{HeaderMap, Method, StatusCode};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::{Url, redirect};
 
+use aegis_seal_crds::SecretValue;
+use aegis_seal_crds::gateway::OutboundSettings;
+
 use crate::infrastructure::metrics::Metrics;
 use crate::infrastructure::telemetry;
 use tracing::Instrument;
@@ -56,15 +59,48 @@ pub struct HttpClientConfig {
     pub pool_idle_timeout: Duration,
     /// CA certificates and client certificate beyond the system trust store.
     pub tls: OutboundTls,
+    /// The egress proxy; `None`: every connection is direct.
+    pub proxy: Option<OutboundProxy>,
 }
 
 impl HttpClientConfig {
-    /// The defaults, with the `outbound` settings' TLS files.
-    pub fn from_settings(outbound: &aegis_seal_crds::gateway::OutboundSettings) -> Self {
+    /// The defaults, with the `outbound` settings' TLS files and proxy.
+    pub fn from_settings(outbound: &OutboundSettings) -> Self {
+        let proxy = match &outbound.proxy_url {
+            // The config check refuses a `secret_key_ref` here; `env:` was resolved.
+            Some(SecretValue::Literal(url)) => Some(OutboundProxy {
+                url: url.trim().to_owned(),
+                no_proxy: outbound.no_proxy.clone(),
+            }),
+            _ => None,
+        };
         Self {
             tls: OutboundTls::from_settings(outbound),
+            proxy,
             ..Self::default()
         }
+    }
+}
+
+/// An egress proxy and the destinations that bypass it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboundProxy {
+    /// `http(s)://[user:password@]host:port`.
+    pub url: String,
+    /// `NO_PROXY`-style entries: host names (with their subdomains), addresses, CIDR blocks.
+    pub no_proxy: Vec<String>,
+}
+
+/// Without the URL's user info: the proxy's password must not reach a log.
+impl fmt::Debug for OutboundProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = Url::parse(&self.url)
+            .map(|u| redacted_url(&u))
+            .unwrap_or_else(|_| "<unparseable>".into());
+        f.debug_struct("OutboundProxy")
+            .field("url", &shown)
+            .field("no_proxy", &self.no_proxy)
+            .finish()
     }
 }
 
@@ -78,6 +114,7 @@ impl Default for HttpClientConfig {
             allow_cross_origin_redirects: false,
             pool_idle_timeout: Duration::from_secs(90),
             tls: OutboundTls::default(),
+            proxy: None,
         }
     }
 }
@@ -483,6 +520,15 @@ fn build_client(config: &HttpClientConfig) -> Result<reqwest::Client, HttpClient
         .no_proxy();
     if !allow_link_local {
         builder = builder.dns_resolver(GuardedResolver);
+    }
+    if let Some(proxy) = &config.proxy {
+        let bypass = reqwest::NoProxy::from_string(&proxy.no_proxy.join(","));
+        let proxy = reqwest::Proxy::all(proxy.url.as_str())
+            .map_err(|e| {
+                HttpClientError::Setup(format!("outbound.proxy_url: {}", error_chain(&e)))
+            })?
+            .no_proxy(bypass);
+        builder = builder.proxy(proxy);
     }
     tls.apply(builder)
         .build()
