@@ -81,10 +81,20 @@ impl Harness {
     /// leave one `AttestationFailed` row if they name a known session whose budget is not spent,
     /// else none.
     async fn assert_refused(&self, what: &str, claims: &Map<String, Value>, expected: Expected) {
-        let (status, body, rows) = self
-            .seal
-            .invoke(claims, json!({"name": TOOL, "arguments": {}}))
+        let params = json!({"name": TOOL, "arguments": {}});
+        self.assert_refused_call(what, claims, params, expected)
             .await;
+    }
+
+    /// [`Self::assert_refused`] for a `tools/call` of `params`.
+    async fn assert_refused_call(
+        &self,
+        what: &str,
+        claims: &Map<String, Value>,
+        params: Value,
+        expected: Expected,
+    ) {
+        let (status, body, rows) = self.seal.invoke(claims, params).await;
         assert_seal_error(what, status, &body, expected);
         let session = claims
             .get("exec_id")
@@ -382,6 +392,44 @@ async fn a_token_that_does_not_match_its_session_is_refused() {
         let expiring = h.claims("expiring", json!({"exec_id": EXPIRING_SESSION}));
         h.assert_authorized(&format!("{backend}: the session expires in 1 s"), &expiring)
             .await;
+        h.seal.gateway.shutdown().await;
+    }
+}
+
+/// A correctly signed envelope of a bound session whose payload is no usable `tools/call` is a
+/// 400 (1000 MALFORMED_ENVELOPE) naming what is wrong, and is audited like the other refusals
+/// of a known session: its sender passed every check of who it is.
+#[tokio::test]
+async fn a_verified_call_with_unusable_params_is_refused_and_audited() {
+    for (backend, url, _dir) in support::both_backends().await {
+        let h = Harness::start(&url).await;
+        let cases = [
+            (
+                "no name",
+                json!({"arguments": {}}),
+                "invalid tools/call params: missing field `name`",
+            ),
+            (
+                "no arguments",
+                json!({"name": TOOL}),
+                "invalid tools/call params: missing field `arguments`",
+            ),
+            (
+                "a blank requested tenant",
+                json!({"name": TOOL, "arguments": {}, "_meta": {"tenant_id": " "}}),
+                "invalid tools/call params: _meta.tenant_id must be a non-empty string",
+            ),
+        ];
+        for (i, (what, params, message)) in cases.into_iter().enumerate() {
+            let claims = h.claims(&format!("params-{i}"), json!({}));
+            h.assert_refused_call(
+                &format!("{backend}: {what}"),
+                &claims,
+                params,
+                (400, 1000, message),
+            )
+            .await;
+        }
         h.seal.gateway.shutdown().await;
     }
 }

@@ -154,6 +154,12 @@ impl InvocationService {
             });
             Refusal::Seal { error, event }
         };
+        // Counted, logged and audited: every refusal from here on but the two that log their own
+        // runbook lines (a failed signature check, a replay).
+        let refused = |outcome: Attestation, error: SealError| -> Refusal {
+            self.reject(outcome, exec, &error);
+            audited(outcome, error)
+        };
 
         let skew = now.timestamp() - envelope.timestamp;
         if skew.abs() > FRESHNESS_WINDOW_SECS {
@@ -164,14 +170,12 @@ impl InvocationService {
                     "envelope timestamp is outside the {FRESHNESS_WINDOW_SECS} second freshness window ({skew}s)"
                 ),
             );
-            self.reject(Attestation::Malformed, exec, &e);
-            return Err(audited(Attestation::Malformed, e));
+            return Err(refused(Attestation::Malformed, e));
         }
 
         let key = session.key.as_ref().map_err(|e| {
             self.metrics.signature_failure();
-            self.reject(Attestation::SignatureInvalid, exec, e);
-            audited(Attestation::SignatureInvalid, e.clone())
+            refused(Attestation::SignatureInvalid, e.clone())
         })?;
         verify_signature(&envelope, key).map_err(|e| {
             self.metrics.signature_failure();
@@ -190,11 +194,7 @@ impl InvocationService {
         let claims = self
             .tokens
             .verify_read(&envelope.security_token, unverified, now.timestamp())
-            .map_err(|e| {
-                let outcome = token_outcome(&e);
-                self.reject(outcome, exec, &e);
-                audited(outcome, e)
-            })?;
+            .map_err(|e| refused(token_outcome(&e), e))?;
         let record = &session.record;
         let binding = if claims.execution_id != record.execution_id {
             Some((
@@ -240,21 +240,22 @@ impl InvocationService {
             None
         };
         if let Some((outcome, e)) = binding {
-            self.reject(outcome, exec, &e);
-            return Err(audited(outcome, e));
+            return Err(refused(outcome, e));
         }
 
-        let call: ToolsCall = serde_json::from_str(envelope.payload_raw.get())
-            .map_err(|e| SealError::malformed(format!("invalid payload: {e}")))
-            .inspect_err(|e| self.reject(Attestation::Malformed, exec, e))?;
+        // A payload that is not a tools call, from a verified and bound session, is audited too.
+        let call: ToolsCall = serde_json::from_str(envelope.payload_raw.get()).map_err(|e| {
+            refused(
+                Attestation::Malformed,
+                SealError::malformed(format!("invalid payload: {e}")),
+            )
+        })?;
         if call.method != "tools/call" {
             let e = SealError::malformed("payload method must be tools/call");
-            self.reject(Attestation::Malformed, exec, &e);
-            return Err(e.into());
+            return Err(refused(Attestation::Malformed, e));
         }
         let (tool_name, arguments, requested_tenant) = read_params(call.params)
-            .map_err(SealError::malformed)
-            .inspect_err(|e| self.reject(Attestation::Malformed, exec, e))?;
+            .map_err(|e| refused(Attestation::Malformed, SealError::malformed(e)))?;
         stage.done();
 
         // Remembered until the envelope can no longer be fresh, future-dated ones included.
