@@ -105,6 +105,10 @@ async fn names_types_labels_and_buckets_match_the_reference_table() {
         sample(&before, "aegis_seal_signature_failures_total"),
         Some(0.0)
     );
+    for outcome in ["ok", "refused"] {
+        let series = format!(r#"aegis_seal_outbound_tls_reloads_total{{outcome="{outcome}"}}"#);
+        assert_eq!(sample(&before, &series), Some(0.0), "{series}");
+    }
 
     assert_eq!(harness.invoke("ok-tool", json!({})).await.0, 200);
     assert_eq!(harness.invoke("no-such-tool", json!({})).await.0, 404);

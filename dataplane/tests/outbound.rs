@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use aegis_seal_gateway::infrastructure::http_client::{
     HttpClient, HttpClientConfig, HttpClientError, OutboundProxy, OutboundRequest, OutboundTls,
+    TLS_FILES_POLL,
 };
+use aegis_seal_gateway::infrastructure::metrics::Metrics;
 use bytes::Bytes;
 use http::Method;
 use http_body_util::Full;
@@ -299,6 +301,53 @@ async fn renewed_files_are_taken_on_for_new_connections_and_bad_ones_are_not() {
     assert!(error.contains("outbound.ca_file"), "{error}");
     assert!(http.reload_tls_if_changed().is_none());
     assert_eq!(get(&http, new_server.url()).await.unwrap(), "ok");
+}
+
+/// The follower a running gateway has: it polls every `TLS_FILES_POLL` (here on tokio's paused
+/// clock) and counts each change it took on or refused.
+#[tokio::test(start_paused = true)]
+async fn the_follower_takes_renewals_on_by_itself_and_counts_them() {
+    let old_ca = Ca::new("CA before renewal");
+    let new_ca = Ca::new("CA after renewal");
+    let volume = tempfile::tempdir().unwrap();
+    kubelet_volume(volume.path(), "..v1", &[("ca.crt", &old_ca.pem)]);
+    let metrics = Metrics::new();
+    let http = client(OutboundTls {
+        ca_file: Some(volume.path().join("ca.crt")),
+        client_identity: None,
+    })
+    .unwrap()
+    .with_metrics(metrics.clone());
+    let follower = tokio::spawn(http.clone().follow_tls_files());
+    let reloads = |outcome: &str| {
+        let series = format!(r#"aegis_seal_outbound_tls_reloads_total{{outcome="{outcome}"}} "#);
+        let text = metrics.encode(false);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .unwrap()
+            .to_owned();
+        line[series.len()..].to_owned()
+    };
+
+    tokio::time::sleep(TLS_FILES_POLL * 2).await;
+    assert_eq!(
+        (reloads("ok"), reloads("refused")),
+        ("0".into(), "0".into())
+    );
+    kubelet_volume(volume.path(), "..v2", &[("ca.crt", &new_ca.pem)]);
+    tokio::time::sleep(TLS_FILES_POLL * 2).await;
+    assert_eq!(
+        (reloads("ok"), reloads("refused")),
+        ("1".into(), "0".into())
+    );
+    kubelet_volume(volume.path(), "..v3", &[("ca.crt", "not a certificate\n")]);
+    tokio::time::sleep(TLS_FILES_POLL * 2).await;
+    assert_eq!(
+        (reloads("ok"), reloads("refused")),
+        ("1".into(), "1".into())
+    );
+    follower.abort();
 }
 
 #[test]

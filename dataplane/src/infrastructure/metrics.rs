@@ -236,6 +236,7 @@ struct Inner {
     snapshot_info: Family<SnapshotLabel, Gauge>,
     snapshot_objects: Family<KindLabel, Gauge>,
     reloads: Family<OutcomeLabel, Counter>,
+    tls_reloads: Family<OutcomeLabel, Counter>,
     replay_jtis: Gauge,
     audit_queue: Gauge,
     audit_commits: Family<OutcomeLabel, Counter>,
@@ -339,6 +340,12 @@ impl Metrics {
             "Configuration changes served (ok) or refused, the last good snapshot serving on",
             reloads.clone(),
         );
+        let tls_reloads = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "aegis_seal_outbound_tls_reloads",
+            "Changes of the outbound TLS files taken on (ok) or refused as unusable, the previous certificates serving on",
+            tls_reloads.clone(),
+        );
         let replay_jtis = Gauge::default();
         registry.register(
             "aegis_seal_replay_store_jtis",
@@ -411,6 +418,7 @@ impl Metrics {
         }
         for outcome in ["ok", "refused"] {
             let _ = reloads.get_or_create(&OutcomeLabel { outcome });
+            let _ = tls_reloads.get_or_create(&OutcomeLabel { outcome });
         }
         for outcome in ["ok", "error"] {
             let _ = audit_commits.get_or_create(&OutcomeLabel { outcome });
@@ -428,6 +436,7 @@ impl Metrics {
             snapshot_info,
             snapshot_objects,
             reloads,
+            tls_reloads,
             replay_jtis,
             audit_queue,
             audit_commits,
@@ -557,6 +566,15 @@ impl Metrics {
         let outcome = if served { "ok" } else { "refused" };
         self.0
             .reloads
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// A change of the outbound TLS files, taken on or refused.
+    pub fn outbound_tls_reload(&self, taken_on: bool) {
+        let outcome = if taken_on { "ok" } else { "refused" };
+        self.0
+            .tls_reloads
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }

@@ -312,12 +312,17 @@ impl HttpClient {
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            match self.reload_tls_if_changed() {
-                None => {}
-                Some(Ok(())) => tracing::info!(
+            let Some(result) = self.reload_tls_if_changed() else {
+                continue;
+            };
+            if let Some(metrics) = &self.metrics {
+                metrics.outbound_tls_reload(result.is_ok());
+            }
+            match result {
+                Ok(()) => tracing::info!(
                     "outbound TLS files changed; new connections use the new certificates"
                 ),
-                Some(Err(e)) => tracing::warn!(
+                Err(e) => tracing::warn!(
                     error = %e,
                     "outbound TLS files changed but are unusable; the previous certificates stay in use"
                 ),
