@@ -41,9 +41,9 @@ pub(super) fn mounts(
         if settings.outbound.ca_file.is_some() {
             return Err(both("spec.outbound.ca_file", "spec.outbound_tls.ca"));
         }
-        let item = |key: &str| {
+        let item = |key: String| {
             Some(vec![KeyToPath {
-                key: key.to_owned(),
+                key,
                 path: CA_FILE.into(),
                 ..Default::default()
             }])
@@ -52,7 +52,7 @@ pub(super) fn mounts(
             (Some(cm), None) => Volume {
                 config_map: Some(ConfigMapVolumeSource {
                     name: required("spec.outbound_tls.ca.config_map_key_ref.name", &cm.name)?,
-                    items: item(&cm.key),
+                    items: item(key("spec.outbound_tls.ca.config_map_key_ref.key", &cm.key)?),
                     ..Default::default()
                 }),
                 ..Volume::default()
@@ -63,7 +63,7 @@ pub(super) fn mounts(
                         "spec.outbound_tls.ca.secret_key_ref.name",
                         &secret.name,
                     )?),
-                    items: item(&secret.key),
+                    items: item(key("spec.outbound_tls.ca.secret_key_ref.key", &secret.key)?),
                     ..Default::default()
                 }),
                 ..Volume::default()
@@ -128,15 +128,41 @@ impl Mounts {
     }
 }
 
+/// A ConfigMap's or Secret's name: refused here, with the field, rather than by the API server
+/// as a Deployment it will not create.
 fn required(field: &str, name: &str) -> Result<String, DesiredError> {
-    let name = name.trim();
-    if name.is_empty() {
+    let valid = (1..=253).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if !valid {
         return Err(DesiredError::InvalidSetting {
             field: field.into(),
-            message: "must name an object in the gateway's namespace".into(),
+            message: format!(
+                "{name:?} is not the name of a ConfigMap or Secret (lowercase letters, digits, '-' and '.')"
+            ),
         });
     }
     Ok(name.to_owned())
+}
+
+/// A key of a ConfigMap or Secret, as the API server accepts it in a volume's items.
+fn key(field: &str, key: &str) -> Result<String, DesiredError> {
+    let valid = (1..=253).contains(&key.len())
+        && key != "."
+        && !key.starts_with("..")
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        return Err(DesiredError::InvalidSetting {
+            field: field.into(),
+            message: format!("{key:?} is not a key of a ConfigMap or Secret"),
+        });
+    }
+    Ok(key.to_owned())
 }
 
 fn both(file: &str, mounted: &str) -> DesiredError {

@@ -504,7 +504,17 @@ fn unusable_outbound_tls_is_refused_with_a_reason() {
     );
     assert_eq!(
         err(json!({"outbound_tls": {"ca": {"secret_key_ref": {"name": " ", "key": "ca.crt"}}}})),
-        "spec.outbound_tls.ca.secret_key_ref.name: must name an object in the gateway's namespace"
+        "spec.outbound_tls.ca.secret_key_ref.name: \" \" is not the name of a ConfigMap or Secret (lowercase letters, digits, '-' and '.')"
+    );
+    assert_eq!(
+        err(json!({"outbound_tls": {"client_certificate_secret": "Client_TLS"}})),
+        "spec.outbound_tls.client_certificate_secret: \"Client_TLS\" is not the name of a ConfigMap or Secret (lowercase letters, digits, '-' and '.')"
+    );
+    assert_eq!(
+        err(
+            json!({"outbound_tls": {"ca": {"config_map_key_ref": {"name": "trust", "key": "../ca"}}}})
+        ),
+        "spec.outbound_tls.ca.config_map_key_ref.key: \"../ca\" is not a key of a ConfigMap or Secret"
     );
     assert_eq!(
         err(json!({
