@@ -550,6 +550,15 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
     if s.credentials.max_retries > 3 {
         return Err("spec.credentials.max_retries: must be at most 3".into());
     }
+    if let Some(SecretValue::Literal(token)) = &s.cli.semantic_judge_token
+        && http::HeaderValue::try_from(format!("Bearer {}", token.trim())).is_err()
+    {
+        // The value is not repeated: it is a credential.
+        return Err(
+            "spec.cli.semantic_judge_token: holds characters an Authorization header cannot carry"
+                .into(),
+        );
+    }
     if !(1..=60_000).contains(&s.cli.semantic_judge_timeout_ms) {
         return Err("spec.cli.semantic_judge_timeout_ms: must be between 1 and 60000".into());
     }

@@ -1348,6 +1348,19 @@ fn judge_timeouts_out_of_range_and_half_a_client_identity_are_refused() {
 }
 
 #[test]
+fn a_judge_token_no_header_can_carry_is_refused_without_showing_it() {
+    let sandbox = Sandbox::with_env(&[("SEAL_GATEWAY_SEMANTIC_JUDGE_TOKEN", "abc\u{7}def")]);
+    let (path, result) = sandbox.load_config_text(&config_yaml(AUTH_OFF));
+    assert_eq!(
+        result.unwrap_err(),
+        format!(
+            "{}: spec.cli.semantic_judge_token: holds characters an Authorization header cannot carry",
+            path.display()
+        )
+    );
+}
+
+#[test]
 fn unusable_proxy_settings_are_refused_without_showing_the_url() {
     for url in [
         "proxy.corp:3128",
