@@ -391,7 +391,8 @@ async fn a_consumer_token_cannot_act_for_another_tenant() {
         )
         .await;
 
-        // A `_meta.tenant_id` that is not a non-empty string is a malformed call, with no row.
+        // A `_meta.tenant_id` that is not a non-empty string is a malformed call: its sender is
+        // verified, so it leaves an `AttestationFailed` row (seal_refusals.rs), and nothing else.
         for (i, bad) in [json!(""), json!("  "), json!(7)].into_iter().enumerate() {
             let jti = format!("b-bad-{i}");
             let what = format!("{backend}: _meta.tenant_id {bad}");
@@ -399,7 +400,10 @@ async fn a_consumer_token_cannot_act_for_another_tenant() {
             let (status, body, rows) = h.invoke(&call).await;
             let message = "invalid tools/call params: _meta.tenant_id must be a non-empty string";
             assert_seal_error(&what, status, &body, (400, 1000, message));
-            assert_eq!(rows, [], "{what}");
+            let types: Vec<_> = rows.iter().map(|r| r.event_type.as_str()).collect();
+            assert_eq!(types, ["AttestationFailed"], "{what}");
+            assert_eq!(rows[0].payload["reason"], message, "{what}");
+            assert_eq!(rows[0].payload["outcome"], "malformed", "{what}");
         }
         h.seal.gateway.shutdown().await;
     }
