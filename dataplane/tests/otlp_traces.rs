@@ -14,6 +14,7 @@
 mod cli_support;
 mod observability_support;
 mod support;
+mod tls_support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -976,6 +977,58 @@ fn assert_nothing_exported(bodies: &[Bytes], sent_envelopes: &[String], mut need
                 !body.windows(needle.len()).any(|w| w == needle.as_bytes()),
                 "{needle} was exported"
             );
+        }
+    }
+}
+
+/// A collector served over TLS with a certificate of an internal CA: the gateway's spans reach it
+/// when `OTEL_EXPORTER_OTLP_CERTIFICATE` names that CA, and none do without it.
+#[tokio::test]
+async fn a_collector_of_an_internal_ca_gets_traces_through_otel_exporter_otlp_certificate() {
+    let ca = tls_support::Ca::new("Observability CA");
+    let upstream = upstream().await;
+    let signer = support::Signer::from_vectors();
+    let now = chrono::Utc::now().timestamp();
+    for trusted in [false, true] {
+        let (collector, received) = collector().await;
+        let tls = tls_support::tls_front(&ca, collector).await;
+        let dir = tempfile::tempdir().unwrap();
+        write_manifests(dir.path(), upstream);
+        let ca_file = dir.path().join("observability-ca.crt");
+        std::fs::write(&ca_file, &ca.pem).unwrap();
+        let mut env = vec![(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("https://localhost:{}", tls.port()),
+        )];
+        if trusted {
+            env.push((
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                ca_file.display().to_string(),
+            ));
+        }
+        let gateway = start(dir.path(), &signer, "info", &env).await;
+        let envelope = signer.envelope("trace-tool", json!({}), &format!("jti-tls-{trusted}"), now);
+        let (status, body) = gateway.post(envelope, &[]).await;
+        assert_eq!(status, 200, "{body}");
+        // The exporter flushes at shutdown.
+        let out = gateway.stop().await;
+        let spans: usize = received
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        if trusted {
+            assert!(
+                spans > 0,
+                "no span exported:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        } else {
+            assert_eq!(spans, 0, "an untrusted collector got spans");
         }
     }
 }

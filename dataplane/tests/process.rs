@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -115,7 +116,7 @@ fn refused(dir: &Path, args: &[&str]) -> String {
 }
 
 /// [`refused`], with more environment variables.
-fn refused_with(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> String {
+fn refused_with(dir: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> String {
     let out = gateway_command(dir, &support::sqlite_url(dir), support::free_port())
         .args(args)
         .envs(env.iter().copied())
@@ -217,7 +218,11 @@ fn an_unusable_outbound_tls_file_fails_at_start_naming_the_setting_and_the_file(
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let missing = d.join("corp-ca.crt");
-    let line = refused_with(d, &[], &[("SEAL_GATEWAY_OUTBOUND_CA_FILE", &missing)]);
+    let line = refused_with(
+        d,
+        &[],
+        &[("SEAL_GATEWAY_OUTBOUND_CA_FILE", missing.as_os_str())],
+    );
     assert_eq!(
         line,
         format!(
@@ -232,8 +237,11 @@ fn an_unusable_outbound_tls_file_fails_at_start_naming_the_setting_and_the_file(
         d,
         &[],
         &[
-            ("SEAL_GATEWAY_OUTBOUND_CLIENT_CERTIFICATE_FILE", &cert),
-            ("SEAL_GATEWAY_OUTBOUND_CLIENT_KEY_FILE", &cert),
+            (
+                "SEAL_GATEWAY_OUTBOUND_CLIENT_CERTIFICATE_FILE",
+                cert.as_os_str(),
+            ),
+            ("SEAL_GATEWAY_OUTBOUND_CLIENT_KEY_FILE", cert.as_os_str()),
         ],
     );
     assert!(
@@ -243,5 +251,30 @@ fn an_unusable_outbound_tls_file_fails_at_start_naming_the_setting_and_the_file(
             cert.display()
         )),
         "{line}"
+    );
+}
+
+#[test]
+fn an_unreadable_collector_certificate_fails_at_start_naming_its_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let missing = d.join("collector-ca.crt");
+    let line = refused_with(
+        d,
+        &[],
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                OsStr::new("https://localhost:4318"),
+            ),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", missing.as_os_str()),
+        ],
+    );
+    assert_eq!(
+        line,
+        format!(
+            "error: cannot build the OTLP HTTP client: OTEL_EXPORTER_OTLP_CERTIFICATE {}: cannot read: No such file or directory (os error 2)",
+            missing.display()
+        )
     );
 }

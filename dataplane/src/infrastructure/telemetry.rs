@@ -14,6 +14,7 @@
 //! The configuration is the standard OpenTelemetry environment (docs/observability.md, "Traces").
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -34,6 +35,15 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::infrastructure::http_client::{OutboundTls, TlsFileNames};
+
+/// The trace exporter's TLS files, by their variables' names.
+const OTLP_FILES: TlsFileNames = TlsFileNames {
+    ca: "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    certificate: "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    key: "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+};
 
 /// The target of every span exported as a trace. Not a module path on purpose: `RUST_LOG`
 /// directives such as `aegis_seal_gateway=debug` or `trace` must not bring spans into log lines.
@@ -66,6 +76,10 @@ pub struct TraceSettings {
     pub timeout: Duration,
     /// `OTEL_TRACES_SAMPLER` (and its argument) as the SDK will read it, for the start line.
     pub sampler: String,
+    /// A collector's CA certificates (`OTEL_EXPORTER_OTLP_CERTIFICATE`) and the client
+    /// certificate it wants (`..._CLIENT_CERTIFICATE`, `..._CLIENT_KEY`), beside the system's
+    /// trust store; read once, at start.
+    pub tls: OutboundTls,
 }
 
 impl TraceSettings {
@@ -125,6 +139,26 @@ impl TraceSettings {
                     .map_err(|e| format!("Invalid {name}={v} (milliseconds): {e}"))?,
             ),
         };
+        // The signal-specific variable first, then the general one, as the specification orders them.
+        let file = |what: &str| {
+            var(&format!("OTEL_EXPORTER_OTLP_TRACES_{what}"))
+                .or_else(|| var(&format!("OTEL_EXPORTER_OTLP_{what}")))
+                .map(PathBuf::from)
+        };
+        let client_identity = match (file("CLIENT_CERTIFICATE"), file("CLIENT_KEY")) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((cert, key)),
+            _ => {
+                return Err(
+                    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY must be set together"
+                        .into(),
+                );
+            }
+        };
+        let tls = OutboundTls {
+            ca_file: file("CERTIFICATE"),
+            client_identity,
+        };
         let sampler = match (var("OTEL_TRACES_SAMPLER"), var("OTEL_TRACES_SAMPLER_ARG")) {
             (None, _) => "parentbased_always_on".to_owned(),
             (Some(s), None) => s,
@@ -135,6 +169,7 @@ impl TraceSettings {
             service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| DEFAULT_SERVICE_NAME.into()),
             timeout,
             sampler,
+            tls,
         }))
     }
 }
@@ -284,9 +319,11 @@ fn provider(
     settings: &TraceSettings,
     runtime: tokio::runtime::Handle,
 ) -> Result<SdkTracerProvider, String> {
-    let client = reqwest::Client::builder()
-        .timeout(settings.timeout)
-        .build()
+    let builder = reqwest::Client::builder().timeout(settings.timeout);
+    let client = settings
+        .tls
+        .configure(builder, OTLP_FILES)
+        .and_then(|b| b.build().map_err(|e| e.to_string()))
         .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -618,6 +655,27 @@ mod tests {
         assert_eq!(s.service_name, "gw-eu");
         assert_eq!(s.timeout, Duration::from_millis(2500));
         assert_eq!(s.sampler, "parentbased_traceidratio(0.1)");
+        assert_eq!(s.tls, OutboundTls::default());
+        // The collector's CA and client certificate, the per-signal variables first.
+        let s = TraceSettings::from_env(&env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/otel/ca.crt"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+                "/etc/otel/traces-ca.crt",
+            ),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/etc/otel/tls.crt"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/etc/otel/tls.key"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            s.tls,
+            OutboundTls {
+                ca_file: Some("/etc/otel/traces-ca.crt".into()),
+                client_identity: Some(("/etc/otel/tls.crt".into(), "/etc/otel/tls.key".into())),
+            }
+        );
         for off in [
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
@@ -645,6 +703,10 @@ mod tests {
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
                 ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+            ],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"),
+                ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/etc/otel/tls.crt"),
             ],
         ] {
             let bad: &'static [(&'static str, &'static str)] = bad;

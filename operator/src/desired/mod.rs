@@ -139,9 +139,9 @@ pub fn desired_objects_with_limits(
         });
     }
     let http_port = workload::http_port(&spec.settings)?;
-    let tracing_env = workload::tracing_env(spec.tracing.as_ref())?;
     let mut settings = spec.settings.clone();
     let tls_mounts = outbound_tls::mounts(spec.outbound_tls.as_ref(), &mut settings)?;
+    let tracing_env = workload::tracing_env(spec.tracing.as_ref(), &settings.outbound)?;
 
     let config = config_file(&ctx.name, &settings).map_err(DesiredError::Encode)?;
     let restart_hash = restart_hash(&config, &ctx.image);

@@ -485,6 +485,49 @@ fn pod_volumes(d: &Desired) -> Vec<Volume> {
 }
 
 #[test]
+fn the_trace_export_trusts_the_outbound_ca_and_presents_the_outbound_client_certificate() {
+    let d = desired(json!({
+        "tracing": {"endpoint": "https://otel-collector.observability.svc:4318"},
+        "outbound_tls": {
+            "ca": {"config_map_key_ref": {"name": "corp-trust", "key": "ca.crt"}},
+            "client_certificate_secret": "gateway-client-tls"
+        }
+    }));
+    let mut expected = base_env();
+    expected.extend([
+        value_env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://otel-collector.observability.svc:4318",
+        ),
+        value_env(
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "/etc/seal-gateway/outbound-ca/ca.crt",
+        ),
+        value_env(
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            "/etc/seal-gateway/outbound-client/tls.crt",
+        ),
+        value_env(
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            "/etc/seal-gateway/outbound-client/tls.key",
+        ),
+    ]);
+    assert_eq!(container_env(&d), expected);
+
+    // A CA file already in the image counts the same; without tracing there is no OTEL_* at all.
+    let d = desired(json!({
+        "tracing": {"endpoint": "https://c:4318"},
+        "outbound": {"ca_file": "/etc/ssl/corp.pem"}
+    }));
+    assert!(container_env(&d).contains(&value_env(
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        "/etc/ssl/corp.pem"
+    )));
+    let d = desired(json!({"outbound": {"ca_file": "/etc/ssl/corp.pem"}}));
+    assert_eq!(container_env(&d), base_env());
+}
+
+#[test]
 fn unusable_outbound_tls_is_refused_with_a_reason() {
     let c = compiled(0);
     let err = |spec: Value| {

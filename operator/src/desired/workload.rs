@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use aegis_seal_crds::SecretKeyRef;
-use aegis_seal_crds::gateway::{GatewaySettings, SealGatewaySpec, TracingSettings};
+use aegis_seal_crds::gateway::{
+    GatewaySettings, OutboundSettings, SealGatewaySpec, TracingSettings,
+};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
@@ -51,8 +53,13 @@ pub(super) fn http_port(settings: &GatewaySettings) -> Result<i32, DesiredError>
 /// The standard OpenTelemetry variables the data plane reads at start (docs/observability.md,
 /// "Traces"), for a SealGateway's `tracing` section; none without one, so a gateway that never
 /// asked for traces keeps exactly the Deployment it had. Refuses what would stop the data plane
-/// at start, so the mistake shows on the SealGateway instead of as a crash-looping pod.
-pub(super) fn tracing_env(tracing: Option<&TracingSettings>) -> Result<Vec<EnvVar>, DesiredError> {
+/// at start, so the mistake shows on the SealGateway instead of as a crash-looping pod. The
+/// export is an outbound call like the others: it trusts the `outbound` CA file and presents its
+/// client certificate (`OTEL_EXPORTER_OTLP_CERTIFICATE`, `..._CLIENT_CERTIFICATE`, `..._CLIENT_KEY`).
+pub(super) fn tracing_env(
+    tracing: Option<&TracingSettings>,
+    outbound: &OutboundSettings,
+) -> Result<Vec<EnvVar>, DesiredError> {
     let Some(tracing) = tracing else {
         return Ok(Vec::new());
     };
@@ -95,6 +102,18 @@ pub(super) fn tracing_env(tracing: Option<&TracingSettings>) -> Result<Vec<EnvVa
             "OTEL_EXPORTER_OTLP_HEADERS",
             &headers.secret_key_ref,
         ));
+    }
+    for (name, file) in [
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", &outbound.ca_file),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            &outbound.client_certificate_file,
+        ),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &outbound.client_key_file),
+    ] {
+        if let Some(file) = file {
+            vars.push(env(name, file.clone()));
+        }
     }
     Ok(vars)
 }

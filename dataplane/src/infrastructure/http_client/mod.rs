@@ -27,7 +27,7 @@ use tracing::Instrument;
 mod tls;
 mod trace_context;
 
-pub use tls::OutboundTls;
+pub use tls::{OutboundTls, TlsFileNames};
 pub use trace_context::{TraceContext, with_trace_context};
 
 /// Most redirects followed for one request.
@@ -489,7 +489,10 @@ impl HttpClient {
 
 /// A client with `config`'s bounds, redirect and destination rules, and TLS files read now.
 fn build_client(config: &HttpClientConfig) -> Result<reqwest::Client, HttpClientError> {
-    let tls = config.tls.read().map_err(HttpClientError::Setup)?;
+    let tls = config
+        .tls
+        .read(tls::OUTBOUND_SETTINGS)
+        .map_err(HttpClientError::Setup)?;
     let allow_link_local = config.allow_link_local;
     let allow_cross_origin = config.allow_cross_origin_redirects;
     let policy = redirect::Policy::custom(move |attempt| {

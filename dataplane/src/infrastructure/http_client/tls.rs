@@ -17,6 +17,21 @@ pub struct OutboundTls {
     pub client_identity: Option<(PathBuf, PathBuf)>,
 }
 
+/// What the three files are called where they were configured, for error messages.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsFileNames {
+    pub ca: &'static str,
+    pub certificate: &'static str,
+    pub key: &'static str,
+}
+
+/// The `outbound` settings' names.
+pub const OUTBOUND_SETTINGS: TlsFileNames = TlsFileNames {
+    ca: "outbound.ca_file",
+    certificate: "outbound.client_certificate_file",
+    key: "outbound.client_key_file",
+};
+
 /// What the files held when they were read.
 pub(super) struct TlsMaterial {
     pub roots: Vec<reqwest::Certificate>,
@@ -65,21 +80,24 @@ impl OutboundTls {
         )
     }
 
-    /// Reads and parses the files. The errors name the setting and the file, never key material.
-    pub(super) fn read(&self) -> Result<TlsMaterial, String> {
+    /// Reads and parses the files. The errors name the setting (as `names` call it) and the
+    /// file, never key material.
+    pub(super) fn read(&self, names: TlsFileNames) -> Result<TlsMaterial, String> {
         let mut roots = Vec::new();
         if let Some(file) = &self.ca_file {
-            let pem = read("outbound.ca_file", file)?;
+            let pem = read(names.ca, file)?;
             roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 format!(
-                    "outbound.ca_file {}: not a PEM certificate bundle: {}",
+                    "{} {}: not a PEM certificate bundle: {}",
+                    names.ca,
                     file.display(),
                     super::error_chain(&e)
                 )
             })?;
             if roots.is_empty() {
                 return Err(format!(
-                    "outbound.ca_file {}: holds no PEM certificate",
+                    "{} {}: holds no PEM certificate",
+                    names.ca,
                     file.display()
                 ));
             }
@@ -87,15 +105,17 @@ impl OutboundTls {
         let identity = match &self.client_identity {
             None => None,
             Some((cert_file, key_file)) => {
-                let mut pem = read("outbound.client_certificate_file", cert_file)?;
+                let mut pem = read(names.certificate, cert_file)?;
                 if !pem.ends_with(b"\n") {
                     pem.push(b'\n');
                 }
-                pem.extend(read("outbound.client_key_file", key_file)?);
+                pem.extend(read(names.key, key_file)?);
                 let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
                     format!(
-                        "outbound.client_certificate_file {} with outbound.client_key_file {}: not a PEM certificate and private key: {}",
+                        "{} {} with {} {}: not a PEM certificate and private key: {}",
+                        names.certificate,
                         cert_file.display(),
+                        names.key,
                         key_file.display(),
                         super::error_chain(&e)
                     )
@@ -104,6 +124,18 @@ impl OutboundTls {
             }
         };
         Ok(TlsMaterial { roots, identity })
+    }
+}
+
+impl OutboundTls {
+    /// `builder` with these files read now and applied: for a client of its own (the trace
+    /// exporter's), which takes no renewal on. Errors call the files by `names`.
+    pub fn configure(
+        &self,
+        builder: reqwest::ClientBuilder,
+        names: TlsFileNames,
+    ) -> Result<reqwest::ClientBuilder, String> {
+        Ok(self.read(names)?.apply(builder))
     }
 }
 
