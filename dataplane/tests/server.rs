@@ -42,6 +42,23 @@ impl Write for LogWriter {
     }
 }
 
+/// One connection, given up on quickly: a test that holds it starves the request path.
+const ONE_CONNECTION: PoolSettings = PoolSettings {
+    max_connections: 1,
+    min_connections: 0,
+    acquire_timeout: Duration::from_millis(300),
+    idle_timeout: Duration::from_secs(60),
+};
+
+/// The runbook's line, exactly as a pod's log shows it.
+fn assert_starvation_logged(logs: &Mutex<Vec<u8>>, backend: &str) {
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("ERROR sqlx::pool: database pool acquire timed out — request path starved"),
+        "{backend}: runbook log line missing from:\n{text}"
+    );
+}
+
 async fn start(db: Database) -> RunningGateway {
     let config = support::gateway_config(&[]);
     RunningGateway::start(&config, db, Snapshot::default(), Clock::System)
@@ -59,13 +76,7 @@ async fn sqlite(dir: &tempfile::TempDir, pool: PoolSettings) -> Database {
 async fn health_never_touches_the_database_and_ready_reports_starvation() {
     let logs = captured_logs();
     for (backend, url, _dir) in support::both_backends().await {
-        let pool = PoolSettings {
-            max_connections: 1,
-            min_connections: 0,
-            acquire_timeout: Duration::from_millis(300),
-            idle_timeout: Duration::from_secs(60),
-        };
-        let db = Database::connect_with(&url, pool).await.unwrap();
+        let db = Database::connect_with(&url, ONE_CONNECTION).await.unwrap();
         let gateway = start(db.clone()).await;
         let base = format!("http://{}", gateway.local_addr);
         let client = reqwest::Client::new();
@@ -108,13 +119,7 @@ async fn health_never_touches_the_database_and_ready_reports_starvation() {
         let body: serde_json::Value = ready.json().await.unwrap();
         assert_eq!(body["error"], "database pool acquire timeout");
 
-        let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
-        assert!(
-            text.contains(
-                "ERROR sqlx::pool: database pool acquire timed out — request path starved"
-            ),
-            "{backend}: runbook log line missing from:\n{text}"
-        );
+        assert_starvation_logged(&logs, backend);
         drop((held_sqlite, held_pg));
         gateway.shutdown().await;
     }
@@ -125,13 +130,7 @@ async fn a_starved_pool_answers_an_invocation_503_and_the_retried_envelope_still
     let logs = captured_logs();
     let signer = support::Signer::from_vectors();
     for (backend, url, _dir) in support::both_backends().await {
-        let pool = PoolSettings {
-            max_connections: 1,
-            min_connections: 0,
-            acquire_timeout: Duration::from_millis(300),
-            idle_timeout: Duration::from_secs(60),
-        };
-        let db = Database::connect_with(&url, pool).await.unwrap();
+        let db = Database::connect_with(&url, ONE_CONNECTION).await.unwrap();
         let now = chrono::Utc::now();
         // Stored, not registered through the API: the session is not cached, so the call must read it.
         db.upsert_session(&signer.session_record(now))
@@ -166,13 +165,7 @@ async fn a_starved_pool_answers_an_invocation_503_and_the_retried_envelope_still
         assert_eq!(starved.headers()["retry-after"], "1", "{backend}");
         let body: serde_json::Value = starved.json().await.unwrap();
         assert_eq!(body["error"], "database pool acquire timeout", "{backend}");
-        let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
-        assert!(
-            text.contains(
-                "ERROR sqlx::pool: database pool acquire timed out — request path starved"
-            ),
-            "{backend}: runbook log line missing from:\n{text}"
-        );
+        assert_starvation_logged(&logs, backend);
 
         // Nothing was consumed: the agent's retry of the same envelope is verified and reaches
         // the catalog (no such tool), not refused as a replay.
