@@ -489,10 +489,6 @@ impl HttpClient {
 
 /// A client with `config`'s bounds, redirect and destination rules, and TLS files read now.
 fn build_client(config: &HttpClientConfig) -> Result<reqwest::Client, HttpClientError> {
-    let tls = config
-        .tls
-        .read(tls::OUTBOUND_SETTINGS)
-        .map_err(HttpClientError::Setup)?;
     let allow_link_local = config.allow_link_local;
     let allow_cross_origin = config.allow_cross_origin_redirects;
     let policy = redirect::Policy::custom(move |attempt| {
@@ -538,7 +534,10 @@ fn build_client(config: &HttpClientConfig) -> Result<reqwest::Client, HttpClient
             .no_proxy(bypass);
         builder = builder.proxy(proxy);
     }
-    tls.apply(builder)
+    config
+        .tls
+        .configure(builder, tls::OUTBOUND_SETTINGS)
+        .map_err(HttpClientError::Setup)?
         .build()
         .map_err(|e| HttpClientError::Setup(error_chain(&e)))
 }

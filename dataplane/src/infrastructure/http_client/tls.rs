@@ -1,7 +1,8 @@
 //! Outbound TLS beyond the system trust store (the `outbound` settings): CA certificates trusted
 //! in addition to the system's, and a client certificate for servers that ask for one. Both come
 //! from PEM files, which a Kubernetes Secret or ConfigMap volume replaces in place when the
-//! certificate is renewed; [`OutboundTls::stamp`] tells when that happened.
+//! certificate is renewed; [`OutboundTls::stamp`] tells when that happened. The trace exporter
+//! reads its collector's files the same way, once.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -33,9 +34,9 @@ pub const OUTBOUND_SETTINGS: TlsFileNames = TlsFileNames {
 };
 
 /// What the files held when they were read.
-pub(super) struct TlsMaterial {
-    pub roots: Vec<reqwest::Certificate>,
-    pub identity: Option<reqwest::Identity>,
+struct TlsMaterial {
+    roots: Vec<reqwest::Certificate>,
+    identity: Option<reqwest::Identity>,
 }
 
 /// Each file's modification time and size, or `None` where it cannot be read. A renewed
@@ -82,7 +83,7 @@ impl OutboundTls {
 
     /// Reads and parses the files. The errors name the setting (as `names` call it) and the
     /// file, never key material.
-    pub(super) fn read(&self, names: TlsFileNames) -> Result<TlsMaterial, String> {
+    fn read(&self, names: TlsFileNames) -> Result<TlsMaterial, String> {
         let mut roots = Vec::new();
         if let Some(file) = &self.ca_file {
             let pem = read(names.ca, file)?;
@@ -125,11 +126,8 @@ impl OutboundTls {
         };
         Ok(TlsMaterial { roots, identity })
     }
-}
 
-impl OutboundTls {
-    /// `builder` with these files read now and applied: for a client of its own (the trace
-    /// exporter's), which takes no renewal on. Errors call the files by `names`.
+    /// `builder` with these files read now and applied. Errors call the files by `names`.
     pub fn configure(
         &self,
         builder: reqwest::ClientBuilder,
@@ -140,7 +138,7 @@ impl OutboundTls {
 }
 
 impl TlsMaterial {
-    pub(super) fn apply(self, mut builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    fn apply(self, mut builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
         if !self.roots.is_empty() {
             builder = builder.tls_certs_merge(self.roots);
         }
