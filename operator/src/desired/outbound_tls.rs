@@ -26,8 +26,8 @@ pub(super) struct Mounts {
     pub mounts: Vec<VolumeMount>,
 }
 
-/// The volumes for `tls`, with `settings.outbound` pointed at them. Refuses a reference that
-/// names nothing, and a file set both ways: `spec.outbound.*_file` names a file already in the
+/// The volumes for `tls`, with `settings.outbound` pointed at them. Refuses a name or key the
+/// API server would refuse, a CA given both ways or neither, and a file set both ways: `spec.outbound.*_file` names a file already in the
 /// image, `outbound_tls` one the operator mounts.
 pub(super) fn mounts(
     tls: Option<&OutboundTls>,
@@ -51,7 +51,7 @@ pub(super) fn mounts(
         let volume = match (&ca.config_map_key_ref, &ca.secret_key_ref) {
             (Some(cm), None) => Volume {
                 config_map: Some(ConfigMapVolumeSource {
-                    name: required("spec.outbound_tls.ca.config_map_key_ref.name", &cm.name)?,
+                    name: object_name("spec.outbound_tls.ca.config_map_key_ref.name", &cm.name)?,
                     items: item(key("spec.outbound_tls.ca.config_map_key_ref.key", &cm.key)?),
                     ..Default::default()
                 }),
@@ -59,7 +59,7 @@ pub(super) fn mounts(
             },
             (None, Some(secret)) => Volume {
                 secret: Some(SecretVolumeSource {
-                    secret_name: Some(required(
+                    secret_name: Some(object_name(
                         "spec.outbound_tls.ca.secret_key_ref.name",
                         &secret.name,
                     )?),
@@ -96,7 +96,7 @@ pub(super) fn mounts(
             .to_vec();
         let volume = Volume {
             secret: Some(SecretVolumeSource {
-                secret_name: Some(required(
+                secret_name: Some(object_name(
                     "spec.outbound_tls.client_certificate_secret",
                     secret,
                 )?),
@@ -130,7 +130,7 @@ impl Mounts {
 
 /// A ConfigMap's or Secret's name: refused here, with the field, rather than by the API server
 /// as a Deployment it will not create.
-fn required(field: &str, name: &str) -> Result<String, DesiredError> {
+fn object_name(field: &str, name: &str) -> Result<String, DesiredError> {
     let valid = (1..=253).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && name.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
