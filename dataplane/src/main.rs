@@ -145,7 +145,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .filter(|s| !s.trim().is_empty())
         .map(str::parse::<ConfigMapRef>)
         .transpose()?;
-    // Fetches the manifests' OpenAPI documents by URL, trusting what upstream calls trust.
+    // Fetches the manifests' OpenAPI documents by URL for the first snapshot, trusting what
+    // upstream calls trust; the gateway's own client takes over once it runs.
     let http = HttpClient::new(HttpClientConfig::from_settings(&config.settings.outbound))
         .map_err(|e| anyhow::anyhow!("cannot build the outbound HTTP client: {e}"))?;
     let folder = match &cluster {
@@ -212,11 +213,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
 
     let mut watchers = Watchers::default();
-    let mut tls_follower = None;
     if let Some(watch) = folder_watch.filter(FolderWatch::watches_anything) {
-        // The watcher fetches the folder's OpenAPI documents with this client, for as long as
-        // the gateway runs: it takes renewed TLS files on, as the gateway's own client does.
-        tls_follower = Some(tokio::spawn(http.clone().follow_tls_files()));
+        // The gateway's client, which takes renewed TLS files on.
+        let http = gateway.state.workflows.http().clone();
         let stop = watchers.stop_signal();
         watchers.push(watch.spawn(gateway.state.clone(), config.settings.clone(), http, stop));
     }
@@ -234,9 +233,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     shutdown_signal().await;
     watchers.stop().await;
-    if let Some(follower) = tls_follower {
-        follower.abort();
-    }
     if let Some(exporter) = exporter {
         exporter.shutdown().await;
     }
