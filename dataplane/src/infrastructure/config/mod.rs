@@ -107,6 +107,11 @@ impl ConfigSources<'_> {
     fn non_blank(&self, key: &str) -> Option<String> {
         self.var(key).filter(|v| !v.trim().is_empty())
     }
+
+    /// A variable that parses as a `T`; one that does not is ignored, as if unset.
+    fn parsed<T: std::str::FromStr>(&self, key: &str) -> Option<T> {
+        self.var(key).and_then(|v| v.trim().parse().ok())
+    }
 }
 
 /// Finds, reads, resolves and validates the configuration.
@@ -322,16 +327,10 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
     if let Some(v) = src.var("SEAL_GATEWAY_SEAL_JWT_EDDSA_PUBLIC_KEY_PEM") {
         s.auth.seal_jwt_eddsa_public_key_pem = v;
     }
-    if let Some(leeway) = src
-        .var("SEAL_GATEWAY_SEAL_JWT_LEEWAY_SECS")
-        .and_then(|v| v.trim().parse().ok())
-    {
+    if let Some(leeway) = src.parsed("SEAL_GATEWAY_SEAL_JWT_LEEWAY_SECS") {
         s.auth.seal_jwt_leeway_secs = leeway;
     }
-    if let Some(ttl) = src
-        .var("SEAL_GATEWAY_JWKS_CACHE_TTL_SECS")
-        .and_then(|v| v.trim().parse().ok())
-    {
+    if let Some(ttl) = src.parsed("SEAL_GATEWAY_JWKS_CACHE_TTL_SECS") {
         s.auth.jwks_cache_ttl_secs = ttl;
     }
     set(
@@ -388,16 +387,10 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
         &mut s.credentials.keycloak_user_jwt_audience,
         "SEAL_GATEWAY_KEYCLOAK_USER_JWT_AUDIENCE",
     );
-    if let Some(ms) = src
-        .var("SEAL_GATEWAY_CREDENTIAL_REQUEST_TIMEOUT_MS")
-        .and_then(|v| v.trim().parse().ok())
-    {
+    if let Some(ms) = src.parsed("SEAL_GATEWAY_CREDENTIAL_REQUEST_TIMEOUT_MS") {
         s.credentials.request_timeout_ms = ms;
     }
-    if let Some(n) = src
-        .var("SEAL_GATEWAY_CREDENTIAL_MAX_RETRIES")
-        .and_then(|v| v.trim().parse().ok())
-    {
+    if let Some(n) = src.parsed("SEAL_GATEWAY_CREDENTIAL_MAX_RETRIES") {
         s.credentials.max_retries = n;
     }
     set_opt(&mut s.cli.container_cli, "SEAL_GATEWAY_CONTAINER_CLI");
@@ -409,24 +402,15 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
         &mut s.cli.semantic_judge_token,
         "SEAL_GATEWAY_SEMANTIC_JUDGE_TOKEN",
     );
-    if let Some(ms) = src
-        .var("SEAL_GATEWAY_SEMANTIC_JUDGE_TIMEOUT_MS")
-        .and_then(|v| v.trim().parse().ok())
-    {
+    if let Some(ms) = src.parsed("SEAL_GATEWAY_SEMANTIC_JUDGE_TIMEOUT_MS") {
         s.cli.semantic_judge_timeout_ms = ms;
     }
     set_opt(&mut s.cli.orchestrator_url, "SEAL_GATEWAY_ORCHESTRATOR_URL");
     set(&mut s.cli.nfs_server_host, "SEAL_GATEWAY_NFS_HOST");
-    if let Some(port) = src
-        .var("SEAL_GATEWAY_NFS_PORT")
-        .and_then(|v| v.trim().parse().ok())
-    {
+    if let Some(port) = src.parsed("SEAL_GATEWAY_NFS_PORT") {
         s.cli.nfs_port = port;
     }
-    if let Some(port) = src
-        .var("SEAL_GATEWAY_NFS_MOUNT_PORT")
-        .and_then(|v| v.trim().parse().ok())
-    {
+    if let Some(port) = src.parsed("SEAL_GATEWAY_NFS_MOUNT_PORT") {
         s.cli.nfs_mount_port = port;
     }
     set_opt(&mut s.outbound.ca_file, "SEAL_GATEWAY_OUTBOUND_CA_FILE");
@@ -454,18 +438,17 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
         &mut s.audit.checkpoint_signing_key_pem,
         "SEAL_GATEWAY_AUDIT_CHECKPOINT_SIGNING_KEY_PEM",
     );
-    let number = |key: &str| src.var(key).and_then(|v| v.trim().parse::<u64>().ok());
-    if let Some(secs) = number("SEAL_GATEWAY_AUDIT_CHECKPOINT_INTERVAL_SECS") {
+    if let Some(secs) = src.parsed::<u64>("SEAL_GATEWAY_AUDIT_CHECKPOINT_INTERVAL_SECS") {
         s.audit.checkpoint_interval_secs = secs;
     }
-    if let Some(days) = number("SEAL_GATEWAY_AUDIT_RETENTION_DAYS") {
+    if let Some(days) = src.parsed::<u64>("SEAL_GATEWAY_AUDIT_RETENTION_DAYS") {
         // 0 (or out of range) turns retention off, so an env var can undo a file's setting.
         s.audit.retention_days = u32::try_from(days).ok().filter(|d| *d > 0);
     }
-    if let Some(secs) = number("SEAL_GATEWAY_AUDIT_PURGE_INTERVAL_SECS") {
+    if let Some(secs) = src.parsed::<u64>("SEAL_GATEWAY_AUDIT_PURGE_INTERVAL_SECS") {
         s.audit.purge_interval_secs = secs;
     }
-    if let Some(n) = number("SEAL_GATEWAY_AUDIT_PURGE_BATCH_SIZE") {
+    if let Some(n) = src.parsed::<u64>("SEAL_GATEWAY_AUDIT_PURGE_BATCH_SIZE") {
         s.audit.purge_batch_size = u32::try_from(n).unwrap_or(u32::MAX);
     }
 }
