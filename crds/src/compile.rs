@@ -728,6 +728,9 @@ fn compile_security_context(
                 "calls and per_seconds must both be at least 1",
             );
         }
+        if cap.max_concurrent == Some(0) {
+            p.add(format!("{f}.max_concurrent"), "must be at least 1");
+        }
         for (j, d) in cap.domain_allowlist.iter().flatten().enumerate() {
             if !is_host_name(d) {
                 // `*.example.com` is a common guess; `example.com` already covers its subdomains.

@@ -59,6 +59,11 @@ pub struct Capability {
     pub max_response_size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// At most this many calls allowed by this capability run at once in one session (SEAL
+    /// execution); one more is refused (403, SEAL code 2005) until one of them has answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_concurrent: Option<u32>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

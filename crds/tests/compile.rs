@@ -99,6 +99,7 @@ spec:
       path_allowlist: [/repos]
       rate_limit: {calls: 10, per_seconds: 60}
     - tool_pattern: kubectl
+      max_concurrent: 2
     - tool_pattern: "*"
   deny_list: [github.delete_repo]
 "#;
@@ -594,6 +595,8 @@ fn security_context_entry_keeps_its_rules() {
     assert_eq!(entry.deny_list, ["github.delete_repo"]);
     let rl = entry.capabilities[0].rate_limit.unwrap();
     assert_eq!((rl.calls, rl.per_seconds), (10, 60));
+    assert_eq!(entry.capabilities[0].max_concurrent, None);
+    assert_eq!(entry.capabilities[1].max_concurrent, Some(2));
 }
 
 #[test]
@@ -1758,6 +1761,17 @@ fn rate_limit_values_must_be_at_least_1() {
     }
     compile_valid(&[&security_context(
         "spec: {capabilities: [{tool_pattern: '*', rate_limit: {calls: 1, per_seconds: 1}}]}",
+    )]);
+}
+
+#[test]
+fn max_concurrent_must_be_at_least_1() {
+    assert_rejected(
+        &security_context("spec: {capabilities: [{tool_pattern: '*', max_concurrent: 0}]}"),
+        &[("spec.capabilities[0].max_concurrent", "must be at least 1")],
+    );
+    compile_valid(&[&security_context(
+        "spec: {capabilities: [{tool_pattern: '*', max_concurrent: 1}]}",
     )]);
 }
 

@@ -18,7 +18,7 @@ use crate::application::invocation::InvocationService;
 use crate::application::registry::{self, Registry};
 use crate::application::sessions::SessionCache;
 use crate::application::workflow::WorkflowEngine;
-use crate::domain::policy::RateLimiter;
+use crate::domain::policy::{ConcurrencyLimiter, RateLimiter};
 use crate::infrastructure::auth::operator::{OperatorAuthConfig, OperatorAuthenticator};
 use crate::infrastructure::auth::token::SealTokenVerifier;
 use crate::infrastructure::config::GatewayConfig;
@@ -133,6 +133,7 @@ impl RunningGateway {
             sessions: SessionCache::new(db.clone()),
             replay: replay.clone(),
             limiter: RateLimiter::new(),
+            running: ConcurrencyLimiter::new(),
             clock,
             metrics: metrics.clone(),
         };

@@ -434,3 +434,115 @@ spec:
     );
     gateway.shutdown().await;
 }
+
+/// An upstream that holds each request until the test lets one go (one permit of the semaphore
+/// per answer), and notifies when a request arrives.
+struct HeldUpstream {
+    addr: SocketAddr,
+    arrived: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+async fn held_upstream() -> HeldUpstream {
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let addr = {
+        let (arrived, release) = (arrived.clone(), release.clone());
+        support::serve(move |_req: http::Request<hyper::body::Incoming>| {
+            let (arrived, release) = (arrived.clone(), release.clone());
+            async move {
+                arrived.notify_one();
+                release.acquire().await.unwrap().forget();
+                http::Response::new(Full::new(Bytes::from_static(br#"{"id": 7}"#)))
+            }
+        })
+        .await
+    };
+    HeldUpstream {
+        addr,
+        arrived,
+        release,
+    }
+}
+
+/// The workflow `slow-tool`, one call to `upstream`, and `extra` documents after it.
+fn slow_tool(upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: seal.100monkeys.ai/v1
+kind: Workflow
+metadata: {{name: slow-tool}}
+spec:
+  api_spec:
+    base_url: http://{upstream}
+    openapi: {{inline: {{openapi: 3.0.0, paths: {{/ok: {{post: {{operationId: ok}}}}}}}}}}
+  steps: [{{name: call, operation_id: ok}}]
+{extra}"#
+    )
+}
+
+#[tokio::test]
+async fn a_session_runs_at_most_max_concurrent_calls_of_a_capability() {
+    let upstream = held_upstream().await;
+    let manifest = slow_tool(
+        upstream.addr,
+        r#"---
+apiVersion: seal.100monkeys.ai/v1
+kind: SecurityContext
+metadata: {name: aegis-system-default}
+spec:
+  capabilities: [{tool_pattern: slow-tool, max_concurrent: 1}]
+"#,
+    );
+    let (gateway, db, signer, _dir) = sqlite_gateway(&manifest, &[]).await;
+    let now = chrono::Utc::now();
+    let client = reqwest::Client::new();
+    let invoke = |jti: &'static str| {
+        let request = client
+            .post(format!("http://{}/v1/invoke", gateway.local_addr))
+            .body(signer.envelope("slow-tool", json!({}), jti, now.timestamp()));
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+
+    let first = tokio::spawn(invoke("jti-first"));
+    upstream.arrived.notified().await;
+    // The first call is at the upstream: a second one of the same session is refused.
+    let (status, body) = invoke("jti-second").await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], 2005);
+    assert_eq!(
+        body["error"]["message"],
+        "concurrent execution limit exceeded: slow-tool (1 running)"
+    );
+    upstream.release.add_permits(1);
+    assert_eq!(first.await.unwrap().0, 200);
+    // Its slot is free again.
+    upstream.release.add_permits(1);
+    assert_eq!(invoke("jti-third").await.0, 200);
+
+    let Database::Sqlite(pool) = &db else {
+        unreachable!()
+    };
+    let blocked: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT payload->>'violation_type', payload->>'reason', payload->>'code' \
+         FROM gateway_events WHERE event_type = 'PolicyViolationBlocked'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        blocked,
+        [(
+            "concurrent_exec_limit_exceeded".to_owned(),
+            "concurrent execution limit exceeded: slow-tool (1 running)".to_owned(),
+            2005
+        )]
+    );
+    gateway.shutdown().await;
+}

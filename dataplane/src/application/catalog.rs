@@ -182,6 +182,7 @@ pub fn with_default_contexts(mut snapshot: Snapshot) -> Snapshot {
                     domain_allowlist: None,
                     max_response_size: None,
                     rate_limit: None,
+                    max_concurrent: None,
                 })
                 .collect(),
             deny_list: Vec::new(),

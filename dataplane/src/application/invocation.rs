@@ -16,7 +16,7 @@ use crate::application::catalog::{Lookup, ServedSnapshot, ToolRef};
 use crate::application::clock::Clock;
 use crate::application::sessions::SessionCache;
 use crate::domain::envelope::{Envelope, PROTOCOL};
-use crate::domain::policy::{self, Grant, RateLimiter};
+use crate::domain::policy::{self, ConcurrencyLimiter, Grant, RateLimiter};
 use crate::domain::seal_error::{SealError, code};
 use crate::domain::tenancy::IdentityKind;
 use crate::infrastructure::auth::envelope::{TARGET as AUTH_TARGET, verify_signature};
@@ -43,8 +43,9 @@ pub const ATTESTATION_AUDIT_BUDGET: RateLimit = RateLimit {
     per_seconds: 60,
 };
 
-/// A call that passed every check.
-#[derive(Debug, Clone)]
+/// A call that passed every check. Dropping it frees the running slot its grant may hold, so it
+/// lives until the call has answered.
+#[derive(Debug)]
 pub struct AuthorizedCall {
     pub execution_id: String,
     pub agent_id: String,
@@ -97,6 +98,8 @@ pub struct InvocationService {
     pub sessions: SessionCache,
     pub replay: Arc<ReplayGuard>,
     pub limiter: RateLimiter,
+    /// Calls running per session and capability, for `max_concurrent`.
+    pub running: ConcurrencyLimiter,
     pub clock: Clock,
     /// `aegis_seal_attestations_total` and friends, one outcome per envelope.
     pub metrics: Metrics,
@@ -405,6 +408,7 @@ impl InvocationService {
             &arguments,
             &execution_id,
             &self.limiter,
+            &self.running,
             std::time::Instant::now(),
         )
         .map_err(|v| {

@@ -3,15 +3,16 @@
 //! This follows upstream's evaluation order but fixes the defects listed in reference §13.1 item
 //! 14: any matching capability may allow a call (upstream stopped at the first), `prefix.*`
 //! matches on the dot boundary, paths are normalised before the allowlist check, domains are
-//! matched on label boundaries, and `rate_limit` and `max_response_size` are enforced (the
-//! second through the returned [`Grant`], which the executor applies).
+//! matched on label boundaries, and `rate_limit`, `max_concurrent` and `max_response_size` are
+//! enforced (the last two through the returned [`Grant`]: its permit is held while the call runs,
+//! and the executor applies the size).
 //!
-//! Everything here is pure except [`RateLimiter`], which keeps counters behind a short-lived
-//! lock; time is always passed in so behaviour is deterministic under test.
+//! Everything here is pure except [`RateLimiter`] and [`ConcurrencyLimiter`], which keep counters
+//! behind short-lived locks; time is always passed in so behaviour is deterministic under test.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use aegis_seal_crds::{Capability, RateLimit, SecurityContextEntry};
@@ -38,10 +39,15 @@ pub enum Violation {
         calls: u32,
         per_seconds: u32,
     },
+    /// 2005 `concurrent execution limit exceeded: <t> (<limit> running)`: the session already
+    /// has `max_concurrent` calls of this capability running.
+    ConcurrentExecLimitExceeded { tool: String, limit: u32 },
 }
 
 impl Violation {
-    /// The SEAL error code of reference §5.4; 2005 is ours, since upstream never enforced limits.
+    /// The SEAL error code of reference §5.4. 2005 (the RFC's rate limit code) is ours, since
+    /// upstream never enforced limits; a concurrency limit is one too, so it shares the code and
+    /// a client backs off from both alike.
     pub fn code(&self) -> u32 {
         match self {
             Self::ToolNotAllowed { .. } => 2000,
@@ -49,7 +55,7 @@ impl Violation {
             Self::PathOutsideBoundary { .. } => 2002,
             Self::CommandNotAllowed { .. } | Self::SubcommandNotAllowed { .. } => 2003,
             Self::DomainNotAllowed { .. } => 2004,
-            Self::RateLimitExceeded { .. } => 2005,
+            Self::RateLimitExceeded { .. } | Self::ConcurrentExecLimitExceeded { .. } => 2005,
         }
     }
 
@@ -69,12 +75,16 @@ impl Violation {
                 calls,
                 per_seconds,
             } => format!("rate limit exceeded: {tool} ({calls} calls per {per_seconds} s)"),
+            Self::ConcurrentExecLimitExceeded { tool, limit } => {
+                format!("concurrent execution limit exceeded: {tool} ({limit} running)")
+            }
         }
     }
 
     /// `aegis_tool_policy_violations_total{violation_type}` label: tool_not_allowed, tool_denied,
     /// path_outside_boundary, domain_not_allowed, command_not_allowed, subcommand_not_allowed,
-    /// rate_limit_exceeded. Static so the metric's label set stays bounded.
+    /// rate_limit_exceeded, concurrent_exec_limit_exceeded (upstream's label for the variant it
+    /// defined and never raised). Static so the metric's label set stays bounded.
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::ToolDenied { .. } => "tool_denied",
@@ -84,15 +94,18 @@ impl Violation {
             Self::SubcommandNotAllowed { .. } => "subcommand_not_allowed",
             Self::DomainNotAllowed { .. } => "domain_not_allowed",
             Self::RateLimitExceeded { .. } => "rate_limit_exceeded",
+            Self::ConcurrentExecLimitExceeded { .. } => "concurrent_exec_limit_exceeded",
         }
     }
 }
 
 /// What an allowed call may do: the tightest `max_response_size` of the capabilities that allowed
-/// it (None = unbounded), for the executor to enforce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// it (None = unbounded), for the executor to enforce, and the running slot it holds when the
+/// allowing capability sets `max_concurrent`, to keep until the call has answered.
+#[derive(Debug, PartialEq, Eq, Default)]
 pub struct Grant {
     pub max_response_size: Option<u64>,
+    pub running: Option<RunningPermit>,
 }
 
 /// `*` matches all; `prefix.*` matches names starting with `prefix.` (on the dot boundary:
@@ -304,19 +317,103 @@ impl RateLimiter {
     }
 }
 
+/// Calls running at once per key, for `max_concurrent`.
+///
+/// A key exists only while one of its calls runs, so memory follows the calls in flight and no
+/// sweeping is needed. Cloning shares the counts.
+#[derive(Debug, Default, Clone)]
+pub struct ConcurrencyLimiter {
+    running: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl ConcurrencyLimiter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A permit when fewer than `limit` calls of `key` are running; the call counts as running
+    /// until the permit is dropped, which happens however the call ends (answered, failed, or
+    /// dropped with its connection).
+    pub fn try_acquire(&self, key: String, limit: u32) -> Option<RunningPermit> {
+        // `compile` refuses 0; a hand-built snapshot's 0 refuses everything, as for rate limits.
+        if limit == 0 {
+            return None;
+        }
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        match running.get_mut(&key) {
+            Some(count) if *count >= limit => return None,
+            Some(count) => *count += 1,
+            None => {
+                running.insert(key.clone(), 1);
+            }
+        }
+        drop(running);
+        Some(RunningPermit {
+            limiter: self.clone(),
+            key,
+        })
+    }
+
+    /// How many keys have calls running.
+    pub fn len(&self) -> usize {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One running call of a `max_concurrent` capability; dropping it frees the slot.
+#[derive(Debug)]
+pub struct RunningPermit {
+    limiter: ConcurrencyLimiter,
+    key: String,
+}
+
+impl Drop for RunningPermit {
+    fn drop(&mut self) {
+        let mut running = self
+            .limiter
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = running.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                running.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Two permits are equal when they hold a slot of the same key (for comparing grants in tests).
+impl PartialEq for RunningPermit {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for RunningPermit {}
+
 /// Evaluates a call. Order: (1) any deny_list pattern matching → ToolDenied. (2) Capabilities
 /// whose tool_pattern matches, in order: the call is allowed if ANY of them passes all its
-/// constraints (RFC; upstream stopped at the first). Rate limits are counted only on the
-/// capability that allows the call (so a call refused by constraints does not burn quota); the
-/// rate-limit key is `format!("{scope}\u{1f}{context_name}\u{1f}{capability_index}")`. If no
+/// constraints (RFC; upstream stopped at the first). Rate limits and running calls are counted
+/// only on the capability that allows the call (so a call refused by constraints does not burn
+/// quota); their key is `format!("{scope}\u{1f}{context_name}\u{1f}{capability_index}")`. If no
 /// capability matched the tool → ToolNotAllowed. If some matched but none allowed → the
 /// violation of the FIRST matching capability.
 ///
 /// In detail: the capabilities that match and pass their constraints are tried in order, and
-/// the first with no `rate_limit`, or with quota left, allows the call; only that one's quota is
-/// spent. [`Grant::max_response_size`] is the smallest over every capability that passed its
-/// constraints (whether or not its quota was needed), so the bound does not depend on which
-/// quotas happen to be spent.
+/// the first with a free running slot (or no `max_concurrent`) and quota left (or no
+/// `rate_limit`) allows the call; only that one's slot and quota are taken. The slot is taken
+/// first because giving it back is free, while spent quota cannot be returned. The slot is held
+/// by [`Grant::running`]. [`Grant::max_response_size`] is the smallest over every capability
+/// that passed its constraints (whether or not its limits were needed), so the bound does not
+/// depend on which limits happen to be reached.
 ///
 /// Constraints, each applied only when the capability sets it:
 /// * path (tools `fs.*`, `filesystem.*`, argument `path`): normalised lexically and required to
@@ -337,6 +434,7 @@ pub fn evaluate(
     arguments: &Value,
     scope: &str,
     limiter: &RateLimiter,
+    running: &ConcurrencyLimiter,
     now: Instant,
 ) -> Result<Grant, Violation> {
     if context
@@ -370,30 +468,53 @@ pub fn evaluate(
         });
     };
 
-    let grant = Grant {
-        max_response_size: passing
-            .iter()
-            .filter_map(|&index| context.capabilities[index].max_response_size)
-            .min(),
-    };
+    let max_response_size = passing
+        .iter()
+        .filter_map(|&index| context.capabilities[index].max_response_size)
+        .min();
     for &index in &passing {
         let capability = &context.capabilities[index];
-        let Some(limit) = capability.rate_limit else {
-            return Ok(grant);
-        };
-        let key = format!("{scope}\u{1f}{}\u{1f}{index}", context.name);
-        if limiter.check(&key, &limit, now) {
-            return Ok(grant);
-        }
-        if index == first_match {
-            first_violation = Some(Violation::RateLimitExceeded {
-                tool: tool.to_owned(),
-                calls: limit.calls,
-                per_seconds: limit.per_seconds,
+        if capability.max_concurrent.is_none() && capability.rate_limit.is_none() {
+            return Ok(Grant {
+                max_response_size,
+                running: None,
             });
         }
+        let key = format!("{scope}\u{1f}{}\u{1f}{index}", context.name);
+        let permit = match capability.max_concurrent {
+            None => None,
+            Some(limit) => match running.try_acquire(key.clone(), limit) {
+                Some(permit) => Some(permit),
+                None => {
+                    if index == first_match {
+                        first_violation = Some(Violation::ConcurrentExecLimitExceeded {
+                            tool: tool.to_owned(),
+                            limit,
+                        });
+                    }
+                    continue;
+                }
+            },
+        };
+        if let Some(limit) = capability.rate_limit
+            && !limiter.check(&key, &limit, now)
+        {
+            // `permit`, if any, is dropped here: the slot is free again.
+            if index == first_match {
+                first_violation = Some(Violation::RateLimitExceeded {
+                    tool: tool.to_owned(),
+                    calls: limit.calls,
+                    per_seconds: limit.per_seconds,
+                });
+            }
+            continue;
+        }
+        return Ok(Grant {
+            max_response_size,
+            running: permit,
+        });
     }
-    // The first matching capability either failed a constraint or passed and was rate limited,
+    // The first matching capability either failed a constraint or passed and reached a limit,
     // so a violation is always recorded; the fallback only keeps this free of panics.
     Err(
         first_violation.unwrap_or_else(|| Violation::ToolNotAllowed {
@@ -677,6 +798,7 @@ mod tests {
             domain_allowlist: None,
             max_response_size: None,
             rate_limit: None,
+            max_concurrent: None,
         }
     }
 
@@ -754,6 +876,7 @@ mod tests {
             &args,
             "scope",
             &RateLimiter::new(),
+            &ConcurrencyLimiter::new(),
             Instant::now(),
         )
     }
@@ -849,6 +972,15 @@ mod tests {
                 "rate limit exceeded: github.search (10 calls per 60 s)",
                 "rate_limit_exceeded",
             ),
+            (
+                Violation::ConcurrentExecLimitExceeded {
+                    tool: "busybox".into(),
+                    limit: 2,
+                },
+                2005,
+                "concurrent execution limit exceeded: busybox (2 running)",
+                "concurrent_exec_limit_exceeded",
+            ),
         ];
         for (violation, code, message, label) in cases {
             assert_eq!(violation.code(), code, "{violation:?}");
@@ -870,7 +1002,17 @@ mod tests {
         );
         let limiter = RateLimiter::new();
         let now = Instant::now();
-        let run = |tool: &str, args: Value| evaluate(&context, tool, &args, "s", &limiter, now);
+        let run = |tool: &str, args: Value| {
+            evaluate(
+                &context,
+                tool,
+                &args,
+                "s",
+                &limiter,
+                &ConcurrencyLimiter::new(),
+                now,
+            )
+        };
         assert_eq!(
             run("danger", json!({})).map_err(|v| (v.code(), v.message())),
             Err((2001, "tool denied: danger".to_owned()))
@@ -1447,31 +1589,36 @@ mod tests {
         assert_eq!(
             eval(&context, "github.search", json!({})),
             Ok(Grant {
-                max_response_size: Some(1024)
+                max_response_size: Some(1024),
+                running: None
             })
         );
         assert_eq!(
             eval(&context, "github.get", json!({})),
             Ok(Grant {
-                max_response_size: Some(4096)
+                max_response_size: Some(4096),
+                running: None
             })
         );
         assert_eq!(
             eval(&context, "other", json!({})),
             Ok(Grant {
-                max_response_size: None
+                max_response_size: None,
+                running: None
             })
         );
         assert_eq!(
             eval(&context, "fs.read", json!({"path": "/workspace/a"})),
             Ok(Grant {
-                max_response_size: Some(1)
+                max_response_size: Some(1),
+                running: None
             })
         );
         assert_eq!(
             eval(&context, "fs.read", json!({"path": "/etc"})),
             Ok(Grant {
-                max_response_size: None
+                max_response_size: None,
+                running: None
             })
         );
     }
@@ -1646,6 +1793,7 @@ mod tests {
                 &json!({ "path": path }),
                 "alice",
                 &limiter,
+                &ConcurrencyLimiter::new(),
                 at,
             )
         };
@@ -1680,7 +1828,17 @@ mod tests {
         let context = ctx(vec![limited("github.*", 1, 60), cap("*")], &[]);
         let limiter = RateLimiter::new();
         let t0 = Instant::now();
-        let run = || evaluate(&context, "github.x", &json!({}), "s", &limiter, t0);
+        let run = || {
+            evaluate(
+                &context,
+                "github.x",
+                &json!({}),
+                "s",
+                &limiter,
+                &ConcurrencyLimiter::new(),
+                t0,
+            )
+        };
         assert_eq!(run(), Ok(Grant::default()));
         assert_eq!(run(), Ok(Grant::default()));
         assert_eq!(limiter.len(), 1);
@@ -1696,7 +1854,15 @@ mod tests {
             ..a.clone()
         };
         let run = |context: &SecurityContextEntry, scope: &str| {
-            evaluate(context, "t", &json!({}), scope, &limiter, t0)
+            evaluate(
+                context,
+                "t",
+                &json!({}),
+                scope,
+                &limiter,
+                &ConcurrencyLimiter::new(),
+                t0,
+            )
         };
         // Two capabilities each allow one call, per scope and per context.
         for (context, scope) in [(&a, "alice"), (&a, "bob"), (&b, "alice")] {
@@ -1712,12 +1878,109 @@ mod tests {
         assert!(state.keys.contains_key("alice\u{1f}other\u{1f}0"));
     }
 
+    // ---- Running calls (max_concurrent) ------------------------------------------------
+
+    fn at_most(pattern: &str, limit: u32) -> Capability {
+        Capability {
+            max_concurrent: Some(limit),
+            ..cap(pattern)
+        }
+    }
+
+    #[test]
+    fn max_concurrent_refuses_while_the_calls_run_and_frees_a_slot_when_one_ends() {
+        let context = ctx(vec![at_most("busybox", 2)], &[]);
+        let limiter = RateLimiter::new();
+        let running = ConcurrencyLimiter::new();
+        let t0 = Instant::now();
+        let run = |scope: &str| {
+            evaluate(
+                &context,
+                "busybox",
+                &json!({}),
+                scope,
+                &limiter,
+                &running,
+                t0,
+            )
+        };
+        let first = run("alice").expect("first call");
+        let second = run("alice").expect("second call");
+        assert!(first.running.is_some() && second.running.is_some());
+        let full = Violation::ConcurrentExecLimitExceeded {
+            tool: "busybox".into(),
+            limit: 2,
+        };
+        assert_eq!(run("alice"), Err(full.clone()));
+        // Another session has slots of its own.
+        let other = run("bob").expect("another session");
+        assert_eq!(running.len(), 2);
+        drop(first);
+        let third = run("alice").expect("a slot was freed");
+        assert_eq!(run("alice"), Err(full));
+        drop((second, third, other));
+        // Keys live only while their calls run.
+        assert!(running.is_empty());
+        assert!(
+            limiter.is_empty(),
+            "no rate limit was set, so nothing was counted"
+        );
+    }
+
+    #[test]
+    fn a_full_capability_falls_through_and_a_rate_refusal_gives_its_slot_back() {
+        let limiter = RateLimiter::new();
+        let running = ConcurrencyLimiter::new();
+        let t0 = Instant::now();
+        let fallback = ctx(vec![at_most("github.*", 1), cap("*")], &[]);
+        let run = |context: &SecurityContextEntry| {
+            evaluate(context, "github.x", &json!({}), "s", &limiter, &running, t0)
+        };
+        let held = run(&fallback).expect("first call");
+        assert!(held.running.is_some());
+        // The first capability is full; the second allows the call without a slot.
+        assert_eq!(run(&fallback), Ok(Grant::default()));
+        drop(held);
+
+        let both = ctx(
+            vec![Capability {
+                rate_limit: Some(RateLimit {
+                    calls: 1,
+                    per_seconds: 60,
+                }),
+                ..at_most("github.*", 1)
+            }],
+            &[],
+        );
+        drop(run(&both).expect("first call"));
+        assert_eq!(
+            run(&both),
+            Err(Violation::RateLimitExceeded {
+                tool: "github.x".into(),
+                calls: 1,
+                per_seconds: 60
+            })
+        );
+        // The refused call took a slot before its quota was checked, and gave it back.
+        assert!(running.is_empty());
+    }
+
     #[test]
     fn denied_and_unmatched_calls_do_not_touch_the_limiter() {
         let context = ctx(vec![limited("github.*", 1, 60)], &["github.delete"]);
         let limiter = RateLimiter::new();
         let t0 = Instant::now();
-        let run = |tool: &str| evaluate(&context, tool, &json!({}), "s", &limiter, t0);
+        let run = |tool: &str| {
+            evaluate(
+                &context,
+                tool,
+                &json!({}),
+                "s",
+                &limiter,
+                &ConcurrencyLimiter::new(),
+                t0,
+            )
+        };
         assert!(matches!(
             run("github.delete"),
             Err(Violation::ToolDenied { .. })
