@@ -546,3 +546,128 @@ spec:
     );
     gateway.shutdown().await;
 }
+
+/// Sends `envelope` on a connection of its own, waits until the upstream has the call, and
+/// hangs up.
+async fn send_and_hang_up(gateway: &RunningGateway, upstream: &HeldUpstream, envelope: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut agent = tokio::net::TcpStream::connect(gateway.local_addr)
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /v1/invoke HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{envelope}",
+        envelope.len()
+    );
+    agent.write_all(request.as_bytes()).await.unwrap();
+    upstream.arrived.notified().await;
+    drop(agent);
+}
+
+/// The event types of the session's calls, in order.
+async fn call_events(pool: &sqlx::SqlitePool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT event_type FROM gateway_events WHERE payload->>'execution_id' IS NOT NULL ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+const ONE_WORKFLOW_CALL: [&str; 4] = [
+    "ToolCallAuthorized",
+    "WorkflowInvocationStarted",
+    "WorkflowStepExecuted",
+    "WorkflowInvocationCompleted",
+];
+
+#[tokio::test]
+async fn a_call_whose_agent_hangs_up_still_runs_to_its_end_and_is_audited() {
+    let upstream = held_upstream().await;
+    let (gateway, db, signer, _dir) = sqlite_gateway(&slow_tool(upstream.addr, ""), &[]).await;
+    let envelope = signer.envelope(
+        "slow-tool",
+        json!({}),
+        "jti-hang-up",
+        chrono::Utc::now().timestamp(),
+    );
+    send_and_hang_up(&gateway, &upstream, &envelope).await;
+    // Long enough for hyper to see the hang-up and drop what the connection was running.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    upstream.release.add_permits(1);
+
+    // The upstream did the work, so the call's record must be complete all the same.
+    let Database::Sqlite(pool) = &db else {
+        unreachable!()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let rows = call_events(pool).await;
+        if rows == ONE_WORKFLOW_CALL {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hung-up call left {rows:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Its jti was spent with it.
+    let replayed = reqwest::Client::new()
+        .post(format!("http://{}/v1/invoke", gateway.local_addr))
+        .body(envelope)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status().as_u16(), 401);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_call_whose_agent_hung_up() {
+    let upstream = held_upstream().await;
+    let (gateway, db, signer, dir) = sqlite_gateway(&slow_tool(upstream.addr, ""), &[]).await;
+    let envelope = signer.envelope(
+        "slow-tool",
+        json!({}),
+        "jti-hang-up",
+        chrono::Utc::now().timestamp(),
+    );
+    send_and_hang_up(&gateway, &upstream, &envelope).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let stopping = tokio::spawn(gateway.shutdown());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        !stopping.is_finished(),
+        "shutdown did not wait for the call"
+    );
+    upstream.release.add_permits(1);
+    stopping.await.unwrap();
+    drop(db);
+
+    // What the stopped gateway left in its file: the whole call, and its jti, which a new
+    // gateway on the same file refuses.
+    let db = Database::connect(&support::sqlite_url(dir.path()))
+        .await
+        .unwrap();
+    let Database::Sqlite(pool) = &db else {
+        unreachable!()
+    };
+    assert_eq!(call_events(pool).await, ONE_WORKFLOW_CALL);
+    let gateway = RunningGateway::start(
+        &signer.gateway_config(&[]),
+        db.clone(),
+        with_default_contexts(support::snapshot_of(&slow_tool(upstream.addr, ""))),
+        Clock::System,
+    )
+    .await
+    .unwrap();
+    let replayed = reqwest::Client::new()
+        .post(format!("http://{}/v1/invoke", gateway.local_addr))
+        .body(envelope)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status().as_u16(), 401);
+    gateway.shutdown().await;
+}
