@@ -1032,3 +1032,65 @@ async fn a_collector_of_an_internal_ca_gets_traces_through_otel_exporter_otlp_ce
         }
     }
 }
+
+/// The collector's CA renewed in place: the exporter reads the new file before its next export,
+/// without a restart, and says so once.
+#[tokio::test]
+async fn a_renewed_collector_ca_is_taken_on_without_a_restart() {
+    let ca = tls_support::Ca::new("Observability CA");
+    let stale = tls_support::Ca::new("Retired Observability Certificate Authority");
+    let upstream = upstream().await;
+    let signer = support::Signer::from_vectors();
+    let now = chrono::Utc::now().timestamp();
+    let (collector, received) = collector().await;
+    let tls = tls_support::tls_front(&ca, collector).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_manifests(dir.path(), upstream);
+    let ca_file = dir.path().join("observability-ca.crt");
+    std::fs::write(&ca_file, &stale.pem).unwrap();
+    let env = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("https://localhost:{}", tls.port()),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            ca_file.display().to_string(),
+        ),
+        // Export each batch at once, so the first one meets the stale CA.
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
+    ];
+    let gateway = start(dir.path(), &signer, "info", &env).await;
+    let spans = || -> usize {
+        received
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum()
+    };
+    let call = |jti: &str| signer.envelope("trace-tool", json!({}), jti, now);
+    assert_eq!(gateway.post(call("jti-stale-ca"), &[]).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(spans(), 0, "the collector is not trusted yet");
+
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    assert_eq!(gateway.post(call("jti-renewed-ca"), &[]).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spans() == 0 {
+        assert!(Instant::now() < deadline, "no span exported after the renewal");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = gateway.stop().await;
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("trace export failed"), "{log}");
+    assert_eq!(
+        log.matches("trace exporter TLS files changed; new connections use the new certificates")
+            .count(),
+        1,
+        "{log}"
+    );
+}

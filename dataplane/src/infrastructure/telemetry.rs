@@ -36,7 +36,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::infrastructure::http_client::{OutboundTls, TlsFileNames};
+use crate::infrastructure::http_client::{OutboundTls, RenewingClient, TlsFileNames};
 
 /// The trace exporter's TLS files, by their variables' names.
 const OTLP_FILES: TlsFileNames = TlsFileNames {
@@ -78,7 +78,7 @@ pub struct TraceSettings {
     pub sampler: String,
     /// A collector's CA certificates (`OTEL_EXPORTER_OTLP_CERTIFICATE`) and the client
     /// certificate it wants (`..._CLIENT_CERTIFICATE`, `..._CLIENT_KEY`), beside the system's
-    /// trust store; read once, at start.
+    /// trust store; read at start, and again before an export when they changed.
     pub tls: OutboundTls,
 }
 
@@ -319,16 +319,15 @@ fn provider(
     settings: &TraceSettings,
     runtime: tokio::runtime::Handle,
 ) -> Result<SdkTracerProvider, String> {
-    let builder = reqwest::Client::builder().timeout(settings.timeout);
-    let client = settings
-        .tls
-        .configure(builder, OTLP_FILES)
-        .and_then(|b| b.build().map_err(|e| e.to_string()))
-        .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?;
+    let client = RenewingClient::new(&settings.tls, || {
+        export_client(&settings.tls, settings.timeout)
+    })?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_http_client(ExportClient {
             client,
+            tls: settings.tls.clone(),
+            timeout: settings.timeout,
             runtime,
             failing: Arc::new(AtomicBool::new(false)),
         })
@@ -359,12 +358,25 @@ fn shown_endpoint(endpoint: &str) -> String {
         .unwrap_or_else(|_| "<unparseable>".into())
 }
 
+/// The exporter's reqwest client, with the TLS files read now.
+fn export_client(tls: &OutboundTls, timeout: Duration) -> Result<reqwest::Client, String> {
+    tls.configure(reqwest::Client::builder().timeout(timeout), OTLP_FILES)
+        .and_then(|b| b.build().map_err(|e| e.to_string()))
+        .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))
+}
+
 /// The exporter's HTTP client: the workspace's reqwest on the gateway's own runtime. The batch
 /// processor exports from a thread of its own (outside any runtime), so each request is spawned
 /// onto `runtime` and awaited there through its join handle.
+///
+/// Before each export the TLS files are looked at (a few `stat`s, at most one export per
+/// batch), and a renewed certificate is read then. The collector's CA or the client
+/// certificate can so be renewed in place, as the outbound client's are, without a restart.
 #[derive(Debug, Clone)]
 struct ExportClient {
-    client: reqwest::Client,
+    client: RenewingClient,
+    tls: OutboundTls,
+    timeout: Duration,
     runtime: tokio::runtime::Handle,
     /// Set after a failed export, so a collector that is down logs one line, not one per batch.
     failing: Arc<AtomicBool>,
@@ -373,7 +385,22 @@ struct ExportClient {
 #[async_trait::async_trait]
 impl opentelemetry_http::HttpClient for ExportClient {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let client = self.client.clone();
+        match self
+            .client
+            .renew_if_changed(&self.tls, || export_client(&self.tls, self.timeout))
+        {
+            None => {}
+            Some(Ok(())) => tracing::info!(
+                target: LOG_TARGET,
+                "trace exporter TLS files changed; new connections use the new certificates"
+            ),
+            Some(Err(e)) => tracing::warn!(
+                target: LOG_TARGET,
+                error = %e,
+                "trace exporter TLS files changed but are unusable; the previous certificates stay in use"
+            ),
+        }
+        let client = reqwest::Client::clone(&self.client.load());
         // Silenced: the exporter's own connections are neither log lines nor spans (reqwest and
         // hyper log through `tracing` and `log`; a span per export would feed back into exports).
         let exchange =

@@ -8,10 +8,8 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -27,7 +25,7 @@ use tracing::Instrument;
 mod tls;
 mod trace_context;
 
-pub use tls::{OutboundTls, TlsFileNames};
+pub use tls::{OutboundTls, RenewingClient, TlsFileNames};
 pub use trace_context::{TraceContext, with_trace_context};
 
 /// Most redirects followed for one request.
@@ -252,10 +250,8 @@ pub const TLS_FILES_POLL: Duration = Duration::from_secs(10);
 /// The shared outbound client. Cheap to clone: clones share one connection pool.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    /// Replaced whole when the TLS files change; requests already sent finish on the old one.
-    client: Arc<ArcSwap<reqwest::Client>>,
-    /// The TLS files as last read (or last found unusable, so a bad file is reported once).
-    tls_stamp: Arc<Mutex<tls::Stamp>>,
+    /// Rebuilt when the TLS files change.
+    client: RenewingClient,
     config: HttpClientConfig,
     /// Where each request's latency and outcome are recorded, per upstream (`host:port`).
     metrics: Option<Metrics>,
@@ -264,11 +260,9 @@ pub struct HttpClient {
 impl HttpClient {
     /// Builds the client. Fails on TLS files that cannot be read or parsed.
     pub fn new(config: HttpClientConfig) -> Result<Self, HttpClientError> {
-        let tls_stamp = config.tls.stamp();
-        let client = build_client(&config)?;
+        let client = RenewingClient::new(&config.tls, || build_client(&config))?;
         Ok(Self {
-            client: Arc::new(ArcSwap::from_pointee(client)),
-            tls_stamp: Arc::new(Mutex::new(tls_stamp)),
+            client,
             config,
             metrics: None,
         })
@@ -284,21 +278,8 @@ impl HttpClient {
     /// certificate is used for new connections without a restart. Returns what happened, if
     /// anything did: `Err` when the new files are unusable (the current client keeps serving).
     pub fn reload_tls_if_changed(&self) -> Option<Result<(), String>> {
-        let stamp = self.config.tls.stamp();
-        {
-            let mut last = self.tls_stamp.lock().unwrap_or_else(|e| e.into_inner());
-            if *last == stamp {
-                return None;
-            }
-            *last = stamp;
-        }
-        Some(match build_client(&self.config) {
-            Ok(client) => {
-                self.client.store(Arc::new(client));
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        })
+        self.client
+            .renew_if_changed(&self.config.tls, || build_client(&self.config))
     }
 
     /// Polls the TLS files every [`TLS_FILES_POLL`] and takes changed ones on; runs until dropped.

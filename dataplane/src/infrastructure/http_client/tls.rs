@@ -1,13 +1,17 @@
 //! Outbound TLS beyond the system trust store (the `outbound` settings): CA certificates trusted
 //! in addition to the system's, and a client certificate for servers that ask for one. Both come
 //! from PEM files, which a Kubernetes Secret or ConfigMap volume replaces in place when the
-//! certificate is renewed; [`OutboundTls::stamp`] tells when that happened. The trace exporter
-//! reads its collector's files the same way, once.
+//! certificate is renewed; [`OutboundTls::stamp`] tells when that happened, and a
+//! [`RenewingClient`] takes the new files on. The trace exporter reads its collector's files the
+//! same way.
 
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use aegis_seal_crds::gateway::OutboundSettings;
+use arc_swap::{ArcSwap, Guard};
 
 /// The PEM files of the `outbound` settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,7 +47,7 @@ struct TlsMaterial {
 /// certificate changes it: the kubelet swaps a volume's files by replacing a symlink, and
 /// `fs::metadata` follows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Stamp(Vec<Option<(SystemTime, u64)>>);
+struct Stamp(Vec<Option<(SystemTime, u64)>>);
 
 impl OutboundTls {
     pub fn from_settings(settings: &OutboundSettings) -> Self {
@@ -70,7 +74,7 @@ impl OutboundTls {
         self.ca_file.as_deref().into_iter().chain(identity)
     }
 
-    pub(super) fn stamp(&self) -> Stamp {
+    fn stamp(&self) -> Stamp {
         Stamp(
             self.files()
                 .map(|f| {
@@ -151,4 +155,60 @@ impl TlsMaterial {
 
 fn read(setting: &str, file: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(file).map_err(|e| format!("{setting} {}: cannot read: {e}", file.display()))
+}
+
+/// A reqwest client built with TLS files, rebuilt when they change. Clones share the client.
+#[derive(Debug, Clone)]
+pub struct RenewingClient {
+    /// Replaced whole on renewal; requests already sent finish on the old one.
+    current: Arc<ArcSwap<reqwest::Client>>,
+    /// The files as last read (or last found unusable, so a bad file is reported once).
+    stamp: Arc<Mutex<Stamp>>,
+}
+
+impl RenewingClient {
+    /// The first client, which `build` makes by reading the files of `tls`.
+    pub fn new<E>(
+        tls: &OutboundTls,
+        build: impl FnOnce() -> Result<reqwest::Client, E>,
+    ) -> Result<Self, E> {
+        // Taken before the build: a file that changes meanwhile is read again at the next look.
+        let stamp = tls.stamp();
+        let client = build()?;
+        Ok(Self {
+            current: Arc::new(ArcSwap::from_pointee(client)),
+            stamp: Arc::new(Mutex::new(stamp)),
+        })
+    }
+
+    /// The client now in effect.
+    pub fn load(&self) -> Guard<Arc<reqwest::Client>> {
+        self.current.load()
+    }
+
+    /// Rebuilds the client with `build` when a file of `tls` changed since the last look, so that
+    /// a renewed certificate is used for new connections without a restart. Returns what
+    /// happened, if anything did: `Err` when the new files are unusable (the current client
+    /// keeps serving, and the same files are not tried again).
+    pub fn renew_if_changed<E: Display>(
+        &self,
+        tls: &OutboundTls,
+        build: impl FnOnce() -> Result<reqwest::Client, E>,
+    ) -> Option<Result<(), String>> {
+        let stamp = tls.stamp();
+        {
+            let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+            if *last == stamp {
+                return None;
+            }
+            *last = stamp;
+        }
+        Some(match build() {
+            Ok(client) => {
+                self.current.store(Arc::new(client));
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        })
+    }
 }
