@@ -1081,7 +1081,10 @@ async fn a_renewed_collector_ca_is_taken_on_without_a_restart() {
     assert_eq!(gateway.post(call("jti-renewed-ca"), &[]).await.0, 200);
     let deadline = Instant::now() + Duration::from_secs(10);
     while spans() == 0 {
-        assert!(Instant::now() < deadline, "no span exported after the renewal");
+        assert!(
+            Instant::now() < deadline,
+            "no span exported after the renewal"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let out = gateway.stop().await;
