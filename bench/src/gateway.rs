@@ -52,6 +52,8 @@ pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
     log: PathBuf,
+    /// Answers 200 once the process serves: `/ready` here, `/health` for upstream's gateway.
+    ready_path: &'static str,
 }
 
 impl Gateway {
@@ -63,15 +65,28 @@ impl Gateway {
         addr: SocketAddr,
         pin: Option<usize>,
     ) -> anyhow::Result<Self> {
-        let log = config.with_extension("log");
-        let out = std::fs::File::create(&log)?;
         let mut command = Command::new(binary);
         command
             .arg("serve")
             .arg("--config")
             .arg(config)
             .arg("--manifests")
-            .arg(manifests)
+            .arg(manifests);
+        Self::launch(command, config.with_extension("log"), addr, pin, "/ready").await
+    }
+
+    /// Starts `command` with its output in `log`, pinned to `pin`, and waits until
+    /// `GET ready_path` answers 200.
+    pub async fn launch(
+        mut command: Command,
+        log: PathBuf,
+        addr: SocketAddr,
+        pin: Option<usize>,
+        ready_path: &'static str,
+    ) -> anyhow::Result<Self> {
+        let out = std::fs::File::create(&log)?;
+        let binary = PathBuf::from(command.get_program());
+        command
             .env(
                 "RUST_LOG",
                 std::env::var("BENCH_GATEWAY_LOG").unwrap_or("info".into()),
@@ -86,7 +101,12 @@ impl Gateway {
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let mut gateway = Self { child, addr, log };
+        let mut gateway = Self {
+            child,
+            addr,
+            log,
+            ready_path,
+        };
         gateway.wait_ready().await?;
         Ok(gateway)
     }
@@ -115,7 +135,7 @@ impl Gateway {
     }
 
     pub async fn ready(&self) -> anyhow::Result<(u16, Bytes)> {
-        load::call(self.addr, Method::GET, "/ready", Bytes::new()).await
+        load::call(self.addr, Method::GET, self.ready_path, Bytes::new()).await
     }
 
     /// The snapshot hash `/ready` reports.

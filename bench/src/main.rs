@@ -3,8 +3,9 @@
 //! Starts a local upstream and the real gateway binary (pinned to core 0, on SQLite and, when
 //! `DATABASE_URL` is set, on a fresh Postgres database), drives it from core 1 with pre-signed
 //! envelopes, and reports each workload against references measured in the same run: the crypto
-//! ceiling, the upstream called directly, and the disk alone (the audit writer's commits and
-//! checkpoints without SQLite). See `bench/README.md`.
+//! ceiling, the upstream called directly, the disk alone (the audit writer's commits and
+//! checkpoints without SQLite), and with `--upstream-gateway` upstream's own gateway on the same
+//! workload. See `bench/README.md`.
 //!
 //!   cargo run --release -p bench            # the full run, under two minutes
 //!   cargo run -p bench -- --smoke           # a tiny run, seconds (CI)
@@ -17,6 +18,7 @@ mod reference;
 mod report;
 mod signer;
 mod upstream;
+mod upstream_gateway;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -31,7 +33,7 @@ use sqlx::Executor;
 
 use crate::gateway::Gateway;
 use crate::load::{Outcome, Pace, Requests};
-use crate::manifests::{DENIED, ONE_STEP, THREE_STEPS};
+use crate::manifests::{DENIED, ONE_STEP, ONE_STEP_CREDENTIAL, THREE_STEPS};
 use crate::report::Row;
 use crate::signer::{Call, Signer};
 
@@ -62,6 +64,11 @@ struct Args {
     /// Do not pin the gateway and the load generator to separate cores.
     #[arg(long)]
     no_pin: bool,
+    /// Upstream's standalone gateway (`cargo install aegis-seal-gateway --version 1.2.0-beta
+    /// --locked --root target/upstream-gateway`), measured beside this one on the credential
+    /// workload.
+    #[arg(long, env = "BENCH_UPSTREAM_GATEWAY")]
+    upstream_gateway: Option<PathBuf>,
 }
 
 struct Sizes {
@@ -119,6 +126,7 @@ fn main() -> anyhow::Result<()> {
 /// The calls the workloads make.
 struct Calls {
     one_step: Call,
+    one_step_credential: Call,
     three_steps: Call,
     denied: Call,
 }
@@ -128,7 +136,13 @@ struct Backend {
     database: &'static str,
     one_step_closed: Outcome,
     one_step_open: Outcome,
+    /// The credential workload, closed loop and fixed rate (SQLite only).
+    credential: Option<(Outcome, Outcome)>,
 }
+
+/// The credential workload's name, on this gateway and on upstream's.
+const CREDENTIAL_WORKLOAD: &str = "1-step + KV credential";
+const UPSTREAM_CREDENTIAL_WORKLOAD: &str = "upstream gw 1.2.0-beta: 1-step + KV credential";
 
 async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
     let sizes = Sizes::of(&args);
@@ -143,6 +157,10 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
     let calls = Calls {
         one_step: Call {
             tool: ONE_STEP,
+            arguments: json!({"name": "bench"}),
+        },
+        one_step_credential: Call {
+            tool: ONE_STEP_CREDENTIAL,
             arguments: json!({"name": "bench"}),
         },
         three_steps: Call {
@@ -221,6 +239,15 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
         backends.push(measured?);
     }
 
+    let upstream_gateway = match &args.upstream_gateway {
+        Some(binary) => Some(
+            runner
+                .measure_upstream(binary, &work.path().join("upstream-gateway"), &mut rows)
+                .await?,
+        ),
+        None => None,
+    };
+
     progress(&format!("{} workflows loaded", sizes.workflows));
     let memory = runner
         .memory(&work.path().join("workflows"), sizes.workflows)
@@ -255,6 +282,49 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
             sizes.rate,
             b.one_step_open.ms(0.5) - direct.ms(0.5),
             b.one_step_open.ms(0.99) - direct.ms(0.99),
+        );
+    }
+    if let (Some((theirs_closed, theirs_open)), Some((ours_closed, ours_open))) =
+        (&upstream_gateway, &backends[0].credential)
+    {
+        let closed_cpu = |workload: &str| {
+            rows.iter()
+                .find(|r| r.workload == workload && matches!(r.pace, Pace::Concurrency(_)))
+                .and_then(Row::cpu_micros_per_request)
+                .unwrap_or(f64::NAN)
+        };
+        let (ours_cpu, theirs_cpu) = (
+            closed_cpu(CREDENTIAL_WORKLOAD),
+            closed_cpu(UPSTREAM_CREDENTIAL_WORKLOAD),
+        );
+        // A gateway that cannot keep the rate up queues the calls, and its latencies are then
+        // the queue's; say so rather than let them read as service times.
+        let behind = |o: &Outcome| {
+            if o.throughput() < 0.95 * sizes.rate {
+                format!(
+                    " (served {:.0} req/s of the {:.0} offered)",
+                    o.throughput(),
+                    sizes.rate
+                )
+            } else {
+                String::new()
+            }
+        };
+        let _ = writeln!(
+            out,
+            "upstream's gateway {}, same workload ({CREDENTIAL_WORKLOAD}, sqlite, same core): this gateway {:.2}x its throughput ({:.0} against {:.0} req/s) at {:.2}x less gateway CPU per call; at {:.0} req/s p50 {:.3} against {:.3} ms, p99 {:.3} against {:.3} ms{}{}",
+            upstream_gateway::VERSION,
+            ours_closed.throughput() / theirs_closed.throughput(),
+            ours_closed.throughput(),
+            theirs_closed.throughput(),
+            theirs_cpu / ours_cpu,
+            sizes.rate,
+            ours_open.ms(0.5),
+            theirs_open.ms(0.5),
+            ours_open.ms(0.99),
+            theirs_open.ms(0.99),
+            behind(ours_open),
+            behind(theirs_open),
         );
     }
     let _ = writeln!(
@@ -298,6 +368,32 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
         bail!("{unexpected} responses had an unexpected status (see the errors column)");
     }
     Ok(())
+}
+
+/// One workload against a running gateway: its outcome, and the gateway's CPU and peak RSS
+/// during it.
+async fn measured_run(
+    gw: &Gateway,
+    workload: &'static str,
+    database: &'static str,
+    pace: Pace,
+    expected: u16,
+    requests: Requests,
+    verifies: bool,
+) -> anyhow::Result<Row> {
+    progress(&format!("  {workload} ({pace})"));
+    gw.reset_peak_rss()?;
+    let cpu = gw.cpu_seconds()?;
+    let outcome = load::run(gw.addr, &requests, pace).await?;
+    Ok(Row {
+        workload,
+        database,
+        pace,
+        expected,
+        gateway: Some((gw.cpu_seconds()? - cpu, gw.peak_rss_mib()?)),
+        verifies,
+        outcome,
+    })
 }
 
 fn ms(d: Duration) -> f64 {
@@ -349,7 +445,10 @@ impl Runner<'_> {
         manifests::write(&folder, self.upstream, workflows, 1)?;
         let config = dir.join("seal-gateway-config.yaml");
         let addr = gateway::free_addr()?;
-        std::fs::write(&config, manifests::config(addr, database_url, self.signer))?;
+        std::fs::write(
+            &config,
+            manifests::config(addr, database_url, self.signer, self.upstream),
+        )?;
         Gateway::start(self.binary, &config, &folder, addr, self.pin).await
     }
 
@@ -386,20 +485,7 @@ impl Runner<'_> {
         .await?;
 
         let run = async |workload, pace: Pace, expected, requests: Requests, verifies| {
-            progress(&format!("  {workload} ({pace})"));
-            gw.reset_peak_rss()?;
-            let cpu = gw.cpu_seconds()?;
-            let outcome = load::run(gw.addr, &requests, pace).await?;
-            let row = Row {
-                workload,
-                database,
-                pace,
-                expected,
-                gateway: Some((gw.cpu_seconds()? - cpu, gw.peak_rss_mib()?)),
-                verifies,
-                outcome,
-            };
-            anyhow::Ok(row)
+            measured_run(&gw, workload, database, pace, expected, requests, verifies).await
         };
         let invoke = |call: &Call, n| -> anyhow::Result<Requests> {
             Ok(Requests::post_each(
@@ -436,7 +522,27 @@ impl Runner<'_> {
             true,
         )
         .await?;
+        let mut credential = None;
         if all {
+            let closed = run(
+                CREDENTIAL_WORKLOAD,
+                s.closed(),
+                200,
+                invoke(&self.calls.one_step_credential, s.requests)?,
+                true,
+            )
+            .await?;
+            let open = run(
+                CREDENTIAL_WORKLOAD,
+                s.open(),
+                200,
+                invoke(&self.calls.one_step_credential, s.rate_requests)?,
+                true,
+            )
+            .await?;
+            credential = Some((closed.outcome.clone(), open.outcome.clone()));
+            measured.push(closed);
+            measured.push(open);
             let n = s.requests / 2;
             measured.push(
                 run(
@@ -482,6 +588,7 @@ impl Runner<'_> {
             database,
             one_step_closed: closed.outcome.clone(),
             one_step_open: open.outcome.clone(),
+            credential,
         };
         let health = if all { Some(measured.remove(0)) } else { None };
         rows.extend(health);
@@ -489,6 +596,52 @@ impl Runner<'_> {
         rows.push(open);
         rows.extend(measured);
         Ok(backend)
+    }
+
+    /// Upstream's gateway on the credential workload, after the same warm-up as this one's.
+    async fn measure_upstream(
+        &self,
+        binary: &Path,
+        dir: &Path,
+        rows: &mut Vec<Row>,
+    ) -> anyhow::Result<(Outcome, Outcome)> {
+        progress(&format!(
+            "upstream's gateway {} on sqlite",
+            upstream_gateway::VERSION
+        ));
+        let gw = upstream_gateway::start(binary, dir, self.signer, self.upstream, self.pin).await?;
+        let s = self.sizes;
+        let invoke = |n| -> anyhow::Result<Requests> {
+            Ok(Requests::post_each(
+                "/v1/invoke",
+                self.signer.presign(&self.calls.one_step_credential, n)?,
+            ))
+        };
+        load::run(gw.addr, &invoke(200.min(s.requests))?, s.closed()).await?;
+        // A fifth of the closed loop: at upstream's pace (about 340 req/s here) the full 10,000
+        // outlast the envelopes' 30 s freshness window, and the rest would be refused as stale.
+        let closed = (s.requests / 5).max(1);
+        let mut measured = Vec::new();
+        for (pace, n) in [(s.closed(), closed), (s.open(), s.rate_requests)] {
+            let requests = invoke(n)?;
+            measured.push(
+                measured_run(
+                    &gw,
+                    UPSTREAM_CREDENTIAL_WORKLOAD,
+                    "sqlite",
+                    pace,
+                    200,
+                    requests,
+                    true,
+                )
+                .await?,
+            );
+        }
+        // Upstream has no graceful shutdown (SIGTERM ends it with that signal): killed on drop.
+        drop(gw);
+        let outcomes = (measured[0].outcome.clone(), measured[1].outcome.clone());
+        rows.extend(measured);
+        Ok(outcomes)
     }
 
     /// RSS with `workflows` workflows loaded, then a folder rewrite timed until `/ready` serves it.

@@ -10,12 +10,22 @@ use crate::signer::{SECURITY_CONTEXT, Signer};
 
 pub const ONE_STEP: &str = "bench_one_step";
 pub const THREE_STEPS: &str = "bench_three_steps";
+/// The one-step workflow with a `StaticRef` credential read from the KV store on every call: the
+/// workload this gateway and upstream's are compared on.
+pub const ONE_STEP_CREDENTIAL: &str = "bench_one_step_credential";
+/// The static credential's KV key.
+pub const CREDENTIAL_KEY: &str = "bench";
 /// Refused by the context's deny list (`admin.*`) before anything runs.
 pub const DENIED: &str = "admin.purge";
 
 /// A `SealGatewayConfig`: operator authentication off (the bench is the orchestrator, on
 /// loopback), both token issuer keys, the given database.
-pub fn config(bind: SocketAddr, database_url: &str, signer: &Signer) -> String {
+pub fn config(
+    bind: SocketAddr,
+    database_url: &str,
+    signer: &Signer,
+    upstream: SocketAddr,
+) -> String {
     json!({
         "apiVersion": "seal.100monkeys.ai/v1",
         "kind": "SealGatewayConfig",
@@ -28,6 +38,8 @@ pub fn config(bind: SocketAddr, database_url: &str, signer: &Signer) -> String {
                 "seal_jwt_public_key_pem": signer.rs256_public_key_pem,
                 "seal_jwt_eddsa_public_key_pem": signer.eddsa_public_key_pem,
             },
+            // The local upstream answers OpenBao's KV v2 read too.
+            "credentials": {"openbao_addr": format!("http://{upstream}"), "openbao_token": "bench"},
         },
     })
     .to_string()
@@ -79,6 +91,13 @@ pub fn one_step(tool: &str, upstream: SocketAddr) -> Value {
     )
 }
 
+/// [`one_step`] with a static credential from the KV store, sent as `Authorization: Bearer`.
+fn one_step_credential(upstream: SocketAddr) -> Value {
+    let mut w = one_step(ONE_STEP_CREDENTIAL, upstream);
+    w["spec"]["api_spec"]["credential_path"] = json!({"StaticRef": {"key": CREDENTIAL_KEY}});
+    w
+}
+
 /// The quickstart's shape: create, grant (templated from the first step's extracted id), read back.
 fn three_steps(upstream: SocketAddr) -> Value {
     let id_param =
@@ -116,6 +135,7 @@ pub fn write(
     let documents = [
         security_context(),
         one_step(ONE_STEP, upstream),
+        one_step_credential(upstream),
         three_steps(upstream),
     ];
     std::fs::write(dir.join("bench.yaml"), multi_document(&documents))?;

@@ -210,7 +210,7 @@ pub async fn reload_in_process(
     let database = format!("sqlite://{}", dir.join("gateway.db").display());
     std::fs::write(
         &config_path,
-        manifests::config("127.0.0.1:0".parse()?, &database, signer),
+        manifests::config("127.0.0.1:0".parse()?, &database, signer, upstream),
     )?;
     let config = load_config(&ConfigSources {
         explicit: Some(&config_path),

@@ -27,6 +27,12 @@ impl Row {
             .sum()
     }
 
+    /// The gateway's CPU per request over the run, in µs.
+    pub fn cpu_micros_per_request(&self) -> Option<f64> {
+        self.gateway
+            .map(|(cpu, _)| cpu * 1e6 / self.outcome.requests().max(1) as f64)
+    }
+
     /// Responses other than the expected status, as `status×count`.
     fn errors(&self) -> String {
         let errors: Vec<String> = self
@@ -62,13 +68,13 @@ pub fn table(rows: &[Row], ceiling_per_second: f64) -> String {
         } else {
             "-".into()
         };
-        let (cpu, per_request, rss) = match row.gateway {
-            Some((cpu, rss)) => (
+        let (cpu, per_request, rss) = match (row.gateway, row.cpu_micros_per_request()) {
+            (Some((cpu, rss)), Some(per_request)) => (
                 format!("{cpu:.2}"),
-                format!("{:.0}", cpu * 1e6 / o.requests().max(1) as f64),
+                format!("{per_request:.0}"),
                 format!("{rss:.1}"),
             ),
-            None => ("-".into(), "-".into(), "-".into()),
+            _ => ("-".into(), "-".into(), "-".into()),
         };
         let _ = writeln!(
             out,

@@ -28,8 +28,8 @@ pub struct Signer {
     /// 6 ms), which would make pre-signing most of the run.
     token_key: RsaKeyPair,
     random: SystemRandom,
-    issuer: String,
-    audience: String,
+    pub issuer: String,
+    pub audience: String,
     pub rs256_public_key_pem: String,
     pub eddsa_public_key_pem: String,
     pub execution_id: String,

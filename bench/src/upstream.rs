@@ -2,7 +2,9 @@
 //!
 //! - `POST /fixed`: the one-step workflow's call, and the direct reference;
 //! - `POST /repos`, `POST /repos/{id}/teams`, `GET /repos/{id}`: the three-step workflow's calls
-//!   (the quickstart's repository API, without its state).
+//!   (the quickstart's repository API, without its state);
+//! - `GET /v1/secret/data/bench`: OpenBao's KV v2 read of the static credential `bench`, for the
+//!   workload both this gateway and upstream's run (upstream resolves a credential on every call).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,6 +20,8 @@ pub const FIXED: &str =
     r#"{"status":"ok","id":42,"items":[{"name":"a","size":1},{"name":"b","size":2}]}"#;
 const REPO: &str = r#"{"id":42,"name":"bench","private":true,"teams":[]}"#;
 const GRANT: &str = r#"{"team":"platform","permission":"push"}"#;
+/// The KV v2 answer: `data.data.token` is what a `StaticRef` credential sends as a bearer token.
+const KV_SECRET: &str = r#"{"request_id":"bench","lease_id":"","renewable":false,"lease_duration":0,"data":{"data":{"token":"bench-upstream-token"},"metadata":{"version":1,"destroyed":false}}}"#;
 const REPO_WITH_TEAM: &str =
     r#"{"id":42,"name":"bench","private":true,"teams":[{"team":"platform","permission":"push"}]}"#;
 
@@ -49,6 +53,7 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         (Method::POST, ["repos"]) => (StatusCode::CREATED, REPO),
         (Method::POST, ["repos", _, "teams"]) => (StatusCode::OK, GRANT),
         (Method::GET, ["repos", _]) => (StatusCode::OK, REPO_WITH_TEAM),
+        (Method::GET, ["v1", "secret", "data", "bench"]) => (StatusCode::OK, KV_SECRET),
         _ => (StatusCode::NOT_FOUND, r#"{"message":"not found"}"#),
     };
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
