@@ -547,6 +547,38 @@ spec:
     gateway.shutdown().await;
 }
 
+/// A gateway on SQLite serving `slow-tool`, whose agent sent one call (returned) and hung up while
+/// the upstream holds it, long enough ago for hyper to have seen the hang-up.
+struct HungUpCall {
+    upstream: HeldUpstream,
+    gateway: RunningGateway,
+    db: Database,
+    signer: support::Signer,
+    dir: tempfile::TempDir,
+    envelope: String,
+}
+
+async fn hung_up_call() -> HungUpCall {
+    let upstream = held_upstream().await;
+    let (gateway, db, signer, dir) = sqlite_gateway(&slow_tool(upstream.addr, ""), &[]).await;
+    let envelope = signer.envelope(
+        "slow-tool",
+        json!({}),
+        "jti-hang-up",
+        chrono::Utc::now().timestamp(),
+    );
+    send_and_hang_up(&gateway, &upstream, &envelope).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    HungUpCall {
+        upstream,
+        gateway,
+        db,
+        signer,
+        dir,
+        envelope,
+    }
+}
+
 /// Sends `envelope` on a connection of its own, waits until the upstream has the call, and
 /// hangs up.
 async fn send_and_hang_up(gateway: &RunningGateway, upstream: &HeldUpstream, envelope: &str) {
@@ -583,17 +615,15 @@ const ONE_WORKFLOW_CALL: [&str; 4] = [
 
 #[tokio::test]
 async fn a_call_whose_agent_hangs_up_still_runs_to_its_end_and_is_audited() {
-    let upstream = held_upstream().await;
-    let (gateway, db, signer, _dir) = sqlite_gateway(&slow_tool(upstream.addr, ""), &[]).await;
-    let envelope = signer.envelope(
-        "slow-tool",
-        json!({}),
-        "jti-hang-up",
-        chrono::Utc::now().timestamp(),
-    );
-    send_and_hang_up(&gateway, &upstream, &envelope).await;
-    // Long enough for hyper to see the hang-up and drop what the connection was running.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // `_dir` keeps the database's folder for the test's length.
+    let HungUpCall {
+        upstream,
+        gateway,
+        db,
+        envelope,
+        dir: _dir,
+        ..
+    } = hung_up_call().await;
     upstream.release.add_permits(1);
 
     // The upstream did the work, so the call's record must be complete all the same.
@@ -625,16 +655,14 @@ async fn a_call_whose_agent_hangs_up_still_runs_to_its_end_and_is_audited() {
 
 #[tokio::test]
 async fn shutdown_waits_for_a_call_whose_agent_hung_up() {
-    let upstream = held_upstream().await;
-    let (gateway, db, signer, dir) = sqlite_gateway(&slow_tool(upstream.addr, ""), &[]).await;
-    let envelope = signer.envelope(
-        "slow-tool",
-        json!({}),
-        "jti-hang-up",
-        chrono::Utc::now().timestamp(),
-    );
-    send_and_hang_up(&gateway, &upstream, &envelope).await;
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let HungUpCall {
+        upstream,
+        gateway,
+        db,
+        signer,
+        dir,
+        envelope,
+    } = hung_up_call().await;
     let stopping = tokio::spawn(gateway.shutdown());
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert!(

@@ -53,6 +53,18 @@ struct Received {
     requests: Vec<ExportTraceServiceRequest>,
 }
 
+impl Received {
+    /// Spans in every export so far.
+    fn span_count(&self) -> usize {
+        self.requests
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum()
+    }
+}
+
 /// An OTLP/HTTP trace receiver on 127.0.0.1: `POST /v1/traces` only.
 async fn collector() -> (SocketAddr, Arc<Mutex<Received>>) {
     let received = Arc::new(Mutex::new(Received::default()));
@@ -1012,15 +1024,7 @@ async fn a_collector_of_an_internal_ca_gets_traces_through_otel_exporter_otlp_ce
         assert_eq!(status, 200, "{body}");
         // The exporter flushes at shutdown.
         let out = gateway.stop().await;
-        let spans: usize = received
-            .lock()
-            .unwrap()
-            .requests
-            .iter()
-            .flat_map(|r| &r.resource_spans)
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
+        let spans = received.lock().unwrap().span_count();
         if trusted {
             assert!(
                 spans > 0,
@@ -1061,17 +1065,7 @@ async fn a_renewed_collector_ca_is_taken_on_without_a_restart() {
         ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
     ];
     let gateway = start(dir.path(), &signer, "info", &env).await;
-    let spans = || -> usize {
-        received
-            .lock()
-            .unwrap()
-            .requests
-            .iter()
-            .flat_map(|r| &r.resource_spans)
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum()
-    };
+    let spans = || received.lock().unwrap().span_count();
     let call = |jti: &str| signer.envelope("trace-tool", json!({}), jti, now);
     assert_eq!(gateway.post(call("jti-stale-ca"), &[]).await.0, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
