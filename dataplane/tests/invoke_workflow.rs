@@ -79,6 +79,22 @@ async fn query_one(db: &Database, sql: &str) -> Option<String> {
     }
 }
 
+/// POSTs `envelope` to the gateway's `/v1/invoke`.
+async fn invoke(gateway: SocketAddr, envelope: String) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("http://{gateway}/v1/invoke"))
+        .body(envelope)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// [`invoke`]'s status and JSON body.
+async fn invoke_json(gateway: SocketAddr, envelope: String) -> (u16, Value) {
+    let response = invoke(gateway, envelope).await;
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
 /// A gateway on a fresh SQLite file serving `manifest`, with the vectors' session registered and
 /// `config` beside the vectors' token key.
 async fn sqlite_gateway(
@@ -133,17 +149,7 @@ async fn workflows_run_and_failures_are_recorded_as_the_runbook_reads_them() {
         let client = reqwest::Client::new();
         let send = |tool: &str, jti: &str| {
             let body = signer.envelope(tool, json!({"x": "<&\">"}), jti, now.timestamp());
-            let client = client.clone();
-            let base = base.clone();
-            async move {
-                let r = client
-                    .post(format!("{base}/v1/invoke"))
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                (r.status().as_u16(), r.json::<Value>().await.unwrap())
-            }
+            invoke_json(gateway.local_addr, body)
         };
 
         let (status, body) = send("ok-tool", &format!("{backend}-ok")).await;
@@ -285,12 +291,7 @@ spec:
     .await;
     let now = chrono::Utc::now();
     let body = signer.envelope("whoami", json!({}), "jti-whoami", now.timestamp());
-    let r = client
-        .post(format!("http://{}/v1/invoke", gateway.local_addr))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = invoke(gateway.local_addr, body).await;
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     assert!(
@@ -316,12 +317,7 @@ spec:
 
     // The tenant's own workflow reads the same key under `tenant-acme/`, never the platform's.
     let body = signer.envelope("acme-whoami", json!({}), "jti-acme-whoami", now.timestamp());
-    let r = client
-        .post(format!("http://{}/v1/invoke", gateway.local_addr))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = invoke(gateway.local_addr, body).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let path = query_one(
         &db,
@@ -371,28 +367,18 @@ spec:
     );
     let (gateway, db, signer, _dir) = sqlite_gateway(&manifest, &[]).await;
     let now = chrono::Utc::now();
-    let client = reqwest::Client::new();
-    let invoke = |jti: &'static str, arguments: Value| {
+    let call = |jti: &'static str, arguments: Value| {
         let body = signer.envelope("create-repo", arguments, jti, now.timestamp());
-        let request = client
-            .post(format!("http://{}/v1/invoke", gateway.local_addr))
-            .body(body);
-        async move {
-            let response = request.send().await.unwrap();
-            (
-                response.status().as_u16(),
-                response.json::<Value>().await.unwrap(),
-            )
-        }
+        invoke_json(gateway.local_addr, body)
     };
 
     let refused = |reason: &str| json!({"error": format!("arguments do not match the input_schema of 'create-repo': {reason}")});
     assert_eq!(
-        invoke("jti-missing", json!({"private": true})).await,
+        call("jti-missing", json!({"private": true})).await,
         (400, refused("/: \"repo_name\" is a required property"))
     );
     assert_eq!(
-        invoke(
+        call(
             "jti-type",
             json!({"repo_name": "demo", "private": "sk-not-a-bool"})
         )
@@ -404,7 +390,7 @@ spec:
         0,
         "nothing reached the upstream"
     );
-    let (status, body) = invoke("jti-ok", json!({"repo_name": "demo", "private": true})).await;
+    let (status, body) = call("jti-ok", json!({"repo_name": "demo", "private": true})).await;
     assert_eq!(
         (status, &body["result"]["result"]),
         (200, &json!({"id": 7}))
@@ -496,24 +482,15 @@ spec:
     );
     let (gateway, db, signer, _dir) = sqlite_gateway(&manifest, &[]).await;
     let now = chrono::Utc::now();
-    let client = reqwest::Client::new();
-    let invoke = |jti: &'static str| {
-        let request = client
-            .post(format!("http://{}/v1/invoke", gateway.local_addr))
-            .body(signer.envelope("slow-tool", json!({}), jti, now.timestamp()));
-        async move {
-            let response = request.send().await.unwrap();
-            (
-                response.status().as_u16(),
-                response.json::<Value>().await.unwrap(),
-            )
-        }
+    let call = |jti: &'static str| {
+        let body = signer.envelope("slow-tool", json!({}), jti, now.timestamp());
+        invoke_json(gateway.local_addr, body)
     };
 
-    let first = tokio::spawn(invoke("jti-first"));
+    let first = tokio::spawn(call("jti-first"));
     upstream.arrived.notified().await;
     // The first call is at the upstream: a second one of the same session is refused.
-    let (status, body) = invoke("jti-second").await;
+    let (status, body) = call("jti-second").await;
     assert_eq!(status, 403);
     assert_eq!(body["error"]["code"], 2005);
     assert_eq!(
@@ -524,7 +501,7 @@ spec:
     assert_eq!(first.await.unwrap().0, 200);
     // Its slot is free again.
     upstream.release.add_permits(1);
-    assert_eq!(invoke("jti-third").await.0, 200);
+    assert_eq!(call("jti-third").await.0, 200);
 
     let Database::Sqlite(pool) = &db else {
         unreachable!()
@@ -643,12 +620,7 @@ async fn a_call_whose_agent_hangs_up_still_runs_to_its_end_and_is_audited() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     // Its jti was spent with it.
-    let replayed = reqwest::Client::new()
-        .post(format!("http://{}/v1/invoke", gateway.local_addr))
-        .body(envelope)
-        .send()
-        .await
-        .unwrap();
+    let replayed = invoke(gateway.local_addr, envelope).await;
     assert_eq!(replayed.status().as_u16(), 401);
     gateway.shutdown().await;
 }
@@ -690,12 +662,7 @@ async fn shutdown_waits_for_a_call_whose_agent_hung_up() {
     )
     .await
     .unwrap();
-    let replayed = reqwest::Client::new()
-        .post(format!("http://{}/v1/invoke", gateway.local_addr))
-        .body(envelope)
-        .send()
-        .await
-        .unwrap();
+    let replayed = invoke(gateway.local_addr, envelope).await;
     assert_eq!(replayed.status().as_u16(), 401);
     gateway.shutdown().await;
 }
