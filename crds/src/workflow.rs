@@ -89,6 +89,8 @@ pub struct WorkflowStep {
     /// The OpenAPI operation to call.
     pub operation_id: String,
     /// Handlebars template rendering the request: path, query and header parameters and the JSON body.
+    /// `{{json x}}` writes a JSON value; `{{x}}` writes text escaped for the inside of a JSON
+    /// string (`"{{input.title}}"`), so an argument cannot end the string and add keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_template: Option<String>,
     /// Values to keep from the response: key -> JSONPath.

@@ -532,19 +532,24 @@ async fn a_step_without_template_renders_an_empty_object_and_empty_bodies_are_em
 }
 
 #[tokio::test]
-async fn html_is_not_escaped_and_json_helper_escapes_for_json() {
+async fn values_reach_the_upstream_as_sent_and_cannot_add_keys() {
     let up = Upstream::start().await;
     let wf = workflow(
         &up.base_url(),
         json!([{"name": "post", "operation_id": "echoPost",
-                "body_template": r#"{"owner": "o", "title": {{json input.title}}, "raw": "{{input.plain}}"}"#}]),
+                "body_template": r#"{"owner": "o", "role": "reader", "title": {{json input.title}}, "quoted": "{{input.plain}}"}"#}]),
     );
     let title = "<&\">\\ and\nnewline";
-    let outcome = run(&engine(), &wf, json!({"title": title, "plain": "a<b&c>'"})).await;
+    // Upstream's templates quote values; one that tries to close its string stays inside it.
+    let plain = "a<b&c>' \", \"owner\": \"evil\", \"role\": \"admin";
+    let outcome = run(&engine(), &wf, json!({"title": title, "plain": plain})).await;
     assert!(outcome.result.is_ok(), "{:?}", outcome.result);
-    let body = up.calls()[0].json_body();
-    assert_eq!(body["title"], title);
-    assert_eq!(body["raw"], "a<b&c>'");
+    let call = &up.calls()[0];
+    assert_eq!(call.path, "/echo/o");
+    assert_eq!(
+        call.json_body(),
+        json!({"role": "reader", "title": title, "quoted": plain})
+    );
 }
 
 #[tokio::test]

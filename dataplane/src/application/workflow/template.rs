@@ -16,15 +16,26 @@ use serde_json::{Map, Value, json};
 /// Largest text a step template may render.
 pub const MAX_RENDERED_BYTES: usize = 1024 * 1024;
 
-/// A registry for step templates: strict, no HTML escaping, with the `json` helper and a `lookup`
-/// that names what it could not find.
+/// A registry for step templates: strict, values escaped for a JSON string, with the `json` helper
+/// and a `lookup` that names what it could not find.
 pub fn new_registry() -> Handlebars<'static> {
     let mut registry = Handlebars::new();
     registry.set_strict_mode(true);
-    registry.register_escape_fn(handlebars::no_escape);
+    registry.register_escape_fn(escape_json_string);
     registry.register_helper("json", Box::new(json_helper));
     registry.register_helper("lookup", Box::new(StrictLookup));
     registry
+}
+
+/// What `{{x}}` writes: the value's text escaped as the inside of a JSON string (`"`, `\` and
+/// controls; nothing else changes). Upstream's templates quote their values (`"{{input.title}}"`), and
+/// without this an argument holding `", "owner": "x` would end the string and add keys of the
+/// agent's choosing. Upstream's HTML escaping kept that out but mangled `&`, `<` and quotes; this
+/// keeps it out and sends the value as it was. `{{{x}}}` still writes the text raw, for an author
+/// who means it; `{{json x}}` writes a whole JSON value.
+fn escape_json_string(text: &str) -> String {
+    let quoted = serde_json::Value::from(text).to_string();
+    quoted[1..quoted.len() - 1].to_owned()
 }
 
 /// `{{json x}}`: `x` as JSON text (strings quoted and escaped, objects and arrays whole).
@@ -251,8 +262,18 @@ mod tests {
     }
 
     #[test]
-    fn html_is_not_escaped() {
-        assert_eq!(render_str("{{input.title}}", &scope()).unwrap(), "<&\">");
+    fn values_are_escaped_as_json_string_content_not_html() {
+        assert_eq!(render_str("{{input.title}}", &scope()).unwrap(), r#"<&\">"#);
+        assert_eq!(render_str("{{input.n}}", &scope()).unwrap(), "3");
+        // A quoted value cannot be broken out of, whatever it holds.
+        let s = TemplateScope::new(&json!({"x": "a\", \"owner\": \"evil\\\n\u{1}"}));
+        let rendered = render_str(r#"{"owner": "o", "title": "{{input.x}}"}"#, &s).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&rendered).unwrap(),
+            json!({"owner": "o", "title": "a\", \"owner\": \"evil\\\n\u{1}"})
+        );
+        // Triple braces write the text as it is.
+        assert_eq!(render_str("{{{input.title}}}", &scope()).unwrap(), "<&\">");
     }
 
     #[test]
