@@ -1,41 +1,44 @@
 #!/usr/bin/env bash
-# Fuzzes the data plane's SEAL envelope parser and canonicalizer (dataplane/fuzz) with cargo-fuzz
-# on the stable toolchain. CI runs it for 60 s from scripts/test.sh; developers run it for longer.
+# Fuzzes the data plane's parsers of agent input (dataplane/fuzz) with cargo-fuzz on the stable
+# toolchain, one target after the other:
+#   envelope          the SEAL envelope parser and canonicalizer;
+#   workflow_request  arguments through a step's templates into the upstream request (no escape
+#                     from a JSON string, one path segment per path parameter, nothing added).
+# CI runs each for 60 s from scripts/test.sh; developers run them for longer.
 #
-#   scripts/fuzz.sh [SECONDS] [-- LIBFUZZER_FLAGS...]   fuzz (default ${SEAL_FUZZ_SECONDS:-60} s)
+#   scripts/fuzz.sh [SECONDS] [-- LIBFUZZER_FLAGS...]   fuzz each target (default ${SEAL_FUZZ_SECONDS:-60} s each)
 #   scripts/fuzz.sh repro FILE...                       re-run saved inputs (a crash reproducer)
-#   scripts/fuzz.sh build                               only build the target
+#   scripts/fuzz.sh build                               only build the targets
 #
 # Environment:
-#   SEAL_FUZZ_SECONDS    run time when SECONDS is not given (default 60)
-#   SEAL_FUZZ_TARGET     fuzz target (default envelope)
+#   SEAL_FUZZ_SECONDS    run time per target when SECONDS is not given (default 60)
+#   SEAL_FUZZ_TARGET     one target only (default: all of them; repro takes it from the file's folder)
 #   SEAL_FUZZ_SANITIZER  none (default) or address/leak/...: a sanitizer needs unstable rustc
 #                        flags, so RUSTC_BOOTSTRAP=1 is set for it, and it rebuilds everything
 #
-# Examples: an hour on both cores, keeping what it finds in target/fuzz/corpus:
-#   scripts/fuzz.sh 3600 -- -fork=2
+# Examples: an hour of the envelope target on both cores, keeping what it finds in target/fuzz/corpus:
+#   SEAL_FUZZ_TARGET=envelope scripts/fuzz.sh 3600 -- -fork=2
 # Minimize a crash:
 #   PATH="$PWD/target/tools/cargo/bin:$PATH" cargo fuzz tmin --dev -s none \
 #     --fuzz-dir dataplane/fuzz --target-dir target/fuzz envelope CRASH_FILE
 #
 # Layout: cargo-fuzz is installed from crates.io into target/tools/cargo; the instrumented build
 # goes to target/fuzz (it shares nothing with the main build); the growing corpus lives in
-# target/fuzz/corpus/TARGET, seeded read-only from dataplane/fuzz/corpus/TARGET; crashes are
-# written to dataplane/fuzz/artifacts/TARGET (git-ignored). Exits non-zero on any crash.
+# target/fuzz/corpus/TARGET, seeded read-only from dataplane/fuzz/corpus/TARGET when that folder
+# exists; crashes are written to dataplane/fuzz/artifacts/TARGET (git-ignored). Exits non-zero on
+# any crash.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
 CARGO_FUZZ_VERSION=0.13.2
-TARGET="${SEAL_FUZZ_TARGET:-envelope}"
 SANITIZER="${SEAL_FUZZ_SANITIZER:-none}"
 FUZZ_DIR=dataplane/fuzz
 TARGET_DIR="$ROOT/target/fuzz"
 TOOLS="$ROOT/target/tools/cargo"
-WORK_CORPUS="$TARGET_DIR/corpus/$TARGET"
-SEEDS="$FUZZ_DIR/corpus/$TARGET"
-ARTIFACTS="$FUZZ_DIR/artifacts/$TARGET"
+# Every target of the fuzz crate, from its fuzz_targets folder.
+mapfile -t ALL_TARGETS < <(find "$FUZZ_DIR/fuzz_targets" -name '*.rs' -printf '%f\n' | sed 's/\.rs$//' | sort)
 
 say() { printf 'fuzz: %s\n' "$*" >&2; }
 
@@ -70,41 +73,62 @@ fi
 # --dev: see the profiles in dataplane/fuzz/Cargo.toml (only the code the target runs is optimized).
 fuzz_args=(--dev --sanitizer "$SANITIZER" --fuzz-dir "$FUZZ_DIR" --target-dir "$TARGET_DIR")
 
+if [[ $mode == repro ]]; then
+  [[ $# -gt 0 ]] || { say "repro needs the input files"; exit 2; }
+  # A reproducer lives in artifacts/TARGET/.
+  targets=("${SEAL_FUZZ_TARGET:-$(basename "$(dirname "$1")")}")
+elif [[ -n ${SEAL_FUZZ_TARGET:-} ]]; then
+  targets=("$SEAL_FUZZ_TARGET")
+else
+  targets=("${ALL_TARGETS[@]}")
+fi
+for target in "${targets[@]}"; do
+  [[ " ${ALL_TARGETS[*]} " == *" $target "* ]] || { say "no fuzz target '$target' (targets: ${ALL_TARGETS[*]})"; exit 2; }
+done
+
 t0=$SECONDS
-say "building target $TARGET (sanitizer: $SANITIZER) in target/fuzz"
-cargo fuzz build "${fuzz_args[@]}" "$TARGET"
+say "building ${targets[*]} (sanitizer: $SANITIZER) in target/fuzz"
+for target in "${targets[@]}"; do
+  cargo fuzz build "${fuzz_args[@]}" "$target"
+done
 build_s=$((SECONDS - t0))
 say "cargo-fuzz install ${install_s}s, build ${build_s}s"
 
 case $mode in
   build) exit 0 ;;
-  repro)
-    [[ $# -gt 0 ]] || { say "repro needs the input files"; exit 2; }
-    exec cargo fuzz run "${fuzz_args[@]}" "$TARGET" "$@"
-    ;;
+  repro) exec cargo fuzz run "${fuzz_args[@]}" "${targets[0]}" "$@" ;;
 esac
 
-mkdir -p "$WORK_CORPUS" "$ARTIFACTS"
 stamp="$(mktemp)"
 trap 'rm -f "$stamp"' EXIT
-t0=$SECONDS
-say "running $TARGET for ${seconds}s (corpus: target/fuzz/corpus/$TARGET + seeds in $SEEDS)"
-dict=()
-[[ -f $FUZZ_DIR/$TARGET.dict ]] && dict=(-dict="$FUZZ_DIR/$TARGET.dict")
-status=0
-cargo fuzz run "${fuzz_args[@]}" "$TARGET" "$WORK_CORPUS" "$SEEDS" -- \
-  -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
-  "${dict[@]}" -print_final_stats=1 "$@" || status=$?
-run_s=$((SECONDS - t0))
+failed=0
+for target in "${targets[@]}"; do
+  work_corpus="$TARGET_DIR/corpus/$target"
+  artifacts="$FUZZ_DIR/artifacts/$target"
+  mkdir -p "$work_corpus" "$artifacts"
+  corpora=("$work_corpus")
+  [[ -d $FUZZ_DIR/corpus/$target ]] && corpora+=("$FUZZ_DIR/corpus/$target")
+  dict=()
+  [[ -f $FUZZ_DIR/$target.dict ]] && dict=(-dict="$FUZZ_DIR/$target.dict")
+  t0=$SECONDS
+  say "running $target for ${seconds}s (corpus: ${corpora[*]})"
+  status=0
+  cargo fuzz run "${fuzz_args[@]}" "$target" "${corpora[@]}" -- \
+    -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
+    "${dict[@]}" -print_final_stats=1 "$@" || status=$?
+  run_s=$((SECONDS - t0))
 
-mapfile -t found < <(find "$ARTIFACTS" -type f -newer "$stamp" | sort)
-if [[ $status -ne 0 || ${#found[@]} -gt 0 ]]; then
-  say "FAILED (exit $status) after ${run_s}s"
-  for f in "${found[@]}"; do
-    say "reproducer: $f"
-    say "  re-run it: scripts/fuzz.sh repro $f"
-  done
-  [[ ${#found[@]} -gt 0 ]] || say "no reproducer was written: see libFuzzer's output above"
-  exit 1
-fi
-say "no crash: cargo-fuzz install ${install_s}s, build ${build_s}s, run ${run_s}s"
+  mapfile -t found < <(find "$artifacts" -type f -newer "$stamp" | sort)
+  if [[ $status -ne 0 || ${#found[@]} -gt 0 ]]; then
+    say "$target FAILED (exit $status) after ${run_s}s"
+    for f in "${found[@]}"; do
+      say "reproducer: $f"
+      say "  re-run it: scripts/fuzz.sh repro $f"
+    done
+    [[ ${#found[@]} -gt 0 ]] || say "no reproducer was written: see libFuzzer's output above"
+    failed=1
+  else
+    say "$target: no crash in ${run_s}s"
+  fi
+done
+exit "$failed"
