@@ -6,6 +6,7 @@ mod support;
 use aegis_seal_crds::Snapshot;
 use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::clock::Clock;
+use aegis_seal_gateway::domain::envelope::Envelope;
 use aegis_seal_gateway::gateway::RunningGateway;
 use aegis_seal_gateway::infrastructure::persistence::{Database, SessionRecord, SessionStatus};
 use chrono::{DateTime, Duration, Utc};
@@ -79,6 +80,12 @@ struct Harness {
 
 impl Harness {
     async fn start(file: &VectorFile, url: Option<String>) -> Self {
+        let now = DateTime::from_timestamp(file.now_unix, 0).unwrap();
+        Self::start_at(file, url, now).await
+    }
+
+    /// A gateway whose clock stands at `now`.
+    async fn start_at(file: &VectorFile, url: Option<String>, now: DateTime<Utc>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = url.unwrap_or_else(|| support::sqlite_url(dir.path()));
         let issuer = &file.token_issuer;
@@ -88,7 +95,6 @@ impl Harness {
             ("SEAL_GATEWAY_SEAL_JWT_PUBLIC_KEY_PEM", rsa),
             ("SEAL_GATEWAY_SEAL_JWT_EDDSA_PUBLIC_KEY_PEM", eddsa),
         ]);
-        let now = DateTime::from_timestamp(file.now_unix, 0).unwrap();
         let db = Database::connect(&url).await.unwrap();
         db.upsert_session(&session_record(&file.session, now))
             .await
@@ -216,6 +222,75 @@ async fn typescript_sdk_vectors_get_their_expected_outcomes() {
 }
 
 /// The jti inside a vector's security token.
+/// Upstream's window: whole seconds between the envelope's time and now, truncated toward zero,
+/// so an envelope up to 30.999 s old or early is fresh, and one 31 s off is not.
+#[tokio::test]
+async fn the_freshness_window_is_just_under_31_seconds_on_either_side() {
+    let file = vectors("python-sdk.json");
+    let envelope = file
+        .cases
+        .iter()
+        .find(|c| c.expect == "accept")
+        .unwrap()
+        .envelope
+        .get();
+    let sent = Envelope::parse(envelope.as_bytes()).unwrap().timestamp;
+    let sent = DateTime::from_timestamp(sent, 0).unwrap();
+    for (offset_ms, refusal) in [
+        (30_999, None),
+        (31_000, Some("(31s)")),
+        (-30_999, None),
+        (-31_000, Some("(-31s)")),
+    ] {
+        let harness =
+            Harness::start_at(&file, None, sent + Duration::milliseconds(offset_ms)).await;
+        let (status, body) = harness.invoke("/v1/invoke", envelope).await;
+        let what = format!("now = sent + {offset_ms} ms: {status} {body}");
+        match refusal {
+            // Authorized; the workflow's upstream is a closed port, so the call itself fails.
+            None => {
+                assert_eq!(seal_code(&body), None, "{what}");
+                assert_eq!(harness.count("ToolCallAuthorized").await, 1, "{what}");
+            }
+            Some(skew) => {
+                assert_eq!((status, seal_code(&body)), (401, Some(1003)), "{what}");
+                assert_eq!(
+                    message(&body),
+                    format!("envelope timestamp is outside the 30 second freshness window {skew}")
+                );
+            }
+        }
+    }
+}
+
+/// Times at the ends of `i64` are refused as stale, not overflowed into a small skew.
+#[tokio::test]
+async fn a_timestamp_at_the_ends_of_i64_is_outside_the_window() {
+    let file = vectors("python-sdk.json");
+    let harness = Harness::start(&file, None).await;
+    let envelope = file
+        .cases
+        .iter()
+        .find(|c| c.expect == "accept")
+        .unwrap()
+        .envelope
+        .get();
+    let now = file.now_unix;
+    // `now - 2^63` is the time whose difference from now wraps to i64::MIN, which a plain `abs`
+    // leaves negative, so within any window.
+    for timestamp in [i64::MIN, i64::MAX, now.wrapping_sub(i64::MIN)] {
+        let mut tampered: Value = serde_json::from_str(envelope).unwrap();
+        tampered["timestamp"] = timestamp.into();
+        let (status, body) = harness.invoke("/v1/invoke", &tampered.to_string()).await;
+        assert_eq!(
+            (status, seal_code(&body)),
+            (401, Some(1003)),
+            "{timestamp}: {body}"
+        );
+        assert!(message(&body).contains("freshness window"), "{body}");
+    }
+}
+
 fn jti_of(envelope: &RawValue) -> String {
     use base64::Engine;
     let envelope: Value = serde_json::from_str(envelope.get()).unwrap();

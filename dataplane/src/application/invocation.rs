@@ -164,8 +164,14 @@ impl InvocationService {
             audited(outcome, error)
         };
 
-        let skew = now.timestamp() - envelope.timestamp;
-        if skew.abs() > FRESHNESS_WINDOW_SECS {
+        // Whole seconds from the envelope's time to now, truncated toward zero as upstream's
+        // `num_seconds` does: the window is just under 31 s on either side. A time chrono cannot
+        // hold is far outside it (and must not overflow the subtraction).
+        let skew = match DateTime::from_timestamp(envelope.timestamp, 0) {
+            Some(sent) => (now - sent).num_seconds(),
+            None => now.timestamp().saturating_sub(envelope.timestamp),
+        };
+        if skew.unsigned_abs() > FRESHNESS_WINDOW_SECS.unsigned_abs() {
             let e = SealError::new(
                 StatusCode::UNAUTHORIZED,
                 code::TOKEN_EXPIRED,
