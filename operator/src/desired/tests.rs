@@ -710,7 +710,8 @@ fn secret_refs_become_env_references_and_secret_env_vars() {
             "openbao_addr": "http://openbao:8200",
             "openbao_token": {"secret_key_ref": {"name": "bao", "key": "token"}},
             "keycloak_client_secret": "literal-is-kept"
-        }
+        },
+        "cli": {"semantic_judge_url": "http://judge:8080"}
     }));
     let doc = config_document(&d);
     // Numbered in the order of the settings' paths: credentials.openbao_token < database.url.
@@ -746,6 +747,25 @@ fn secret_refs_become_env_references_and_secret_env_vars() {
         [
             ("SEAL_GW_SECRET_0", "bao", "token", Some(false)),
             ("SEAL_GW_SECRET_1", "db", "url", Some(false)),
+            // The runbook's diagnostics read the token under its own name.
+            ("SEAL_GATEWAY_OPENBAO_TOKEN", "bao", "token", Some(false)),
+        ]
+    );
+    let plain_env: Vec<_> = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|e| e.name.starts_with("SEAL_GATEWAY_"))
+        .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)))
+        .collect();
+    assert_eq!(
+        plain_env,
+        [
+            ("SEAL_GATEWAY_CONFIGMAP", "tools/edge-config"),
+            ("SEAL_GATEWAY_OPENBAO_ADDR", "http://openbao:8200"),
+            ("SEAL_GATEWAY_SEMANTIC_JUDGE_URL", "http://judge:8080"),
+            ("SEAL_GATEWAY_KEYCLOAK_CLIENT_SECRET", "literal-is-kept"),
         ]
     );
     let fields: Vec<_> = config_file(GW, &fixtures::gateway(json!({

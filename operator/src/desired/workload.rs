@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use aegis_seal_crds::SecretKeyRef;
 use aegis_seal_crds::gateway::{
     GatewaySettings, OutboundSettings, SealGatewaySpec, TracingSettings,
 };
+use aegis_seal_crds::{SecretKeyRef, SecretValue};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
@@ -133,6 +133,47 @@ fn secret_env_var(name: &str, secret: &SecretKeyRef) -> EnvVar {
     }
 }
 
+/// The settings the runbook's diagnostics read from the container's environment (`curl -H
+/// "X-Vault-Token: $SEAL_GATEWAY_OPENBAO_TOKEN" "$SEAL_GATEWAY_OPENBAO_ADDR/v1/sys/health"`, the
+/// Keycloak exchange, the judge), under those names, from the same values or Secrets as the config
+/// file. The data plane reads these names as overrides of the file, which they equal; both are in
+/// the pod template, so they change together.
+fn runbook_env(settings: &GatewaySettings) -> Vec<EnvVar> {
+    let credentials = &settings.credentials;
+    let plain = [
+        ("SEAL_GATEWAY_OPENBAO_ADDR", &credentials.openbao_addr),
+        (
+            "SEAL_GATEWAY_KEYCLOAK_TOKEN_EXCHANGE_URL",
+            &credentials.keycloak_token_exchange_url,
+        ),
+        (
+            "SEAL_GATEWAY_KEYCLOAK_CLIENT_ID",
+            &credentials.keycloak_client_id,
+        ),
+        (
+            "SEAL_GATEWAY_SEMANTIC_JUDGE_URL",
+            &settings.cli.semantic_judge_url,
+        ),
+    ];
+    let secret = [
+        ("SEAL_GATEWAY_OPENBAO_TOKEN", &credentials.openbao_token),
+        (
+            "SEAL_GATEWAY_KEYCLOAK_CLIENT_SECRET",
+            &credentials.keycloak_client_secret,
+        ),
+    ];
+    let plain = plain
+        .into_iter()
+        .filter_map(|(name, value)| Some(env(name, value.clone()?)));
+    let secret = secret.into_iter().filter_map(|(name, value)| {
+        Some(match value.as_ref()? {
+            SecretValue::Literal(text) => env(name, text.clone()),
+            SecretValue::FromSecret { secret_key_ref } => secret_env_var(name, secret_key_ref),
+        })
+    });
+    plain.chain(secret).collect()
+}
+
 fn env(name: &str, value: String) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -207,6 +248,7 @@ pub(super) fn deployment(
         env("METRICS_PORT", METRICS_PORT.to_string()),
     ];
     env_vars.extend(secret_env.iter().map(|s| secret_env_var(&s.env, &s.secret)));
+    env_vars.extend(runbook_env(&spec.settings));
     // In the pod template itself, so a change rolls the pods, as the data plane needs to take it on.
     env_vars.extend(tracing_env);
 
