@@ -259,6 +259,12 @@ pub struct AuthSettings {
     /// Claim holding the operator role; `aegis_role` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator_role_claim: Option<String>,
+    /// Roles accepted in that claim; when unset, `operator`, `platform-admin`, `aegis:operator` and
+    /// `aegis:admin`. A token holding `platform-admin` or `aegis:admin` (or no `tenant_id`) acts as a
+    /// platform operator, whatever this list says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub operator_accepted_roles: Option<Vec<String>>,
     /// PEM RSA public key verifying RS256 SEAL security tokens.
     #[serde(default)]
     pub seal_jwt_public_key_pem: String,
@@ -302,6 +308,7 @@ impl Default for AuthSettings {
             operator_jwt_issuer: default_operator_jwt_issuer(),
             operator_jwt_audience: default_operator_jwt_audience(),
             operator_role_claim: None,
+            operator_accepted_roles: None,
             seal_jwt_public_key_pem: String::new(),
             seal_jwt_eddsa_public_key_pem: String::new(),
             seal_jwt_leeway_secs: default_seal_jwt_leeway_secs(),

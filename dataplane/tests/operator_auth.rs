@@ -844,10 +844,11 @@ mod operator {
             operator_role_claim: Some("groups".into()),
             ..AuthSettings::default()
         };
-        let auth = authenticator(OperatorAuthConfig {
-            accepted_roles: vec!["gateway-ops".into()],
-            ..OperatorAuthConfig::from_settings(&settings)
-        });
+        let settings = AuthSettings {
+            operator_accepted_roles: Some(vec![" gateway-ops ".into()]),
+            ..settings
+        };
+        let auth = authenticator(OperatorAuthConfig::from_settings(&settings));
         let token = rs256(&claims(
             json!({"groups": ["gateway-ops"], "aegis_role": null}),
         ));

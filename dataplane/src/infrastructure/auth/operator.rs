@@ -29,7 +29,8 @@ use crate::infrastructure::http_client::HttpClient;
 
 /// Claim holding the operator role when `operator_role_claim` is unset.
 pub const DEFAULT_ROLE_CLAIM: &str = "aegis_role";
-/// Roles accepted by default (B-2): the runbook's and the upstream gateway's spellings.
+/// Roles accepted when `operator_accepted_roles` is unset (B-2): the runbook's and the upstream
+/// gateway's spellings.
 pub const DEFAULT_ACCEPTED_ROLES: [&str; 4] = [
     "operator",
     "platform-admin",
@@ -88,7 +89,10 @@ impl OperatorAuthConfig {
             issuer: auth.operator_jwt_issuer.clone(),
             audience: auth.operator_jwt_audience.clone(),
             role_claim: role_claim.to_owned(),
-            accepted_roles: DEFAULT_ACCEPTED_ROLES.map(String::from).to_vec(),
+            accepted_roles: match &auth.operator_accepted_roles {
+                Some(roles) => roles.iter().map(|r| r.trim().to_owned()).collect(),
+                None => DEFAULT_ACCEPTED_ROLES.map(String::from).to_vec(),
+            },
             cache_ttl,
             leeway: DEFAULT_LEEWAY,
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,

@@ -345,6 +345,10 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
         &mut s.auth.operator_role_claim,
         "SEAL_GATEWAY_OPERATOR_ROLE_CLAIM",
     );
+    if let Some(list) = src.non_blank("SEAL_GATEWAY_OPERATOR_ACCEPTED_ROLES") {
+        s.auth.operator_accepted_roles =
+            Some(list.split(',').map(|r| r.trim().to_owned()).collect());
+    }
     set(&mut s.auth.seal_jwt_issuer, "SEAL_GATEWAY_SEAL_JWT_ISSUER");
     set(
         &mut s.auth.seal_jwt_audience,
@@ -565,6 +569,15 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
             "spec.outbound.client_certificate_file and spec.outbound.client_key_file must be set together"
                 .into(),
         );
+    }
+    if let Some(roles) = &s.auth.operator_accepted_roles {
+        // An empty list would refuse every operator token; a blank entry is a typo in a list.
+        if roles.is_empty() || roles.iter().any(|r| r.trim().is_empty()) {
+            return Err(
+                "spec.auth.operator_accepted_roles: list at least one role, none of them blank"
+                    .into(),
+            );
+        }
     }
     if !s.auth.disabled && s.auth.operator_jwks_uri.trim().is_empty() {
         return Err("spec.auth.operator_jwks_uri is required when auth is enabled".into());

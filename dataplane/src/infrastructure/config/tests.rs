@@ -149,6 +149,7 @@ fn spec_defaults() -> GatewaySettings {
             operator_jwt_issuer: "aegis-keycloak".into(),
             operator_jwt_audience: "aegis-seal-gateway".into(),
             operator_role_claim: None,
+            operator_accepted_roles: None,
             seal_jwt_leeway_secs: 60,
             seal_jwt_eddsa_public_key_pem: String::new(),
             seal_jwt_public_key_pem: String::new(),
@@ -459,6 +460,7 @@ fn env_references_are_replaced_in_every_supported_field() {
             operator_jwt_issuer: "op-issuer".into(),
             operator_jwt_audience: "op-audience".into(),
             operator_role_claim: None,
+            operator_accepted_roles: None,
             seal_jwt_leeway_secs: 60,
             seal_jwt_eddsa_public_key_pem: String::new(),
             seal_jwt_public_key_pem: pem.into(),
@@ -772,6 +774,7 @@ fn file_values() -> GatewaySettings {
             operator_jwt_issuer: "file-op-iss".into(),
             operator_jwt_audience: "file-op-aud".into(),
             operator_role_claim: Some("file_role".into()),
+            operator_accepted_roles: None,
             seal_jwt_leeway_secs: 60,
             seal_jwt_eddsa_public_key_pem: String::new(),
             seal_jwt_public_key_pem: "file-pem".into(),
@@ -885,6 +888,7 @@ fn every_override_replaces_the_file_value() {
             operator_jwt_issuer: "env-op-iss".into(),
             operator_jwt_audience: "env-op-aud".into(),
             operator_role_claim: Some("env_role".into()),
+            operator_accepted_roles: None,
             seal_jwt_leeway_secs: 60,
             seal_jwt_eddsa_public_key_pem: String::new(),
             seal_jwt_public_key_pem: "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"
@@ -1093,6 +1097,48 @@ fn role_claim_override_sets_an_unset_claim() {
     assert_eq!(
         config.settings.auth.operator_role_claim.as_deref(),
         Some("groups")
+    );
+}
+
+#[test]
+fn accepted_roles_come_from_a_comma_separated_override() {
+    let sandbox = Sandbox::with_env(&[
+        ("SEAL_GATEWAY_AUTH_DISABLED", "true"),
+        (
+            "SEAL_GATEWAY_OPERATOR_ACCEPTED_ROLES",
+            " gateway-ops, platform-admin ",
+        ),
+    ]);
+    let config = sandbox.load().expect("loads");
+    assert_eq!(
+        config.settings.auth.operator_accepted_roles,
+        Some(vec!["gateway-ops".to_owned(), "platform-admin".to_owned()])
+    );
+}
+
+#[test]
+fn accepted_roles_cannot_be_empty_or_hold_a_blank() {
+    for roles in ["[]", "[ops, \" \"]"] {
+        let text = format!(
+            "apiVersion: seal.100monkeys.ai/v1\nkind: SealGatewayConfig\nmetadata: {{name: r}}\n\
+             spec: {{auth: {{disabled: true, operator_accepted_roles: {roles}}}}}\n"
+        );
+        assert_eq!(
+            config_error(&text),
+            "spec.auth.operator_accepted_roles: list at least one role, none of them blank",
+            "{roles}"
+        );
+    }
+    // The override cannot empty the list either: a blank variable is no override.
+    let sandbox = Sandbox::with_env(&[
+        ("SEAL_GATEWAY_AUTH_DISABLED", "true"),
+        ("SEAL_GATEWAY_OPERATOR_ACCEPTED_ROLES", "ops,,admins"),
+    ]);
+    assert!(
+        sandbox
+            .load()
+            .unwrap_err()
+            .contains("operator_accepted_roles")
     );
 }
 
