@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::application::catalog::{Entries, ServedSnapshot, with_default_contexts};
+use crate::application::catalog::{Entries, ServedSnapshot};
 use crate::application::cli::CliEngine;
 use crate::application::clock::Clock;
 use crate::application::credential::CredentialResolver;
@@ -106,7 +106,7 @@ impl RunningGateway {
             OperatorAuthenticator::new(OperatorAuthConfig::from_settings(auth), http.clone())
         });
         // Served: the declarative snapshot plus the REST objects stored in the database.
-        let base = Entries::from(with_default_contexts(snapshot));
+        let base = Entries::from(snapshot);
         let revision = db
             .catalog_revision()
             .await
@@ -222,7 +222,6 @@ pub async fn reload(
     snapshot: Snapshot,
     source: CatalogSource,
 ) -> Result<String, String> {
-    let snapshot = with_default_contexts(snapshot);
     let mut base = state.registry.lock().await;
     let base_hash = snapshot.hash();
     if base.hash() == base_hash {

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use aegis_seal_crds::Snapshot;
-use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
 use aegis_seal_gateway::infrastructure::config::{ConfigSources, load_config};
@@ -193,7 +192,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(_) => CatalogSource::Kubernetes,
         None => CatalogSource::Manifest,
     };
-    let snapshot = with_default_contexts(snapshot);
     let db = Database::connect(config.database_url())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

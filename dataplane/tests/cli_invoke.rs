@@ -4,7 +4,6 @@
 mod cli_support;
 mod support;
 
-use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
 use aegis_seal_gateway::infrastructure::persistence::{CatalogSource, Database};
@@ -67,7 +66,7 @@ async fn event_types(db: &Database, execution_id: &str) -> Vec<String> {
 async fn cli_tools_answer_signed_invocations_on_both_backends() {
     require_podman();
     let judge = Judge::start().await;
-    let snapshot = with_default_contexts(support::snapshot_of(&manifests()));
+    let snapshot = support::snapshot_of(&manifests());
     let signer = support::Signer::from_vectors();
 
     for (backend, url, _dir) in support::both_backends().await {

@@ -138,3 +138,117 @@ async fn rest_writes_to_declarative_names_are_409() {
         control.shutdown().await;
     }
 }
+
+/// The built-in default contexts: listed and readable while served, not deletable, and gone once a
+/// system-global context is registered over REST (they come back when it is deleted).
+#[tokio::test]
+async fn the_default_contexts_give_way_to_a_registered_system_global_one() {
+    let jwks = JwksServer::start(standard_jwks()).await;
+    let platform = operator(None, "operator");
+    let defaults = ["aegis-system-default", "internal", "zaru-free"];
+
+    for (backend, url, _dir) in support::both_backends().await {
+        let control = Control::start(&url, Default::default(), &jwks.uri, &[]).await;
+        let served = || {
+            let served = control.gateway.state.served.load();
+            let names: Vec<String> = served
+                .snapshot
+                .security_contexts
+                .iter()
+                .map(|c| c.name.clone())
+                .collect();
+            names
+        };
+        let listed = || async {
+            let (status, list) = control
+                .call("GET", "/v1/security-contexts", Some(&platform), None)
+                .await;
+            assert_eq!(status, 200, "{backend}: {list}");
+            list.as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    let text = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+                    (text("name"), text("source"))
+                })
+                .collect::<Vec<_>>()
+        };
+
+        assert_eq!(served(), defaults, "{backend}");
+        let as_defaults: Vec<_> = defaults
+            .iter()
+            .map(|n| (n.to_string(), "default".to_owned()))
+            .collect();
+        assert_eq!(listed().await, as_defaults, "{backend}");
+        let (status, internal) = control
+            .call(
+                "GET",
+                "/v1/security-contexts/internal",
+                Some(&platform),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{backend}: {internal}");
+        assert_eq!(
+            internal["capabilities"],
+            json!([{"tool_pattern": "*"}, {"tool_pattern": "credentials.*"}]),
+            "{backend}"
+        );
+        let (status, reply) = control
+            .call(
+                "DELETE",
+                "/v1/security-contexts/internal",
+                Some(&platform),
+                None,
+            )
+            .await;
+        assert_eq!(status, 409, "{backend}: {reply}");
+        assert_eq!(
+            reply["error"],
+            "security context \"internal\" is a built-in default, served only while no system-global security context exists; register or declare one and the defaults are no longer served",
+            "{backend}"
+        );
+
+        // Replacing one registers a system-global context: the three defaults are no longer served.
+        let (status, reply) = control
+            .call(
+                "PUT",
+                "/v1/security-contexts/internal",
+                Some(&platform),
+                Some(json!({"capabilities": [{"tool_pattern": "repos.*"}]})),
+            )
+            .await;
+        assert_eq!(status, 201, "{backend}: {reply}");
+        assert_eq!(served(), ["internal"], "{backend}");
+        assert_eq!(
+            listed().await,
+            [("internal".to_owned(), "rest".to_owned())],
+            "{backend}"
+        );
+        let (status, _) = control
+            .call(
+                "GET",
+                "/v1/security-contexts/aegis-system-default",
+                Some(&platform),
+                None,
+            )
+            .await;
+        assert_eq!(status, 404, "{backend}");
+
+        // Deleting it leaves no system-global context: the defaults are served again.
+        let (status, reply) = control
+            .call(
+                "DELETE",
+                "/v1/security-contexts/internal",
+                Some(&platform),
+                None,
+            )
+            .await;
+        assert!(
+            status == 200 || status == 204,
+            "{backend}: {status} {reply}"
+        );
+        assert_eq!(served(), defaults, "{backend}");
+        assert_eq!(listed().await, as_defaults, "{backend}");
+    }
+}

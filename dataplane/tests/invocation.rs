@@ -4,7 +4,6 @@
 mod support;
 
 use aegis_seal_crds::Snapshot;
-use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::domain::envelope::Envelope;
 use aegis_seal_gateway::gateway::RunningGateway;
@@ -52,7 +51,7 @@ spec:
 "#;
 
 fn snapshot() -> Snapshot {
-    with_default_contexts(support::snapshot_of(ACME_WORKFLOW))
+    support::snapshot_of(ACME_WORKFLOW)
 }
 
 fn session_record(session: &Value, now: DateTime<Utc>) -> SessionRecord {

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
 use aegis_seal_gateway::infrastructure::persistence::Database;
@@ -101,7 +100,7 @@ async fn sqlite_gateway(
     manifest: &str,
     config: &[(&str, &str)],
 ) -> (RunningGateway, Database, support::Signer, tempfile::TempDir) {
-    let snapshot = with_default_contexts(support::snapshot_of(manifest));
+    let snapshot = support::snapshot_of(manifest);
     let signer = support::Signer::from_vectors();
     let dir = tempfile::tempdir().unwrap();
     let db = Database::connect(&support::sqlite_url(dir.path()))
@@ -124,9 +123,7 @@ async fn sqlite_gateway(
 #[tokio::test]
 async fn workflows_run_and_failures_are_recorded_as_the_runbook_reads_them() {
     let upstream = upstream().await;
-    let snapshot = with_default_contexts(support::snapshot_of(&manifests(&format!(
-        "http://{upstream}"
-    ))));
+    let snapshot = support::snapshot_of(&manifests(&format!("http://{upstream}")));
     let signer = support::Signer::from_vectors();
 
     for (backend, url, _dir) in support::both_backends().await {
@@ -657,7 +654,7 @@ async fn shutdown_waits_for_a_call_whose_agent_hung_up() {
     let gateway = RunningGateway::start(
         &signer.gateway_config(&[]),
         db.clone(),
-        with_default_contexts(support::snapshot_of(&slow_tool(upstream.addr, ""))),
+        support::snapshot_of(&slow_tool(upstream.addr, "")),
         Clock::System,
     )
     .await

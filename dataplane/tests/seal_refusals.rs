@@ -13,7 +13,6 @@ mod refusal_support;
 mod support;
 
 use aegis_seal_crds::Snapshot;
-use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::invocation::ATTESTATION_AUDIT_BUDGET;
 use aegis_seal_gateway::infrastructure::persistence::{Database, SessionRecord};
 use chrono::Duration;
@@ -60,7 +59,7 @@ impl Harness {
             ("SEAL_GATEWAY_SEAL_JWT_ISSUER", ISSUER),
             ("SEAL_GATEWAY_SEAL_JWT_AUDIENCE", AUDIENCE),
         ];
-        let snapshot = with_default_contexts(Snapshot::default());
+        let snapshot = Snapshot::default();
         Self {
             seal: SealGateway::start(db, snapshot, &config).await,
             audited: Default::default(),

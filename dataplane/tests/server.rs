@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aegis_seal_crds::Snapshot;
-use aegis_seal_gateway::application::catalog::with_default_contexts;
+use aegis_seal_gateway::application::catalog::{Entries, add_default_contexts};
 use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
 use aegis_seal_gateway::infrastructure::persistence::{Database, PoolSettings};
@@ -85,11 +85,10 @@ async fn health_never_touches_the_database_and_ready_reports_starvation() {
         assert_eq!(ready.status(), 200, "{backend}");
         let body: serde_json::Value = ready.json().await.unwrap();
         assert_eq!(body["status"], "ready");
-        // The served snapshot always carries the built-in default SecurityContexts.
-        assert_eq!(
-            body["snapshot_hash"],
-            with_default_contexts(Snapshot::default()).hash()
-        );
+        // With nothing declared, the served snapshot is the built-in default SecurityContexts.
+        let mut served = Entries::default();
+        add_default_contexts(&mut served);
+        assert_eq!(body["snapshot_hash"], served.hash());
 
         // Take the only connection: the request path is starved.
         let held_sqlite = match &db {

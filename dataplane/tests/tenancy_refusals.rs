@@ -18,7 +18,6 @@ mod refusal_support;
 mod support;
 
 use aegis_seal_crds::Snapshot;
-use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::infrastructure::persistence::{
     CatalogSource, Database, SessionRecord, SessionStatus,
 };
@@ -150,9 +149,7 @@ impl Seal {
             response
         })
         .await;
-        let snapshot = with_default_contexts(support::snapshot_of(&manifests(&format!(
-            "http://{upstream}"
-        ))));
+        let snapshot = support::snapshot_of(&manifests(&format!("http://{upstream}")));
         let db = Database::connect(url).await.unwrap();
         db.sync_catalog(&snapshot, CatalogSource::Manifest)
             .await

@@ -3,7 +3,7 @@
 //! same name, and another tenant's objects never.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use aegis_seal_crds::security_context::Capability;
 use aegis_seal_crds::{
@@ -152,43 +152,58 @@ pub const DEFAULT_CONTEXTS: [(&str, &[&str], &str); 3] = [
     ),
 ];
 
-/// Adds the default contexts when the snapshot defines no system-global context, as upstream does.
-pub fn with_default_contexts(mut snapshot: Snapshot) -> Snapshot {
-    if snapshot
+/// The default contexts, built once: served entries are told from declared or registered ones by
+/// identity ([`is_default_context`]), not by name.
+static DEFAULTS: LazyLock<Vec<Arc<SecurityContextEntry>>> = LazyLock::new(|| {
+    DEFAULT_CONTEXTS
+        .iter()
+        .map(|(name, patterns, description)| {
+            Arc::new(SecurityContextEntry {
+                source: ResourceRef {
+                    kind: "SecurityContext".into(),
+                    namespace: None,
+                    name: (*name).into(),
+                    generation: None,
+                },
+                name: (*name).into(),
+                tenant_id: None,
+                description: (*description).into(),
+                capabilities: patterns
+                    .iter()
+                    .map(|p| Capability {
+                        tool_pattern: (*p).into(),
+                        path_allowlist: None,
+                        command_allowlist: None,
+                        subcommand_allowlist: None,
+                        domain_allowlist: None,
+                        max_response_size: None,
+                        rate_limit: None,
+                        max_concurrent: None,
+                    })
+                    .collect(),
+                deny_list: Vec::new(),
+            })
+        })
+        .collect()
+});
+
+/// Adds the default contexts when nothing served (declared or registered over REST) is a
+/// system-global context, as upstream seeds them when it has none. Registering or declaring one
+/// takes all three away.
+pub fn add_default_contexts(entries: &mut Entries) {
+    if entries
         .security_contexts
         .iter()
         .any(|c| c.tenant_id.is_none())
     {
-        return snapshot;
+        return;
     }
-    for (name, patterns, description) in DEFAULT_CONTEXTS {
-        snapshot.security_contexts.push(SecurityContextEntry {
-            source: ResourceRef {
-                kind: "SecurityContext".into(),
-                namespace: None,
-                name: name.into(),
-                generation: None,
-            },
-            name: name.into(),
-            tenant_id: None,
-            description: description.into(),
-            capabilities: patterns
-                .iter()
-                .map(|p| Capability {
-                    tool_pattern: (*p).into(),
-                    path_allowlist: None,
-                    command_allowlist: None,
-                    subcommand_allowlist: None,
-                    domain_allowlist: None,
-                    max_response_size: None,
-                    rate_limit: None,
-                    max_concurrent: None,
-                })
-                .collect(),
-            deny_list: Vec::new(),
-        });
-    }
-    snapshot
+    entries.security_contexts.extend(DEFAULTS.iter().cloned());
+}
+
+/// Whether a served context is one of the defaults [`add_default_contexts`] added.
+pub fn is_default_context(context: &Arc<SecurityContextEntry>) -> bool {
+    DEFAULTS.iter().any(|d| Arc::ptr_eq(d, context))
 }
 
 impl ServedSnapshot {
@@ -263,11 +278,51 @@ mod tests {
 
     #[test]
     fn shared_entries_hash_as_the_snapshot_they_came_from() {
-        let snapshot = with_default_contexts(Snapshot::default());
-        let hash = snapshot.hash();
-        let entries = Entries::from(snapshot);
-        assert_eq!(entries.hash(), hash);
+        let mut entries = Entries::default();
+        add_default_contexts(&mut entries);
+        let snapshot = Snapshot {
+            security_contexts: entries
+                .security_contexts
+                .iter()
+                .map(|c| (**c).clone())
+                .collect(),
+            ..Snapshot::default()
+        };
+        assert_eq!(entries.hash(), snapshot.hash());
         assert_eq!(Entries::default().hash(), Snapshot::default().hash());
+    }
+
+    #[test]
+    fn defaults_are_added_only_without_a_system_global_context() {
+        let mut entries = Entries::default();
+        add_default_contexts(&mut entries);
+        let names: Vec<&str> = entries
+            .security_contexts
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["aegis-system-default", "internal", "zaru-free"]);
+        assert!(entries.security_contexts.iter().all(is_default_context));
+
+        // A tenant's context is not a system-global one; a copy of a default is not a default.
+        let own = |tenant: Option<&str>| {
+            let mut c = (*DEFAULTS[0]).clone();
+            c.tenant_id = tenant.map(str::to_owned);
+            Arc::new(c)
+        };
+        let mut tenant_only = Entries {
+            security_contexts: vec![own(Some("acme"))],
+            ..Entries::default()
+        };
+        add_default_contexts(&mut tenant_only);
+        assert_eq!(tenant_only.security_contexts.len(), 4);
+        let mut global = Entries {
+            security_contexts: vec![own(None)],
+            ..Entries::default()
+        };
+        add_default_contexts(&mut global);
+        assert_eq!(global.security_contexts.len(), 1);
+        assert!(!is_default_context(&global.security_contexts[0]));
     }
 
     fn scoped_map(entries: &[(Option<&str>, &str, u32)]) -> Scoped<u32> {

@@ -23,7 +23,7 @@ use aegis_seal_crds::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
-use crate::application::catalog::{Entries, ServedSnapshot};
+use crate::application::catalog::{Entries, ServedSnapshot, add_default_contexts};
 use crate::gateway::GatewayState;
 use crate::infrastructure::persistence::{
     CliToolRow, Database, PersistenceError, REST_SOURCE, SecurityContextRow, SpecRow, WorkflowRow,
@@ -247,8 +247,9 @@ pub async fn rest_snapshot(db: &Database) -> Result<Snapshot, PersistenceError> 
     Ok(compiled.snapshot)
 }
 
-/// The declarative snapshot plus the REST objects whose names it does not define. Tools (workflows
-/// and CLI tools) share one name space per tenant, contexts another.
+/// The declarative snapshot plus the REST objects whose names it does not define, and the default
+/// contexts when neither has a system-global one. Tools (workflows and CLI tools) share one name
+/// space per tenant, contexts another.
 pub fn merge(base: &Entries, rest: Snapshot) -> Entries {
     let tools: HashSet<(Option<&str>, &str)> = base
         .workflows
@@ -283,6 +284,7 @@ pub fn merge(base: &Entries, rest: Snapshot) -> Entries {
             .into_iter()
             .filter(|c| !contexts.contains(&(c.tenant_id.as_deref(), c.name.as_str()))),
     );
+    add_default_contexts(&mut merged);
     merged
 }
 

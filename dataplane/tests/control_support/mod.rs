@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aegis_seal_crds::Snapshot;
-use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
 use aegis_seal_gateway::infrastructure::config::{ConfigSources, load_config};
@@ -298,7 +297,6 @@ impl Control {
         extra: &[(&str, &str)],
     ) -> Self {
         let db = Database::connect(db_url).await.unwrap();
-        let snapshot = with_default_contexts(snapshot);
         db.sync_catalog(&snapshot, CatalogSource::Manifest)
             .await
             .unwrap();

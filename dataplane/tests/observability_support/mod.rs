@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 
 use aegis_seal_crds::Snapshot;
-use aegis_seal_gateway::application::catalog::with_default_contexts;
 use aegis_seal_gateway::application::clock::Clock;
 use aegis_seal_gateway::gateway::RunningGateway;
 use aegis_seal_gateway::infrastructure::persistence::{CatalogSource, Database};
@@ -130,7 +129,7 @@ spec:
   default_timeout_seconds: 1
 "#
     );
-    with_default_contexts(support::snapshot_of(&manifests))
+    support::snapshot_of(&manifests)
 }
 
 /// Writes `token` at [`KV_KEY`] in the real OpenBao and makes a token for the gateway with a

@@ -54,7 +54,7 @@ pub struct CatalogCounts {
 }
 
 /// A stable row id for a declarative object, so a reload does not churn ids.
-fn row_id(source: &ResourceRef) -> String {
+pub fn row_id(source: &ResourceRef) -> String {
     let key = format!(
         "{}/{}/{}",
         source.kind,

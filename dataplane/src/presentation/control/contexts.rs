@@ -8,10 +8,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::named::{self, NamedKind};
-use super::{Ctx, bad_request, db_error, invalid, now, parse_body, swap};
+use super::{Ctx, UNSTORED_SOURCE, bad_request, db_error, invalid, now, parse_body, swap};
+use crate::application::catalog::is_default_context;
 use crate::application::registry;
+use crate::gateway::GatewayState;
 use crate::infrastructure::persistence::{
-    AuditEvent, CatalogTable, Database, PersistenceError, REST_SOURCE, SecurityContextRow,
+    AuditEvent, CatalogTable, Database, PersistenceError, REST_SOURCE, SecurityContextRow, row_id,
 };
 use crate::presentation::http::{Body, json_response};
 
@@ -77,6 +79,24 @@ impl NamedKind for SecurityContexts {
     }
     async fn named(db: &Database, name: &str) -> Result<Vec<SecurityContextRow>, PersistenceError> {
         db.security_contexts_named(name).await
+    }
+    fn unstored(state: &GatewayState) -> Vec<SecurityContextRow> {
+        let served = state.served.load();
+        served
+            .snapshot
+            .security_contexts
+            .iter()
+            .filter(|c| is_default_context(c))
+            .map(|c| SecurityContextRow {
+                id: row_id(&c.source),
+                name: c.name.clone(),
+                tenant_id: None,
+                description: c.description.clone(),
+                capabilities: serde_json::to_value(&c.capabilities).unwrap_or_default(),
+                deny_list: json!(c.deny_list),
+                source: UNSTORED_SOURCE.into(),
+            })
+            .collect()
     }
 }
 

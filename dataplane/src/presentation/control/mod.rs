@@ -367,6 +367,10 @@ fn declarative_conflict(what: &str, holder: &NameHolder) -> Response<Body> {
     )
 }
 
+/// The `source` of the default security contexts: served while no system-global context exists,
+/// stored nowhere.
+pub(super) const UNSTORED_SOURCE: &str = "default";
+
 /// 409 when the row is not REST-owned; declarative rows are read-only here.
 fn require_rest(
     what: &str,
@@ -376,6 +380,14 @@ fn require_rest(
 ) -> Result<(), Response<Body>> {
     if source == REST_SOURCE {
         return Ok(());
+    }
+    if source == UNSTORED_SOURCE {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!(
+                "{what} is a built-in default, served only while no system-global security context exists; register or declare one and the defaults are no longer served"
+            ),
+        ));
     }
     Err(declarative_conflict(
         what,

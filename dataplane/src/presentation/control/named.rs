@@ -5,7 +5,8 @@
 use http::{Response, StatusCode};
 use serde_json::Value;
 
-use super::{Ctx, bad_request, db_error, require_rest, swap};
+use super::{Ctx, UNSTORED_SOURCE, bad_request, db_error, require_rest, swap};
+use crate::gateway::GatewayState;
 use crate::infrastructure::persistence::{CatalogTable, Database, PersistenceError};
 use crate::presentation::http::{Body, json_response};
 
@@ -28,6 +29,10 @@ pub(super) trait NamedKind {
     async fn all(db: &Database) -> Result<Vec<Self::Row>, PersistenceError>;
     /// Every tenant's object of that name.
     async fn named(db: &Database, name: &str) -> Result<Vec<Self::Row>, PersistenceError>;
+    /// Objects served without being stored (the default security contexts).
+    fn unstored(_state: &GatewayState) -> Vec<Self::Row> {
+        Vec::new()
+    }
 }
 
 /// `CLI tool "name"`: how messages refer to one object.
@@ -38,15 +43,18 @@ pub(super) fn what<K: NamedKind>(name: &str) -> String {
 /// `GET` of the collection: the objects the operator may read.
 pub(super) async fn list<K: NamedKind>(ctx: &Ctx<'_>) -> Response<Body> {
     match K::all(&ctx.state.db).await {
-        Ok(rows) => json_response(
-            StatusCode::OK,
-            &Value::Array(
-                rows.iter()
-                    .filter(|r| ctx.can_read(K::tenant_id(r)))
-                    .map(K::view)
-                    .collect(),
-            ),
-        ),
+        Ok(mut rows) => {
+            rows.extend(K::unstored(ctx.state));
+            json_response(
+                StatusCode::OK,
+                &Value::Array(
+                    rows.iter()
+                        .filter(|r| ctx.can_read(K::tenant_id(r)))
+                        .map(K::view)
+                        .collect(),
+                ),
+            )
+        }
         Err(e) => db_error(&e),
     }
 }
@@ -56,9 +64,14 @@ pub(super) async fn load<K: NamedKind>(
     ctx: &Ctx<'_>,
     name: &str,
 ) -> Result<K::Row, Response<Body>> {
-    let rows = K::named(&ctx.state.db, name)
+    let mut rows = K::named(&ctx.state.db, name)
         .await
         .map_err(|e| db_error(&e))?;
+    rows.extend(
+        K::unstored(ctx.state)
+            .into_iter()
+            .filter(|r| K::name(r) == name),
+    );
     ctx.pick_named(&what::<K>(name), &rows, K::tenant_id)
         .cloned()
 }
@@ -108,7 +121,9 @@ pub(super) async fn upsert_target<K: NamedKind>(
                 ));
             }
             let owner = K::tenant_id(&current).map(str::to_owned);
-            (Some(current), owner)
+            // A served default is not stored: replacing it registers a new object.
+            let stored = K::source(&current) != UNSTORED_SOURCE;
+            (stored.then_some(current), owner)
         }
         None => {
             let owner = ctx.owner_for_create(requested_tenant)?;
