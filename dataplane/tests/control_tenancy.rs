@@ -472,3 +472,66 @@ async fn invalid_bodies_are_400_with_the_compile_problem() {
     assert_eq!(status, 400);
     control.shutdown().await;
 }
+
+/// Each entry of `GET /v1/tools` as upstream gives it (reference §2.4.6), with its `tenant_id`:
+/// workflows first, then CLI tools, whose schema offers the allowed subcommands.
+#[tokio::test]
+async fn tool_list_entries_have_upstreams_shape() {
+    let jwks = JwksServer::start(standard_jwks()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = support::snapshot_of(
+        r#"
+apiVersion: seal.100monkeys.ai/v1
+kind: Workflow
+metadata: {name: create-repo}
+spec:
+  description: creates a repository
+  tenant_id: acme
+  input_schema: {type: object, properties: {name: {type: string}}, required: [name]}
+  api_spec:
+    base_url: http://127.0.0.1:9
+    openapi: {inline: {openapi: 3.0.0, paths: {/repos: {post: {operationId: createRepo}}}}}
+  steps: [{name: create, operation_id: createRepo}]
+---
+apiVersion: seal.100monkeys.ai/v1
+kind: CliTool
+metadata: {name: lister}
+spec: {description: lists files, docker_image: localhost/busybox, allowed_subcommands: [ls, cat]}
+---
+apiVersion: seal.100monkeys.ai/v1
+kind: CliTool
+metadata: {name: judged}
+spec: {docker_image: localhost/busybox, allowed_subcommands: [echo], require_semantic_judge: true}
+"#,
+    );
+    let control = Control::start(&support::sqlite_url(dir.path()), snapshot, &jwks.uri, &[]).await;
+    let (status, tools) = control
+        .call("GET", "/v1/tools", Some(&operator(None, "operator")), None)
+        .await;
+    assert_eq!(status, 200, "{tools}");
+    let cli_schema = |subcommands: Value| {
+        json!({
+            "type": "object",
+            "properties": {
+                "subcommand": {"type": "string", "enum": subcommands},
+                "args": {"type": "array", "items": {"type": "string"}},
+            },
+            "required": ["subcommand"],
+        })
+    };
+    assert_eq!(
+        tools,
+        json!([
+            {"name": "create-repo", "description": "creates a repository", "kind": "workflow",
+             "input_schema": {"type": "object", "properties": {"name": {"type": "string"}},
+                              "required": ["name"]},
+             "tags": ["workflow"], "category": "external", "tenant_id": "acme"},
+            {"name": "lister", "description": "lists files", "kind": "cli",
+             "input_schema": cli_schema(json!(["ls", "cat"])),
+             "tags": ["cli"], "category": "external", "tenant_id": null},
+            {"name": "judged", "description": "", "kind": "cli",
+             "input_schema": cli_schema(json!(["echo"])),
+             "tags": ["cli", "judged"], "category": "external", "tenant_id": null},
+        ])
+    );
+}
