@@ -58,7 +58,8 @@ fn view(w: &WorkflowRow) -> Value {
     })
 }
 
-/// Rewrites the upstream `{"RetryN": n}` step policy into `on_error: retry, retries: n`.
+/// Rewrites the upstream `{"RetryN": n}` step policy into `on_error: retry, retries: n`, and
+/// `{"RetryN": 0}` (no attempt after the first, which upstream allows) into `on_error: fail`.
 fn normalize_steps(body: &mut Value) {
     let Some(steps) = body.get_mut("steps").and_then(Value::as_array_mut) else {
         return;
@@ -68,9 +69,15 @@ fn normalize_steps(body: &mut Value) {
             .get("on_error")
             .and_then(|p| p.get("RetryN"))
             .and_then(Value::as_u64);
-        if let Some(n) = retries {
-            step.insert("on_error".into(), json!("retry"));
-            step.insert("retries".into(), json!(n));
+        match retries {
+            Some(0) => {
+                step.insert("on_error".into(), json!("fail"));
+            }
+            Some(n) => {
+                step.insert("on_error".into(), json!("retry"));
+                step.insert("retries".into(), json!(n));
+            }
+            None => {}
         }
     }
 }
@@ -345,4 +352,30 @@ pub(super) async fn delete(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
         current.tenant_id.as_deref(),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_retry_policies_become_on_error_and_retries() {
+        let mut body = json!({"steps": [
+            {"name": "a", "on_error": {"RetryN": 3}},
+            {"name": "b", "on_error": {"RetryN": 0}},
+            {"name": "c", "on_error": "AbortWorkflow"},
+            {"name": "d", "on_error": {"RetryN": 11}},
+        ]});
+        normalize_steps(&mut body);
+        assert_eq!(
+            body["steps"],
+            json!([
+                {"name": "a", "on_error": "retry", "retries": 3},
+                {"name": "b", "on_error": "fail"},
+                {"name": "c", "on_error": "AbortWorkflow"},
+                // Left for validation to refuse: more than ten is not retried here.
+                {"name": "d", "on_error": "retry", "retries": 11},
+            ])
+        );
+    }
 }
