@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the data plane's parsers of agent input (dataplane/fuzz) with cargo-fuzz on the stable
 # toolchain, one target after the other:
+#   cli_arguments     a CLI tool's arguments into the container CLI's argv (the agent's strings
+#                     kept whole and after the image, mount paths normalized and unreserved);
 #   envelope          the SEAL envelope parser and canonicalizer;
 #   workflow_request  arguments through a step's templates into the upstream request (no escape
 #                     from a JSON string, one path segment per path parameter, nothing added).
