@@ -702,6 +702,19 @@ fn the_config_file_is_a_strict_sealgatewayconfig_of_the_settings() {
 }
 
 #[test]
+fn runbook_env_leaves_out_env_references() {
+    let d = desired(json!({
+        "credentials": {"keycloak_client_id": "env:KC_ID", "keycloak_client_secret": "env:KC_SECRET"}
+    }));
+    let c = &d.deployment.spec.template.spec.as_ref().unwrap().containers[0];
+    let names: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("SEAL_GATEWAY_KEYCLOAK")),
+        "{names:?}"
+    );
+}
+
+#[test]
 fn secret_refs_become_env_references_and_secret_env_vars() {
     let d = desired(json!({
         "replicas": 2,

@@ -137,7 +137,9 @@ fn secret_env_var(name: &str, secret: &SecretKeyRef) -> EnvVar {
 /// "X-Vault-Token: $SEAL_GATEWAY_OPENBAO_TOKEN" "$SEAL_GATEWAY_OPENBAO_ADDR/v1/sys/health"`, the
 /// Keycloak exchange, the judge), under those names, from the same values or Secrets as the config
 /// file. The data plane reads these names as overrides of the file, which they equal; both are in
-/// the pod template, so they change together.
+/// the pod template, so they change together. A value written as an `env:` reference is left out:
+/// the data plane resolves those in the file only, and an override would replace the value it
+/// names with the reference's text.
 fn runbook_env(settings: &GatewaySettings) -> Vec<EnvVar> {
     let credentials = &settings.credentials;
     let plain = [
@@ -162,15 +164,19 @@ fn runbook_env(settings: &GatewaySettings) -> Vec<EnvVar> {
             &credentials.keycloak_client_secret,
         ),
     ];
+    let literal =
+        |name: &str, text: &String| (!text.starts_with("env:")).then(|| env(name, text.clone()));
     let plain = plain
         .into_iter()
-        .filter_map(|(name, value)| Some(env(name, value.clone()?)));
-    let secret = secret.into_iter().filter_map(|(name, value)| {
-        Some(match value.as_ref()? {
-            SecretValue::Literal(text) => env(name, text.clone()),
-            SecretValue::FromSecret { secret_key_ref } => secret_env_var(name, secret_key_ref),
-        })
-    });
+        .filter_map(|(name, value)| literal(name, value.as_ref()?));
+    let secret = secret
+        .into_iter()
+        .filter_map(|(name, value)| match value.as_ref()? {
+            SecretValue::Literal(text) => literal(name, text),
+            SecretValue::FromSecret { secret_key_ref } => {
+                Some(secret_env_var(name, secret_key_ref))
+            }
+        });
     plain.chain(secret).collect()
 }
 
