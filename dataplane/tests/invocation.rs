@@ -30,6 +30,14 @@ struct Case {
     envelope: Box<RawValue>,
 }
 
+impl VectorFile {
+    /// The wire text of the file's first envelope that verifies.
+    fn first_accepted(&self) -> &str {
+        let case = self.cases.iter().find(|c| c.expect == "accept").unwrap();
+        case.envelope.get()
+    }
+}
+
 fn vectors(file: &str) -> VectorFile {
     let path = format!("{}/tests/vectors/{file}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -226,13 +234,7 @@ async fn typescript_sdk_vectors_get_their_expected_outcomes() {
 #[tokio::test]
 async fn the_freshness_window_is_just_under_31_seconds_on_either_side() {
     let file = vectors("python-sdk.json");
-    let envelope = file
-        .cases
-        .iter()
-        .find(|c| c.expect == "accept")
-        .unwrap()
-        .envelope
-        .get();
+    let envelope = file.first_accepted();
     let sent = Envelope::parse(envelope.as_bytes()).unwrap().timestamp;
     let sent = DateTime::from_timestamp(sent, 0).unwrap();
     for (offset_ms, refusal) in [
@@ -267,13 +269,7 @@ async fn the_freshness_window_is_just_under_31_seconds_on_either_side() {
 async fn a_timestamp_at_the_ends_of_i64_is_outside_the_window() {
     let file = vectors("python-sdk.json");
     let harness = Harness::start(&file, None).await;
-    let envelope = file
-        .cases
-        .iter()
-        .find(|c| c.expect == "accept")
-        .unwrap()
-        .envelope
-        .get();
+    let envelope = file.first_accepted();
     let now = file.now_unix;
     // `now - 2^63` is the time whose difference from now wraps to i64::MIN, which a plain `abs`
     // leaves negative, so within any window.
