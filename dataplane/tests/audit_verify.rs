@@ -278,3 +278,46 @@ async fn concurrent_writers_on_postgres_keep_one_chain() {
         db.close().await;
     }
 }
+
+/// U+0000, which Postgres `jsonb` and `text` refuse, is stored as U+FFFD on both backends, in the
+/// payload and the tenant column alike: the group it is in commits, and the trail verifies.
+#[tokio::test]
+async fn a_nul_in_an_event_is_stored_as_a_replacement_character() {
+    let (_, public) = key(5);
+    for (backend, url, _dir) in support::both_backends().await {
+        let db = Database::connect(&url).await.unwrap();
+        let events = [
+            AuditEvent::from_json(
+                "PolicyViolationBlocked",
+                json!({"execution_id": "exec-nul", "tool_name": "x\u{0}y", "tenant_id": "t\u{0}",
+                       "shape": {"k\u{0}": ["\u{0}"]}}),
+            ),
+            event(1, 0),
+        ];
+        db.append_events(&events).await.unwrap();
+        let (payload, tenant): (String, Option<String>) = match &db {
+            Database::Sqlite(p) => sqlx::query_as(
+                "SELECT payload, tenant_id FROM gateway_events WHERE event_type = 'PolicyViolationBlocked'",
+            )
+            .fetch_one(p)
+            .await
+            .unwrap(),
+            Database::Postgres(p) => sqlx::query_as(
+                "SELECT payload::text, tenant_id FROM gateway_events WHERE event_type = 'PolicyViolationBlocked'",
+            )
+            .fetch_one(p)
+            .await
+            .unwrap(),
+        };
+        let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(
+            payload,
+            json!({"execution_id": "exec-nul", "tool_name": "x\u{fffd}y", "tenant_id": "t\u{fffd}",
+                   "shape": {"k\u{fffd}": ["\u{fffd}"]}}),
+            "{backend}"
+        );
+        assert_eq!(tenant.as_deref(), Some("t\u{fffd}"), "{backend}");
+        let (code, text) = verify(&url, &public);
+        assert_eq!(code, 0, "{backend}: {text}");
+    }
+}

@@ -418,6 +418,16 @@ async fn a_verified_call_with_unusable_params_is_refused_and_audited() {
                 json!({"name": TOOL, "arguments": {}, "_meta": {"tenant_id": " "}}),
                 "invalid tools/call params: _meta.tenant_id must be a non-empty string",
             ),
+            (
+                "a NUL in the tool name",
+                json!({"name": "x\u{0}", "arguments": {}}),
+                "invalid tools/call params: `name` contains a control character",
+            ),
+            (
+                "a newline in the requested tenant",
+                json!({"name": TOOL, "arguments": {}, "_meta": {"tenant_id": "acme\nother"}}),
+                "invalid tools/call params: _meta.tenant_id contains a control character",
+            ),
         ];
         for (i, (what, params, message)) in cases.into_iter().enumerate() {
             let claims = h.claims(&format!("params-{i}"), json!({}));

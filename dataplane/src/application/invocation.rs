@@ -468,11 +468,20 @@ fn read_params(params: Value) -> Result<(String, Value, Option<String>), String>
         Some(Value::String(name)) if !name.is_empty() => name,
         _ => return Err("invalid tools/call params: missing field `name`".into()),
     };
+    // No tool, tenant or log line has a name with control characters in it.
+    if name.chars().any(char::is_control) {
+        return Err("invalid tools/call params: `name` contains a control character".into());
+    }
     let arguments = params
         .remove("arguments")
         .ok_or("invalid tools/call params: missing field `arguments`")?;
     let tenant = match params.get("_meta").and_then(|m| m.get("tenant_id")) {
         None | Some(Value::Null) => None,
+        Some(Value::String(t)) if t.chars().any(char::is_control) => {
+            return Err(
+                "invalid tools/call params: _meta.tenant_id contains a control character".into(),
+            );
+        }
         Some(Value::String(t)) if !t.trim().is_empty() => Some(t.clone()),
         Some(_) => {
             return Err(

@@ -98,7 +98,9 @@ pub(super) fn hex(bytes: &[u8]) -> String {
 
 /// Compact JSON with object keys sorted at every level, whatever order the map keeps: Postgres
 /// `jsonb` reorders keys, so the hash must not depend on the order the payload was written in.
-/// The writers store this same text, so a row's payload is serialized once.
+/// The writers store this same text, so a row's payload is serialized once. U+0000 is written as
+/// U+FFFD on both backends: Postgres `jsonb` refuses `\u0000`, and one such string (an agent's
+/// tool name, an upstream's response key) would fail the commit of every caller in its group.
 pub(super) fn canonical_payload(map: &Map<String, Value>) -> String {
     let mut out = Vec::with_capacity(256);
     canonical_object(map, &mut out);
@@ -106,7 +108,17 @@ pub(super) fn canonical_payload(map: &Map<String, Value>) -> String {
 }
 
 fn push_json_string(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(out, s).expect("writing JSON into a Vec cannot fail");
+    let s = storable(s);
+    serde_json::to_writer(out, s.as_ref()).expect("writing JSON into a Vec cannot fail");
+}
+
+/// Text Postgres can hold: U+0000 replaced by U+FFFD (see [`canonical_payload`]).
+pub(super) fn storable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}").into()
+    } else {
+        s.into()
+    }
 }
 
 fn canonical_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
@@ -137,6 +149,7 @@ fn canonical_json(value: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
+        Value::String(s) => push_json_string(out, s),
         other => serde_json::to_writer(out, other).expect("writing JSON into a Vec cannot fail"),
     }
 }

@@ -24,11 +24,12 @@ impl AuditEvent {
     }
 
     pub fn new(event_type: &'static str, payload: Map<String, Value>) -> Self {
+        // As the payload stores it (`audit_chain::canonical_payload`): no U+0000.
         let tenant_id = payload
             .get("tenant_id")
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
-            .map(str::to_owned);
+            .map(|t| super::audit_chain::storable(t).into_owned());
         Self {
             event_type,
             payload,
