@@ -60,19 +60,20 @@ pub fn verify_signature(
     })?;
     let signature = Signature::from_bytes(&raw);
 
-    let sorted = envelope.canonical_message()?;
+    let messages = envelope.messages()?;
+    let sorted = messages.sorted();
     if key.verify_strict(&sorted, &signature).is_ok() {
         tracing::trace!(target: TARGET, form = "sorted", "envelope signature verified");
         return Ok(CanonicalForm::Sorted);
     }
     // Only an object holding both a key beyond the BMP and one in U+E000..U+FFFF sorts
     // differently in JavaScript; otherwise this is the same message and is not tried twice.
-    let utf16 = envelope.utf16_sorted_message()?;
+    let utf16 = messages.utf16_sorted();
     if utf16 != sorted && key.verify_strict(&utf16, &signature).is_ok() {
         tracing::trace!(target: TARGET, form = "sorted-utf16", "envelope signature verified");
         return Ok(CanonicalForm::Sorted);
     }
-    let wire = envelope.wire_order_message()?;
+    let wire = messages.wire_order();
     if wire != sorted && key.verify_strict(&wire, &signature).is_ok() {
         tracing::debug!(target: TARGET, form = "wire-order", "envelope signature verified over the legacy wire-order form");
         return Ok(CanonicalForm::WireOrder);
