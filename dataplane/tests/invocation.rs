@@ -471,6 +471,12 @@ async fn session_endpoints_register_list_and_never_return_the_token() {
             "invalid expires_at RFC3339 timestamp: ",
         ),
         (
+            serde_json::json!({"execution_id": "x", "agent_id": "a", "security_context": "c",
+                               "public_key_b64": "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
+                               "security_token": "t", "expires_at": "0000-01-01T00:00:00+01:00"}),
+            "invalid expires_at 0000-01-01T00:00:00+01:00: the year in UTC must be between 0000 and 9999",
+        ),
+        (
             serde_json::json!({"execution_id": "", "agent_id": "a", "security_context": "c",
                                "public_key_b64": "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
                                "security_token": "t"}),

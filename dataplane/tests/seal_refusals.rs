@@ -341,6 +341,10 @@ async fn token_time_claims_are_checked_at_the_gateway_clock_with_a_60_second_lee
         let within_leeway = h.claims("nbf+60", json!({"nbf": NOW + 60}));
         h.assert_authorized(&format!("{backend}: nbf in 60 s"), &within_leeway)
             .await;
+        // The leeway is added and subtracted without overflowing at the ends of i64.
+        let far = h.claims("exp-max", json!({"exp": i64::MAX, "nbf": i64::MIN}));
+        h.assert_authorized(&format!("{backend}: exp and nbf at the ends of i64"), &far)
+            .await;
         h.seal.gateway.shutdown().await;
     }
 }

@@ -1,7 +1,7 @@
 //! `/v1/seal/sessions`: the orchestrator provisions, lists, reads and revokes sessions.
 
 use bytes::Bytes;
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, Duration, SecondsFormat, Utc};
 use http::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -92,6 +92,16 @@ pub async fn upsert(
     let expires_at = match request.expires_at.as_deref() {
         None => now + Duration::hours(1),
         Some(text) => match DateTime::parse_from_rfc3339(text) {
+            // Stored as RFC 3339 text on SQLite, which only reads years 0000-9999 back (an offset
+            // can move `0000-01-01T00:00:00+01:00` into year -1).
+            Ok(t) if !(0..=9999).contains(&t.with_timezone(&Utc).year()) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "invalid expires_at {text}: the year in UTC must be between 0000 and 9999"
+                    ),
+                );
+            }
             Ok(t) => t.with_timezone(&Utc),
             Err(e) => {
                 return error(

@@ -131,7 +131,8 @@ impl SealTokenVerifier {
             .get("exp")
             .and_then(Value::as_i64)
             .ok_or_else(|| SealError::token("security token invalid: exp is not an integer"))?;
-        if expires_at + self.leeway < now {
+        // Saturating: `exp` and the configured leeway may each be as large as an i64 holds.
+        if expires_at.saturating_add(self.leeway) < now {
             return Err(SealError::new(
                 http::StatusCode::UNAUTHORIZED,
                 code::TOKEN_EXPIRED,
@@ -142,7 +143,7 @@ impl SealTokenVerifier {
             let nbf = nbf
                 .as_i64()
                 .ok_or_else(|| SealError::token("security token invalid: nbf is not an integer"))?;
-            if nbf - self.leeway > now {
+            if nbf.saturating_sub(self.leeway) > now {
                 return Err(SealError::token("security token is not valid yet (nbf)"));
             }
         }

@@ -98,7 +98,10 @@ async fn retention_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let before = chrono::Utc::now() - keep;
+        // A retention longer than the calendar reaches back keeps everything.
+        let before = chrono::Utc::now()
+            .checked_sub_signed(keep)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         if let Err(e) = db.purge_audit(before, batch, &signer).await {
             tracing::warn!(error = %e, "audit retention purge failed");
         }
