@@ -12,6 +12,12 @@ pub const MAX_ARGS: usize = 1024;
 pub const MAX_ARGS_BYTES: usize = 256 * 1024;
 /// Most workspace mounts of one run.
 pub const MAX_MOUNTS: usize = 16;
+/// Paths a workspace may not be mounted on, nor under: the kernel's file systems, the container's
+/// own scratch space, and the system's programs and configuration, where a volume the agent can
+/// write would replace the allowlisted command itself.
+pub const RESERVED_MOUNT_PATHS: [&str; 11] = [
+    "/proc", "/sys", "/dev", "/tmp", "/bin", "/sbin", "/usr", "/lib", "/lib64", "/etc", "/root",
+];
 
 /// Parsed, validated arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +148,7 @@ fn parse_mount(i: usize, item: &Value) -> Result<FsalMount, String> {
         )
     })?;
     if mount_path == "/"
-        || ["/proc", "/sys", "/dev", "/tmp"]
+        || RESERVED_MOUNT_PATHS
             .iter()
             .any(|p| mount_path == *p || mount_path.starts_with(&format!("{p}/")))
     {
@@ -237,6 +243,8 @@ mod tests {
         assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/w,src=/etc", "remote_path": "/r"}]})).contains("mount_path"));
         assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/w/../etc", "remote_path": "/r"}]})).contains("mount_path"));
         assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/proc/x", "remote_path": "/r"}]})).contains("reserved"));
+        assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/usr/bin", "remote_path": "/r"}]})).contains("reserved"));
+        assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/etc", "remote_path": "/r"}]})).contains("reserved"));
         assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/w", "remote_path": "/r", "read_only": "yes"}]})).contains("boolean"));
     }
 
