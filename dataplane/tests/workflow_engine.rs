@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use aegis_seal_crds::{API_VERSION, Resources, compile, parse_manifests};
+use aegis_seal_gateway::application::credential::REDACTED;
 use aegis_seal_gateway::application::workflow::{
     CompiledWorkflow, ExecutionContext, WORKFLOW_INVOCATION_COMPLETED, WORKFLOW_INVOCATION_FAILED,
     WORKFLOW_INVOCATION_STARTED, WORKFLOW_STEP_EXECUTED, WORKFLOW_STEP_FAILED, WorkflowEngine,
@@ -180,6 +181,11 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             json!({"team": team, "repo_id": repo_id.parse::<u64>().unwrap(), "permission": body_json["permission"]}),
         ),
         ("GET", ["missing"]) => json_response(404, json!({"message": "Not Found"})),
+        // An upstream that quotes the credential it refuses.
+        ("GET", ["denied"]) => json_response(
+            401,
+            json!({"error": format!("token {:?} refused", call.headers.get("authorization"))}),
+        ),
         ("GET", ["boom"]) => json_response(500, json!({"error": "database exploded"})),
         ("GET", ["text"]) => Response::builder()
             .header("content-type", "text/plain")
@@ -241,6 +247,7 @@ fn openapi() -> Value {
                 "parameters": [{"name": "team", "in": "path"}, {"name": "repo_id", "in": "path"}],
                 "requestBody": {"content": {"application/json": {}}}}},
             "/missing": get("missing"),
+            "/denied": get("denied"),
             "/boom": get("boom"),
             "/text": get("text"),
             "/big": get("big"),
@@ -305,6 +312,7 @@ async fn run(engine: &WorkflowEngine, wf: &CompiledWorkflow, arguments: Value) -
                 tenant_id: Some(CALLING_TENANT),
                 arguments: &arguments,
                 credential_headers: &creds,
+                secrets: &[],
                 max_response_bytes: None,
             },
         )
@@ -570,6 +578,7 @@ async fn the_execute_future_can_be_spawned() {
                     tenant_id: None,
                     arguments: &args,
                     credential_headers: &[],
+                    secrets: &[],
                     max_response_bytes: None,
                 },
             )
@@ -775,6 +784,7 @@ async fn an_oversize_body_fails_with_502_whether_or_not_its_length_is_announced(
                 tenant_id: None,
                 arguments: &args,
                 credential_headers: &[],
+                secrets: &[],
                 max_response_bytes: Some(1024 * 1024),
             },
         )
@@ -1116,4 +1126,50 @@ async fn trace_logs_describe_requests_but_never_credentials_or_queries() {
     }
     assert!(!logs.contains("s3cr3t"), "{logs}");
     assert!(!logs.contains("query-secret-77"), "{logs}");
+}
+
+/// A failure reason quoting an upstream body that echoes the credential is logged with the
+/// credential's value redacted (the caller redacts the result and the events).
+#[tokio::test]
+async fn failure_logs_never_quote_the_credential() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter("aegis_seal_gateway=debug")
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let up = Upstream::start().await;
+    let wf = workflow(
+        &up.base_url(),
+        json!([{"name": "denied", "operation_id": "denied"}]),
+    );
+    let creds = credentials();
+    let secrets = vec![SECRET.trim_start_matches("Bearer ").to_owned()];
+    let args = json!({});
+    let outcome = engine()
+        .execute(
+            &wf,
+            ExecutionContext {
+                execution_id: EXEC,
+                tenant_id: None,
+                arguments: &args,
+                credential_headers: &creds,
+                secrets: &secrets,
+                max_response_bytes: None,
+            },
+        )
+        .await;
+    let reason = &outcome.result.as_ref().unwrap_err().reason;
+    assert!(
+        reason.contains("s3cr3t"),
+        "the reason itself quotes the body: {reason}"
+    );
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("workflow failed"), "{logs}");
+    assert!(logs.contains(REDACTED), "{logs}");
+    assert!(!logs.contains("s3cr3t"), "{logs}");
 }

@@ -199,10 +199,9 @@ async fn run_workflow(
             }
         }
     };
-    let headers = credential
-        .as_ref()
-        .map(|c| c.headers.as_slice())
-        .unwrap_or(&[]);
+    let (headers, secrets) = credential.as_ref().map_or((&[][..], &[][..]), |c| {
+        (c.headers.as_slice(), c.secrets.as_slice())
+    });
     let span = tracing::info_span!(
         target: telemetry::TARGET,
         "workflow.execute",
@@ -217,6 +216,7 @@ async fn run_workflow(
                 tenant_id: Some(&call.tenant_id),
                 arguments: &call.arguments,
                 credential_headers: headers,
+                secrets,
                 max_response_bytes: call.grant.max_response_size,
             },
         )

@@ -15,6 +15,7 @@ use super::audit::{EventLog, millis};
 use super::compiled::{CompiledStep, CompiledWorkflow};
 use super::request::{self, kind_of};
 use super::template::{self, TemplateScope};
+use crate::application::credential::redact_text;
 use crate::infrastructure::http_client::{
     HttpClient, HttpClientError, OutboundRequest, OutboundResponse, redacted_url,
 };
@@ -41,6 +42,9 @@ pub struct ExecutionContext<'a> {
     pub arguments: &'a Value,
     /// Added to every request; they replace template-supplied headers of the same name.
     pub credential_headers: &'a [(HeaderName, HeaderValue)],
+    /// The credential's values, kept out of this engine's logs: a failure reason may quote an
+    /// upstream body that echoes them. (The caller redacts the result and the events.)
+    pub secrets: &'a [String],
     /// Overrides the HTTP client's response size bound.
     pub max_response_bytes: Option<u64>,
 }
@@ -156,7 +160,7 @@ impl WorkflowEngine {
                         workflow_id,
                         execution_id = ctx.execution_id,
                         step = %step.name,
-                        reason = %failure.reason,
+                        reason = %redact_text(&failure.reason, ctx.secrets),
                         "workflow step failed; continuing (on_error: continue)"
                     );
                     // Whatever the extractors found stays usable; the missing keys stay absent, so a
@@ -174,7 +178,7 @@ impl WorkflowEngine {
                         execution_id = ctx.execution_id,
                         failed_step = %step.name,
                         status = failure.status.as_u16(),
-                        reason = %failure.reason,
+                        reason = %redact_text(&failure.reason, ctx.secrets),
                         duration_ms = millis(started.elapsed()),
                         "workflow failed"
                     );
@@ -282,7 +286,7 @@ impl WorkflowEngine {
                         step = %step.name,
                         attempt,
                         retry_in_ms = millis(delay),
-                        reason = %failure.reason,
+                        reason = %redact_text(&failure.reason, ctx.secrets),
                         "workflow step attempt failed; retrying"
                     );
                     tokio::time::sleep(delay).await;
