@@ -1078,6 +1078,24 @@ async fn the_client_hides_query_strings_in_errors() {
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
+impl Captured {
+    /// This thread's log lines under `filter`, collected until the guard drops.
+    fn start(filter: &str) -> (Self, tracing::subscriber::DefaultGuard) {
+        let captured = Self::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter(filter)
+            .with_writer(move || sink.clone())
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
@@ -1090,14 +1108,7 @@ impl Write for Captured {
 
 #[tokio::test]
 async fn trace_logs_describe_requests_but_never_credentials_or_queries() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_env_filter("aegis_seal_gateway=trace")
-        .with_writer(move || sink.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::start("aegis_seal_gateway=trace");
 
     let up = Upstream::start().await;
     let wf = workflow(
@@ -1111,7 +1122,7 @@ async fn trace_logs_describe_requests_but_never_credentials_or_queries() {
     let outcome = run(&engine(), &wf, json!({})).await;
     assert!(outcome.result.is_err());
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     for expected in [
         "aegis_seal_gateway::application::workflow::engine",
         "aegis_seal_gateway::infrastructure::http_client",
@@ -1132,14 +1143,7 @@ async fn trace_logs_describe_requests_but_never_credentials_or_queries() {
 /// credential's value redacted (the caller redacts the result and the events).
 #[tokio::test]
 async fn failure_logs_never_quote_the_credential() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_env_filter("aegis_seal_gateway=debug")
-        .with_writer(move || sink.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::start("aegis_seal_gateway=debug");
 
     let up = Upstream::start().await;
     let wf = workflow(
@@ -1168,7 +1172,7 @@ async fn failure_logs_never_quote_the_credential() {
         "the reason itself quotes the body: {reason}"
     );
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(logs.contains("workflow failed"), "{logs}");
     assert!(logs.contains(REDACTED), "{logs}");
     assert!(!logs.contains("s3cr3t"), "{logs}");
