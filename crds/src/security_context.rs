@@ -66,6 +66,22 @@ pub struct Capability {
     pub max_concurrent: Option<u32>,
 }
 
+impl Capability {
+    /// Any use of the tools matching `tool_pattern`, without constraints.
+    pub fn unconstrained(tool_pattern: impl Into<String>) -> Self {
+        Self {
+            tool_pattern: tool_pattern.into(),
+            path_allowlist: None,
+            command_allowlist: None,
+            subcommand_allowlist: None,
+            domain_allowlist: None,
+            max_response_size: None,
+            rate_limit: None,
+            max_concurrent: None,
+        }
+    }
+}
+
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub struct RateLimit {
     pub calls: u32,

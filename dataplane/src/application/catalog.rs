@@ -170,16 +170,7 @@ static DEFAULTS: LazyLock<Vec<Arc<SecurityContextEntry>>> = LazyLock::new(|| {
                 description: (*description).into(),
                 capabilities: patterns
                     .iter()
-                    .map(|p| Capability {
-                        tool_pattern: (*p).into(),
-                        path_allowlist: None,
-                        command_allowlist: None,
-                        subcommand_allowlist: None,
-                        domain_allowlist: None,
-                        max_response_size: None,
-                        rate_limit: None,
-                        max_concurrent: None,
-                    })
+                    .map(|p| Capability::unconstrained(*p))
                     .collect(),
                 deny_list: Vec::new(),
             })

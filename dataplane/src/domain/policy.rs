@@ -790,16 +790,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn cap(pattern: &str) -> Capability {
-        Capability {
-            tool_pattern: pattern.to_owned(),
-            path_allowlist: None,
-            command_allowlist: None,
-            subcommand_allowlist: None,
-            domain_allowlist: None,
-            max_response_size: None,
-            rate_limit: None,
-            max_concurrent: None,
-        }
+        Capability::unconstrained(pattern)
     }
 
     fn strings(items: &[&str]) -> Vec<String> {
