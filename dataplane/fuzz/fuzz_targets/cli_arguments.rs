@@ -39,10 +39,17 @@ fn check(value: &Value) {
     };
 
     // The agent's strings, exactly.
-    assert_eq!(value["subcommand"].as_str(), Some(parsed.subcommand.as_str()));
+    assert_eq!(
+        value["subcommand"].as_str(),
+        Some(parsed.subcommand.as_str())
+    );
     let sent: Vec<&str> = value["args"]
         .as_array()
-        .map(|a| a.iter().map(|v| v.as_str().expect("accepted args are strings")).collect())
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_str().expect("accepted args are strings"))
+                .collect()
+        })
         .unwrap_or_default();
     assert_eq!(parsed.args, sent);
 
@@ -59,7 +66,11 @@ fn check(value: &Value) {
             "reserved mount path {:?} accepted",
             m.mount_path
         );
-        assert!(!targets.contains(&&m.mount_path), "{:?} mounted twice", m.mount_path);
+        assert!(
+            !targets.contains(&&m.mount_path),
+            "{:?} mounted twice",
+            m.mount_path
+        );
         targets.push(&m.mount_path);
     }
 
@@ -75,9 +86,7 @@ fn check(value: &Value) {
 fn normalized(path: &str) -> bool {
     path == "/"
         || (path.starts_with('/')
-            && path[1..]
-                .split('/')
-                .all(|s| !matches!(s, "" | "." | ".."))
+            && path[1..].split('/').all(|s| !matches!(s, "" | "." | ".."))
             && path
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/')))

@@ -23,6 +23,7 @@ use handlebars::Handlebars;
 use http::Method;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
+use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value, json};
 
 const BASE: &str = "http://upstream.internal:8080/api/";
@@ -107,8 +108,15 @@ fn operation() -> Operation {
 fuzz_target!(|arguments: Arguments| check(&arguments));
 
 fn check(a: &Arguments) {
-    let labels: Map<String, Value> = a.labels.iter().map(|(k, v)| (k.clone(), v.json())).collect();
-    let page = a.page.as_ref().map_or(Value::Null, |p| p.iter().map(Scalar::json).collect());
+    let labels: Map<String, Value> = a
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.json()))
+        .collect();
+    let page = a
+        .page
+        .as_ref()
+        .map_or(Value::Null, |p| p.iter().map(Scalar::json).collect());
     let input = json!({
         "owner": a.owner.json(), "repo": a.repo.json(), "page": page,
         "trace": optional(a.trace.as_ref()), "session": optional(a.session.as_ref()),
@@ -120,17 +128,28 @@ fn check(a: &Arguments) {
     let rendered: Value = serde_json::from_str(&rendered)
         .unwrap_or_else(|e| panic!("the step rendered text that is not JSON ({e}): {rendered}"));
     for (field, arg) in [
-        ("owner", "owner"), ("repo", "repo"), ("page", "page"), ("X-Trace", "trace"),
-        ("session", "session"), ("title", "title"), ("labels", "labels"), ("note", "note"),
+        ("owner", "owner"),
+        ("repo", "repo"),
+        ("page", "page"),
+        ("X-Trace", "trace"),
+        ("session", "session"),
+        ("title", "title"),
+        ("labels", "labels"),
+        ("note", "note"),
     ] {
-        assert_eq!(rendered[field], input[arg], "{field} changed through its template");
+        assert_eq!(
+            rendered[field], input[arg],
+            "{field} changed through its template"
+        );
     }
 
     let (owner, repo) = (text(&input["owner"]), text(&input["repo"]));
     let trace = a.trace.as_ref().map(|t| text(&t.json()));
     let result = prepare(BASE, &Method::POST, &operation(), rendered);
     let names_another_resource = |t: &str| matches!(t, "" | "." | "..");
-    let header_unfit = trace.as_deref().is_some_and(|t| http::HeaderValue::from_str(t).is_err());
+    let header_unfit = trace
+        .as_deref()
+        .is_some_and(|t| http::HeaderValue::from_str(t).is_err());
     let request = match result {
         Err(e) if names_another_resource(&owner) || names_another_resource(&repo) => {
             assert!(e.contains("must not be empty"), "{e}");
@@ -157,10 +176,25 @@ fn check(a: &Arguments) {
     assert!(url.fragment().is_none() && url.username().is_empty() && url.password().is_none());
     let segments: Vec<&str> = url.path_segments().expect("a base URL").collect();
     assert_eq!(segments.len(), 5, "{url}");
-    assert_eq!((segments[0], segments[1], segments[4]), ("api", "repos", "issues"), "{url}");
-    assert_eq!(percent_decode(segments[2]), owner.as_bytes(), "{url}");
-    assert_eq!(percent_decode(segments[3]), repo.as_bytes(), "{url}");
-    assert_eq!(url::Url::parse(url.as_str()).unwrap().as_str(), url.as_str());
+    assert_eq!(
+        (segments[0], segments[1], segments[4]),
+        ("api", "repos", "issues"),
+        "{url}"
+    );
+    assert_eq!(
+        percent_decode_str(segments[2]).collect::<Vec<u8>>(),
+        owner.as_bytes(),
+        "{url}"
+    );
+    assert_eq!(
+        percent_decode_str(segments[3]).collect::<Vec<u8>>(),
+        repo.as_bytes(),
+        "{url}"
+    );
+    assert_eq!(
+        url::Url::parse(url.as_str()).unwrap().as_str(),
+        url.as_str()
+    );
 
     // Query, header and cookie: exactly the values, nothing else.
     let expected_pages: Vec<(String, String)> = a
@@ -169,46 +203,39 @@ fn check(a: &Arguments) {
         .flatten()
         .map(|p| ("page".to_owned(), text(&p.json())))
         .collect();
-    let pages: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let pages: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
     assert_eq!(pages, expected_pages, "{url}");
     // (A header may carry UTF-8: HTTP passes bytes above 0x7f through as obs-text.)
     assert_eq!(
         request.headers.get("x-trace").map(|v| v.as_bytes()),
         trace.as_deref().map(str::as_bytes)
     );
-    let cookie = request.headers.get("cookie").map(|v| v.to_str().unwrap().to_owned());
+    let cookie = request
+        .headers
+        .get("cookie")
+        .map(|v| v.to_str().unwrap().to_owned());
     match a.session.as_ref().map(|s| text(&s.json())) {
         None => assert!(cookie.is_none()),
         Some(session) => {
             let cookie = cookie.expect("a cookie");
-            let value = cookie.strip_prefix("session=").expect("one cookie, named session");
+            let value = cookie
+                .strip_prefix("session=")
+                .expect("one cookie, named session");
             assert!(!value.contains([';', ' ', ',', '"']), "{cookie}");
-            assert_eq!(percent_decode(value), session.as_bytes());
+            assert_eq!(
+                percent_decode_str(value).collect::<Vec<u8>>(),
+                session.as_bytes()
+            );
         }
     }
 
     // The body: only what is not a parameter.
     let body: Value = serde_json::from_slice(&request.body.expect("a POST body")).unwrap();
-    assert_eq!(body, json!({"title": a.title, "labels": input["labels"], "note": a.note}));
-}
-
-/// `%XX` decoded; anything else as it is.
-fn percent_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
+    assert_eq!(
+        body,
+        json!({"title": a.title, "labels": input["labels"], "note": a.note})
+    );
 }
