@@ -80,3 +80,27 @@ pub fn too_large(limit: u64) -> Response<Body> {
         format!("request body exceeds {limit} bytes"),
     )
 }
+
+/// `%XX` and `+` decoding of one query value; malformed escapes are kept as they are.
+pub fn percent_decode(value: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'+', _, _) => out.push(b' '),
+            (b'%', Some(high), Some(low)) => {
+                out.push(high << 4 | low);
+                i += 2;
+            }
+            (b, _, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

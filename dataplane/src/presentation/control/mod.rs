@@ -29,7 +29,9 @@ use serde_json::{Value, json};
 use crate::gateway::GatewayState;
 use crate::infrastructure::auth::operator::OperatorIdentity;
 use crate::infrastructure::persistence::{AuditEvent, NameHolder, PersistenceError, REST_SOURCE};
-use crate::presentation::http::{Body, error, json_response, read_body, unavailable};
+use crate::presentation::http::{
+    Body, error, json_response, percent_decode, read_body, unavailable,
+};
 use crate::presentation::routes::{authenticate, method_not_allowed};
 
 const HANDLER: &str = "control_plane";
@@ -159,29 +161,6 @@ impl Query {
             .map(|(_, v)| percent_decode(v));
         Self { tenant_id }
     }
-}
-
-/// `%XX` and `+` decoding of one query value; malformed escapes are kept as they are.
-fn percent_decode(value: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(high), Some(low)) => {
-                    out.push(high << 4 | low);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 // -- tenancy -----------------------------------------------------------------------------------
