@@ -34,7 +34,7 @@ pub fn new_registry() -> Handlebars<'static> {
 /// keeps it out and sends the value as it was. `{{{x}}}` still writes the text raw, for an author
 /// who means it; `{{json x}}` writes a whole JSON value.
 fn escape_json_string(text: &str) -> String {
-    let quoted = serde_json::Value::from(text).to_string();
+    let quoted = serde_json::to_string(text).expect("a str always serializes");
     quoted[1..quoted.len() - 1].to_owned()
 }
 
