@@ -51,8 +51,9 @@ pub struct SealGatewaySpec {
 /// CLI tools run in containers started by podman inside the data-plane pod. That needs a
 /// privileged container running as root (podman creates namespaces, cgroups and overlay mounts),
 /// so it is off by default: the pod then runs under the restricted Pod Security profile and CLI
-/// tool calls fail with `container CLI execution failed`. Enabling it requires the namespace to
-/// admit privileged pods (`pod-security.kubernetes.io/enforce: privileged`).
+/// tool calls fail with `container CLI execution failed`, and the status's `CliToolsRunnable`
+/// condition is False while CLI tools are served. Enabling it requires the namespace to admit
+/// privileged pods (`pod-security.kubernetes.io/enforce: privileged`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct CliContainers {
     /// Run the data-plane container privileged, as root, with writable podman storage.

@@ -302,7 +302,7 @@ async fn reconcile_gateway(gw: &SealGateway, ctx: &Context) -> Result<Action, Re
     write_tool_statuses(ctx, &contexts, sc_results, &key, &now, &mut events).await?;
 
     let outcome = match &applied {
-        Ok((d, deployment)) => applied_outcome(&compiled, d, deployment, rejected),
+        Ok((d, deployment)) => applied_outcome(gw, &compiled, d, deployment, rejected),
         Err(e) => SpecOutcome::Refused {
             reason: e.reason(),
             message: e.to_string(),
@@ -314,6 +314,7 @@ async fn reconcile_gateway(gw: &SealGateway, ctx: &Context) -> Result<Action, Re
 }
 
 fn applied_outcome<'a>(
+    gw: &SealGateway,
     compiled: &Compiled,
     desired: &'a Desired,
     deployment: &'a Deployment,
@@ -326,6 +327,7 @@ fn applied_outcome<'a>(
         cli_tools: count(compiled.snapshot.cli_tools.len()),
         security_contexts: count(compiled.snapshot.security_contexts.len()),
         rejected,
+        cli_containers: gw.spec.cli_containers.enabled,
         replicas: desired.deployment.spec.replicas.unwrap_or(1),
         deployment_generation: deployment.metadata.generation,
         deployment: deployment.status.as_ref(),

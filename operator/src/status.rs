@@ -8,6 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 
 pub const ACCEPTED: &str = "Accepted";
 pub const READY: &str = "Ready";
+pub const CLI_TOOLS_RUNNABLE: &str = "CliToolsRunnable";
 
 /// Longest Event note the API server accepts.
 const MAX_NOTE_BYTES: usize = 1024;
@@ -111,6 +112,8 @@ pub enum SpecOutcome<'a> {
         cli_tools: u32,
         security_contexts: u32,
         rejected: usize,
+        /// `spec.cli_containers.enabled`: whether the pod can start the CLI tools' containers.
+        cli_containers: bool,
         replicas: i32,
         deployment_generation: Option<i64>,
         deployment: Option<&'a DeploymentStatus>,
@@ -130,7 +133,7 @@ pub fn gateway_status(
     let prev = &previous.conditions;
     match outcome {
         SpecOutcome::Refused { reason, message } => SealGatewayStatus {
-            conditions: vec![
+            conditions: [
                 condition(prev, ACCEPTED, false, reason, message.clone(), generation, now),
                 condition(
                     prev,
@@ -142,7 +145,11 @@ pub fn gateway_status(
                     generation,
                     now,
                 ),
-            ],
+            ]
+            .into_iter()
+            // What runs has not changed, so neither has whether its CLI tools can run.
+            .chain(find(prev, CLI_TOOLS_RUNNABLE).cloned())
+            .collect(),
             observed_generation: generation,
             ..previous.clone()
         },
@@ -152,6 +159,7 @@ pub fn gateway_status(
             cli_tools,
             security_contexts,
             rejected,
+            cli_containers,
             replicas,
             deployment_generation,
             deployment,
@@ -164,6 +172,7 @@ pub fn gateway_status(
                 conditions: vec![
                     condition(prev, ACCEPTED, true, "Accepted", accepted, generation, now),
                     condition(prev, READY, ready, reason, message, generation, now),
+                    cli_tools_runnable(prev, *cli_tools, *cli_containers, generation, now),
                 ],
                 observed_generation: generation,
                 snapshot_hash: Some((*snapshot_hash).to_owned()),
@@ -174,6 +183,49 @@ pub fn gateway_status(
             }
         }
     }
+}
+
+/// Whether the CLI tools served can start their containers: a pod without
+/// `spec.cli_containers.enabled` runs under the restricted profile, where podman cannot create
+/// them, so every call of those tools fails.
+fn cli_tools_runnable(
+    previous: &[Condition],
+    cli_tools: u32,
+    cli_containers: bool,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let (runnable, reason, message) = match (cli_containers, cli_tools) {
+        (true, _) => (
+            true,
+            "ContainersEnabled",
+            format!("{cli_tools} CLI tools served; the data-plane pod runs their containers"),
+        ),
+        (false, 0) => (
+            true,
+            "NoCliTools",
+            "no CLI tools served; spec.cli_containers.enabled is false, set it before serving any"
+                .to_owned(),
+        ),
+        (false, n) => (
+            false,
+            "ContainersDisabled",
+            format!(
+                "{n} CLI tools served, but spec.cli_containers.enabled is false: the data-plane pod \
+                 cannot start their containers and every call of them fails; set it to true and \
+                 label the namespace pod-security.kubernetes.io/enforce=privileged"
+            ),
+        ),
+    };
+    condition(
+        previous,
+        CLI_TOOLS_RUNNABLE,
+        runnable,
+        reason,
+        message,
+        generation,
+        now,
+    )
 }
 
 fn readiness(
@@ -269,6 +321,22 @@ pub fn gateway_notices(
         match (was_ready, ready.status == "True") {
             (false, true) => notices.push(Notice::new(false, "Ready", ready.message.clone())),
             (true, false) => notices.push(Notice::new(true, "NotReady", ready.message.clone())),
+            _ => {}
+        }
+    }
+    let could_run = find(prev, CLI_TOOLS_RUNNABLE).is_none_or(|c| c.status == "True");
+    if let Some(runnable) = find(&new.conditions, CLI_TOOLS_RUNNABLE) {
+        match (could_run, runnable.status == "True") {
+            (true, false) => notices.push(Notice::new(
+                true,
+                "CliToolsNotRunnable",
+                runnable.message.clone(),
+            )),
+            (false, true) => notices.push(Notice::new(
+                false,
+                "CliToolsRunnable",
+                runnable.message.clone(),
+            )),
             _ => {}
         }
     }
@@ -396,6 +464,7 @@ mod tests {
             cli_tools: 1,
             security_contexts: 0,
             rejected: 1,
+            cli_containers: true,
             replicas: 1,
             deployment_generation: Some(2),
             deployment: status,
@@ -497,6 +566,66 @@ mod tests {
             .map(|n| n.reason)
             .collect();
         assert_eq!(reasons, ["Rejected", "NotReady"]);
+    }
+
+    #[test]
+    fn cli_tools_without_containers_are_not_runnable() {
+        let outcome = |n, enabled| {
+            let mut o = applied("sha256:a", None);
+            if let SpecOutcome::Applied {
+                cli_tools,
+                cli_containers,
+                ..
+            } = &mut o
+            {
+                (*cli_tools, *cli_containers) = (n, enabled);
+            }
+            o
+        };
+        let runnable = |s: &SealGatewayStatus| {
+            let c = find(&s.conditions, CLI_TOOLS_RUNNABLE).unwrap();
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        let reasons =
+            |p, n| -> Vec<&str> { gateway_notices(p, n).iter().map(|n| n.reason).collect() };
+
+        let none = gateway_status(None, Some(1), &outcome(0, false), &at(1));
+        assert_eq!(runnable(&none).1, "NoCliTools");
+        assert_eq!(runnable(&none).0, "True");
+        assert_eq!(reasons(None, &none), ["SnapshotPublished"]);
+
+        let stuck = gateway_status(Some(&none), Some(2), &outcome(2, false), &at(2));
+        assert_eq!(
+            runnable(&stuck),
+            (
+                "False".to_owned(),
+                "ContainersDisabled".to_owned(),
+                "2 CLI tools served, but spec.cli_containers.enabled is false: the data-plane pod \
+                 cannot start their containers and every call of them fails; set it to true and \
+                 label the namespace pod-security.kubernetes.io/enforce=privileged"
+                    .to_owned()
+            )
+        );
+        let warned = gateway_notices(Some(&none), &stuck);
+        assert!(warned[0].warning);
+        assert_eq!(warned[0].reason, "CliToolsNotRunnable");
+        // Still stuck: said once.
+        let again = gateway_status(Some(&stuck), Some(2), &outcome(2, false), &at(3));
+        assert_eq!(again, stuck);
+        assert!(reasons(Some(&stuck), &again).is_empty());
+
+        // A refused spec changes nothing that runs, so the condition stays as it was.
+        let refused = SpecOutcome::Refused {
+            reason: "InvalidSelector",
+            message: "bad".into(),
+        };
+        let kept = gateway_status(Some(&stuck), Some(3), &refused, &at(4));
+        assert_eq!(runnable(&kept), runnable(&stuck));
+        assert_eq!(reasons(Some(&stuck), &kept), ["Rejected"]);
+
+        let fixed = gateway_status(Some(&stuck), Some(4), &outcome(2, true), &at(5));
+        assert_eq!(runnable(&fixed).1, "ContainersEnabled");
+        assert_eq!(reasons(Some(&stuck), &fixed), ["CliToolsRunnable"]);
     }
 
     #[test]

@@ -342,6 +342,11 @@ async fn first_reconcile_applies_everything_and_reports_each_workflow() {
     let ready = condition(status, "Ready");
     assert_eq!(ready["status"], "True");
     assert_eq!(ready["reason"], "DataPlaneReady");
+    let runnable = condition(status, "CliToolsRunnable");
+    assert_eq!(
+        (&runnable["status"], &runnable["reason"]),
+        (&json!("True"), &json!("NoCliTools"))
+    );
     assert_eq!(status["snapshot_hash"], snapshot_hash.as_str());
     assert_eq!(status["workflows"], 1);
     assert_eq!(status["cli_tools"], 0);
