@@ -724,3 +724,138 @@ async fn jtis_are_swept_every_30_s_starting_at_gateway_start_on_both_backends() 
         gateway.shutdown().await;
     }
 }
+
+/// A pooled connection of either backend, for statements the test runs beside the gateway's.
+enum Holder {
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+impl Holder {
+    async fn run(&mut self, sql: &'static str) {
+        match self {
+            Self::Sqlite(c) => sqlx::raw_sql(sql).execute(&mut **c).await.map(|_| ()),
+            Self::Postgres(c) => sqlx::raw_sql(sql).execute(&mut **c).await.map(|_| ()),
+        }
+        .unwrap()
+    }
+}
+
+/// The database refuses one caller's event (here a trigger; in production a value or size it
+/// cannot store): the group it was in is committed again caller by caller, so only that caller
+/// fails and everyone else's events are durable, in one intact chain, on both backends.
+#[tokio::test]
+async fn a_refused_event_fails_only_its_own_caller_in_a_group_on_both_backends() {
+    use aegis_seal_gateway::infrastructure::metrics::Metrics;
+    use aegis_seal_gateway::infrastructure::persistence::AuditWriter;
+
+    for (backend, url, _dir) in support::both_backends().await {
+        let db = Database::connect(&url).await.unwrap();
+        // The lock the writer takes for a commit, held by another connection until released.
+        let (refuse, hold, release) = match &db {
+            Database::Sqlite(_) => (
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON gateway_events \
+                 WHEN NEW.tenant_id = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+                "BEGIN IMMEDIATE",
+                "COMMIT",
+            ),
+            Database::Postgres(_) => (
+                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF NEW.tenant_id = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; \
+                 RETURN NEW; END $$; \
+                 CREATE TRIGGER refuse_poison BEFORE INSERT ON gateway_events \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+                // The chain lock (audit_chain::CHAIN_LOCK_KEY).
+                "BEGIN; SELECT pg_advisory_xact_lock(1587650769)",
+                "COMMIT",
+            ),
+        };
+        let mut holder = match &db {
+            Database::Sqlite(pool) => {
+                sqlx::raw_sql(refuse).execute(pool).await.unwrap();
+                Holder::Sqlite(pool.acquire().await.unwrap())
+            }
+            Database::Postgres(pool) => {
+                sqlx::raw_sql(refuse).execute(pool).await.unwrap();
+                Holder::Postgres(pool.acquire().await.unwrap())
+            }
+        };
+        let event_of = |n: u32, tenant: &str| {
+            vec![event(
+                "ToolCallAuthorized",
+                json!({"execution_id": format!("exec-{n}"), "tenant_id": tenant}),
+            )]
+        };
+        let metrics = Metrics::new();
+        let writer = AuditWriter::start(db.clone(), metrics.clone(), None);
+
+        // The first call's commit waits for the lock; six more queue behind it, and become one
+        // group once it is released.
+        holder.run(hold).await;
+        let first = tokio::spawn({
+            let writer = writer.clone();
+            let call = event_of(0, "acme");
+            async move { writer.write(call).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let calls: Vec<_> = (1..=6)
+            .map(|n| {
+                let writer = writer.clone();
+                let call = event_of(n, if n == 3 { "poison" } else { "acme" });
+                tokio::spawn(async move { writer.write(call).await })
+            })
+            .collect();
+        for _ in 0..200 {
+            if writer.queue_depth() == 6 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            writer.queue_depth(),
+            6,
+            "{backend}: the six calls are queued"
+        );
+        holder.run(release).await;
+        drop(holder);
+
+        first.await.unwrap().unwrap();
+        for (n, call) in (1..=6).zip(calls) {
+            let written = call.await.unwrap();
+            if n == 3 {
+                let e = written.expect_err("the refused event's caller fails");
+                assert!(e.to_string().contains("poisoned row"), "{backend}: {e}");
+            } else {
+                written.unwrap_or_else(|e| panic!("{backend}: call {n} failed: {e}"));
+            }
+        }
+        // The group failed once as a whole, then only the refused caller on its own.
+        let text = metrics.encode(false);
+        let count = |outcome: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!(
+                        "aegis_seal_audit_commits_total{{outcome=\"{outcome}\"}} "
+                    ))
+                })
+                .map(|n| n.parse::<u64>().unwrap())
+        };
+        assert_eq!(count("error"), Some(2), "{backend}:\n{text}");
+        assert_eq!(count("ok"), Some(6), "{backend}:\n{text}");
+        let report = db.verify_audit(None).await.unwrap().unwrap();
+        assert_eq!(report.rows, 6, "{backend}");
+        let stored: Vec<String> = query_text(
+            &db,
+            "SELECT payload->>'execution_id' FROM gateway_events ORDER BY id",
+        )
+        .await
+        .into_iter()
+        .map(|row| row[0].clone().unwrap())
+        .collect();
+        assert_eq!(stored.len(), 6, "{backend}");
+        assert!(
+            !stored.contains(&"exec-3".to_owned()),
+            "{backend}: {stored:?}"
+        );
+    }
+}

@@ -174,35 +174,69 @@ async fn commit_groups(
                 Ok(None) | Err(_) => break,
             }
         }
-        let events: Vec<AuditEvent> = group
-            .iter_mut()
-            .flat_map(|p| std::mem::take(&mut p.events))
-            .collect();
-        // Taken after the group: every jti first used by these callers is pending by now.
-        let rows = jtis.take();
-        let started = Instant::now();
-        let result = log.append(&events, &rows).await;
-        metrics.audit_commit(result.is_ok(), events.len(), started.elapsed());
-        if let Err(e) = &result {
-            tracing::error!(
-                target: "aegis_seal_gateway::infrastructure::persistence",
-                error = %e,
-                events = events.len(),
-                "audit commit failed"
-            );
-            jtis.restore(rows);
+        // Each caller's events, in group order: `ends[i]` is where caller i's end.
+        let mut ends = Vec::with_capacity(group.len());
+        let mut events: Vec<AuditEvent> = Vec::new();
+        for p in &mut group {
+            events.append(&mut p.events);
+            ends.push(events.len());
         }
-        for p in group.drain(..) {
-            let _ = p.reply.send(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(e.for_each_caller()),
-            });
+        let result = commit(&mut log, &events, &jtis, &metrics).await;
+        match result {
+            Err(e) if group.len() > 1 && e.is_refused_statement() => {
+                // The database refused the group's statement, so nothing of it was written, and
+                // the cause may be one caller's events alone: commit each caller on its own, so
+                // that one bad event costs only its own call.
+                tracing::warn!(
+                    target: "aegis_seal_gateway::infrastructure::persistence",
+                    callers = group.len(),
+                    "audit group refused; committing each call on its own"
+                );
+                let mut start = 0;
+                for (p, end) in group.drain(..).zip(ends) {
+                    let own = commit(&mut log, &events[start..end], &jtis, &metrics).await;
+                    start = end;
+                    let _ = p.reply.send(own);
+                }
+            }
+            result => {
+                for p in group.drain(..) {
+                    let _ = p.reply.send(match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(e.for_each_caller()),
+                    });
+                }
+            }
         }
     }
     match log {
         Log::Sqlite(log) => log.close().await,
         Log::Postgres(log) => log.close().await,
     }
+}
+
+/// Commits `events` with the first uses pending now, which go back to pending when it fails.
+async fn commit(
+    log: &mut Log,
+    events: &[AuditEvent],
+    jtis: &PendingJtis,
+    metrics: &Metrics,
+) -> Result<(), PersistenceError> {
+    // Taken after the group: every jti first used by its callers is pending by now.
+    let rows = jtis.take();
+    let started = Instant::now();
+    let result = log.append(events, &rows).await;
+    metrics.audit_commit(result.is_ok(), events.len(), started.elapsed());
+    if let Err(e) = &result {
+        tracing::error!(
+            target: "aegis_seal_gateway::infrastructure::persistence",
+            error = %e,
+            events = events.len(),
+            "audit commit failed"
+        );
+        jtis.restore(rows);
+    }
+    result
 }
 
 /// Moves what is queued into the group, up to its size limit.

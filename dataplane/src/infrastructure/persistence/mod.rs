@@ -69,6 +69,32 @@ impl From<sqlx::Error> for PersistenceError {
 }
 
 impl PersistenceError {
+    /// The database refused what a statement writes (a constraint or a trigger, a value or a size
+    /// it cannot store): the transaction did not commit, and the same rows would be refused
+    /// again. Lost connections, timeouts, locks, conflicts and full disks are not: they are not
+    /// about the rows, and a commit whose answer was lost may have happened.
+    pub fn is_refused_statement(&self) -> bool {
+        let Self::Database(sqlx::Error::Database(e)) = self else {
+            return false;
+        };
+        let code = e.code().unwrap_or_default();
+        if e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some()
+        {
+            // SQLSTATE classes: data exception, integrity constraint violation, program limit
+            // exceeded, PL/pgSQL RAISE.
+            ["22", "23", "54", "P0"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        } else {
+            // SQLite's primary result code, the low byte of the extended one sqlx reports:
+            // SQLITE_TOOBIG, SQLITE_CONSTRAINT (a trigger's RAISE too), SQLITE_MISMATCH,
+            // SQLITE_RANGE.
+            code.parse::<i32>()
+                .is_ok_and(|c| matches!(c & 0xff, 18 | 19 | 20 | 25))
+        }
+    }
+
     /// The same failure, for each caller of a batched write (the error itself is not `Clone`).
     pub fn for_each_caller(&self) -> Self {
         match self {
