@@ -108,9 +108,15 @@ pub struct ConfigMapKeyRef {
 }
 
 /// Status shared by Workflow, CliTool and SecurityContext.
+///
+/// Several SealGateways may select one resource, and may judge it differently (a tool name
+/// defined twice among what one gateway selects is refused there only). So each gateway writes
+/// its own entry in `acceptance`, and `conditions` and `gateways` are derived from all entries:
+/// whichever gateway writes the status, it writes the same.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct ToolStatus {
-    /// `Accepted` (True/False, with reason and message).
+    /// `Accepted`: True when every gateway that selects the resource accepted it; False with the
+    /// problems when one refused it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` these conditions describe.
@@ -126,6 +132,29 @@ pub struct ToolStatus {
     /// SealGateways (`namespace/name`) that serve this resource.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
+    /// Each selecting SealGateway's own verdict, one entry per gateway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["gateway"]))]
+    pub acceptance: Vec<GatewayAcceptance>,
+}
+
+/// One SealGateway's verdict on a resource it selects.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct GatewayAcceptance {
+    /// The gateway, `namespace/name`.
+    pub gateway: String,
+    /// Whether it compiled the resource without problems, and so serves it.
+    pub accepted: bool,
+    /// Its problems with the resource, when it refused it: `field: message; field: message`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The `metadata.generation` it compiled.
+    #[serde(
+        default,
+        rename = "observedGeneration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub observed_generation: Option<i64>,
 }
 
 /// Schema for free-form JSON objects (OpenAPI documents, JSON Schemas).

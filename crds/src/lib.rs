@@ -18,8 +18,8 @@ use kube::CustomResourceExt;
 
 pub use cli_tool::{CliTool, CliToolSpec, ContainerResources};
 pub use common::{
-    API_VERSION, ConfigMapKeyRef, CredentialResolutionPath, FromSecret, GROUP, SecretKeyRef,
-    SecretValue, ToolStatus, VERSION,
+    API_VERSION, ConfigMapKeyRef, CredentialResolutionPath, FromSecret, GROUP, GatewayAcceptance,
+    SecretKeyRef, SecretValue, ToolStatus, VERSION,
 };
 pub use compile::{Compiled, Problem, ResourceResult, Resources, compile};
 pub use gateway::{GatewaySettings, SealGateway, SealGatewaySpec, SealGatewayStatus};

@@ -2,7 +2,7 @@
 //!
 //! A gateway is reconciled when it changes, when an object it owns (ConfigMaps, Deployment)
 //! changes, when a Workflow, CliTool or SecurityContext it selects (or selected: its
-//! `status.gateways` says so) changes, and when a ConfigMap its workflows read OpenAPI documents
+//! `status.acceptance` says so) changes, and when a ConfigMap its workflows read OpenAPI documents
 //! from changes.
 
 use std::future::Future;
@@ -30,9 +30,16 @@ pub fn gateways_for<K: ToolResource>(
     obj: &K,
     gateways: &[Arc<SealGateway>],
 ) -> Vec<ObjectRef<SealGateway>> {
+    // Those that judged it, accepted or not, and (statuses written before `acceptance`) served it.
     let served: Vec<&str> = obj
         .tool_status()
-        .map(|s| s.gateways.iter().map(String::as_str).collect())
+        .map(|s| {
+            s.acceptance
+                .iter()
+                .map(|a| a.gateway.as_str())
+                .chain(s.gateways.iter().map(String::as_str))
+                .collect()
+        })
         .unwrap_or_default();
     gateways
         .iter()
@@ -66,6 +73,7 @@ pub async fn run(
     let managed = watch_all.clone().labels(&managed_selector());
     let controller = Controller::new(Api::<SealGateway>::all(client.clone()), watch_all.clone());
     let store = controller.store();
+    ctx.watch_gateways(store.clone());
     let cm_ctx = ctx.clone();
     controller
         .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())

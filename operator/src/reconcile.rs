@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use aegis_seal_crds::{
@@ -21,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -50,6 +51,9 @@ pub struct Context {
     referenced_config_maps: Mutex<HashMap<String, BTreeSet<(String, String)>>>,
     /// Consecutive failures per gateway, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The SealGateways the controller watches, once it runs: a resource's status drops the
+    /// entries of gateways that no longer exist.
+    gateways: OnceLock<Store<SealGateway>>,
 }
 
 impl Context {
@@ -71,7 +75,25 @@ impl Context {
             metrics,
             referenced_config_maps: Mutex::default(),
             failures: Mutex::default(),
+            gateways: OnceLock::new(),
         }
+    }
+
+    /// Lets reconciles see which gateways exist (set once, by the controller).
+    pub fn watch_gateways(&self, store: Store<SealGateway>) {
+        let _ = self.gateways.set(store);
+    }
+
+    /// Whether the gateway `namespace/name` exists. True until the controller's store has
+    /// listed the gateways: a live gateway's entry must not be dropped for want of knowing.
+    fn gateway_exists(&self, key: &str) -> bool {
+        let Some(store) = self.gateways.get() else {
+            return true;
+        };
+        let Some((ns, name)) = key.split_once('/') else {
+            return false;
+        };
+        store.is_empty() || store.get(&ObjectRef::new(name).within(ns)).is_some()
     }
 
     /// Gateways (`namespace/name`) whose workflows read the ConfigMap `namespace/name`.
@@ -427,9 +449,17 @@ async fn write_tool_statuses<K: ToolResource>(
     now: &Time,
     events: &mut Vec<PendingEvent>,
 ) -> Result<(), ReconcileError> {
+    let exists = |key: &str| ctx.gateway_exists(key);
     for (obj, result) in resources.selected().zip(results) {
         let previous = obj.tool_status();
-        let new = status::resource_status(previous, result, obj.meta().generation, gateway, now);
+        let new = status::resource_status(
+            previous,
+            Some(result),
+            obj.meta().generation,
+            gateway,
+            exists,
+            now,
+        );
         if previous != Some(&new) {
             patch_status(&ctx.client, obj, &new).await?;
             events.extend(
@@ -444,10 +474,23 @@ async fn write_tool_statuses<K: ToolResource>(
         }
     }
     for obj in resources.deselected() {
-        if let Some(new) = obj
-            .tool_status()
-            .and_then(|s| status::without_gateway(s, gateway))
-        {
+        let Some(previous) = obj.tool_status() else {
+            continue;
+        };
+        let listed = previous.acceptance.iter().any(|a| a.gateway == gateway)
+            || previous.gateways.iter().any(|g| g == gateway);
+        if !listed {
+            continue;
+        }
+        let new = status::resource_status(
+            Some(previous),
+            None,
+            obj.meta().generation,
+            gateway,
+            exists,
+            now,
+        );
+        if *previous != new {
             patch_status(&ctx.client, obj, &new).await?;
         }
     }

@@ -1,7 +1,7 @@
 //! The statuses a reconcile writes, and the transitions between them that deserve an Event. Pure:
 //! the caller passes the clock's reading.
 
-use aegis_seal_crds::{ResourceResult, SealGatewayStatus, ToolStatus};
+use aegis_seal_crds::{GatewayAcceptance, ResourceResult, SealGatewayStatus, ToolStatus};
 use k8s_openapi::api::apps::v1::DeploymentStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -49,57 +49,116 @@ pub fn condition(
     }
 }
 
-/// The status of a resource the gateway `gateway` selected and compiled.
+/// The status of a resource after the gateway `gateway` compiled it (`result`), or stopped
+/// selecting it (`None`). Other gateways' entries are kept, except those of gateways that no
+/// longer `exist`. The condition and the serving list are derived from all entries, so every
+/// gateway that writes the status writes the same: two gateways that judge a resource
+/// differently do not overwrite each other's verdict for ever.
 pub fn resource_status(
     previous: Option<&ToolStatus>,
-    result: &ResourceResult,
+    result: Option<&ResourceResult>,
     generation: Option<i64>,
     gateway: &str,
+    exists: impl Fn(&str) -> bool,
     now: &Time,
 ) -> ToolStatus {
     let empty = ToolStatus::default();
     let previous = previous.unwrap_or(&empty);
-    let accepted = result.accepted();
-    let (reason, message) = if accepted {
-        ("Accepted", "compiled without problems".to_string())
-    } else {
-        ("Invalid", result.message())
+    let observed_generation = match result {
+        Some(_) => generation,
+        None => previous.observed_generation,
     };
-    let mut gateways: Vec<String> = previous
+    // A status written before `acceptance` lists only the gateways that served the resource.
+    let served_before = previous
         .gateways
         .iter()
-        .filter(|g| g.as_str() != gateway)
+        .filter(|g| !previous.acceptance.iter().any(|a| &a.gateway == *g))
+        .map(|g| GatewayAcceptance {
+            gateway: g.clone(),
+            accepted: true,
+            message: String::new(),
+            observed_generation: previous.observed_generation,
+        });
+    let mut acceptance: Vec<GatewayAcceptance> = previous
+        .acceptance
+        .iter()
         .cloned()
+        .chain(served_before)
+        .filter(|a| a.gateway != gateway && exists(&a.gateway))
+        .chain(result.map(|r| GatewayAcceptance {
+            gateway: gateway.to_owned(),
+            accepted: r.accepted(),
+            message: if r.accepted() {
+                String::new()
+            } else {
+                r.message()
+            },
+            observed_generation: generation,
+        }))
         .collect();
-    // Only a gateway that serves the resource lists itself; a rejected one is not served.
-    if accepted {
-        gateways.push(gateway.to_owned());
-    }
-    gateways.sort();
-    gateways.dedup();
-    ToolStatus {
-        conditions: vec![condition(
+    acceptance.sort_by(|a, b| a.gateway.cmp(&b.gateway));
+    let conditions = if acceptance.is_empty() {
+        Vec::new()
+    } else {
+        vec![accepted_condition(
             &previous.conditions,
-            ACCEPTED,
-            accepted,
-            reason,
-            message,
-            generation,
+            &acceptance,
+            observed_generation,
             now,
-        )],
-        observed_generation: generation,
-        tool_name: Some(result.name.clone()),
-        gateways,
+        )]
+    };
+    ToolStatus {
+        conditions,
+        observed_generation,
+        tool_name: result
+            .map(|r| r.name.clone())
+            .or_else(|| previous.tool_name.clone()),
+        gateways: acceptance
+            .iter()
+            .filter(|a| a.accepted)
+            .map(|a| a.gateway.clone())
+            .collect(),
+        acceptance,
     }
 }
 
-/// The status of a resource the gateway no longer selects, or `None` when it does not list the gateway.
-pub fn without_gateway(previous: &ToolStatus, gateway: &str) -> Option<ToolStatus> {
-    previous.gateways.iter().any(|g| g == gateway).then(|| {
-        let mut status = previous.clone();
-        status.gateways.retain(|g| g != gateway);
-        status
-    })
+/// Whether a resource is served as it is: True when every gateway that selects it accepted it.
+fn accepted_condition(
+    previous: &[Condition],
+    acceptance: &[GatewayAcceptance],
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let refused: Vec<&GatewayAcceptance> = acceptance.iter().filter(|a| !a.accepted).collect();
+    let Some(first) = refused.first() else {
+        let message = "compiled without problems".to_owned();
+        return condition(
+            previous, ACCEPTED, true, "Accepted", message, generation, now,
+        );
+    };
+    // Every gateway refused it for the same problems (the usual case: one gateway): say them.
+    let message = if refused.len() == acceptance.len()
+        && refused.iter().all(|a| a.message == first.message)
+    {
+        first.message.clone()
+    } else {
+        let mut parts: Vec<String> = refused
+            .iter()
+            .map(|a| format!("{}: {}", a.gateway, a.message))
+            .collect();
+        let serving: Vec<&str> = acceptance
+            .iter()
+            .filter(|a| a.accepted)
+            .map(|a| a.gateway.as_str())
+            .collect();
+        if !serving.is_empty() {
+            parts.push(format!("served by {}", serving.join(", ")));
+        }
+        parts.join("; ")
+    };
+    condition(
+        previous, ACCEPTED, false, "Invalid", message, generation, now,
+    )
 }
 
 /// What became of a gateway's spec.
@@ -387,17 +446,17 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_with_the_status() {
-        let first = resource_status(None, &result(&[]), Some(4), "ns/gw", &at(10));
+        let first = judged(None, &result(&[]), Some(4), "ns/gw", &at(10));
         assert_eq!(first.conditions[0].last_transition_time, at(10));
         assert_eq!(first.gateways, ["ns/gw"]);
         assert_eq!(first.tool_name.as_deref(), Some("wf_tool"));
         assert_eq!(first.observed_generation, Some(4));
         assert_eq!(first.conditions[0].observed_generation, Some(4));
 
-        let same = resource_status(Some(&first), &result(&[]), Some(4), "ns/gw", &at(20));
+        let same = judged(Some(&first), &result(&[]), Some(4), "ns/gw", &at(20));
         assert_eq!(same, first, "nothing changed, so nothing to write");
 
-        let rejected = resource_status(Some(&first), &result(&["boom"]), Some(5), "ns/gw", &at(30));
+        let rejected = judged(Some(&first), &result(&["boom"]), Some(5), "ns/gw", &at(30));
         let c = &rejected.conditions[0];
         assert_eq!(
             (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
@@ -406,7 +465,7 @@ mod tests {
         assert_eq!(c.last_transition_time, at(30));
         assert!(rejected.gateways.is_empty());
 
-        let again = resource_status(
+        let again = judged(
             Some(&rejected),
             &result(&["other"]),
             Some(6),
@@ -416,33 +475,101 @@ mod tests {
         assert_eq!(again.conditions[0].last_transition_time, at(30));
     }
 
+    /// Gateway `gateway`'s status write after compiling the resource with `result`.
+    fn judged(
+        previous: Option<&ToolStatus>,
+        result: &ResourceResult,
+        generation: Option<i64>,
+        gateway: &str,
+        now: &Time,
+    ) -> ToolStatus {
+        resource_status(previous, Some(result), generation, gateway, |_| true, now)
+    }
+
     #[test]
-    fn other_gateways_are_kept() {
-        let prev = ToolStatus {
-            gateways: vec!["a/one".into(), "z/two".into()],
-            ..Default::default()
-        };
-        let s = resource_status(Some(&prev), &result(&[]), None, "m/gw", &at(1));
-        assert_eq!(s.gateways, ["a/one", "m/gw", "z/two"]);
-        let s = resource_status(Some(&s), &result(&["x"]), None, "m/gw", &at(1));
-        assert_eq!(s.gateways, ["a/one", "z/two"]);
-        assert_eq!(without_gateway(&s, "m/gw"), None);
-        assert_eq!(without_gateway(&s, "a/one").unwrap().gateways, ["z/two"]);
+    fn gateways_that_disagree_keep_their_own_entries_and_converge() {
+        // `ops/all` refuses the resource (say, its tool name is defined twice among what it
+        // selects); `team/edge` serves it. Each write is seen by both, and each rewrites the
+        // status only when what it would write differs.
+        let duplicate = result(&["defined twice"]);
+        let fine = result(&[]);
+        let mut stored = judged(None, &duplicate, Some(2), "ops/all", &at(1));
+        let mut writes = 1;
+        for round in 2..10 {
+            let mut changed = false;
+            for (gw, r) in [("team/edge", &fine), ("ops/all", &duplicate)] {
+                let new = judged(Some(&stored), r, Some(2), gw, &at(round));
+                if new != stored {
+                    (stored, changed, writes) = (new, true, writes + 1);
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        assert_eq!(writes, 2, "one write each, then nothing changes");
+        assert_eq!(stored.gateways, ["team/edge"]);
+        assert_eq!(
+            stored
+                .acceptance
+                .iter()
+                .map(|a| (a.gateway.as_str(), a.accepted, a.message.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                (
+                    "ops/all",
+                    false,
+                    "spec.steps[0].operation_id: defined twice"
+                ),
+                ("team/edge", true, ""),
+            ]
+        );
+        let c = &stored.conditions[0];
+        assert_eq!(
+            (c.status.as_str(), c.message.as_str()),
+            (
+                "False",
+                "ops/all: spec.steps[0].operation_id: defined twice; served by team/edge"
+            )
+        );
+        assert_eq!(c.last_transition_time, at(1));
+
+        // `ops/all` stops selecting it: its entry goes, and the resource is accepted.
+        let left = resource_status(Some(&stored), None, Some(2), "ops/all", |_| true, &at(20));
+        assert_eq!(left.gateways, ["team/edge"]);
+        assert_eq!(left.acceptance.len(), 1);
+        assert_eq!(left.conditions[0].status, "True");
+        // Then `team/edge` too: nobody judges it, so there is no condition to show.
+        let alone = resource_status(Some(&left), None, Some(2), "team/edge", |_| true, &at(21));
+        assert!(alone.conditions.is_empty() && alone.acceptance.is_empty());
+        assert_eq!(alone.tool_name.as_deref(), Some("wf_tool"));
+
+        // A deleted gateway's entry is dropped by the next gateway that writes.
+        let pruned = resource_status(
+            Some(&stored),
+            Some(&fine),
+            Some(2),
+            "team/edge",
+            |gw| gw != "ops/all",
+            &at(30),
+        );
+        assert_eq!(pruned.acceptance.len(), 1);
+        assert_eq!(pruned.conditions[0].status, "True");
     }
 
     #[test]
     fn resource_events_on_rejection_and_recovery_only() {
-        let ok = resource_status(None, &result(&[]), None, "g", &at(1));
+        let ok = judged(None, &result(&[]), None, "g", &at(1));
         assert!(resource_notices(None, &ok).is_empty());
-        let bad = resource_status(Some(&ok), &result(&["boom"]), None, "g", &at(2));
+        let bad = judged(Some(&ok), &result(&["boom"]), None, "g", &at(2));
         let n = resource_notices(Some(&ok), &bad);
         assert_eq!(n.len(), 1);
         assert!(n[0].warning);
         assert_eq!(n[0].reason, "Rejected");
         assert!(resource_notices(Some(&bad), &bad).is_empty());
-        let worse = resource_status(Some(&bad), &result(&["bang"]), None, "g", &at(3));
+        let worse = judged(Some(&bad), &result(&["bang"]), None, "g", &at(3));
         assert_eq!(resource_notices(Some(&bad), &worse)[0].reason, "Rejected");
-        let fixed = resource_status(Some(&worse), &result(&[]), None, "g", &at(4));
+        let fixed = judged(Some(&worse), &result(&[]), None, "g", &at(4));
         let n = resource_notices(Some(&worse), &fixed);
         assert_eq!(
             n,
@@ -453,7 +580,7 @@ mod tests {
             )]
         );
         // Rejected from the start is a transition too.
-        let first_bad = resource_status(None, &result(&["boom"]), None, "g", &at(1));
+        let first_bad = judged(None, &result(&["boom"]), None, "g", &at(1));
         assert_eq!(resource_notices(None, &first_bad)[0].reason, "Rejected");
     }
 

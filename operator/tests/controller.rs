@@ -292,6 +292,81 @@ async fn the_controller_serves_selected_resources_and_keeps_the_last_good_snapsh
     .expect("the test timed out");
 }
 
+/// Two gateways judge one workflow differently: `ops/all` selects every namespace and finds its
+/// tool name already defined by an older workflow elsewhere; `tools/edge` selects only its own
+/// namespace and serves it. Each writes its own verdict once, and then neither writes again (when
+/// both wrote one shared condition, each write made the other rewrite it, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_that_judge_a_workflow_differently_settle() {
+    timeout(Duration::from_secs(60), async {
+        let api = FakeApi::start().await;
+        for (ns, name, spec) in [
+            (
+                "ops",
+                "all",
+                json!({"resource_selector": {"namespaces": "All"}}),
+            ),
+            (NS, "edge", json!({})),
+        ] {
+            api.put(
+                GATEWAYS,
+                json!({"apiVersion": "seal.100monkeys.ai/v1", "kind": "SealGateway",
+                       "metadata": {"name": name, "namespace": ns}, "spec": spec}),
+            );
+        }
+        // Same tool name; the one in `other` comes first (same age, then namespace order).
+        let mut first = workflow("create-repo", "v1", "createRepo");
+        first["metadata"]["namespace"] = json!("other");
+        api.put(WORKFLOWS, first);
+        api.put(WORKFLOWS, workflow("create-repo", "v1", "createRepo"));
+
+        let client = api.client();
+        let ctx = Arc::new(Context::new(client.clone(), IMAGE, None, Arc::default()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(controller::run(client, ctx, async move {
+            let _ = stopped.await;
+        }));
+
+        let status = eventually("both verdicts", Duration::from_secs(15), || {
+            let wf = api.get(WORKFLOWS, NS, "create-repo")?;
+            (wf["status"]["acceptance"].as_array()?.len() == 2).then(|| wf["status"].clone())
+        })
+        .await;
+        assert_quiescent(&api).await;
+
+        assert_eq!(status["gateways"], json!(["tools/edge"]));
+        let all = &status["acceptance"][0];
+        assert_eq!(
+            (&all["gateway"], &all["accepted"]),
+            (&json!("ops/all"), &json!(false))
+        );
+        assert_eq!(
+            status["acceptance"][1],
+            json!({"gateway": "tools/edge", "accepted": true, "observedGeneration": 1})
+        );
+        let wf = api.get(WORKFLOWS, NS, "create-repo").unwrap();
+        let (accepted, reason, message) = condition(&wf, "Accepted").unwrap();
+        assert_eq!((accepted.as_str(), reason.as_str()), ("False", "Invalid"));
+        assert_eq!(
+            message,
+            "ops/all: spec.tool_name: tool \"create-repo\" is already defined in the system-global \
+             scope by Workflow other/create-repo; served by tools/edge"
+        );
+        // The older one is served by `ops/all`, the only gateway selecting it.
+        let other = api.get(WORKFLOWS, "other", "create-repo").unwrap();
+        assert_eq!(other["status"]["gateways"], json!(["ops/all"]));
+        assert_eq!(condition(&other, "Accepted").unwrap().0, "True");
+
+        stop.send(()).unwrap();
+        timeout(Duration::from_secs(10), running)
+            .await
+            .expect("did not stop")
+            .unwrap();
+    })
+    .await
+    .expect("the test timed out");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_spec_keeps_the_running_objects() {
     timeout(Duration::from_secs(60), async {

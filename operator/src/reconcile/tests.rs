@@ -528,8 +528,15 @@ async fn shards_no_longer_needed_are_deleted_and_deselected_resources_let_go() {
         format!("POST {EVENTS}"),
     ]);
     assert_eq!(lines(&seen), expected);
-    assert_eq!(seen[12].body["status"]["gateways"], json!(["other/gw"]));
-    assert_eq!(seen[12].body["status"]["tool_name"], "old");
+    // Written before `acceptance` existed: the other gateway, which served it, is kept as such.
+    let status = &seen[12].body["status"];
+    assert_eq!(status["gateways"], json!(["other/gw"]));
+    assert_eq!(
+        status["acceptance"],
+        json!([{"gateway": "other/gw", "accepted": true}])
+    );
+    assert_eq!(condition(status, "Accepted")["status"], "True");
+    assert_eq!(status["tool_name"], "old");
 }
 
 #[tokio::test]
