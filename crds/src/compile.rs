@@ -3,7 +3,7 @@
 //! Every problem is reported as `field: message`, one per problem, so a rejected resource's status
 //! (or the one start-up line of a standalone gateway) says exactly what to fix.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -111,6 +111,18 @@ impl Problems {
 }
 
 /// Validates every resource and builds the snapshot of the accepted ones.
+/// The URLs the workflows read their OpenAPI documents from (sorted, each once): what to fetch
+/// into [`Resources::documents`] before compiling. Only absolute http(s) URLs; compile refuses
+/// the others without fetching.
+pub fn openapi_urls<'a>(workflows: impl IntoIterator<Item = &'a Workflow>) -> Vec<String> {
+    let urls: BTreeSet<&str> = workflows
+        .into_iter()
+        .filter_map(|w| w.spec.api_spec.openapi.url.as_deref())
+        .filter(|url| is_http_url(url))
+        .collect();
+    urls.into_iter().map(str::to_owned).collect()
+}
+
 pub fn compile(resources: &Resources) -> Compiled {
     let mut results = Vec::new();
     let mut workflows = Vec::new();

@@ -21,7 +21,7 @@ pub use common::{
     API_VERSION, ConfigMapKeyRef, CredentialResolutionPath, FromSecret, GROUP, GatewayAcceptance,
     SecretKeyRef, SecretValue, ToolStatus, VERSION,
 };
-pub use compile::{Compiled, Problem, ResourceResult, Resources, compile};
+pub use compile::{Compiled, Problem, ResourceResult, Resources, compile, openapi_urls};
 pub use gateway::{GatewaySettings, SealGateway, SealGatewaySpec, SealGatewayStatus};
 pub use manifest::{ManifestError, ManifestOrigin, parse_manifests};
 pub use security_context::{Capability, RateLimit, SecurityContext, SecurityContextSpec};

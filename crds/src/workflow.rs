@@ -76,7 +76,10 @@ pub struct OpenApiSource {
     /// A ConfigMap key holding the document as JSON or YAML text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_ref: Option<ConfigMapKeyRef>,
-    /// A URL the document is fetched from.
+    /// An http(s) URL the document is fetched from: by the operator when it compiles the
+    /// gateway's resources (an outcome is reused for 60 s, and read again at the next reconcile
+    /// after that, at the latest at the 10-minute resync), or by the data plane when it loads a
+    /// manifest folder. At most 10 s and 8 MiB; a failed fetch rejects the workflow, saying why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 }

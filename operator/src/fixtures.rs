@@ -80,3 +80,61 @@ pub fn security_context(name: &str) -> SecurityContext {
     }))
     .unwrap()
 }
+
+/// A real HTTP server on 127.0.0.1 for `openapi.url`: [`openapi_doc`] at `/openapi.json`, a body
+/// one byte over the document limit at `/huge` (chunked, no length), 404 elsewhere. Returns its
+/// base URL and the number of requests it answered.
+pub async fn document_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use hyper::body::{Bytes, Frame};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let hits = counted.clone();
+            let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                hits.fetch_add(1, Ordering::SeqCst);
+                let (status, body) = match req.uri().path() {
+                    "/openapi.json" => (
+                        200,
+                        Full::new(Bytes::from(openapi_doc().to_string())).boxed(),
+                    ),
+                    "/huge" => {
+                        let chunk = Bytes::from(vec![b' '; 1024 * 1024]);
+                        let chunks = (0..8)
+                            .map(move |_| chunk.clone())
+                            .chain([Bytes::from_static(b"x")])
+                            .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(c)));
+                        (200, StreamBody::new(futures::stream::iter(chunks)).boxed())
+                    }
+                    _ => (
+                        404,
+                        Full::new(Bytes::from_static(b"no such document")).boxed(),
+                    ),
+                };
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .status(status)
+                            .body(body)
+                            .unwrap(),
+                    )
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (base, hits)
+}

@@ -5,6 +5,7 @@
 //! - [`selection`]: which resources a gateway serves (pure);
 //! - [`desired`]: every object a gateway runs, from the gateway and its compiled resources (pure);
 //! - [`status`]: the statuses a reconcile writes and the Events their transitions deserve (pure);
+//! - [`documents`]: the OpenAPI documents workflows name by URL, fetched for compiling;
 //! - [`reconcile`]: the reconciler and its error policy;
 //! - [`controller`]: what triggers a reconcile, and the controller loop;
 //! - [`leader`]: Lease-based leader election;
@@ -14,6 +15,7 @@
 pub mod controller;
 pub mod crdgen;
 pub mod desired;
+pub mod documents;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use aegis_seal_crds::{
     API_VERSION, CliTool, Compiled, ResourceResult, Resources, SealGateway, SecurityContext,
-    ToolStatus, Workflow, compile,
+    ToolStatus, Workflow, compile, openapi_urls,
 };
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -29,6 +29,7 @@ use serde_json::json;
 
 use crate::FIELD_MANAGER;
 use crate::desired::{Desired, SNAPSHOT_OF_LABEL, desired_objects};
+use crate::documents::DocumentFetcher;
 use crate::metrics::Metrics;
 use crate::selection::{Scope, Selection, gateway_key, referenced_config_maps};
 use crate::status::{self, Notice, SpecOutcome};
@@ -51,6 +52,8 @@ pub struct Context {
     referenced_config_maps: Mutex<HashMap<String, BTreeSet<(String, String)>>>,
     /// Consecutive failures per gateway, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Workflows' `openapi.url` documents.
+    documents: DocumentFetcher,
     /// The SealGateways the controller watches, once it runs: a resource's status drops the
     /// entries of gateways that no longer exist.
     gateways: OnceLock<Store<SealGateway>>,
@@ -75,6 +78,7 @@ impl Context {
             metrics,
             referenced_config_maps: Mutex::default(),
             failures: Mutex::default(),
+            documents: DocumentFetcher::new(),
             gateways: OnceLock::new(),
         }
     }
@@ -117,7 +121,7 @@ impl Context {
 }
 
 /// A poisoned lock only means another reconcile panicked; the maps stay usable.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -303,7 +307,10 @@ async fn reconcile_gateway(gw: &SealGateway, ctx: &Context) -> Result<Action, Re
         cli_tools: cli_tools.selected().cloned().collect(),
         security_contexts: contexts.selected().cloned().collect(),
         config_maps,
-        documents: Default::default(),
+        documents: ctx
+            .documents
+            .fetch(&openapi_urls(workflows.selected()))
+            .await,
     });
 
     let desired = desired_objects(gw, &compiled, &ctx.default_image);

@@ -566,6 +566,35 @@ async fn referenced_config_maps_are_read_and_remembered() {
 }
 
 #[tokio::test]
+async fn openapi_urls_are_fetched_and_a_failed_fetch_rejects_only_its_workflow() {
+    let (base, hits) = fixtures::document_server().await;
+    let mut by_url = fixtures::workflow_json("by-url", "x");
+    by_url["spec"]["api_spec"]["openapi"] = json!({"url": format!("{base}/openapi.json")});
+    let mut gone = fixtures::workflow_json("gone", "y");
+    gone["spec"]["api_spec"]["openapi"] = json!({"url": format!("{base}/missing")});
+    let (result, seen) = run(
+        fixtures::gateway_json(json!({})),
+        Fake::new(vec![by_url, gone]),
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let status = |name: &str| {
+        seen.iter()
+            .find(|r| r.path.ends_with(&format!("/workflows/{name}/status")))
+            .unwrap()
+            .body["status"]
+            .clone()
+    };
+    assert_eq!(condition(&status("by-url"), "Accepted")["status"], "True");
+    assert_eq!(
+        condition(&status("gone"), "Accepted")["message"],
+        format!("spec.api_spec.openapi.url: could not fetch {base}/missing: HTTP 404 Not Found")
+    );
+    assert_eq!(status("by-url")["gateways"], json!(["tools/edge"]));
+}
+
+#[tokio::test]
 async fn a_missing_config_map_rejects_the_workflow_not_the_reconcile() {
     let mut wf = fixtures::workflow_json("needs-cm", "x");
     wf["spec"]["api_spec"]["openapi"] =

@@ -35,15 +35,7 @@ impl ManifestSet {
 
     /// The OpenAPI document URLs the workflows name, to fetch before compiling.
     pub fn openapi_urls(&self) -> Vec<String> {
-        let mut urls: Vec<String> = self
-            .resources
-            .workflows
-            .iter()
-            .filter_map(|w| w.spec.api_spec.openapi.url.clone())
-            .collect();
-        urls.sort();
-        urls.dedup();
-        urls
+        aegis_seal_crds::openapi_urls(&self.resources.workflows)
     }
 
     /// Compiles with the fetched documents (URL -> text or why it could not be fetched).
