@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -156,15 +158,17 @@ impl LeaderElector {
         }
     }
 
-    /// Returns once this replica holds the Lease.
-    pub async fn acquire(&self) {
+    /// Returns once this replica holds the Lease, with when the request that won it was sent:
+    /// the Lease's `renewTime` is no earlier, so it runs out no earlier than a duration after.
+    pub async fn acquire(&self) -> Instant {
         let mut last_holder = None;
         loop {
+            let sent = Instant::now();
             match self.lock.try_acquire_or_renew(Timestamp::now()).await {
                 Ok(Attempt::Held) => {
                     tracing::info!(identity = %self.lock.identity, lease = %self.lock.name, "became the leader");
                     self.metrics.set_leader(true);
-                    return;
+                    return sent;
                 }
                 Ok(Attempt::HeldBy(holder)) => {
                     if last_holder.as_ref() != Some(&holder) {
@@ -179,23 +183,34 @@ impl LeaderElector {
         }
     }
 
-    /// Renews the Lease until it is lost: held by another, or not renewed for a whole lease
-    /// duration (after which another replica may already lead). Then returns.
-    pub async fn hold(&self) {
-        let mut renewed = tokio::time::Instant::now();
+    /// Renews the Lease acquired at `acquired` until it is lost: held by another, or not renewed
+    /// in time. Returns half a retry interval before the last renewal can run out, and so before
+    /// a standby may take over: a renewal that hangs is given up at that point too, since the
+    /// client has no deadline of its own.
+    pub async fn hold(&self, acquired: Instant) {
+        let margin = self.retry_every / 2;
+        let good_until = |renewed: Instant| renewed + self.lock.duration.saturating_sub(margin);
+        // When the newest successful renewal was sent: its `renewTime` is no earlier.
+        let mut renewed = acquired;
         loop {
-            tokio::time::sleep(self.retry_every).await;
-            match self.lock.try_acquire_or_renew(Timestamp::now()).await {
-                Ok(Attempt::Held) => renewed = tokio::time::Instant::now(),
-                Ok(Attempt::HeldBy(holder)) => {
+            tokio::time::sleep_until(Instant::min(
+                Instant::now() + self.retry_every,
+                good_until(renewed),
+            ))
+            .await;
+            let sent = Instant::now();
+            let attempt = self.lock.try_acquire_or_renew(Timestamp::now());
+            match tokio::time::timeout_at(good_until(renewed), attempt).await {
+                Ok(Ok(Attempt::Held)) => renewed = sent,
+                Ok(Ok(Attempt::HeldBy(holder))) => {
                     tracing::error!(leader = %holder, "leadership lost to another replica");
                     break;
                 }
-                Ok(Attempt::Conflict) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot renew the leader Lease"),
+                Ok(Ok(Attempt::Conflict)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the leader Lease"),
+                Err(_) => tracing::warn!("renewing the leader Lease got no answer in time"),
             }
-            // Stop a little before the Lease can expire, so two leaders never overlap.
-            if renewed.elapsed() + self.retry_every / 2 >= self.lock.duration {
+            if Instant::now() >= good_until(renewed) {
                 tracing::error!("leadership lost: the Lease could not be renewed in time");
                 break;
             }
@@ -370,5 +385,27 @@ mod tests {
         )
         .await;
         assert_eq!(bodies.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_hangs_is_given_up_before_the_lease_can_run_out() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let lock = LeaseLock::new(
+            Api::namespaced(Client::new(svc, "ops"), "ops"),
+            "aegis-seal-operator",
+            "pod-a",
+            Duration::from_secs(15),
+        );
+        let elector = LeaderElector::new(lock, Arc::default());
+        let acquired = Instant::now();
+        let holding = tokio::spawn(async move { elector.hold(acquired).await });
+        // The first renewal, after a retry interval, reads the Lease and gets no answer.
+        let (request, _unanswered) = handle.next_request().await.expect("a renewal");
+        assert_eq!(request.uri().path(), PATH);
+        assert_eq!(acquired.elapsed(), Duration::from_secs(5));
+        holding.await.unwrap();
+        // Leadership ends half a retry interval before the Lease, renewed when acquired, runs
+        // out, and not a moment later however long the request hangs.
+        assert_eq!(acquired.elapsed(), Duration::from_millis(12_500));
     }
 }

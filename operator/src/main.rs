@@ -129,26 +129,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         );
         let elector = LeaderElector::new(lock, metrics.clone());
         let acquired = tokio::select! {
-            () = elector.acquire() => true,
-            () = stopped(stopping.clone()) => false,
+            at = elector.acquire() => Some(at),
+            () = stopped(stopping.clone()) => None,
         };
-        if acquired {
+        if let Some(acquired) = acquired {
             let (end, ended) = oneshot::channel::<()>();
             let controller = tokio::spawn(lead(client, ctx, async move {
                 let _ = ended.await;
             }));
             let lost = tokio::select! {
-                () = elector.hold() => true,
+                () = elector.hold(acquired) => true,
                 () = stopped(stopping.clone()) => false,
             };
-            let _ = end.send(());
-            if tokio::time::timeout(STOP_TIMEOUT, controller)
-                .await
-                .is_err()
-            {
-                tracing::warn!("reconciles did not finish in {}s", STOP_TIMEOUT.as_secs());
-            }
-            if !lost {
+            if lost {
+                // A standby may lead from now on: stop at once, mid-reconcile if need be (every
+                // write is an idempotent apply the next leader repeats), rather than write beside it.
+                controller.abort();
+                let _ = controller.await;
+            } else {
+                let _ = end.send(());
+                if tokio::time::timeout(STOP_TIMEOUT, controller)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("reconciles did not finish in {}s", STOP_TIMEOUT.as_secs());
+                }
                 elector.release().await;
             }
             lost
