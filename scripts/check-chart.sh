@@ -138,9 +138,9 @@ CLUSTER_RULES = [
     (["seal.100monkeys.ai"], ["sealgateways/finalizers"], ["update"]),
     ([""], ["configmaps"], ["get", "list", "watch", "create", "patch", "delete"]),
     (["apps"], ["deployments"], ["list", "watch", "create", "patch"]),
-    ([""], ["services", "serviceaccounts"], ["create", "patch"]),
-    (["policy"], ["poddisruptionbudgets"], ["create", "patch"]),
-    (["rbac.authorization.k8s.io"], ["roles", "rolebindings"], ["create", "patch"]),
+    ([""], ["services", "serviceaccounts"], ["list", "watch", "create", "patch"]),
+    (["policy"], ["poddisruptionbudgets"], ["list", "watch", "create", "patch"]),
+    (["rbac.authorization.k8s.io"], ["roles", "rolebindings"], ["list", "watch", "create", "patch"]),
     (["events.k8s.io"], ["events"], ["create", "patch"]),
 ]
 LEASE_RULES = [(["coordination.k8s.io"], ["leases"], ["get", "create", "update"])]

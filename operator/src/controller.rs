@@ -1,9 +1,10 @@
 //! The SealGateway controller: what triggers a reconcile.
 //!
-//! A gateway is reconciled when it changes, when an object it owns (ConfigMaps, Deployment)
-//! changes, when a Workflow, CliTool or SecurityContext it selects (or selected: its
-//! `status.acceptance` says so) changes, and when a ConfigMap its workflows read OpenAPI documents
-//! from changes.
+//! A gateway is reconciled when it changes; when an object it owns (ConfigMaps, Deployment,
+//! Service, ServiceAccount, Role, RoleBinding, PodDisruptionBudget) changes or is deleted, so
+//! that the next apply restores it; when a Workflow, CliTool or SecurityContext it selects (or
+//! judged: its `status.acceptance` says so) changes; and when a ConfigMap its workflows read
+//! OpenAPI documents from changes.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,7 +12,9 @@ use std::sync::Arc;
 use aegis_seal_crds::{CliTool, SealGateway, SecurityContext, Workflow};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -77,7 +80,12 @@ pub async fn run(
     let cm_ctx = ctx.clone();
     controller
         .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
-        .owns(Api::<Deployment>::all(client.clone()), managed)
+        .owns(Api::<Deployment>::all(client.clone()), managed.clone())
+        .owns(Api::<Service>::all(client.clone()), managed.clone())
+        .owns(Api::<ServiceAccount>::all(client.clone()), managed.clone())
+        .owns(Api::<Role>::all(client.clone()), managed.clone())
+        .owns(Api::<RoleBinding>::all(client.clone()), managed.clone())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), managed)
         .watches(
             Api::<Workflow>::all(client.clone()),
             watch_all.clone(),

@@ -216,6 +216,22 @@ async fn the_controller_serves_selected_resources_and_keeps_the_last_good_snapsh
         // Nothing changes any more: nothing is written (a status write that changes nothing would loop).
         assert_quiescent(&api).await;
 
+        // An owned object deleted by hand is restored by the reconcile its deletion triggers, not
+        // at the next resync ten minutes later.
+        let deleted = kube::api::DeleteParams::default();
+        kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(api.client(), NS)
+            .delete("edge", &deleted)
+            .await
+            .unwrap();
+        kube::Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(api.client(), NS)
+            .delete("edge", &deleted)
+            .await
+            .unwrap();
+        for resource in ["/v1/services", "rbac.authorization.k8s.io/v1/rolebindings"] {
+            eventually(resource, Duration::from_secs(5), || api.get(resource, NS, "edge")).await;
+        }
+        assert_quiescent(&api).await;
+
         // A reconcile that finds nothing changed applies (idempotently) but writes no status and
         // publishes no event.
         let reconciles = ctx.metrics.reconciles();
