@@ -237,11 +237,13 @@ where
     }
 }
 
+/// The resources of kind `K` in `scope`, split by whether `selection` selects them.
 async fn list_in_scope<K: ToolResource>(
     client: &Client,
+    scope: &Scope,
     selection: &Selection,
 ) -> Result<InScope<K>, ReconcileError> {
-    let list = scoped_api::<K>(client, &selection.scope)
+    let list = scoped_api::<K>(client, scope)
         .list(&ListParams::default())
         .await
         .map_err(kube_err(format!("listing {}s", K::kind(&()))))?;
@@ -284,9 +286,21 @@ async fn reconcile_gateway(gw: &SealGateway, ctx: &Context) -> Result<Action, Re
         }
     };
 
-    let workflows = list_in_scope::<Workflow>(&ctx.client, &selection).await?;
-    let cli_tools = list_in_scope::<CliTool>(&ctx.client, &selection).await?;
-    let contexts = list_in_scope::<SecurityContext>(&ctx.client, &selection).await?;
+    // A spec changed since the last reconcile may have narrowed the scope (every namespace to its
+    // own): look everywhere this once, so that what it judged outside the new scope lets it go.
+    let spec_changed = gw
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .is_some_and(|seen| Some(seen) != gw.metadata.generation);
+    let scope = if spec_changed {
+        &Scope::All
+    } else {
+        &selection.scope
+    };
+    let workflows = list_in_scope::<Workflow>(&ctx.client, scope, &selection).await?;
+    let cli_tools = list_in_scope::<CliTool>(&ctx.client, scope, &selection).await?;
+    let contexts = list_in_scope::<SecurityContext>(&ctx.client, scope, &selection).await?;
     let wanted_maps = referenced_config_maps(workflows.selected());
     let mut config_maps = Vec::new();
     for (ns, cm) in &wanted_maps {

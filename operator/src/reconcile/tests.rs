@@ -540,6 +540,50 @@ async fn shards_no_longer_needed_are_deleted_and_deselected_resources_let_go() {
 }
 
 #[tokio::test]
+async fn a_changed_spec_lets_go_of_resources_outside_the_new_scope() {
+    const ALL: &str = "/apis/seal.100monkeys.ai/v1";
+    // The gateway selected every namespace when it last reconciled (generation 2), and now
+    // (generation 3) selects only its own: a workflow it served in `other` must let it go.
+    let mut gw = fixtures::gateway_json(json!({}));
+    gw["status"] = json!({"observedGeneration": 2});
+    let mut far = fixtures::workflow_json("far", "x");
+    far["metadata"]["namespace"] = json!("other");
+    far["status"] = json!({"tool_name": "far", "gateways": ["tools/edge"],
+                           "acceptance": [{"gateway": "tools/edge", "accepted": true}]});
+    let mut fake = Fake::new(vec![]);
+    fake.objects
+        .insert(format!("{ALL}/namespaces/other/workflows/far"), far.clone());
+    fake.lists.insert(format!("{ALL}/workflows"), vec![far]);
+    fake.lists.insert(format!("{ALL}/clitools"), vec![]);
+    fake.lists.insert(format!("{ALL}/securitycontexts"), vec![]);
+    let (result, seen) = run(gw, fake).await;
+    result.unwrap();
+    assert_eq!(
+        lines(&seen[..3]),
+        [
+            format!("GET {ALL}/workflows"),
+            format!("GET {ALL}/clitools"),
+            format!("GET {ALL}/securitycontexts"),
+        ]
+    );
+    let patched = seen
+        .iter()
+        .find(|r| r.path == format!("{ALL}/namespaces/other/workflows/far/status"))
+        .expect("the far workflow's status is written");
+    let status = &patched.body["status"];
+    assert!(status.get("gateways").is_none(), "{status}");
+    assert!(status.get("acceptance").is_none(), "{status}");
+    assert!(status.get("conditions").is_none(), "{status}");
+
+    // Once the status says the spec was seen, the gateway lists its own namespace again.
+    let mut gw = fixtures::gateway_json(json!({}));
+    gw["status"] = json!({"observedGeneration": 3});
+    let (result, seen) = run(gw, Fake::new(vec![])).await;
+    result.unwrap();
+    assert_eq!(seen[0].line(), format!("GET {SEAL}/workflows"));
+}
+
+#[tokio::test]
 async fn referenced_config_maps_are_read_and_remembered() {
     let mut wf = fixtures::workflow_json("spec-from-cm", "x");
     wf["spec"]["api_spec"]["openapi"] =
