@@ -185,7 +185,7 @@ pub fn reassemble_json<'a>(
     index: &SnapshotIndex,
     shard: impl Fn(&str, &str) -> Option<&'a [u8]>,
 ) -> Result<Vec<u8>, ReassembleError> {
-    let mut compressed = Vec::with_capacity(usize::try_from(index.compressed_bytes).unwrap_or(0));
+    let mut parts = Vec::with_capacity(index.shards.len());
     for s in &index.shards {
         let bytes = shard(&s.config_map, &s.key).ok_or_else(|| ReassembleError::MissingShard {
             config_map: s.config_map.clone(),
@@ -199,8 +199,10 @@ pub fn reassemble_json<'a>(
                 actual: bytes.len() as u64,
             });
         }
-        compressed.extend_from_slice(bytes);
+        parts.push(bytes);
     }
+    // Sized by the bytes present, never by the index's own claims.
+    let compressed = parts.concat();
     let digest = sha256_label(&compressed);
     if digest != index.compressed_sha256 {
         return Err(ReassembleError::CompressedDigest {
@@ -313,6 +315,17 @@ security_contexts: []
         })
         .unwrap_err();
         assert!(matches!(short, ReassembleError::ShardSize { .. }));
+    }
+
+    #[test]
+    fn an_index_claiming_a_huge_size_allocates_nothing_for_it() {
+        let s = sample();
+        let a = encode(&s, MAX_SHARD_BYTES).unwrap();
+        let mut index = a.index(&["cm".into()]);
+        // Trusted, this would abort the process ("capacity overflow" or out of memory).
+        index.compressed_bytes = u64::MAX;
+        let shard = |_: &str, _: &str| Some(a.shards[0].as_slice());
+        assert_eq!(reassemble(&index, shard).unwrap(), s);
     }
 
     #[test]
