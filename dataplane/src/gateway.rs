@@ -113,7 +113,7 @@ impl RunningGateway {
             .map_err(|e| StartError::Config(format!("cannot read catalog_revision: {e}")))?;
         let served = registry::served_for(&db, &base)
             .await
-            .map_err(StartError::Config)?;
+            .map_err(|e| StartError::Config(e.to_string()))?;
         let credentials =
             CredentialResolver::new(&config.settings.credentials, http.clone(), db.clone())
                 .map_err(StartError::Config)?;
@@ -190,7 +190,7 @@ impl RunningGateway {
         &self,
         snapshot: Snapshot,
         source: CatalogSource,
-    ) -> Result<String, String> {
+    ) -> Result<String, ReloadError> {
         reload(&self.state, snapshot, source).await
     }
 
@@ -215,13 +215,25 @@ impl RunningGateway {
     }
 }
 
+/// Why a snapshot was not served.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// It cannot be served as it is (a template or JSONPath that does not compile, a conflict
+    /// with a REST object): offering it again changes nothing.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database could not be read or written: the same snapshot may be served once it can.
+    #[error("{0}")]
+    Database(String),
+}
+
 /// See [`RunningGateway::reload`]; usable by watchers that hold only the state. The REST objects
 /// stay served beside the new snapshot; the returned hash is that of everything served.
 pub async fn reload(
     state: &GatewayState,
     snapshot: Snapshot,
     source: CatalogSource,
-) -> Result<String, String> {
+) -> Result<String, ReloadError> {
     let mut base = state.registry.lock().await;
     let base_hash = snapshot.hash();
     if base.hash() == base_hash {
@@ -235,7 +247,7 @@ pub async fn reload(
         .db
         .sync_catalog(&snapshot, source)
         .await
-        .map_err(|e| format!("catalog update failed: {e}"))?;
+        .map_err(|e| ReloadError::Database(format!("catalog update failed: {e}")))?;
     let hash = served.hash.clone();
     state.served.store(Arc::new(served));
     base.replace(snapshot, base_hash);

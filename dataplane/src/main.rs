@@ -164,7 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             let client = config_map::client().await?;
-            let snapshot = config_map::fetch(&client, main).await?;
+            let snapshot = config_map::fetch_at_start(&client, main).await?;
             log_loaded(&snapshot, &format!("ConfigMap {main}"));
             (snapshot, Some((client, main.clone())))
         }

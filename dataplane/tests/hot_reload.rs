@@ -494,3 +494,65 @@ async fn refusals_and_reloads_are_counted_once_per_change() {
     .await
     .expect("the test timed out");
 }
+
+/// A change the database keeps from being served (here a trigger refuses the catalog update; in
+/// production a lost connection or a failover) is offered again until it is served, without a
+/// further edit of the folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_database_could_not_take_is_served_once_it_can() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let upstream = upstream().await;
+        let signer = support::Signer::from_vectors();
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let tools = manifests.join("tools.yaml");
+        write(&tools, &workflow("versioned", "v1", upstream.addr));
+        let mut gateway = Gateway::start(
+            dir.path(),
+            &["--manifests", manifests.to_str().unwrap()],
+            &signer,
+        );
+        let v1 = gateway.wait_ready().await["snapshot_hash"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        let db = sqlx::SqlitePool::connect(&support::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE catalog_held (held INTEGER); INSERT INTO catalog_held VALUES (1); \
+             CREATE TRIGGER hold_catalog BEFORE INSERT ON workflows \
+             WHEN EXISTS (SELECT 1 FROM catalog_held) \
+             BEGIN SELECT RAISE(ABORT, 'catalog held by the test'); END",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+        write(&tools, &workflow("versioned", "v2", upstream.addr));
+        let deferred = gateway
+            .wait_for_log("the manifests are offered again once the database answers")
+            .await;
+        assert!(deferred.contains("retry_in_s=1"), "{deferred}");
+        assert!(
+            gateway.logs().contains("catalog held by the test"),
+            "{}",
+            gateway.logs()
+        );
+        assert_eq!(gateway.hash().await, v1, "the last good snapshot serves on");
+
+        let released = Instant::now();
+        sqlx::raw_sql("DELETE FROM catalog_held")
+            .execute(&db)
+            .await
+            .unwrap();
+        let (_, latency) = gateway.next_hash(&v1, released).await;
+        assert!(latency < Duration::from_secs(5), "{latency:?}");
+        db.close().await;
+        let (clean, logs) = gateway.stop();
+        assert!(clean, "{logs}");
+    })
+    .await
+    .expect("the test timed out");
+}

@@ -176,3 +176,30 @@ async fn a_snapshot_spread_over_config_maps_is_followed_and_a_damaged_one_refuse
     .await
     .expect("the test timed out");
 }
+
+/// A pod that starts while the operator is still writing the snapshot's further ConfigMaps (or
+/// replacing them) reads again until they are there, instead of exiting into a crash loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_plane_starting_before_its_shards_are_written_waits_for_them() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let api = FakeApi::start().await;
+        let v1 = snapshot(2, "v1");
+        let (main, further) = config_maps(&v1);
+        assert!(!further.is_empty(), "the snapshot spans several ConfigMaps");
+        api.put(CONFIG_MAPS, main);
+        let mut data_plane = DataPlane::start(&api.kubeconfig(), "tools/edge-config", CONFIG);
+        let retry = data_plane
+            .wait_for_log("cannot read the snapshot yet; reading it again")
+            .await;
+        assert!(retry.contains("edge-snapshot-1"), "{retry}");
+        for cm in further {
+            api.put(CONFIG_MAPS, cm);
+        }
+        let ready = data_plane.wait_ready().await;
+        assert_eq!(ready["snapshot_hash"], v1.hash());
+        let (clean, logs) = data_plane.stop();
+        assert!(clean, "{logs}");
+    })
+    .await
+    .expect("the test timed out");
+}

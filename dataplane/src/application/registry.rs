@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
 use crate::application::catalog::{Entries, ServedSnapshot, add_default_contexts};
-use crate::gateway::GatewayState;
+use crate::gateway::{GatewayState, ReloadError};
 use crate::infrastructure::persistence::{
     CliToolRow, Database, PersistenceError, REST_SOURCE, SecurityContextRow, SpecRow, WorkflowRow,
 };
@@ -289,11 +289,11 @@ pub fn merge(base: &Entries, rest: Snapshot) -> Entries {
 }
 
 /// The served snapshot for `base` and the REST objects in the database.
-pub async fn served_for(db: &Database, base: &Entries) -> Result<ServedSnapshot, String> {
+pub async fn served_for(db: &Database, base: &Entries) -> Result<ServedSnapshot, ReloadError> {
     let rest = rest_snapshot(db)
         .await
-        .map_err(|e| format!("cannot read the REST objects: {e}"))?;
-    ServedSnapshot::new(merge(base, rest))
+        .map_err(|e| ReloadError::Database(format!("cannot read the REST objects: {e}")))?;
+    ServedSnapshot::new(merge(base, rest)).map_err(ReloadError::Invalid)
 }
 
 /// After a REST write, under the registry lock: tells the other replicas, then serves the REST
@@ -338,7 +338,9 @@ pub async fn follow_rest_writes(state: Arc<GatewayState>) {
 
 /// Re-reads the REST objects and swaps the served snapshot; the caller holds the registry lock.
 pub async fn refresh(state: &GatewayState, base: &Base) -> Result<(), String> {
-    let served = served_for(&state.db, base.snapshot()).await?;
+    let served = served_for(&state.db, base.snapshot())
+        .await
+        .map_err(|e| e.to_string())?;
     let hash = served.hash.clone();
     state.served.store(Arc::new(served));
     tracing::info!(snapshot = %hash, "REST objects changed; snapshot swapped");

@@ -166,7 +166,14 @@ fn the_deployment_runs_the_data_plane_restricted() {
         .collect();
     // No gRPC port: the data plane serves none, so a published one would only refuse connections.
     assert_eq!(ports, [("http", 8089), ("metrics", 9092)]);
+    let startup = c.startup_probe.as_ref().unwrap();
+    assert_eq!(
+        (startup.period_seconds, startup.failure_threshold),
+        (Some(2), Some(45)),
+        "90 s to start, beyond the 60 s the data plane waits for its snapshot"
+    );
     for (probe, path) in [
+        (startup, "/health"),
         (c.liveness_probe.as_ref().unwrap(), "/health"),
         (c.readiness_probe.as_ref().unwrap(), "/ready"),
     ] {

@@ -272,6 +272,9 @@ pub(super) fn deployment(
         ports: Some(vec![port("http", http_port), port("metrics", METRICS_PORT)]),
         env: Some(env_vars),
         resources: spec.resources.clone(),
+        // Start-up may wait for the snapshot ConfigMaps (up to 60 s) and run migrations: no
+        // liveness verdict before it answers once.
+        startup_probe: Some(http_probe("/health", 2, 45)),
         liveness_probe: Some(http_probe("/health", 10, 3)),
         readiness_probe: Some(http_probe("/ready", 5, 2)),
         security_context: Some(if cli_containers.enabled {

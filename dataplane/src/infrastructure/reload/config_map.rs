@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aegis_seal_crds::Snapshot;
 use aegis_seal_crds::snapshot_shards::{INDEX_KEY, ReassembleError, SnapshotIndex, parse_index};
@@ -25,7 +26,7 @@ use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{apply, refuse, stopped};
+use super::{Applied, DEFERRED_RETRY_FIRST, DEFERRED_RETRY_MAX, apply, refuse, stopped, until};
 use crate::gateway::GatewayState;
 use crate::infrastructure::persistence::CatalogSource;
 
@@ -92,7 +93,41 @@ pub async fn client() -> Result<Client, ConfigMapError> {
         .map_err(|e| ConfigMapError::Client(e.to_string()))
 }
 
-/// Reads the snapshot the ConfigMaps hold now: what a data plane serves at start.
+/// How long a starting data plane keeps trying to read its snapshot (within the 90 s its pod's
+/// startup probe allows).
+pub const START_DEADLINE: Duration = Duration::from_secs(60);
+const START_RETRY_FIRST: Duration = Duration::from_millis(250);
+const START_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Reads the snapshot at start, again and again until [`START_DEADLINE`]: a pod that starts while
+/// the operator rewrites the ConfigMaps reads an index whose shards are being replaced, and a new
+/// gateway's pod may start before its RoleBinding is in effect. Both pass within seconds; exiting
+/// would cost a crash-loop back-off instead.
+pub async fn fetch_at_start(
+    client: &Client,
+    main: &ConfigMapRef,
+) -> Result<Snapshot, ConfigMapError> {
+    let deadline = tokio::time::Instant::now() + START_DEADLINE;
+    let mut wait = START_RETRY_FIRST;
+    loop {
+        match fetch(client, main).await {
+            Ok(snapshot) => return Ok(snapshot),
+            Err(e) if tokio::time::Instant::now() + wait < deadline => {
+                tracing::warn!(
+                    config_map = %main,
+                    error = %e,
+                    retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    "cannot read the snapshot yet; reading it again"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(START_RETRY_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads the snapshot the ConfigMaps hold now.
 pub async fn fetch(client: &Client, main: &ConfigMapRef) -> Result<Snapshot, ConfigMapError> {
     let api = Api::<ConfigMap>::namespaced(client.clone(), &main.namespace);
     let found = get(&api, main, &main.name).await?;
@@ -246,9 +281,11 @@ pub fn spawn(
             updates,
             applied: Some(serving),
             refused: None,
+            deferred: None,
             missing_reported: false,
         };
         loop {
+            let retry_at = follower.deferred.map(|(at, _)| at);
             tokio::select! {
                 _ = stopped(&mut stop) => break,
                 update = received.recv() => {
@@ -260,6 +297,7 @@ pub fn spawn(
                     }
                     follower.evaluate(&state).await;
                 }
+                () = until(retry_at) => follower.evaluate(&state).await,
             }
         }
         tracing::info!("snapshot ConfigMap watch stopped");
@@ -279,6 +317,9 @@ struct Follower {
     applied: Option<String>,
     /// The versions of the last refused attempt.
     refused: Option<Vec<Option<String>>>,
+    /// After an attempt the database kept from being served: when to try again, and the wait
+    /// that led there (doubled at each deferral).
+    deferred: Option<(tokio::time::Instant, Duration)>,
     missing_reported: bool,
 }
 
@@ -333,6 +374,7 @@ impl Follower {
         self.follow(&names);
         if self.applied.as_deref() == Some(index.snapshot_hash.as_str()) {
             self.refused = None;
+            self.deferred = None;
             return;
         }
         let versions = self.held.versions(&names);
@@ -351,11 +393,27 @@ impl Follower {
         let versions = self.held.versions(&names);
         match assembled {
             Ok(snapshot) => {
-                if apply(state, snapshot, CatalogSource::Kubernetes, &self.origin()).await {
-                    self.applied = Some(index.snapshot_hash);
-                    self.refused = None;
-                } else {
-                    self.refused = Some(versions);
+                match apply(state, snapshot, CatalogSource::Kubernetes, &self.origin()).await {
+                    Applied::Served => {
+                        self.applied = Some(index.snapshot_hash);
+                        self.refused = None;
+                        self.deferred = None;
+                    }
+                    Applied::Refused => {
+                        self.refused = Some(versions);
+                        self.deferred = None;
+                    }
+                    Applied::Deferred => {
+                        let wait = self.deferred.map_or(DEFERRED_RETRY_FIRST, |(_, last)| {
+                            (last * 2).min(DEFERRED_RETRY_MAX)
+                        });
+                        tracing::warn!(
+                            config_map = %self.main,
+                            retry_in_s = wait.as_secs(),
+                            "the snapshot is offered again once the database answers"
+                        );
+                        self.deferred = Some((tokio::time::Instant::now() + wait, wait));
+                    }
                 }
             }
             Err(e) => self.refuse_once(state, versions, &e),

@@ -16,7 +16,7 @@ use aegis_seal_crds::Snapshot;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::gateway::{self, GatewayState};
+use crate::gateway::{self, GatewayState, ReloadError};
 use crate::infrastructure::persistence::CatalogSource;
 
 /// How long a stopping watcher may take before it is aborted.
@@ -53,14 +53,37 @@ pub(crate) fn refuse(state: &GatewayState, origin: &str, reason: &str) {
     );
 }
 
-/// Serves `snapshot` if it is valid; otherwise refuses it (logged and counted). Returns whether
-/// it is now served.
+/// What became of a snapshot offered to [`apply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// Served now (or already).
+    Served,
+    /// Refused as it is: offering it again changes nothing.
+    Refused,
+    /// Not served because the database could not be read or written: offer it again later.
+    Deferred,
+}
+
+/// Completes at `at`, or never.
+pub(crate) async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// After a deferred change, the first wait before offering it again, and the longest.
+pub(crate) const DEFERRED_RETRY_FIRST: Duration = Duration::from_secs(1);
+pub(crate) const DEFERRED_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Serves `snapshot` if it is valid; otherwise refuses it (logged and counted), and the last good
+/// snapshot keeps serving.
 pub(crate) async fn apply(
     state: &GatewayState,
     snapshot: Snapshot,
     source: CatalogSource,
     origin: &str,
-) -> bool {
+) -> Applied {
     let before = state.served.load().hash.clone();
     match gateway::reload(state, snapshot, source).await {
         Ok(hash) => {
@@ -78,11 +101,14 @@ pub(crate) async fn apply(
                     "configuration change served"
                 );
             }
-            true
+            Applied::Served
         }
         Err(e) => {
-            refuse(state, origin, &e);
-            false
+            refuse(state, origin, &e.to_string());
+            match e {
+                ReloadError::Invalid(_) => Applied::Refused,
+                ReloadError::Database(_) => Applied::Deferred,
+            }
         }
     }
 }
