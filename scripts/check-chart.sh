@@ -71,6 +71,9 @@ for values in default ha cli-tools; do
   "$HELM" template "$RELEASE" "$CHART" -n "$NAMESPACE" --include-crds -f "$CHART/ci/$values-values.yaml" \
     > "$OUT/rendered/$values.yaml"
 done
+# The longest release name helm allows (53): every derived name still meets its length limit.
+"$HELM" template seal-gateway-for-the-platform-team-in-eu-west-1-prod "$CHART" -n "$NAMESPACE" -f "$CHART/ci/ha-values.yaml" \
+  > "$OUT/rendered/long-name.yaml"
 # Tracing turned on from the command line: --set passes the decimal ratio as a string.
 "$HELM" template "$RELEASE" "$CHART" -n "$NAMESPACE" --set gateway.tracing.endpoint=http://otel-collector:4318 \
   --set gateway.tracing.sampler_ratio=0.05 > "$OUT/rendered/tracing-set.yaml"
@@ -236,6 +239,18 @@ for values in ["default", "ha", "cli-tools"]:
               "cli-tools: cli.container_cli and cli.semantic_judge_url set")
         check(gw["spec"].get("cli_containers") == {"enabled": True},
               "cli-tools: the data plane may run containers (cli_containers.enabled)")
+
+# Names and label values within Kubernetes' limits, whatever the release name: a Service name is
+# a DNS label (63), every name a DNS subdomain (253), every label value at most 63.
+for values in ["default", "ha", "cli-tools", "long-name"]:
+    for o in docs(values):
+        name = o["metadata"]["name"]
+        check(len(name) <= (63 if o["kind"] in ("Service", "Deployment") else 253), f"{values}: {o['kind']} name {name!r} is too long")
+        for k, v in (o["metadata"].get("labels") or {}).items():
+            check(len(str(v)) <= 63, f"{values}: {o['kind']} {name} label {k}={v!r} is too long")
+    for o in docs(values):
+        if o["kind"] == "PodDisruptionBudget":
+            check(o["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow", f"{values}: PDB {o['metadata']['name']} lets unready pods be evicted")
 
 ha_gw = next(o for o in docs("ha") if o["kind"] == "SealGateway")
 check(ha_gw["spec"].get("outbound_tls") == {"ca": {"config_map_key_ref": {"name": "corp-trust-bundle", "key": "ca.crt"}},

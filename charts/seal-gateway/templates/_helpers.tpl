@@ -27,6 +27,11 @@
 {{- printf "%s-operator" (include "seal-gateway.fullname" . | trunc 54 | trimSuffix "-") -}}
 {{- end -}}
 
+{{/* The operator's metrics Service: a Service name is at most 63 characters. */}}
+{{- define "seal-gateway.operatorMetricsName" -}}
+{{- printf "%s-operator-metrics" (include "seal-gateway.fullname" . | trunc 46 | trimSuffix "-") -}}
+{{- end -}}
+
 {{- define "seal-gateway.operatorServiceAccountName" -}}
 {{- if .Values.operator.serviceAccount.create -}}
 {{- default (include "seal-gateway.operatorName" .) .Values.operator.serviceAccount.name -}}
