@@ -270,6 +270,19 @@ fn cli_containers_make_the_data_plane_container_privileged_with_podman_storage()
         let v = volumes.iter().find(|v| &v.name == name).unwrap();
         assert!(v.empty_dir.is_some(), "{name}");
     }
+
+    // Every emptyDir is named for the cluster autoscaler, which may then move the pod.
+    let evictable = |d: &Desired| {
+        let meta = d.deployment.spec.template.metadata.clone();
+        meta.unwrap().annotations.unwrap()
+            ["cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"]
+            .clone()
+    };
+    assert_eq!(evictable(&desired(json!({}))), "tmp,data");
+    assert_eq!(
+        evictable(&desired(json!({"cli_containers": {"enabled": true}}))),
+        "tmp,data,containers-storage,containers-run,containers-tmp"
+    );
 }
 
 fn container_env(d: &Desired) -> Vec<EnvVar> {
@@ -638,6 +651,27 @@ fn service_pdb_and_rbac() {
     let pdb = d.pod_disruption_budget.spec.as_ref().unwrap();
     assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
     assert_eq!(pdb.min_available, None);
+    assert_eq!(
+        pdb.unhealthy_pod_eviction_policy.as_deref(),
+        Some("AlwaysAllow"),
+        "unready pods never block a drain"
+    );
+
+    let template = &d.deployment.spec.template;
+    let spread = &template.spec.as_ref().unwrap().topology_spread_constraints;
+    let spread = &spread.as_ref().unwrap()[0];
+    assert_eq!(
+        (
+            spread.topology_key.as_str(),
+            spread.when_unsatisfiable.as_str(),
+            spread.max_skew
+        ),
+        ("kubernetes.io/hostname", "ScheduleAnyway", 1)
+    );
+    assert_eq!(
+        spread.label_selector.as_ref().unwrap().match_labels,
+        d.deployment.spec.selector.match_labels
+    );
     assert_eq!(
         pdb.selector.as_ref().unwrap().match_labels,
         d.deployment.spec.selector.match_labels

@@ -11,8 +11,8 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -336,10 +336,16 @@ pub(super) fn deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(ctx.labels()),
-                    annotations: Some(BTreeMap::from([(
-                        RESTART_HASH_ANNOTATION.into(),
-                        restart_hash.to_owned(),
-                    )])),
+                    annotations: Some(BTreeMap::from([
+                        (RESTART_HASH_ANNOTATION.into(), restart_hash.to_owned()),
+                        // Its emptyDirs hold nothing that outlives the pod (SQLite's file is lost
+                        // with it anyway, as the quickstart preset says): the cluster autoscaler
+                        // may move it.
+                        (
+                            SAFE_TO_EVICT_LOCAL_VOLUMES.into(),
+                            empty_dirs(&volumes).join(","),
+                        ),
+                    ])),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -359,6 +365,18 @@ pub(super) fn deployment(
                     }),
                     containers: vec![container],
                     volumes: Some(volumes),
+                    // Replicas on different nodes where the cluster has them: one node's loss
+                    // must not take the whole data plane.
+                    topology_spread_constraints: Some(vec![TopologySpreadConstraint {
+                        max_skew: 1,
+                        topology_key: "kubernetes.io/hostname".into(),
+                        when_unsatisfiable: "ScheduleAnyway".into(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(ctx.selector_labels()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
                     ..Default::default()
                 }),
             },
@@ -401,10 +419,26 @@ pub(super) fn pod_disruption_budget(ctx: &GatewayContext) -> PodDisruptionBudget
                 match_labels: Some(ctx.selector_labels()),
                 ..Default::default()
             }),
+            // Unready pods (every one of them while the database is down) protect nothing:
+            // they must not block a node drain.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
             ..Default::default()
         }),
         ..Default::default()
     }
+}
+
+/// The cluster autoscaler's annotation naming the local volumes a pod may lose when moved.
+const SAFE_TO_EVICT_LOCAL_VOLUMES: &str =
+    "cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes";
+
+/// Names of the `emptyDir` volumes.
+fn empty_dirs(volumes: &[Volume]) -> Vec<&str> {
+    volumes
+        .iter()
+        .filter(|v| v.empty_dir.is_some())
+        .map(|v| v.name.as_str())
+        .collect()
 }
 
 /// The config file, `/tmp` and the data folder: all a restricted data plane writes or reads.
