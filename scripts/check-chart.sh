@@ -209,6 +209,7 @@ for values in ["default", "ha", "cli-tools"]:
         check(gw["spec"]["replicas"] == 1 and gw["spec"]["database"] == {"url": "sqlite://gateway.db"}, "default: SQLite, 1 replica")
         check("cli" not in gw["spec"] and "cli_containers" not in gw["spec"], "default: no CLI settings, restricted data plane")
         check("tracing" not in gw["spec"], "default: tracing off (no tracing section)")
+        check("image_pull_policy" not in gw["spec"] and "image_pull_secrets" not in gw["spec"], "default: no image pull settings")
         check(gw["spec"]["auth"] == {"disabled": True}, "default: quickstart without a JWKS turns operator-endpoint auth off")
         check(not [o for o in objects if o["kind"] in ("NetworkPolicy", "ServiceMonitor")], "default: no NetworkPolicy or ServiceMonitor")
     if values == "ha":
@@ -221,6 +222,8 @@ for values in ["default", "ha", "cli-tools"]:
         check(gw["spec"]["credentials"]["openbao_token"] == {"secret_key_ref": {"name": "seal-gateway-openbao", "key": "token"}},
               "ha: the OpenBao token comes from a Secret")
         check(gw["spec"]["audit"] == {"retention_days": 90}, "ha: the audit settings pass through")
+        check((gw["spec"].get("image_pull_policy"), gw["spec"].get("image_pull_secrets")) == ("Always", [{"name": "corp-registry"}]),
+              "ha: the data plane's image pull policy and Secrets pass through")
         netpol = one(objects, "NetworkPolicy")
         check(netpol["spec"]["policyTypes"] == ["Egress"], "ha: the NetworkPolicy is egress-only")
         check(netpol["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "seal-gateway", "app.kubernetes.io/component": "data-plane"},
@@ -266,7 +269,7 @@ schema = json.load(open(f"{chart}/values.schema.json"))
 settings = schema["properties"]["gateway"]["properties"]["settings"]["properties"]
 crd = yaml.safe_load(open(f"{chart}/crds/sealgateways.seal.100monkeys.ai.yaml"))
 spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-crd_sections = {k: v for k, v in spec.items() if k not in ("replicas", "image", "resources", "resource_selector", "cli_containers", "tracing", "outbound_tls", "database")}
+crd_sections = {k: v for k, v in spec.items() if k not in ("replicas", "image", "image_pull_policy", "image_pull_secrets", "resources", "resource_selector", "cli_containers", "tracing", "outbound_tls", "database")}
 check(set(settings) == set(crd_sections),
       f"values.schema.json gateway.settings sections {sorted(settings)} differ from the CRD's {sorted(crd_sections)}")
 for section in set(settings) & set(crd_sections):
@@ -333,7 +336,7 @@ import sys, yaml
 gw = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "SealGateway")
 # outbound_tls becomes volumes and the outbound settings' file paths (operator/src/desired/outbound_tls.rs,
 # tested there); the files exist only in a pod, so the check leaves it out.
-spec = {k: v for k, v in gw["spec"].items() if k not in ("replicas", "image", "resources", "resource_selector", "cli_containers", "tracing", "outbound_tls")}
+spec = {k: v for k, v in gw["spec"].items() if k not in ("replicas", "image", "image_pull_policy", "image_pull_secrets", "resources", "resource_selector", "cli_containers", "tracing", "outbound_tls")}
 env = []
 tracing = gw["spec"].get("tracing")
 if tracing:

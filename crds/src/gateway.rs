@@ -1,6 +1,6 @@
 //! `SealGateway` and the settings it shares with the standalone `SealGatewayConfig` file.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -31,6 +31,13 @@ pub struct SealGatewaySpec {
     /// Data-plane image; defaults to the operator's own release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// When the data-plane pods pull `image`; `IfNotPresent` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// Secrets (`kubernetes.io/dockerconfigjson`, in the gateway's namespace) the data-plane pods
+    /// pull `image` with, from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     #[serde(default)]
@@ -46,6 +53,24 @@ pub struct SealGatewaySpec {
     pub outbound_tls: Option<OutboundTls>,
     #[serde(flatten)]
     pub settings: GatewaySettings,
+}
+
+/// A container's `imagePullPolicy`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl ImagePullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
 }
 
 /// CLI tools run in containers started by podman inside the data-plane pod. That needs a

@@ -1210,3 +1210,29 @@ fn small_limits_spread_shards_and_a_cap_refuses_too_many() {
     let err = desired_objects_with_limits(&gw, &c, IMAGE, &capped).unwrap_err();
     assert!(matches!(err, DesiredError::SnapshotTooLarge(_)), "{err}");
 }
+
+#[test]
+fn image_pull_settings_reach_the_data_plane_pod() {
+    let pod = |d: &Desired| d.deployment.spec.template.spec.clone().unwrap();
+    let default = pod(&desired(json!({})));
+    assert_eq!(
+        default.containers[0].image_pull_policy.as_deref(),
+        Some("IfNotPresent")
+    );
+    assert_eq!(default.image_pull_secrets, None);
+
+    let private = pod(&desired(json!({
+        "image": "registry.corp/seal-gateway:1.2",
+        "image_pull_policy": "Always",
+        "image_pull_secrets": [{"name": "corp-registry"}],
+    })));
+    assert_eq!(
+        private.containers[0].image.as_deref(),
+        Some("registry.corp/seal-gateway:1.2")
+    );
+    assert_eq!(
+        private.containers[0].image_pull_policy.as_deref(),
+        Some("Always")
+    );
+    assert_eq!(private.image_pull_secrets.unwrap()[0].name, "corp-registry");
+}

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use aegis_seal_crds::gateway::{
-    GatewaySettings, OutboundSettings, SealGatewaySpec, TracingSettings,
+    GatewaySettings, ImagePullPolicy, OutboundSettings, SealGatewaySpec, TracingSettings,
 };
 use aegis_seal_crds::{SecretKeyRef, SecretValue};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
@@ -261,7 +261,11 @@ pub(super) fn deployment(
     let mut container = Container {
         name: CONTAINER_NAME.into(),
         image: Some(ctx.image.clone()),
-        image_pull_policy: Some("IfNotPresent".into()),
+        image_pull_policy: Some(
+            spec.image_pull_policy
+                .map_or("IfNotPresent", ImagePullPolicy::as_str)
+                .into(),
+        ),
         args: Some(vec![
             "serve".into(),
             "--config".into(),
@@ -364,6 +368,8 @@ pub(super) fn deployment(
                         ..Default::default()
                     }),
                     containers: vec![container],
+                    image_pull_secrets: (!spec.image_pull_secrets.is_empty())
+                        .then(|| spec.image_pull_secrets.clone()),
                     volumes: Some(volumes),
                     // Replicas on different nodes where the cluster has them: one node's loss
                     // must not take the whole data plane.
