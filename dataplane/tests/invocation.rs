@@ -360,6 +360,45 @@ async fn a_replay_after_a_restart_is_refused_on_both_backends() {
     }
 }
 
+/// An envelope is fresh while less than 31 s from now (30 whole seconds, truncated). Its jti must
+/// be remembered as long: replayed in that last second, on another process with only the
+/// database to go by (another replica, or this one restarted), it is still refused.
+#[tokio::test]
+async fn a_replay_in_the_last_fresh_second_is_refused_on_both_backends() {
+    let file = vectors("python-sdk.json");
+    let first = file
+        .cases
+        .iter()
+        .find(|c| c.name == "replay_first")
+        .unwrap();
+    let signed = DateTime::from_timestamp(file.now_unix, 0).unwrap();
+    for (backend, url, _dir) in support::both_backends().await {
+        let harness = Harness::start_at(
+            &file,
+            Some(url.clone()),
+            signed + chrono::Duration::milliseconds(200),
+        )
+        .await;
+        let (_, body) = harness.invoke("/v1/invoke", first.envelope.get()).await;
+        assert_eq!(seal_code(&body), None, "{backend}: {body}");
+        harness.gateway.shutdown().await;
+
+        let late = signed + chrono::Duration::milliseconds(30_600);
+        let harness = Harness::start_at(&file, Some(url), late).await;
+        let (status, body) = harness.invoke("/v1/invoke", first.envelope.get()).await;
+        assert_eq!(
+            (status, seal_code(&body), message(&body)),
+            (
+                401,
+                Some(1003),
+                "replay detected: jti already seen".to_owned()
+            ),
+            "{backend}: {body}"
+        );
+        harness.gateway.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn a_revoked_session_is_refused_and_revocation_is_audited() {
     let file = vectors("python-sdk.json");

@@ -468,7 +468,7 @@ fn now_micros() -> chrono::DateTime<chrono::Utc> {
 }
 
 #[tokio::test]
-async fn a_used_jti_is_stored_until_the_later_of_envelope_time_and_now_plus_30_s_on_both_backends()
+async fn a_used_jti_is_stored_until_the_later_of_envelope_time_and_now_plus_31_s_on_both_backends()
 {
     use aegis_seal_gateway::application::clock::Clock;
     use aegis_seal_gateway::gateway::RunningGateway;
@@ -479,10 +479,12 @@ async fn a_used_jti_is_stored_until_the_later_of_envelope_time_and_now_plus_30_s
     let now =
         chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 250_000_000).unwrap();
     let whole = now.timestamp();
-    let window = chrono::Duration::seconds(30);
+    // Fresh while less than 31 s from now (30 whole seconds, truncated, as upstream): the row
+    // must live as long, or a replay in the last second would find it expired.
+    let window = chrono::Duration::seconds(31);
     let at = |secs: i64| chrono::DateTime::from_timestamp(secs, 0).unwrap();
     // (jti suffix, envelope timestamp, expected `expires_at`). Spec §1.7 TARGET:
-    // `max(envelope_ts, now) + 30 s`, not upstream's `min(session.expires_at, now + 30 s)`, and
+    // `max(envelope_ts, now) + the freshness window`, not upstream's `min(session.expires_at, now + 30 s)`, and
     // not the token's `exp` (the signer's tokens expire an hour after `now`).
     let cases = [
         ("dated-now", whole, now + window),
@@ -699,11 +701,16 @@ async fn jtis_are_swept_every_30_s_starting_at_gateway_start_on_both_backends() 
     for (backend, url, _dir) in support::both_backends().await {
         let db = Database::connect(&url).await.unwrap();
         let now = now_micros();
-        let expired = ("expired".to_owned(), now - chrono::Duration::seconds(1));
+        // Rows outlive their expiry by a minute (replay::SWEEP_GRACE): replicas' clocks differ.
+        let expired = ("expired".to_owned(), now - chrono::Duration::seconds(61));
+        let in_grace = ("in-grace".to_owned(), now - chrono::Duration::seconds(59));
         let live = ("live".to_owned(), now + chrono::Duration::minutes(5));
-        db.record_jtis(&[expired, live.clone()], now - chrono::Duration::hours(1))
-            .await
-            .unwrap();
+        db.record_jtis(
+            &[expired, in_grace.clone(), live.clone()],
+            now - chrono::Duration::hours(1),
+        )
+        .await
+        .unwrap();
         let config = support::gateway_config(&[]);
         let gateway =
             RunningGateway::start(&config, db.clone(), Default::default(), Clock::fixed(now))
@@ -712,14 +719,14 @@ async fn jtis_are_swept_every_30_s_starting_at_gateway_start_on_both_backends() 
         // Far less than the interval: only the start-up sweep can have removed the row.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let mut stored = stored_jtis(&db).await;
-        while stored.len() != 1 && std::time::Instant::now() < deadline {
+        while stored.len() != 2 && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
             stored = stored_jtis(&db).await;
         }
         assert_eq!(
             stored,
-            std::collections::BTreeMap::from([live]),
-            "{backend}: expired row swept at start, live row kept"
+            std::collections::BTreeMap::from([in_grace, live]),
+            "{backend}: row expired past the grace swept at start, the others kept"
         );
         gateway.shutdown().await;
     }

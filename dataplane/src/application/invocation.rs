@@ -267,9 +267,10 @@ impl InvocationService {
             .map_err(|e| refused(Attestation::Malformed, SealError::malformed(e)))?;
         stage.done();
 
-        // Remembered until the envelope can no longer be fresh, future-dated ones included.
+        // Remembered until the envelope can no longer be fresh, future-dated ones included: it is
+        // fresh while less than FRESHNESS_WINDOW_SECS + 1 s from now (whole seconds, truncated).
         let envelope_time = DateTime::from_timestamp(envelope.timestamp, 0).unwrap_or(now);
-        let live_until = envelope_time.max(now) + Duration::seconds(FRESHNESS_WINDOW_SECS);
+        let live_until = envelope_time.max(now) + Duration::seconds(FRESHNESS_WINDOW_SECS + 1);
         let stage = Stage::new(tracing::info_span!(target: telemetry::TARGET, "seal.replay_check"));
         if !self.replay.first_use(&claims.jti, live_until, now).await? {
             let e = SealError::new(

@@ -21,6 +21,11 @@ use super::{Database, PersistenceError};
 
 /// Rows deleted per statement by the sweep, so no statement holds a connection for long.
 pub const SWEEP_BATCH: i64 = 1000;
+/// How long a row outlives its `expires_at` before the sweep deletes it. Deleting decides
+/// nothing (an expired row is reused by the next first use), except when the sweeping replica's
+/// clock runs ahead of another's: that replica could then accept, as a first use, the replay of
+/// an envelope it still finds fresh. Clocks of replicas may differ by up to this much.
+pub const SWEEP_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 /// Most first uses written by one statement.
 const MAX_BATCH: usize = 512;
 
@@ -176,7 +181,8 @@ impl ReplayGuard {
         result
     }
 
-    /// Forgets expired jtis, in memory and in `seen_jtis`. Returns the rows deleted.
+    /// Forgets expired jtis, in memory and in `seen_jtis` ([`SWEEP_GRACE`] after they expire).
+    /// Returns the rows deleted.
     pub async fn sweep(&self, now: DateTime<Utc>) -> Result<u64, PersistenceError> {
         let started = Instant::now();
         let in_memory = {
@@ -185,7 +191,7 @@ impl ReplayGuard {
             seen.retain(|_, live_until| *live_until > now);
             before - seen.len()
         };
-        let rows = self.db.sweep_expired_jtis(now).await?;
+        let rows = self.db.sweep_expired_jtis(now - SWEEP_GRACE).await?;
         tracing::debug!(
             target: "aegis_seal_gateway::infrastructure::persistence",
             rows_purged = rows,
