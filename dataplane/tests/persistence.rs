@@ -866,3 +866,62 @@ async fn a_refused_event_fails_only_its_own_caller_in_a_group_on_both_backends()
         );
     }
 }
+
+/// A REST row's write and the revision bump that tells the other replicas commit together (the
+/// database does both), so no write can be stored unannounced; rows of manifests or custom
+/// resources, rewritten on every snapshot, move nothing. On both backends.
+#[tokio::test]
+async fn rest_rows_move_the_catalog_revision_in_their_own_transaction_on_both_backends() {
+    for (backend, url, _dir) in support::both_backends().await {
+        let db = Database::connect(&url).await.unwrap();
+        let revision = || async { db.catalog_revision().await.unwrap() };
+        let start = revision().await;
+        let steps: [(&str, i64); 6] = [
+            (
+                "INSERT INTO security_contexts (id, name, capabilities, source, created_at) VALUES ('r1', 'rest-ctx', '[]', 'rest', '2026-11-30T00:00:00Z')",
+                1,
+            ),
+            (
+                "UPDATE security_contexts SET description = 'changed' WHERE id = 'r1'",
+                1,
+            ),
+            (
+                "INSERT INTO security_contexts (id, name, capabilities, source, created_at) VALUES ('m1', 'manifest-ctx', '[]', 'manifest', '2026-11-30T00:00:00Z')",
+                0,
+            ),
+            (
+                "UPDATE security_contexts SET description = 'changed' WHERE id = 'm1'",
+                0,
+            ),
+            ("DELETE FROM security_contexts WHERE source = 'manifest'", 0),
+            ("DELETE FROM security_contexts WHERE id = 'r1'", 1),
+        ];
+        let mut expected = start;
+        for (sql, moves) in steps {
+            let query = sqlx::AssertSqlSafe(sql.to_owned());
+            match &db {
+                Database::Sqlite(p) => sqlx::query(query).execute(p).await.map(|_| ()),
+                Database::Postgres(p) => sqlx::query(query).execute(p).await.map(|_| ()),
+            }
+            .unwrap();
+            expected += moves;
+            assert_eq!(revision().await, expected, "{backend}: after {sql}");
+        }
+        // A write whose transaction is rolled back announces nothing.
+        match &db {
+            Database::Sqlite(p) => {
+                let mut tx = p.begin().await.unwrap();
+                sqlx::query("INSERT INTO security_contexts (id, name, capabilities, source, created_at) VALUES ('r2', 'x', '[]', 'rest', '2026-11-30T00:00:00Z')")
+                    .execute(&mut *tx).await.unwrap();
+                tx.rollback().await.unwrap();
+            }
+            Database::Postgres(p) => {
+                let mut tx = p.begin().await.unwrap();
+                sqlx::query("INSERT INTO security_contexts (id, name, capabilities, source, created_at) VALUES ('r2', 'x', '[]', 'rest', '2026-11-30T00:00:00Z')")
+                    .execute(&mut *tx).await.unwrap();
+                tx.rollback().await.unwrap();
+            }
+        }
+        assert_eq!(revision().await, expected, "{backend}: a rolled-back write");
+    }
+}

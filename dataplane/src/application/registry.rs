@@ -296,14 +296,15 @@ pub async fn served_for(db: &Database, base: &Entries) -> Result<ServedSnapshot,
     ServedSnapshot::new(merge(base, rest)).map_err(ReloadError::Invalid)
 }
 
-/// After a REST write, under the registry lock: tells the other replicas, then serves the REST
-/// objects as they now are.
+/// After a REST write, under the registry lock: serves the REST objects as they now are. The
+/// write moved `catalog_revision` itself (a trigger, in its own transaction), which is what tells
+/// the other replicas; the revision is read before the objects, so none written by then is missed.
 pub async fn written(state: &GatewayState, base: &Base) -> Result<(), String> {
     let revision = state
         .db
-        .bump_catalog_revision()
+        .catalog_revision()
         .await
-        .map_err(|e| format!("cannot record the REST write: {e}"))?;
+        .map_err(|e| format!("cannot read catalog_revision: {e}"))?;
     refresh(state, base).await?;
     state.registry.saw(revision);
     Ok(())

@@ -511,14 +511,6 @@ impl Database {
 
     // -- catalog_revision ----------------------------------------------------------------------
 
-    /// Records a REST write for the other replicas; the new revision.
-    pub async fn bump_catalog_revision(&self) -> Result<i64, PersistenceError> {
-        let sql =
-            "UPDATE catalog_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision";
-        let rows = fetch_all!(self, sql, revision_row);
-        Ok(rows.into_iter().next().unwrap_or_default())
-    }
-
     /// The revision of the REST objects, as the last write left it.
     pub async fn catalog_revision(&self) -> Result<i64, PersistenceError> {
         let sql = "SELECT revision FROM catalog_revision WHERE id = 1";
