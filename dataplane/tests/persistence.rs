@@ -87,6 +87,37 @@ async fn restarting_on_an_existing_database_works_on_both_backends() {
     }
 }
 
+/// The previous release starts on a database the next one has migrated (a rolling upgrade's old
+/// replica restarting, or a rollback): a migration it does not know is not an error.
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_release_still_opens_on_both_backends() {
+    for (backend, url, _dir) in support::both_backends().await {
+        let db = Database::connect(&url).await.unwrap();
+        let newer = "INSERT INTO _sqlx_migrations \
+                     (version, description, success, checksum, execution_time) \
+                     VALUES (99990101, 'from a newer release', TRUE, $1, 1)";
+        match &db {
+            Database::Sqlite(p) => sqlx::query(newer)
+                .bind(vec![0u8])
+                .execute(p)
+                .await
+                .map(|_| ()),
+            Database::Postgres(p) => sqlx::query(newer)
+                .bind(vec![0u8])
+                .execute(p)
+                .await
+                .map(|_| ()),
+        }
+        .unwrap();
+        db.close().await;
+        let db = Database::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        db.ping().await.unwrap();
+        db.close().await;
+    }
+}
+
 #[tokio::test]
 async fn sqlite_creates_the_database_folder() {
     let dir = tempfile::tempdir().unwrap();

@@ -38,8 +38,14 @@ pub use registry::{
 pub use replay::{PendingJtis, ReplayGuard};
 pub use sessions::{SessionRecord, SessionRevoke, SessionStatus, SessionWrite};
 
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+/// The migrations of this release, allowing a database that newer ones have run on: during a
+/// rolling upgrade, and after a rollback, the previous release runs on the schema the next one
+/// migrated. So migrations stay additive (a table, a column with a default, an index, a trigger;
+/// never a drop or a rename that the previous release would trip on).
+fn migrations(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrator.set_ignore_missing(true);
+    migrator
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistenceError {
@@ -186,7 +192,9 @@ impl Database {
                     .idle_timeout(pool.idle_timeout)
                     .connect_with(options)
                     .await?;
-                POSTGRES_MIGRATIONS.run(&pool).await?;
+                migrations(sqlx::migrate!("../migrations/postgres"))
+                    .run(&pool)
+                    .await?;
                 Self::Postgres(pool)
             }
             Backend::Sqlite => {
@@ -215,7 +223,9 @@ impl Database {
                     .idle_timeout(pool.idle_timeout)
                     .connect_with(options)
                     .await?;
-                SQLITE_MIGRATIONS.run(&pool).await?;
+                migrations(sqlx::migrate!("../migrations/sqlite"))
+                    .run(&pool)
+                    .await?;
                 Self::Sqlite(pool)
             }
         };
