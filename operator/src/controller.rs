@@ -3,8 +3,9 @@
 //! A gateway is reconciled when it changes; when an object it owns (ConfigMaps, Deployment,
 //! Service, ServiceAccount, Role, RoleBinding, PodDisruptionBudget) changes or is deleted, so
 //! that the next apply restores it; when a Workflow, CliTool or SecurityContext it selects (or
-//! judged: its `status.acceptance` says so) changes; and when a ConfigMap its workflows read
-//! OpenAPI documents from changes.
+//! judged: its `status.acceptance` says so) changes; when a ConfigMap its workflows read
+//! OpenAPI documents from changes; and when another gateway is deleted (they may have judged
+//! the same resources).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,11 +17,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
 use crate::FIELD_MANAGER;
-use crate::reconcile::{Context, ToolResource, error_policy, reconcile};
+use crate::reconcile::{Context, ToolResource, error_policy, reconcile, release};
 use crate::selection::{Selection, gateway_key};
 
 /// Label selector of the objects the operator applies.
@@ -66,6 +68,35 @@ fn tool_mapper<K: ToolResource>(
     move |obj: K| gateways_for(&obj, &store.state())
 }
 
+/// A deleted gateway runs no reconcile of its own: it has no finalizer, so that deleting it never
+/// waits for the operator. This follows deletions instead, and takes each deleted gateway's
+/// entries out of the statuses of the resources it judged; those writes reconcile the gateways
+/// that still select them.
+async fn release_deleted_gateways(client: Client, ctx: Arc<Context>) {
+    let events = watcher(
+        Api::<SealGateway>::all(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff();
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Delete(gw)) => {
+                let key = gateway_key(&gw);
+                ctx.gateway_deleted(&key);
+                if let Err(e) = release(&ctx, &key).await {
+                    tracing::warn!(gateway = %key, error = %e, "cannot release a deleted gateway's resources");
+                }
+            }
+            Ok(watcher::Event::Apply(gw) | watcher::Event::InitApply(gw)) => {
+                ctx.gateway_present(&gateway_key(&gw));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "SealGateway watch"),
+        }
+    }
+}
+
 /// Runs the controller until `shutdown` completes and the reconciles in flight finish.
 pub async fn run(
     client: Client,
@@ -77,6 +108,7 @@ pub async fn run(
     let controller = Controller::new(Api::<SealGateway>::all(client.clone()), watch_all.clone());
     let store = controller.store();
     ctx.watch_gateways(store.clone());
+    let deletions = tokio::spawn(release_deleted_gateways(client.clone(), ctx.clone()));
     let cm_ctx = ctx.clone();
     controller
         .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
@@ -122,6 +154,7 @@ pub async fn run(
             }
         })
         .await;
+    deletions.abort();
     tracing::info!("controller stopped");
 }
 

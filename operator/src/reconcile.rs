@@ -57,6 +57,9 @@ pub struct Context {
     /// The SealGateways the controller watches, once it runs: a resource's status drops the
     /// entries of gateways that no longer exist.
     gateways: OnceLock<Store<SealGateway>>,
+    /// Gateways (`namespace/name`) seen deleted and not created again since: known at once,
+    /// where the store may learn of the deletion after the reconciles it triggers.
+    deleted: Mutex<BTreeSet<String>>,
 }
 
 impl Context {
@@ -80,6 +83,7 @@ impl Context {
             failures: Mutex::default(),
             documents: DocumentFetcher::new(),
             gateways: OnceLock::new(),
+            deleted: Mutex::default(),
         }
     }
 
@@ -91,6 +95,9 @@ impl Context {
     /// Whether the gateway `namespace/name` exists. True until the controller's store has
     /// listed the gateways: a live gateway's entry must not be dropped for want of knowing.
     fn gateway_exists(&self, key: &str) -> bool {
+        if lock(&self.deleted).contains(key) {
+            return false;
+        }
         let Some(store) = self.gateways.get() else {
             return true;
         };
@@ -117,6 +124,18 @@ impl Context {
     pub fn forget(&self, gateway: &str) {
         lock(&self.referenced_config_maps).remove(gateway);
         lock(&self.failures).remove(gateway);
+    }
+
+    /// The gateway `namespace/name` was deleted: forget what is kept about it, and let the
+    /// statuses of what it judged drop its entries.
+    pub fn gateway_deleted(&self, gateway: &str) {
+        self.forget(gateway);
+        lock(&self.deleted).insert(gateway.to_owned());
+    }
+
+    /// The gateway `namespace/name` exists (again).
+    pub fn gateway_present(&self, gateway: &str) {
+        lock(&self.deleted).remove(gateway);
     }
 }
 
@@ -440,6 +459,26 @@ async fn apply_all(
     Ok(deployment)
 }
 
+/// Takes the deleted gateway `gateway` (`namespace/name`) out of the statuses of every Workflow,
+/// CliTool and SecurityContext that lists it.
+pub async fn release(ctx: &Context, gateway: &str) -> Result<(), ReconcileError> {
+    release_kind::<Workflow>(ctx, gateway).await?;
+    release_kind::<CliTool>(ctx, gateway).await?;
+    release_kind::<SecurityContext>(ctx, gateway).await
+}
+
+async fn release_kind<K: ToolResource>(ctx: &Context, gateway: &str) -> Result<(), ReconcileError> {
+    let all = Api::<K>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err(format!("listing {}s", K::kind(&()))))?;
+    let now = status::now();
+    for obj in &all.items {
+        let_go(ctx, obj, gateway, &now).await?;
+    }
+    Ok(())
+}
+
 async fn patch_status<K: ToolResource>(
     client: &Client,
     obj: &K,
@@ -495,25 +534,37 @@ async fn write_tool_statuses<K: ToolResource>(
         }
     }
     for obj in resources.deselected() {
-        let Some(previous) = obj.tool_status() else {
-            continue;
-        };
-        let listed = previous.acceptance.iter().any(|a| a.gateway == gateway)
-            || previous.gateways.iter().any(|g| g == gateway);
-        if !listed {
-            continue;
-        }
-        let new = status::resource_status(
-            Some(previous),
-            None,
-            obj.meta().generation,
-            gateway,
-            exists,
-            now,
-        );
-        if *previous != new {
-            patch_status(&ctx.client, obj, &new).await?;
-        }
+        let_go(ctx, obj, gateway, now).await?;
+    }
+    Ok(())
+}
+
+/// Writes `obj`'s status without the entry of `gateway`, which no longer selects it or no longer
+/// exists, if it has one.
+async fn let_go<K: ToolResource>(
+    ctx: &Context,
+    obj: &K,
+    gateway: &str,
+    now: &Time,
+) -> Result<(), ReconcileError> {
+    let Some(previous) = obj.tool_status() else {
+        return Ok(());
+    };
+    let listed = previous.acceptance.iter().any(|a| a.gateway == gateway)
+        || previous.gateways.iter().any(|g| g == gateway);
+    if !listed {
+        return Ok(());
+    }
+    let new = status::resource_status(
+        Some(previous),
+        None,
+        obj.meta().generation,
+        gateway,
+        |key| ctx.gateway_exists(key),
+        now,
+    );
+    if *previous != new {
+        patch_status(&ctx.client, obj, &new).await?;
     }
     Ok(())
 }

@@ -373,6 +373,37 @@ async fn gateways_that_judge_a_workflow_differently_settle() {
         assert_eq!(other["status"]["gateways"], json!(["ops/all"]));
         assert_eq!(condition(&other, "Accepted").unwrap().0, "True");
 
+        // `ops/all` is deleted: its entries leave both workflows' statuses at once (not at the
+        // periodic resync), so the shared one is accepted and the other is judged by nobody.
+        kube::Api::<aegis_seal_crds::SealGateway>::namespaced(api.client(), "ops")
+            .delete("all", &Default::default())
+            .await
+            .unwrap();
+        eventually(
+            "the deleted gateway's entry dropped",
+            Duration::from_secs(5),
+            || {
+                let wf = api.get(WORKFLOWS, NS, "create-repo")?;
+                (wf["status"]["acceptance"].as_array()?.len() == 1
+                    && condition(&wf, "Accepted")?.0 == "True")
+                    .then_some(())
+            },
+        )
+        .await;
+        let other = api.get(WORKFLOWS, "other", "create-repo").unwrap();
+        assert!(
+            other["status"].get("acceptance").is_none()
+                && other["status"].get("gateways").is_none(),
+            "{}",
+            other["status"]
+        );
+        assert!(
+            condition(&other, "Accepted").is_none(),
+            "{}",
+            other["status"]
+        );
+        assert_quiescent(&api).await;
+
         stop.send(()).unwrap();
         timeout(Duration::from_secs(10), running)
             .await
