@@ -965,6 +965,43 @@ async fn retry_gives_up_after_its_retries() {
     assert_eq!(up.calls_to("/boom"), 2);
 }
 
+/// `on_error: retry` sends again only when the upstream surely did not act: no answer, or 408,
+/// 429 or 5xx. A POST that created its repository (201) but whose extractor finds nothing, a 4xx,
+/// or a 2xx that is not JSON would only be repeated: one request each, and the step fails as is.
+#[tokio::test]
+async fn retry_never_repeats_a_request_the_upstream_acted_on_or_refused() {
+    let up = Upstream::start().await;
+    let created = workflow(
+        &up.base_url(),
+        json!([{"name": "create", "operation_id": "createRepo", "on_error": "retry", "retries": 3,
+                "body_template": r#"{"org": "acme", "name": "r"}"#,
+                "extractors": {"payment_id": "$.payment_id"}}]),
+    );
+    let outcome = run(&engine(), &created, json!({})).await;
+    assert_failed(
+        &outcome,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "create",
+        r#"extractor "payment_id" ($.payment_id) matched nothing in the response (top-level keys: id, name, owner)"#,
+    );
+    assert_eq!(
+        up.calls_to("/orgs/acme/repos"),
+        1,
+        "the repository was created once"
+    );
+
+    for (operation, path) in [("missing", "/missing"), ("text", "/text")] {
+        let wf = workflow(
+            &up.base_url(),
+            json!([{"name": "once", "operation_id": operation, "on_error": "retry", "retries": 3}]),
+        );
+        let outcome = run(&engine(), &wf, json!({})).await;
+        let failure = outcome.result.as_ref().expect_err("the step fails");
+        assert!(!failure.reason.contains("gave up"), "{}", failure.reason);
+        assert_eq!(up.calls_to(path), 1, "{path}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The HTTP client on its own.
 

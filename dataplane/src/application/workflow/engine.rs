@@ -94,6 +94,11 @@ struct StepFailure {
     response: Option<Value>,
     /// What the extractors did find.
     extracted: Map<String, Value>,
+    /// Whether `on_error: retry` may send the request again: only when it surely did not act
+    /// (no answer, or an answer saying it is overloaded or failed). A 2xx whose body or
+    /// extractors disappoint, or a 4xx, would only be repeated, and a POST repeated is a second
+    /// payment, a second repository.
+    retryable: bool,
 }
 
 impl StepFailure {
@@ -103,17 +108,26 @@ impl StepFailure {
             reason,
             response: None,
             extracted: Map::new(),
+            retryable: false,
         }
     }
 
-    fn upstream(reason: String) -> Self {
+    fn upstream(reason: String, retryable: bool) -> Self {
         Self {
             status: StatusCode::BAD_GATEWAY,
             reason,
             response: None,
             extracted: Map::new(),
+            retryable,
         }
     }
+}
+
+/// Answers worth another attempt: the upstream timed out, throttled, or failed on its side.
+fn retryable_status(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
 }
 
 impl WorkflowEngine {
@@ -278,6 +292,7 @@ impl WorkflowEngine {
                 .await
             {
                 Ok(done) => return Ok(done),
+                Err(failure) if !failure.retryable => return Err(failure),
                 Err(failure) => {
                     let delay = backoff(attempt - 1);
                     tracing::debug!(
@@ -338,11 +353,18 @@ impl WorkflowEngine {
                 }
                 _ => StatusCode::BAD_GATEWAY,
             };
+            // No answer: the upstream may not have seen the request. (A refused destination or
+            // request would only be refused again, and an oversize answer was an answer.)
+            let retryable = matches!(
+                e,
+                HttpClientError::Transport { .. } | HttpClientError::Timeout { .. }
+            );
             StepFailure {
                 status,
                 reason: e.to_string(),
                 response: None,
                 extracted: Map::new(),
+                retryable,
             }
         })?;
         let took = started.elapsed();
@@ -365,14 +387,20 @@ impl WorkflowEngine {
                 reason.push_str(": ");
                 reason.push_str(&excerpt);
             }
-            return Err(StepFailure::upstream(reason));
+            return Err(StepFailure::upstream(
+                reason,
+                retryable_status(response.status),
+            ));
         }
         let json = parse_body(&response).map_err(|e| {
-            StepFailure::upstream(format!(
-                "upstream returned a body that is not JSON ({}, {}) for {method} {shown}: {e}",
-                response.status,
-                content_type(&response)
-            ))
+            StepFailure::upstream(
+                format!(
+                    "upstream returned a body that is not JSON ({}, {}) for {method} {shown}: {e}",
+                    response.status,
+                    content_type(&response)
+                ),
+                false,
+            )
         })?;
 
         let mut extracted = Map::new();
@@ -406,6 +434,7 @@ impl WorkflowEngine {
             reason,
             response: Some(json),
             extracted,
+            retryable: false,
         })
     }
 }
