@@ -120,10 +120,10 @@ pub enum OnError {
     /// Record the failure and go on with the next step.
     #[serde(alias = "Continue")]
     Continue,
-    /// Try again (`retries` times, with backoff), then fail. Only when the upstream surely did
-    /// not act: no answer (connection error, timeout), or 408, 429 or 5xx. A 4xx, or a 2xx whose
-    /// body is not JSON or whose extractors find nothing, fails at once: sending it again would
-    /// repeat what the upstream did.
+    /// Try again (`retries` times, with backoff), then fail. Only when the upstream did not
+    /// answer (connection error, timeout) or answered 408, 429 or 5xx. A 4xx, or a 2xx whose body
+    /// is not JSON or whose extractors find nothing, fails at once: sending it again would repeat
+    /// what the upstream did.
     #[serde(alias = "RetryN")]
     Retry,
 }

@@ -373,6 +373,55 @@ async fn a_hanging_openbao_is_bounded_by_the_timeout_and_retried_once() {
     );
 }
 
+/// An answer cut off mid-body: the request was served. A read is retried; a minting request is
+/// not, since what it minted (a lease) would be lost and never revoked. Only a connection never
+/// made lets a minting request be sent again.
+#[tokio::test]
+async fn a_minting_call_cut_off_mid_answer_is_not_repeated() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    capture_logs();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"lease_id\": \"data")
+                .await;
+            // Dropped: the connection closes 84 bytes short.
+        }
+    });
+    let settings = CredentialSettings {
+        openbao_addr: Some(format!("http://{addr}")),
+        openbao_token: Some(SecretValue::Literal("root".into())),
+        max_retries: 1,
+        ..CredentialSettings::default()
+    };
+    let (db, _dir) = sqlite_database().await;
+    let resolver = resolver(&settings, &db);
+
+    let outcome = resolver
+        .resolve(request("exec-cut-kv", &static_ref("app/cut")))
+        .await;
+    let error = outcome.result.as_ref().unwrap_err();
+    assert!(error.reason.contains("transport error"), "{}", error.reason);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "a read is retried once");
+
+    let outcome = resolver
+        .resolve(request("exec-cut-jit", &system_jit("database", "ro")))
+        .await;
+    assert!(outcome.result.is_err());
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "a minting request that was sent is not sent again"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dynamic secrets (SystemJit) on the database engine, against the test Postgres
 // ---------------------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ const RETRY_DELAY: Duration = Duration::from_millis(100);
 pub(super) enum Idempotency {
     /// Reads and revocations: retried after transport errors, timeouts and 5xx answers.
     Safe,
-    /// Minting requests (dynamic credentials, token exchange): retried after transport errors and
-    /// 5xx answers, not after a timeout, when the first request may have minted something already.
+    /// Minting requests (dynamic credentials, token exchange): retried after 5xx answers and
+    /// connections never made, not after a timeout or a transport error once the request may
+    /// have been sent: the first request may have minted something already.
     Minting,
 }
 
@@ -63,7 +64,11 @@ impl Transport {
             let result = self.http.send(request.clone()).await;
             let retry = match &result {
                 Ok(response) => response.status.is_server_error(),
-                Err(HttpClientError::Transport { .. }) => true,
+                // A minting call that may have been sent is not repeated: what it minted (a
+                // lease, a token) would be lost, never revoked.
+                Err(HttpClientError::Transport { unsent, .. }) => {
+                    *unsent || idempotency == Idempotency::Safe
+                }
                 Err(HttpClientError::Timeout { .. }) => idempotency == Idempotency::Safe,
                 Err(_) => false,
             };

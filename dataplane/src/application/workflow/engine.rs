@@ -94,10 +94,10 @@ struct StepFailure {
     response: Option<Value>,
     /// What the extractors did find.
     extracted: Map<String, Value>,
-    /// Whether `on_error: retry` may send the request again: only when it surely did not act
-    /// (no answer, or an answer saying it is overloaded or failed). A 2xx whose body or
-    /// extractors disappoint, or a 4xx, would only be repeated, and a POST repeated is a second
-    /// payment, a second repository.
+    /// Whether `on_error: retry` may send the request again: only when the upstream did not
+    /// answer, or answered that it failed or is overloaded. After a 2xx whose body or extractors
+    /// disappoint, or a 4xx, sending again would only repeat what it did, and a POST repeated is
+    /// a second payment, a second repository.
     retryable: bool,
 }
 

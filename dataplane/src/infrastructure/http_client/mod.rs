@@ -209,6 +209,9 @@ pub enum HttpClientError {
         method: Method,
         url: String,
         detail: String,
+        /// No connection was made (DNS, connect, TLS handshake): the request was surely not
+        /// sent. Otherwise it may have been, and acted on.
+        unsent: bool,
     },
     /// No complete response within the request's timeout.
     #[error("timeout: {method} {url}: no complete response within {} ms", .timeout.as_millis())]
@@ -647,6 +650,8 @@ fn classify(err: reqwest::Error, method: &Method, url: &str, timeout: Duration) 
             method: method.clone(),
             url: url.to_owned(),
             detail: refused.to_string(),
+            // The request that was answered with the redirect was sent.
+            unsent: false,
         };
     }
     if err.is_timeout() {
@@ -656,12 +661,14 @@ fn classify(err: reqwest::Error, method: &Method, url: &str, timeout: Duration) 
             timeout,
         };
     }
+    let unsent = err.is_connect();
     // reqwest's own text would repeat the URL, query included.
     let err = err.without_url();
     HttpClientError::Transport {
         method: method.clone(),
         url: url.to_owned(),
         detail: error_chain(&err),
+        unsent,
     }
 }
 
