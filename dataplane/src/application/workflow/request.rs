@@ -23,8 +23,25 @@ pub struct PreparedRequest {
     pub dropped_keys: Vec<String>,
 }
 
-/// Header parameters OpenAPI says to ignore: the client sets these itself.
-const IGNORED_HEADER_PARAMETERS: [&str; 3] = ["accept", "content-type", "authorization"];
+/// Header parameters never taken from a call's arguments: those OpenAPI says to ignore (the
+/// client sets them itself), and those that frame or route the request or belong to one hop (an
+/// agent's `Host` would reach another virtual host behind a shared ingress, with the credential;
+/// its `Content-Length` or `Transfer-Encoding` would corrupt the framing).
+const IGNORED_HEADER_PARAMETERS: [&str; 13] = [
+    "accept",
+    "content-type",
+    "authorization",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
 
 /// Whether requests of `method` carry a body when the operation declares none.
 fn sends_body_by_default(method: &Method) -> bool {
@@ -292,6 +309,34 @@ mod tests {
         assert_eq!(req.headers["cookie"], "session=s%201");
         assert_eq!(req.headers["content-type"], "application/json");
         assert_eq!(req.body.unwrap(), Bytes::from_static(br#"{"title":"hi"}"#));
+    }
+
+    #[test]
+    fn framing_routing_and_hop_headers_never_come_from_arguments() {
+        let names = [
+            "Host",
+            "Content-Length",
+            "Transfer-Encoding",
+            "Connection",
+            "Proxy-Authorization",
+            "Upgrade",
+        ];
+        let params: Vec<_> = names
+            .iter()
+            .map(|n| (*n, ParameterLocation::Header, false))
+            .chain([("X-Trace", ParameterLocation::Header, false)])
+            .collect();
+        let op = op("POST", "/items", &params, true);
+        let rendered = json!({
+            "Host": "internal-admin.svc", "Content-Length": "0", "Transfer-Encoding": "chunked",
+            "Connection": "close", "Proxy-Authorization": "Basic x", "Upgrade": "h2c",
+            "X-Trace": "t-1"
+        });
+        let req = prepare("http://h", &Method::POST, &op, rendered).unwrap();
+        for name in names {
+            assert!(req.headers.get(name).is_none(), "{name}: {:?}", req.headers);
+        }
+        assert_eq!(req.headers["x-trace"], "t-1");
     }
 
     #[test]
