@@ -1014,6 +1014,7 @@ async fn the_client_refuses_blocked_destinations_before_connecting() {
     let http = client(HttpClientConfig::default());
     for url in [
         "http://169.254.169.254/latest/meta-data/",
+        "http://100.100.100.200/latest/meta-data/",
         "http://169.254.1.1:8080/",
         "http://[fe80::1]/",
         "http://[fd00:ec2::254]/",

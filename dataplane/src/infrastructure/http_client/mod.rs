@@ -35,6 +35,9 @@ pub const MAX_REDIRECTS: usize = 5;
 const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254);
 /// The IPv4 instance metadata address of AWS, GCP, Azure and others.
 const METADATA_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// Alibaba Cloud's instance metadata address: in shared address space (100.64.0.0/10), not
+/// link-local, so named on its own.
+const ALIBABA_METADATA_V4: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
 /// Host names of metadata services, refused before any DNS lookup.
 const METADATA_HOSTS: [&str; 1] = ["metadata.google.internal"];
 
@@ -402,6 +405,9 @@ impl HttpClient {
         // names are resolved and every address checked by `GuardedResolver`, which is the resolver the
         // connection itself uses, so there is no gap between the check and the connect (no DNS
         // rebinding window). Redirect targets are checked by the redirect policy and the resolver too.
+        // Through `outbound.proxy_url` the proxy resolves the names the gateway does not (only
+        // literal addresses and metadata names are refused here): the proxy must refuse the
+        // link-local and metadata destinations itself, as the README says.
         if !self.config.allow_link_local {
             check_url_host(&req.url).map_err(HttpClientError::BlockedDestination)?;
         }
@@ -604,7 +610,7 @@ pub fn blocked_address(ip: IpAddr) -> Option<&'static str> {
 }
 
 fn blocked_v4(v4: Ipv4Addr) -> Option<&'static str> {
-    if v4 == METADATA_V4 {
+    if v4 == METADATA_V4 || v4 == ALIBABA_METADATA_V4 {
         Some("a cloud metadata address")
     } else if v4.is_link_local() {
         Some("a link-local address")
