@@ -26,7 +26,7 @@ use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{Applied, DEFERRED_RETRY_FIRST, DEFERRED_RETRY_MAX, apply, refuse, stopped, until};
+use super::{Applied, Retry, apply, refuse, stopped, until};
 use crate::gateway::GatewayState;
 use crate::infrastructure::persistence::CatalogSource;
 
@@ -285,7 +285,7 @@ pub fn spawn(
             missing_reported: false,
         };
         loop {
-            let retry_at = follower.deferred.map(|(at, _)| at);
+            let retry_at = follower.deferred.map(|retry| retry.at);
             tokio::select! {
                 _ = stopped(&mut stop) => break,
                 update = received.recv() => {
@@ -317,9 +317,8 @@ struct Follower {
     applied: Option<String>,
     /// The versions of the last refused attempt.
     refused: Option<Vec<Option<String>>>,
-    /// After an attempt the database kept from being served: when to try again, and the wait
-    /// that led there (doubled at each deferral).
-    deferred: Option<(tokio::time::Instant, Duration)>,
+    /// After an attempt the database kept from being served: when to try again.
+    deferred: Option<Retry>,
     missing_reported: bool,
 }
 
@@ -404,15 +403,13 @@ impl Follower {
                         self.deferred = None;
                     }
                     Applied::Deferred => {
-                        let wait = self.deferred.map_or(DEFERRED_RETRY_FIRST, |(_, last)| {
-                            (last * 2).min(DEFERRED_RETRY_MAX)
-                        });
+                        let retry = Retry::after(self.deferred);
                         tracing::warn!(
                             config_map = %self.main,
-                            retry_in_s = wait.as_secs(),
+                            retry_in_s = retry.wait.as_secs(),
                             "the snapshot is offered again once the database answers"
                         );
-                        self.deferred = Some((tokio::time::Instant::now() + wait, wait));
+                        self.deferred = Some(retry);
                     }
                 }
             }

@@ -15,7 +15,7 @@ use aegis_seal_crds::gateway::GatewaySettings;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Applied, DEFERRED_RETRY_FIRST, DEFERRED_RETRY_MAX, apply, refuse, stopped};
+use super::{Applied, Retry, apply, refuse, stopped};
 use crate::gateway::GatewayState;
 use crate::infrastructure::config::{
     ConfigError, ConfigSources, ManifestSet, fetch_documents, load_config,
@@ -186,14 +186,13 @@ impl FolderWatch {
     async fn run(mut self, state: &GatewayState, running: &GatewaySettings, http: &HttpClient) {
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // After a change the database kept from being served: when to offer it again, and the
-        // wait that led there.
-        let mut deferred: Option<(tokio::time::Instant, Duration)> = None;
+        // After a change the database kept from being served: when to offer it again.
+        let mut deferred: Option<Retry> = None;
         loop {
             tick.tick().await;
             if let Some((dir, seen)) = &mut self.manifests {
                 let now = changed(seen, || Fingerprint::of_folder(dir)).await;
-                let due = deferred.is_some_and(|(at, _)| tokio::time::Instant::now() >= at);
+                let due = deferred.is_some_and(|retry| tokio::time::Instant::now() >= retry.at);
                 if now.is_some() || due {
                     if let Some(now) = now {
                         *seen = now;
@@ -209,15 +208,13 @@ impl FolderWatch {
                         }
                     };
                     deferred = (applied == Applied::Deferred).then(|| {
-                        let wait = deferred.map_or(DEFERRED_RETRY_FIRST, |(_, last)| {
-                            (last * 2).min(DEFERRED_RETRY_MAX)
-                        });
+                        let retry = Retry::after(deferred);
                         tracing::warn!(
                             manifests = %origin,
-                            retry_in_s = wait.as_secs(),
+                            retry_in_s = retry.wait.as_secs(),
                             "the manifests are offered again once the database answers"
                         );
-                        (tokio::time::Instant::now() + wait, wait)
+                        retry
                     });
                 }
             }

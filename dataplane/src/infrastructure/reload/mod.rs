@@ -72,9 +72,27 @@ pub(crate) async fn until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// After a deferred change, the first wait before offering it again, and the longest.
-pub(crate) const DEFERRED_RETRY_FIRST: Duration = Duration::from_secs(1);
-pub(crate) const DEFERRED_RETRY_MAX: Duration = Duration::from_secs(30);
+/// When a deferred change is offered again: 1 s after the first deferral, then twice the
+/// previous wait, at most 30 s.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Retry {
+    pub(crate) at: tokio::time::Instant,
+    pub(crate) wait: Duration,
+}
+
+impl Retry {
+    const FIRST: Duration = Duration::from_secs(1);
+    const LONGEST: Duration = Duration::from_secs(30);
+
+    /// The retry after a deferral; `previous` is the one that led to it, if any.
+    pub(crate) fn after(previous: Option<Self>) -> Self {
+        let wait = previous.map_or(Self::FIRST, |p| (p.wait * 2).min(Self::LONGEST));
+        Self {
+            at: tokio::time::Instant::now() + wait,
+            wait,
+        }
+    }
+}
 
 /// Serves `snapshot` if it is valid; otherwise refuses it (logged and counted), and the last good
 /// snapshot keeps serving.
