@@ -388,16 +388,14 @@ mod operator {
         assert!(identity.platform_operator);
         assert_eq!(identity.identity_kind, IdentityKind::ServiceAccount);
 
-        // No tenant_id (or an empty one) makes a tenant-less platform operator (B-4).
-        for tenant in [Value::Null, json!("")] {
-            let token = rs256(&claims(
-                json!({"tenant_id": tenant, "identity_kind": "service_account"}),
-            ));
-            let identity = auth.authenticate(&bearer(&token)).await.unwrap();
-            assert_eq!(identity.tenant_id, None);
-            assert!(identity.platform_operator);
-            assert_eq!(identity.identity_kind, IdentityKind::ServiceAccount);
-        }
+        // No tenant_id makes a tenant-less platform operator (B-4).
+        let token = rs256(&claims(
+            json!({"tenant_id": Value::Null, "identity_kind": "service_account"}),
+        ));
+        let identity = auth.authenticate(&bearer(&token)).await.unwrap();
+        assert_eq!(identity.tenant_id, None);
+        assert!(identity.platform_operator);
+        assert_eq!(identity.identity_kind, IdentityKind::ServiceAccount);
 
         // The role value `aegis:admin` is a platform role too.
         let token = rs256(&claims(json!({"aegis_role": "aegis:admin"})));
@@ -876,6 +874,18 @@ mod operator {
         let token = rs256(&claims(json!({"tenant_id": 17})));
         let message = assert_unauthorized(auth.authenticate(&bearer(&token)).await, "token");
         assert!(message.contains("tenant_id"), "{message}");
+    }
+
+    /// A blank tenant is what an IdP mapper without a value may emit for a tenant operator: it
+    /// is refused, never read as the absent claim of a platform operator.
+    #[tokio::test]
+    async fn a_blank_tenant_id_is_refused_not_made_a_platform_operator() {
+        let (_server, auth) = standard().await;
+        for blank in ["", "  "] {
+            let token = rs256(&claims(json!({"tenant_id": blank})));
+            let message = assert_unauthorized(auth.authenticate(&bearer(&token)).await, "token");
+            assert!(message.contains("tenant_id claim is blank"), "{message}");
+        }
     }
 
     // ---------------------------------------------------------------------------------------------

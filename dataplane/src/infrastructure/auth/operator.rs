@@ -627,9 +627,14 @@ impl OperatorAuthenticator {
 
         let tenant_id = match map.get("tenant_id") {
             None | Some(Value::Null) => None,
-            Some(Value::String(tenant)) if tenant.trim().is_empty() => None,
+            // Fail closed: a tenant we cannot read must not turn into a platform operator. An
+            // empty one is what an IdP mapper without a value may emit for a tenant operator.
+            Some(Value::String(tenant)) if tenant.trim().is_empty() => {
+                return Err(OperatorAuthError::MalformedToken(
+                    "tenant_id claim is blank (a platform operator's token has none)".into(),
+                ));
+            }
             Some(Value::String(tenant)) => Some(tenant.clone()),
-            // Fail closed: a tenant we cannot read must not turn into a platform operator.
             Some(_) => {
                 return Err(OperatorAuthError::MalformedToken(
                     "tenant_id claim is not a string".into(),
