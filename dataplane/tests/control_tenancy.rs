@@ -173,6 +173,59 @@ async fn tenants_are_isolated_and_global_objects_belong_to_platform_operators() 
             )
             .await;
         assert_mismatch(status, &reply, &format!("{backend} B explores A's spec"));
+        // B's update of A's spec is refused before its document URL is fetched.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fetch_url = format!("http://{}/openapi.json", listener.local_addr().unwrap());
+        let (status, reply) = control
+            .call(
+                "PUT",
+                &format!("/v1/specs/{}", of_a.spec),
+                Some(&b),
+                Some(
+                    json!({"name": "spec-a", "base_url": upstream, "source_fetch_url": fetch_url}),
+                ),
+            )
+            .await;
+        assert_mismatch(
+            status,
+            &reply,
+            &format!("{backend} B updates A's spec by URL"),
+        );
+        let fetched =
+            tokio::time::timeout(std::time::Duration::from_millis(200), listener.accept()).await;
+        assert!(
+            fetched.is_err(),
+            "{backend}: the URL was fetched for a refused update"
+        );
+        // A global spec that sends the platform's credential is explored by platform operators
+        // only: B may read it, not call it with that credential.
+        let mut credentialed = spec_body("spec-global-credentialed", &upstream);
+        credentialed["credential_path"] = json!({"StaticRef": {"key": "platform/github"}});
+        let (status, reply) = control
+            .call("POST", "/v1/specs", Some(&platform), Some(credentialed))
+            .await;
+        assert!(status == 200 || status == 201, "{backend}: {reply}");
+        let explore =
+            json!({"execution_id": "x", "api_spec_id": reply["id"], "operation_id": "getRepo"});
+        let (status, reply) = control
+            .call("POST", "/v1/explorer", Some(&b), Some(explore.clone()))
+            .await;
+        assert_mismatch(
+            status,
+            &reply,
+            &format!("{backend} B explores with the platform's credential"),
+        );
+        assert!(
+            reply["error"]
+                .as_str()
+                .unwrap()
+                .contains("only a platform operator may explore it"),
+            "{backend}: {reply}"
+        );
+        let (status, reply) = control
+            .call("POST", "/v1/explorer", Some(&platform), Some(explore))
+            .await;
+        assert_ne!(status, 403, "{backend}: the platform may: {reply}");
         // Nor use A's spec for a workflow of its own.
         let (status, reply) = control
             .call(

@@ -57,6 +57,19 @@ pub(super) async fn explore(ctx: &Ctx<'_>, body: Bytes) -> Response<Body> {
         Ok(s) => s,
         Err(r) => return r,
     };
+    let path = match spec_credential(&spec) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    // A system-global spec's credential is the platform's: a tenant operator may read the spec,
+    // but calling any of its operations with that credential, outside every SecurityContext, is
+    // the platform's to do.
+    if path.is_some() && spec.tenant_id.is_none() && !ctx.operator.platform_operator {
+        return super::tenant_mismatch(format!(
+            "api spec {} is system-global and sends the platform's credential; only a platform operator may explore it",
+            spec.id
+        ));
+    }
     let operations = match openapi::operations(&spec.raw_spec) {
         Ok(ops) => ops,
         Err(e) => return bad_request(format!("api spec {}: {e}", spec.id)),
@@ -77,10 +90,6 @@ pub(super) async fn explore(ctx: &Ctx<'_>, body: Bytes) -> Response<Body> {
     };
 
     let mut events = Vec::new();
-    let path = match spec_credential(&spec) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
     let tenant = spec
         .tenant_id
         .clone()

@@ -330,6 +330,14 @@ pub(super) async fn update(ctx: &Ctx<'_>, id: &str, body: Bytes) -> Response<Bod
         Ok(r) => r,
         Err(r) => return r,
     };
+    // Authorized before the document is fetched, so that nobody who may not change the spec can
+    // make the gateway fetch a URL; checked again under the lock below, as the spec may change.
+    let allowed = load(ctx, id).await.and_then(|current| {
+        ctx.check_rest_write(&what(id), id, current.tenant_id.as_deref(), &current.source)
+    });
+    if let Err(r) = allowed {
+        return r;
+    }
     let (doc, ops) = match document(ctx, &req).await {
         Ok(d) => d,
         Err(r) => return r,
