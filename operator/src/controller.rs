@@ -25,6 +25,9 @@ use crate::FIELD_MANAGER;
 use crate::reconcile::{Context, ToolResource, error_policy, reconcile, release};
 use crate::selection::{Selection, gateway_key};
 
+/// ConfigMaps per page when the operator lists them all; each may hold up to 1 MiB.
+const CONFIG_MAP_PAGE: u32 = 50;
+
 /// Label selector of the objects the operator applies.
 pub fn managed_selector() -> String {
     format!("app.kubernetes.io/managed-by={FIELD_MANAGER}")
@@ -134,8 +137,11 @@ pub async fn run(
             tool_mapper::<SecurityContext>(store),
         )
         .watches(
+            // Every ConfigMap of the cluster, of which a few hold OpenAPI documents: listed in
+            // small pages, so that a relist on a large cluster never holds hundreds of them (up
+            // to 1 MiB each) at once, as the default page of 500 could.
             Api::<ConfigMap>::all(client),
-            watch_all,
+            watcher::Config::default().page_size(CONFIG_MAP_PAGE),
             move |cm: ConfigMap| {
                 let ns = cm.namespace().unwrap_or_default();
                 cm_ctx

@@ -216,6 +216,20 @@ async fn the_controller_serves_selected_resources_and_keeps_the_last_good_snapsh
         // Nothing changes any more: nothing is written (a status write that changes nothing would loop).
         assert_quiescent(&api).await;
 
+        // Every ConfigMap of the cluster is listed in pages of 50.
+        let all_config_maps: Vec<String> = api
+            .log()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == "/api/v1/configmaps" && !r.query.contains("watch=true"))
+            .filter(|r| !r.query.contains("labelSelector"))
+            .map(|r| r.query.clone())
+            .collect();
+        assert!(!all_config_maps.is_empty());
+        for query in &all_config_maps {
+            let params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+            assert!(params.contains(&"limit=50"), "{query}");
+        }
+
         // An owned object deleted by hand is restored by the reconcile its deletion triggers, not
         // at the next resync ten minutes later.
         let deleted = kube::api::DeleteParams::default();
