@@ -72,7 +72,10 @@ impl SessionCache {
             }
         };
         let Some(record) = self.db.get_session(execution_id).await? else {
-            self.invalidate(execution_id);
+            // Gone from the database: drop what is cached, without counting an invalidation (an
+            // envelope naming any made-up session gets here, and a count would keep other
+            // sessions' reads from being cached).
+            self.entries().sessions.remove(execution_id);
             return Ok(None);
         };
         Ok(Some(self.keep(execution_id, record, read)))
