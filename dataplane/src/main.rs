@@ -229,13 +229,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stop,
         ));
     }
-    shutdown_signal().await;
+    let failed = tokio::select! {
+        () = shutdown_signal() => None,
+        why = watchers.ended() => {
+            tracing::error!("{why}; stopping, so that a restart brings hot reload back");
+            Some(why)
+        }
+    };
     watchers.stop().await;
     if let Some(exporter) = exporter {
         exporter.shutdown().await;
     }
     gateway.shutdown().await;
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!(why)),
+    }
 }
 
 /// `audit verify` and `audit purge`: offline, against a database URL, without the config file.

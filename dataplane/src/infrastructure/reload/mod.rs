@@ -156,6 +156,22 @@ impl Watchers {
         self.tasks.push(task);
     }
 
+    /// Resolves when a watcher ends before it was told to stop (it panicked: a watcher runs
+    /// until stopped), with why; never when there is none. The process should then exit so that
+    /// it is restarted, rather than serve on with a hot reload that is silently gone.
+    pub async fn ended(&mut self) -> String {
+        if self.tasks.is_empty() {
+            return std::future::pending().await;
+        }
+        let (result, index, _) = futures::future::select_all(self.tasks.iter_mut()).await;
+        self.tasks.swap_remove(index);
+        match result {
+            Ok(()) => "a reload watcher ended".to_owned(),
+            Err(e) if e.is_panic() => format!("a reload watcher panicked: {e}"),
+            Err(e) => format!("a reload watcher was cancelled: {e}"),
+        }
+    }
+
     /// Signals every watcher to stop and waits (bounded) for them.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
@@ -174,5 +190,38 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
         if stop.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_watcher_that_panics_is_reported_and_one_that_runs_is_not() {
+        let mut watchers = Watchers::default();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), watchers.ended())
+                .await
+                .is_err(),
+            "no watcher: nothing ends"
+        );
+        let mut stop = watchers.stop_signal();
+        watchers.push(tokio::spawn(async move { stopped(&mut stop).await }));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), watchers.ended())
+                .await
+                .is_err(),
+            "a running watcher has not ended"
+        );
+        watchers.push(tokio::spawn(async { panic!("boom") }));
+        let why = tokio::time::timeout(Duration::from_secs(5), watchers.ended())
+            .await
+            .unwrap();
+        assert!(why.starts_with("a reload watcher panicked"), "{why}");
+        // The others still stop as they should.
+        tokio::time::timeout(Duration::from_secs(5), watchers.stop())
+            .await
+            .unwrap();
     }
 }
