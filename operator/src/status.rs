@@ -365,6 +365,24 @@ pub fn resource_notices(previous: Option<&ToolStatus>, new: &ToolStatus) -> Vec<
         .collect()
 }
 
+/// A Normal Event `reasons.0` when condition `type_` turns True, a Warning `reasons.1` when it
+/// turns False; `absent` is what a missing previous condition counts as.
+fn transition_notice(
+    previous: &[Condition],
+    new: &[Condition],
+    type_: &str,
+    absent: bool,
+    (up, down): (&'static str, &'static str),
+) -> Option<Notice> {
+    let was = find(previous, type_).map_or(absent, |c| c.status == "True");
+    let now = find(new, type_)?;
+    match (was, now.status == "True") {
+        (false, true) => Some(Notice::new(false, up, now.message.clone())),
+        (true, false) => Some(Notice::new(true, down, now.message.clone())),
+        _ => None,
+    }
+}
+
 pub fn gateway_notices(
     previous: Option<&SealGatewayStatus>,
     new: &SealGatewayStatus,
@@ -375,30 +393,21 @@ pub fn gateway_notices(
     let mut notices: Vec<Notice> = acceptance_notice(prev, &new.conditions)
         .into_iter()
         .collect();
-    let was_ready = find(prev, READY).is_some_and(|c| c.status == "True");
-    if let Some(ready) = find(&new.conditions, READY) {
-        match (was_ready, ready.status == "True") {
-            (false, true) => notices.push(Notice::new(false, "Ready", ready.message.clone())),
-            (true, false) => notices.push(Notice::new(true, "NotReady", ready.message.clone())),
-            _ => {}
-        }
-    }
-    let could_run = find(prev, CLI_TOOLS_RUNNABLE).is_none_or(|c| c.status == "True");
-    if let Some(runnable) = find(&new.conditions, CLI_TOOLS_RUNNABLE) {
-        match (could_run, runnable.status == "True") {
-            (true, false) => notices.push(Notice::new(
-                true,
-                "CliToolsNotRunnable",
-                runnable.message.clone(),
-            )),
-            (false, true) => notices.push(Notice::new(
-                false,
-                "CliToolsRunnable",
-                runnable.message.clone(),
-            )),
-            _ => {}
-        }
-    }
+    notices.extend(transition_notice(
+        prev,
+        &new.conditions,
+        READY,
+        false,
+        ("Ready", "NotReady"),
+    ));
+    // A gateway that never said can run them (no condition yet): only a failure is news.
+    notices.extend(transition_notice(
+        prev,
+        &new.conditions,
+        CLI_TOOLS_RUNNABLE,
+        true,
+        ("CliToolsRunnable", "CliToolsNotRunnable"),
+    ));
     if let Some(hash) = &new.snapshot_hash
         && previous.and_then(|p| p.snapshot_hash.as_ref()) != Some(hash)
     {
