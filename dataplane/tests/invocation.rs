@@ -31,6 +31,11 @@ struct Case {
 }
 
 impl VectorFile {
+    /// The case named `name`.
+    fn case(&self, name: &str) -> &Case {
+        self.cases.iter().find(|c| c.name == name).unwrap()
+    }
+
     /// The wire text of the file's first envelope that verifies.
     fn first_accepted(&self) -> &str {
         let case = self.cases.iter().find(|c| c.expect == "accept").unwrap();
@@ -303,11 +308,7 @@ fn jti_of(envelope: &RawValue) -> String {
 #[tokio::test]
 async fn the_runbook_replay_query_finds_a_just_used_jti_on_both_backends() {
     let file = vectors("python-sdk.json");
-    let first = file
-        .cases
-        .iter()
-        .find(|c| c.name == "replay_first")
-        .unwrap();
+    let first = file.case("replay_first");
     let jti = jti_of(&first.envelope);
     for (backend, url, _dir) in support::both_backends().await {
         let harness = Harness::start(&file, Some(url)).await;
@@ -336,11 +337,7 @@ async fn the_runbook_replay_query_finds_a_just_used_jti_on_both_backends() {
 #[tokio::test]
 async fn a_replay_after_a_restart_is_refused_on_both_backends() {
     let file = vectors("python-sdk.json");
-    let first = file
-        .cases
-        .iter()
-        .find(|c| c.name == "replay_first")
-        .unwrap();
+    let first = file.case("replay_first");
     for (backend, url, _dir) in support::both_backends().await {
         let harness = Harness::start(&file, Some(url.clone())).await;
         // Verified and authorized (the workflow's upstream is not running: no SEAL error).
@@ -366,11 +363,7 @@ async fn a_replay_after_a_restart_is_refused_on_both_backends() {
 #[tokio::test]
 async fn a_replay_in_the_last_fresh_second_is_refused_on_both_backends() {
     let file = vectors("python-sdk.json");
-    let first = file
-        .cases
-        .iter()
-        .find(|c| c.name == "replay_first")
-        .unwrap();
+    let first = file.case("replay_first");
     let signed = DateTime::from_timestamp(file.now_unix, 0).unwrap();
     for (backend, url, _dir) in support::both_backends().await {
         let harness = Harness::start_at(
@@ -415,11 +408,7 @@ async fn a_revoked_session_is_refused_and_revocation_is_audited() {
     assert_eq!(body["session_status"], "Revoked");
     assert_eq!(harness.count("SessionRevoked").await, 1);
 
-    let case = file
-        .cases
-        .iter()
-        .find(|c| c.name == "valid_rs256_basic")
-        .unwrap();
+    let case = file.case("valid_rs256_basic");
     let (status, body) = harness.invoke("/v1/invoke", case.envelope.get()).await;
     assert_eq!((status, seal_code(&body)), (401, Some(1006)), "{body}");
     assert_eq!(message(&body), "session is revoked");
@@ -547,11 +536,7 @@ async fn every_single_byte_change_of_a_signed_envelope_is_refused() {
     use aegis_seal_gateway::application::invocation::Refusal;
     let file = vectors("python-sdk.json");
     let harness = Harness::start(&file, None).await;
-    let case = file
-        .cases
-        .iter()
-        .find(|c| c.name == "valid_unicode_nested")
-        .unwrap();
+    let case = file.case("valid_unicode_nested");
     let text = case.envelope.get();
     let original = text.as_bytes().to_vec();
     let fraction = {

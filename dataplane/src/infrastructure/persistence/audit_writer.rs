@@ -174,7 +174,7 @@ async fn commit_groups(
                 Ok(None) | Err(_) => break,
             }
         }
-        // Each caller's events, in group order: `ends[i]` is where caller i's end.
+        // Each caller's events, in group order: `ends[i]` is where caller i's events end.
         let mut ends = Vec::with_capacity(group.len());
         let mut events: Vec<AuditEvent> = Vec::new();
         for p in &mut group {
