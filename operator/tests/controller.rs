@@ -103,6 +103,39 @@ fn condition(obj: &Value, type_: &str) -> Option<(String, String, String)> {
         })
 }
 
+/// The controller running against the fake, until [`Running::stop`].
+struct Running {
+    ctx: Arc<Context>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(api: &FakeApi, instance: Option<&str>) -> Self {
+        let client = api.client();
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            IMAGE,
+            instance.map(str::to_owned),
+            Arc::default(),
+        ));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(controller::run(client, ctx.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Self { ctx, stop, task }
+    }
+
+    /// Graceful shutdown, bounded.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the controller did not stop")
+            .unwrap();
+    }
+}
+
 /// Waits until the fake has seen no write for `quiet`.
 async fn settled(api: &FakeApi, quiet: Duration) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -154,12 +187,8 @@ async fn the_controller_serves_selected_resources_and_keeps_the_last_good_snapsh
         elsewhere["metadata"]["namespace"] = json!("other");
         api.put(WORKFLOWS, elsewhere);
 
-        let client = api.client();
-        let ctx = Arc::new(Context::new(client.clone(), IMAGE, Some("operator-0".into()), Arc::default()));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let running = tokio::spawn(controller::run(client, ctx.clone(), async move {
-            let _ = stopped.await;
-        }));
+        let running = Running::start(&api, Some("operator-0"));
+        let ctx = running.ctx.clone();
 
         // The operator writes the ConfigMap, and the snapshot in it serves the workflow.
         let snapshot = eventually("the snapshot", Duration::from_secs(15), || served_snapshot(&api)).await;
@@ -312,11 +341,7 @@ async fn the_controller_serves_selected_resources_and_keeps_the_last_good_snapsh
         assert_eq!(ctx.metrics.errors(), 0);
 
         // Graceful shutdown.
-        stop.send(()).unwrap();
-        timeout(Duration::from_secs(10), running)
-            .await
-            .expect("the controller did not stop")
-            .unwrap();
+        running.stop().await;
     })
     .await
     .expect("the test timed out");
@@ -350,12 +375,7 @@ async fn gateways_that_judge_a_workflow_differently_settle() {
         api.put(WORKFLOWS, first);
         api.put(WORKFLOWS, workflow("create-repo", "v1", "createRepo"));
 
-        let client = api.client();
-        let ctx = Arc::new(Context::new(client.clone(), IMAGE, None, Arc::default()));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let running = tokio::spawn(controller::run(client, ctx, async move {
-            let _ = stopped.await;
-        }));
+        let running = Running::start(&api, None);
 
         let status = eventually("both verdicts", Duration::from_secs(15), || {
             let wf = api.get(WORKFLOWS, NS, "create-repo")?;
@@ -418,11 +438,7 @@ async fn gateways_that_judge_a_workflow_differently_settle() {
         );
         assert_quiescent(&api).await;
 
-        stop.send(()).unwrap();
-        timeout(Duration::from_secs(10), running)
-            .await
-            .expect("did not stop")
-            .unwrap();
+        running.stop().await;
     })
     .await
     .expect("the test timed out");
@@ -437,12 +453,7 @@ async fn a_refused_spec_keeps_the_running_objects() {
             json!({"apiVersion": "seal.100monkeys.ai/v1", "kind": "SealGateway",
                    "metadata": {"name": "edge", "namespace": NS}, "spec": {"replicas": 1}}),
         );
-        let client = api.client();
-        let ctx = Arc::new(Context::new(client.clone(), IMAGE, None, Arc::default()));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let running = tokio::spawn(controller::run(client, ctx, async move {
-            let _ = stopped.await;
-        }));
+        let running = Running::start(&api, None);
         let deployment = eventually("the Deployment", Duration::from_secs(15), || {
             api.get(DEPLOYMENTS, NS, "edge")
         })
@@ -469,11 +480,7 @@ async fn a_refused_spec_keeps_the_running_objects() {
             "the running Deployment is untouched"
         );
 
-        stop.send(()).unwrap();
-        timeout(Duration::from_secs(10), running)
-            .await
-            .expect("did not stop")
-            .unwrap();
+        running.stop().await;
     })
     .await
     .expect("the test timed out");
