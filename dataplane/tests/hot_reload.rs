@@ -8,7 +8,7 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,6 +77,17 @@ fn write(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A temporary folder holding `manifests/tools.yaml` with workflow `versioned` at `v1`: the folder,
+/// the manifests folder and the file.
+fn versioned_folder(upstream: SocketAddr) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let tools = manifests.join("tools.yaml");
+    write(&tools, &workflow("versioned", "v1", upstream));
+    (dir, manifests, tools)
 }
 
 /// The gateway process, killed if the test ends early; its stdout is collected as it comes.
@@ -274,11 +285,7 @@ async fn edits_are_served_within_a_second_and_invalid_ones_are_refused() {
     tokio::time::timeout(Duration::from_secs(120), async {
         let mut upstream = upstream().await;
         let signer = support::Signer::from_vectors();
-        let dir = tempfile::tempdir().unwrap();
-        let manifests = dir.path().join("manifests");
-        std::fs::create_dir_all(&manifests).unwrap();
-        let tools = manifests.join("tools.yaml");
-        write(&tools, &workflow("versioned", "v1", upstream.addr));
+        let (dir, manifests, tools) = versioned_folder(upstream.addr);
         let config = dir.path().join("seal-gateway-config.yaml");
         let config_text = "apiVersion: seal.100monkeys.ai/v1\nkind: SealGatewayConfig\nmetadata: {name: reload}\nspec: {}\n";
         write(&config, config_text);
@@ -403,11 +410,7 @@ async fn no_watch_serves_the_snapshot_read_at_start() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let upstream = upstream().await;
         let signer = support::Signer::from_vectors();
-        let dir = tempfile::tempdir().unwrap();
-        let manifests = dir.path().join("manifests");
-        std::fs::create_dir_all(&manifests).unwrap();
-        let tools = manifests.join("tools.yaml");
-        write(&tools, &workflow("versioned", "v1", upstream.addr));
+        let (dir, manifests, tools) = versioned_folder(upstream.addr);
         let mut gateway = Gateway::start(
             dir.path(),
             &["--no-watch", "--manifests", manifests.to_str().unwrap()],
@@ -438,11 +441,7 @@ async fn refusals_and_reloads_are_counted_once_per_change() {
 
     tokio::time::timeout(Duration::from_secs(60), async {
         let upstream = upstream().await;
-        let dir = tempfile::tempdir().unwrap();
-        let manifests = dir.path().join("manifests");
-        std::fs::create_dir_all(&manifests).unwrap();
-        let tools = manifests.join("tools.yaml");
-        write(&tools, &workflow("versioned", "v1", upstream.addr));
+        let (dir, manifests, tools) = versioned_folder(upstream.addr);
 
         let watch = FolderWatch::new(Some(&manifests), None);
         let http = HttpClient::new(HttpClientConfig::default()).unwrap();
@@ -503,11 +502,7 @@ async fn a_change_the_database_could_not_take_is_served_once_it_can() {
     tokio::time::timeout(Duration::from_secs(120), async {
         let upstream = upstream().await;
         let signer = support::Signer::from_vectors();
-        let dir = tempfile::tempdir().unwrap();
-        let manifests = dir.path().join("manifests");
-        std::fs::create_dir_all(&manifests).unwrap();
-        let tools = manifests.join("tools.yaml");
-        write(&tools, &workflow("versioned", "v1", upstream.addr));
+        let (dir, manifests, tools) = versioned_folder(upstream.addr);
         let mut gateway = Gateway::start(
             dir.path(),
             &["--manifests", manifests.to_str().unwrap()],
