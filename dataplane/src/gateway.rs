@@ -235,12 +235,16 @@ pub async fn reload(
     source: CatalogSource,
 ) -> Result<String, ReloadError> {
     let mut base = state.registry.lock().await;
-    let base_hash = snapshot.hash();
+    // Moved, not copied: the base and the served snapshot share these entries.
+    let (snapshot, base_hash) = off_the_runtime(move || {
+        let hash = snapshot.hash();
+        (Entries::from(snapshot), hash)
+    })
+    .await
+    .map_err(|e| ReloadError::Invalid(format!("hashing the snapshot failed: {e}")))?;
     if base.hash() == base_hash {
         return Ok(state.served.load().hash.clone());
     }
-    // Moved, not copied: the base and the served snapshot share these entries.
-    let snapshot = Entries::from(snapshot);
     // Built before the catalog tables change, so an invalid snapshot leaves everything as it was.
     let served = registry::served_for(&state.db, &snapshot).await?;
     state
@@ -249,11 +253,30 @@ pub async fn reload(
         .await
         .map_err(|e| ReloadError::Database(format!("catalog update failed: {e}")))?;
     let hash = served.hash.clone();
-    state.served.store(Arc::new(served));
-    base.replace(snapshot, base_hash);
+    let previous = state.served.swap(Arc::new(served));
+    let previous_base = base.replace(snapshot, base_hash);
+    drop(base);
     tracing::info!(snapshot = %hash, "snapshot reloaded");
-    release_freed_memory();
+    // Freeing thousands of compiled workflows, then trimming the heap, is CPU work too. (Calls
+    // still in flight on the previous snapshot hold it, and the last of them frees it.)
+    let _ = off_the_runtime(move || {
+        drop((previous, previous_base));
+        release_freed_memory();
+    })
+    .await;
     Ok(hash)
+}
+
+/// Runs a reload's CPU-bound work on the blocking pool: reading, hashing and compiling thousands
+/// of workflows takes tens of milliseconds, and under a one-core CPU limit the runtime has a single
+/// worker, so every call in flight would wait for the whole reload. A panic in `work` comes back
+/// as an error, so the change is refused and the last good snapshot keeps serving.
+pub(crate) async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Gives freed heap pages back to the OS. Loading a snapshot allocates several times what it

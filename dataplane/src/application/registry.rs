@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
 use crate::application::catalog::{Entries, ServedSnapshot, add_default_contexts};
-use crate::gateway::{GatewayState, ReloadError};
+use crate::gateway::{GatewayState, ReloadError, off_the_runtime};
 use crate::infrastructure::persistence::{
     CliToolRow, Database, PersistenceError, REST_SOURCE, SecurityContextRow, SpecRow, WorkflowRow,
 };
@@ -56,9 +56,10 @@ impl Base {
     }
 
     /// `hash` is `snapshot.hash()`, which the caller has already computed.
-    pub fn replace(&mut self, snapshot: Entries, hash: String) {
+    /// Returns the entries it replaced.
+    pub fn replace(&mut self, snapshot: Entries, hash: String) -> Entries {
         self.hash = hash;
-        self.snapshot = snapshot;
+        std::mem::replace(&mut self.snapshot, snapshot)
     }
 }
 
@@ -293,7 +294,11 @@ pub async fn served_for(db: &Database, base: &Entries) -> Result<ServedSnapshot,
     let rest = rest_snapshot(db)
         .await
         .map_err(|e| ReloadError::Database(format!("cannot read the REST objects: {e}")))?;
-    ServedSnapshot::new(merge(base, rest)).map_err(ReloadError::Invalid)
+    let merged = merge(base, rest);
+    off_the_runtime(move || ServedSnapshot::new(merged))
+        .await
+        .map_err(|e| ReloadError::Invalid(format!("compiling the snapshot failed: {e}")))?
+        .map_err(ReloadError::Invalid)
 }
 
 /// After a REST write, under the registry lock: serves the REST objects as they now are. The
@@ -343,8 +348,10 @@ pub async fn refresh(state: &GatewayState, base: &Base) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let hash = served.hash.clone();
-    state.served.store(Arc::new(served));
+    let previous = state.served.swap(Arc::new(served));
     tracing::info!(snapshot = %hash, "REST objects changed; snapshot swapped");
+    // Freed off the runtime, as in `gateway::reload`.
+    let _ = off_the_runtime(move || drop(previous)).await;
     Ok(())
 }
 

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::{Applied, Retry, apply, refuse, stopped, until};
-use crate::gateway::GatewayState;
+use crate::gateway::{GatewayState, off_the_runtime};
 use crate::infrastructure::persistence::CatalogSource;
 
 /// `<namespace>/<name>` of the main ConfigMap; set by the operator's Deployment.
@@ -141,7 +141,7 @@ pub async fn fetch(client: &Client, main: &ConfigMapRef) -> Result<Snapshot, Con
             held.further.insert(name, cm);
         }
     }
-    held.assemble(main, &index)
+    held.assemble_off_the_runtime(main, &index).await
 }
 
 async fn get(
@@ -156,7 +156,7 @@ async fn get(
 }
 
 /// The ConfigMaps as last seen.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Held {
     main: Option<ConfigMap>,
     further: BTreeMap<String, ConfigMap>,
@@ -203,6 +203,22 @@ impl Held {
             config_map: main.to_string(),
             source,
         })
+    }
+
+    /// [`Held::assemble`] on the blocking pool ([`off_the_runtime`]): decompressing and parsing a
+    /// snapshot of thousands of workflows takes tens of milliseconds.
+    async fn assemble_off_the_runtime(
+        &self,
+        main: &ConfigMapRef,
+        index: &SnapshotIndex,
+    ) -> Result<Snapshot, ConfigMapError> {
+        let (held, owned_main, owned_index) = (self.clone(), main.clone(), index.clone());
+        off_the_runtime(move || held.assemble(&owned_main, &owned_index))
+            .await
+            .map_err(|e| ConfigMapError::Snapshot {
+                config_map: main.to_string(),
+                source: ReassembleError::Snapshot(e),
+            })?
     }
 
     /// What an attempt read: the resourceVersion of each ConfigMap involved. The same versions
@@ -380,14 +396,14 @@ impl Follower {
         if self.refused.as_ref() == Some(&versions) {
             return;
         }
-        let mut assembled = self.held.assemble(&self.main, &index);
+        let mut assembled = self.held.assemble_off_the_runtime(&self.main, &index).await;
         if assembled.is_err() && !names.is_empty() {
             // A further ConfigMap's event may not have arrived yet: read them as they are now.
             if let Err(e) = self.refresh(&names).await {
                 self.refuse_once(state, versions, &e);
                 return;
             }
-            assembled = self.held.assemble(&self.main, &index);
+            assembled = self.held.assemble_off_the_runtime(&self.main, &index).await;
         }
         let versions = self.held.versions(&names);
         match assembled {

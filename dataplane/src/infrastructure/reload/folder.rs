@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{Applied, Retry, apply, refuse, stopped};
-use crate::gateway::GatewayState;
+use crate::gateway::{GatewayState, off_the_runtime};
 use crate::infrastructure::config::{
     ConfigError, ConfigSources, ManifestSet, fetch_documents, load_config,
 };
@@ -134,11 +134,11 @@ fn walk(dir: &Path, out: &mut Vec<Entry>) {
 /// them: what the gateway serves at start and after each change.
 pub async fn load_folder(dir: &Path, http: &HttpClient) -> Result<Snapshot, ConfigError> {
     let owned = dir.to_path_buf();
-    let manifests = tokio::task::spawn_blocking(move || ManifestSet::read(&owned))
+    let manifests = off_the_runtime(move || ManifestSet::read(&owned))
         .await
         .map_err(|e| ConfigError(format!("{}: reading failed: {e}", dir.display())))??;
     let documents = fetch_documents(&manifests.openapi_urls(), http).await;
-    let compiled = tokio::task::spawn_blocking(move || manifests.compile(documents))
+    let compiled = off_the_runtime(move || manifests.compile(documents))
         .await
         .map_err(|e| ConfigError(format!("{}: compiling failed: {e}", dir.display())))??;
     Ok(compiled.snapshot)
@@ -191,7 +191,8 @@ impl FolderWatch {
         loop {
             tick.tick().await;
             if let Some((dir, seen)) = &mut self.manifests {
-                let now = changed(seen, || Fingerprint::of_folder(dir)).await;
+                let folder = dir.clone();
+                let now = changed(seen, move || Fingerprint::of_folder(&folder)).await;
                 let due = deferred.is_some_and(|retry| tokio::time::Instant::now() >= retry.at);
                 if now.is_some() || due {
                     if let Some(now) = now {
@@ -219,7 +220,11 @@ impl FolderWatch {
                 }
             }
             if let Some((file, seen)) = &mut self.config
-                && let Some(now) = changed(seen, || Fingerprint::of_file(file)).await
+                && let Some(now) = changed(seen, {
+                    let file = file.clone();
+                    move || Fingerprint::of_file(&file)
+                })
+                .await
             {
                 *seen = now;
                 check_config(state, file, running);
@@ -229,14 +234,19 @@ impl FolderWatch {
 }
 
 /// The new fingerprint, once it holds still, if it differs from `seen`.
-async fn changed(seen: &Fingerprint, take: impl Fn() -> Fingerprint) -> Option<Fingerprint> {
-    let mut now = take();
+async fn changed(
+    seen: &Fingerprint,
+    take: impl Fn() -> Fingerprint + Clone + Send + 'static,
+) -> Option<Fingerprint> {
+    // Off the runtime: a folder of thousands of manifests costs thousands of `stat`s per poll.
+    let fingerprint = async || off_the_runtime(take.clone()).await.ok();
+    let mut now = fingerprint().await?;
     if &now == seen {
         return None;
     }
     for _ in 0..MAX_SETTLE_ROUNDS {
         tokio::time::sleep(SETTLE_INTERVAL).await;
-        let again = take();
+        let again = fingerprint().await?;
         if again == now {
             break;
         }
