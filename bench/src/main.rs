@@ -349,6 +349,17 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
         ms(reload.load + reload.swap),
         ms(memory.observed_reload),
     );
+    let [idle, reloading] = &memory.health;
+    let _ = writeln!(
+        out,
+        "/health at {:.0}/s for {:.1} s, idle: p99 {:.3} ms, max {:.3} ms; through that reload: p99 {:.3} ms, max {:.3} ms",
+        sizes.rate,
+        RELOAD_PROBE.as_secs_f64(),
+        idle.ms(0.99),
+        idle.max_ms(),
+        reloading.ms(0.99),
+        reloading.max_ms(),
+    );
     let _ = writeln!(
         out,
         "machine: {} cores, {}; gateway {}; run took {:.0} s (after building the gateway)",
@@ -422,7 +433,14 @@ struct Memory {
     rss: f64,
     peak: f64,
     observed_reload: Duration,
+    /// `/health` at the fixed rate for [`RELOAD_PROBE`]: idle, then from just before the folder
+    /// is rewritten.
+    health: [Outcome; 2],
 }
+
+/// How long `/health` is called for, idle and during the folder watcher's reload: longer than
+/// the watcher's 500 ms poll plus the reload.
+const RELOAD_PROBE: Duration = Duration::from_millis(1500);
 
 /// What every gateway run shares.
 struct Runner<'a> {
@@ -645,13 +663,28 @@ impl Runner<'_> {
     }
 
     /// RSS with `workflows` workflows loaded, then a folder rewrite timed until `/ready` serves it.
+    /// `/health` is called at the fixed rate throughout the reload, and as long again while
+    /// nothing changes: a reload that held the runtime would show in the first one's tail.
     async fn memory(&self, dir: &Path, workflows: usize) -> anyhow::Result<Memory> {
         let url = format!("sqlite://{}", dir.join("gateway.db").display());
         let gw = self.start(dir, &url, workflows).await?;
         let rss = gw.rss_mib()?;
         let peak = gw.peak_rss_mib()?;
         let before = gw.snapshot_hash().await?;
-        manifests::write(&dir.join("manifests"), self.upstream, workflows, 2)?;
+        let probe = |count| {
+            let addr = gw.addr;
+            let pace = self.sizes.open();
+            tokio::spawn(
+                async move { load::run(addr, &Requests::get("/health", count), pace).await },
+            )
+        };
+        let probe_count = (self.sizes.rate * RELOAD_PROBE.as_secs_f64()).ceil() as usize;
+        let idle = probe(probe_count).await??;
+        let reloading = probe(probe_count);
+        // Written off this thread, which runs the probe's clients.
+        let (folder, upstream) = (dir.join("manifests"), self.upstream);
+        tokio::task::spawn_blocking(move || manifests::write(&folder, upstream, workflows, 2))
+            .await??;
         let start = Instant::now();
         while gw.snapshot_hash().await? == before {
             if start.elapsed() > Duration::from_secs(30) {
@@ -663,11 +696,21 @@ impl Runner<'_> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let observed_reload = start.elapsed();
+        let reloading = reloading.await??;
         gw.stop()?;
+        for outcome in [&idle, &reloading] {
+            if outcome.statuses.keys().any(|&status| status != 200) {
+                bail!(
+                    "/health answered other than 200 around the reload: {:?}",
+                    outcome.statuses
+                );
+            }
+        }
         Ok(Memory {
             rss,
             peak,
             observed_reload,
+            health: [idle, reloading],
         })
     }
 }
