@@ -331,9 +331,9 @@ async fn nfs_workspace_mounts_are_created_with_their_options_and_removed() {
         .collect();
     assert_eq!(creates.len(), 2, "{argv}");
     assert!(creates[0].contains(
-        "[--driver][local][--opt][type=nfs][--opt][o=addr=10.1.2.3,nfsvers=3,proto=tcp,port=2049,mountport=20048,soft,timeo=10,nolock,ro][--opt][device=:/aegis/volumes/acme/vol-1]"
+        "[--driver][local][--opt][type=nfs][--opt][o=addr=10.1.2.3,nfsvers=3,proto=tcp,port=2049,mountport=20048,soft,timeo=10,nolock,ro][--opt][device=10.1.2.3:/aegis/volumes/acme/vol-1]"
     ), "{argv}");
-    assert!(creates[1].contains("[o=addr=10.1.2.3,nfsvers=3,proto=tcp,port=2049,mountport=20048,soft,timeo=10,nolock][--opt][device=:/aegis/volumes/acme/vol-2]"), "{argv}");
+    assert!(creates[1].contains("[o=addr=10.1.2.3,nfsvers=3,proto=tcp,port=2049,mountport=20048,soft,timeo=10,nolock][--opt][device=10.1.2.3:/aegis/volumes/acme/vol-2]"), "{argv}");
     let run = argv.lines().find(|l| l.starts_with("[run]")).unwrap();
     assert!(
         run.contains(&format!(
@@ -363,6 +363,55 @@ async fn nfs_workspace_mounts_are_created_with_their_options_and_removed() {
         volumes_of(&exec)
     );
     assert!(containers_of(&exec).is_empty());
+}
+
+#[tokio::test]
+async fn a_workspace_of_another_tenant_is_refused_before_any_volume_is_made() {
+    require_podman();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("argv.log");
+    let wrapper = recording_podman(dir.path(), &log);
+    let engine = aegis_seal_gateway::application::cli::CliEngine::new(
+        config(),
+        Ok(resolve(wrapper.to_str().unwrap()).await),
+        http(),
+    );
+    let (db, _tmp) = sqlite_database().await;
+    let creds = credentials(&db);
+    let tool = tool("busybox", &["pwd"]);
+    for remote in ["/aegis/volumes/globex/vol-1", "/"] {
+        let exec = execution_id();
+        // The caller is tenant `acme` (`invoke`); its own first mount does not make the second one valid.
+        let out = invoke(
+            &engine,
+            &creds,
+            &tool,
+            &exec,
+            json!({"subcommand": "pwd", "fsal_mounts": [
+                {"volume_id": "mine", "mount_path": "/workspace", "remote_path": "/aegis/volumes/acme/mine"},
+                {"volume_id": "theirs", "mount_path": "/data", "remote_path": remote}
+            ]}),
+        )
+        .await;
+        let err = out.result.expect_err("another tenant's workspace");
+        assert_eq!(err.status.as_u16(), 403);
+        assert_eq!(
+            err.body["reason"],
+            format!(
+                "path outside boundary: fsal_mounts[1].remote_path {remote} is not under /aegis/volumes/acme/"
+            )
+        );
+        let blocked = only(&out.events, "PolicyViolationBlocked");
+        assert_eq!(blocked.payload["violation_type"], "path_outside_boundary");
+        assert_eq!(blocked.payload["code"], 2002);
+        assert_eq!(blocked.payload["tenant_id"], "acme");
+        assert_eq!(out.events.len(), 1, "nothing started: {:?}", out.events);
+    }
+    let argv = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !argv.contains("[volume]") && !argv.contains("[run]"),
+        "the container CLI was not asked for anything: {argv}"
+    );
 }
 
 /// A podman API service for the docker CLI, stopped (by its pid) when dropped.

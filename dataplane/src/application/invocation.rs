@@ -16,7 +16,9 @@ use crate::application::catalog::{Lookup, ServedSnapshot, ToolRef};
 use crate::application::clock::Clock;
 use crate::application::sessions::SessionCache;
 use crate::domain::envelope::{Envelope, PROTOCOL};
-use crate::domain::policy::{self, ConcurrencyLimiter, Grant, RateLimiter};
+use crate::domain::policy::{
+    self, ConcurrencyLimiter, Grant, POLICY_VIOLATION_BLOCKED, RateLimiter,
+};
 use crate::domain::seal_error::{SealError, code};
 use crate::domain::tenancy::IdentityKind;
 use crate::infrastructure::auth::envelope::{TARGET as AUTH_TARGET, verify_signature};
@@ -287,7 +289,7 @@ impl InvocationService {
         let stage = Stage::new(tracing::info_span!(target: telemetry::TARGET, "seal.authorize"));
         let audit = |violation_type: &str, error: &SealError| {
             AuditEvent::from_json(
-                "PolicyViolationBlocked",
+                POLICY_VIOLATION_BLOCKED,
                 json!({
                     "execution_id": execution_id,
                     "agent_id": record.agent_id,

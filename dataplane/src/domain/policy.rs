@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use aegis_seal_crds::{Capability, RateLimit, SecurityContextEntry};
 use serde_json::Value;
 
+/// The audit event of a call a policy refused.
+pub const POLICY_VIOLATION_BLOCKED: &str = "PolicyViolationBlocked";
+
 /// A refused call: the SEAL code and message of reference §5.4 (all answered 403).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Violation {

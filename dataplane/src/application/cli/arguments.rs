@@ -19,6 +19,10 @@ pub const RESERVED_MOUNT_PATHS: [&str; 11] = [
     "/proc", "/sys", "/dev", "/tmp", "/bin", "/sbin", "/usr", "/lib", "/lib64", "/etc", "/root",
 ];
 
+/// Where the NFS server exports workspaces: `<root>/<tenant_id>/<volume_id>` (ADR-036). A tenant's
+/// calls mount only what lies under its own directory.
+pub const NFS_VOLUMES_ROOT: &str = "/aegis/volumes";
+
 /// Parsed, validated arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CliArguments {
@@ -60,8 +64,10 @@ pub fn parse(arguments: &Value) -> Result<CliArguments, String> {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => return Err("CLI invocation requires subcommand".into()),
     };
-    if subcommand.contains('\0') {
-        return Err("CLI invocation subcommand contains a NUL byte".into());
+    // No allowlist holds a control character, and the subcommand is logged: a line break in it
+    // would write a line of the agent's choosing into the gateway's log.
+    if subcommand.chars().any(char::is_control) {
+        return Err("CLI invocation subcommand contains a control character".into());
     }
     let args = match obj.get("args") {
         None | Some(Value::Null) => Vec::new(),
@@ -179,6 +185,24 @@ fn parse_mount(i: usize, item: &Value) -> Result<FsalMount, String> {
     })
 }
 
+/// Why a mount lies outside the calling tenant's workspaces, if one does. `fsal_mounts` come from
+/// the agent's own arguments, so without this any agent could mount another tenant's volume, or
+/// the whole export. A call without a tenant has no workspaces. Paths are already normalized.
+pub fn mount_outside_tenant(mounts: &[FsalMount], tenant_id: Option<&str>) -> Option<String> {
+    let own = tenant_id.map(|t| format!("{NFS_VOLUMES_ROOT}/{t}/"));
+    mounts.iter().enumerate().find_map(|(i, m)| match &own {
+        Some(own) if m.remote_path.starts_with(own.as_str()) => None,
+        Some(own) => Some(format!(
+            "fsal_mounts[{i}].remote_path {} is not under {own}",
+            m.remote_path
+        )),
+        None => Some(format!(
+            "fsal_mounts[{i}].remote_path {}: a call without a tenant mounts no workspace",
+            m.remote_path
+        )),
+    })
+}
+
 /// An absolute path with `.` and empty segments removed; `None` with `..`, or characters that
 /// could change the meaning of a `--mount` value (`,`, `=`, quotes, spaces, controls).
 fn normalize_path(p: &str) -> Option<String> {
@@ -246,6 +270,52 @@ mod tests {
         assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/usr/bin", "remote_path": "/r"}]})).contains("reserved"));
         assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/etc", "remote_path": "/r"}]})).contains("reserved"));
         assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/w", "remote_path": "/r", "read_only": "yes"}]})).contains("boolean"));
+    }
+
+    #[test]
+    fn a_subcommand_with_a_line_break_is_refused() {
+        assert_eq!(
+            parse(&json!({"subcommand": "log\nERROR sqlx::pool: database pool acquire timed out"}))
+                .unwrap_err(),
+            "CLI invocation subcommand contains a control character"
+        );
+    }
+
+    #[test]
+    fn a_tenant_mounts_only_its_own_workspaces() {
+        let mounts = |remote: &[&str]| {
+            let items: Vec<Value> = remote
+                .iter()
+                .enumerate()
+                .map(|(i, r)| json!({"volume_id": "v", "mount_path": format!("/workspace/{i}"), "remote_path": r}))
+                .collect();
+            parse(&json!({"subcommand": "x", "fsal_mounts": items}))
+                .unwrap()
+                .fsal_mounts
+        };
+        let own = mounts(&["/aegis/volumes/acme/v1", "/aegis/volumes/acme/v2/src"]);
+        assert_eq!(mount_outside_tenant(&own, Some("acme")), None);
+        assert_eq!(mount_outside_tenant(&[], None), None);
+        for (remote, tenant) in [
+            ("/aegis/volumes/globex/v1", Some("acme")),
+            ("/aegis/volumes/acme-corp/v1", Some("acme")),
+            ("/aegis/volumes/acme", Some("acme")),
+            ("/", Some("acme")),
+        ] {
+            let found = mount_outside_tenant(&mounts(&["/aegis/volumes/acme/ok", remote]), tenant);
+            assert!(
+                found
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("fsal_mounts[1].remote_path")),
+                "{remote} for {tenant:?}: {found:?}"
+            );
+        }
+        assert_eq!(
+            mount_outside_tenant(&own, None).as_deref(),
+            Some(
+                "fsal_mounts[0].remote_path /aegis/volumes/acme/v1: a call without a tenant mounts no workspace"
+            )
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use super::{
 use crate::application::credential::{
     CredentialRequest, CredentialResolver, RegistryCredential, redact_text,
 };
+use crate::domain::policy::{POLICY_VIOLATION_BLOCKED, Violation};
 use crate::infrastructure::container::{
     self, AuthScope, ContainerCli, Limits, NfsVolume, ResolveError, ResolveInput, RunError,
     RunOutput, RunSpec, VolumeMount, memory_flag,
@@ -252,6 +253,9 @@ impl CliEngine {
             CliError::bad_request(message)
         })?;
 
+        if let Some(reason) = arguments::mount_outside_tenant(&args.fsal_mounts, call.tenant_id) {
+            return Err(self.refuse_mount(call, events, reason));
+        }
         self.gate(call, &args, events).await?;
 
         let cli = match &self.cli {
@@ -454,6 +458,7 @@ impl CliEngine {
                 "container_name": spec.name,
                 "fsal_mounts": args.fsal_mounts.iter().map(|m| json!({
                     "volume_id": m.volume_id, "mount_path": m.mount_path, "read_only": m.read_only,
+                    "remote_path": m.remote_path,
                 })).collect::<Vec<_>>(),
             }),
         ));
@@ -580,6 +585,43 @@ impl CliEngine {
         result
     }
 
+    /// A workspace outside the caller's tenant: 403, `PolicyViolationBlocked` with SEAL code 2002
+    /// (`path_outside_boundary`), before the judge or the container CLI sees the call.
+    fn refuse_mount(
+        &self,
+        call: &CliCall<'_>,
+        events: &mut Vec<AuditEvent>,
+        reason: String,
+    ) -> CliError {
+        let violation = Violation::PathOutsideBoundary { path: reason };
+        let message = violation.message();
+        tracing::warn!(
+            execution_id = call.execution_id,
+            tool = %call.tool.tool_name,
+            violation_type = violation.metric_label(),
+            code = violation.code(),
+            "{message}"
+        );
+        if let Some(metrics) = &self.metrics {
+            metrics.policy_violation(violation.metric_label());
+        }
+        events.push(self.event(
+            POLICY_VIOLATION_BLOCKED,
+            call,
+            "blocked_at",
+            json!({
+                "security_context": call.security_context,
+                "violation_type": violation.metric_label(),
+                "code": violation.code(),
+                "reason": message,
+            }),
+        ));
+        CliError::new(
+            StatusCode::FORBIDDEN,
+            json!({"error": "forbidden", "reason": message}),
+        )
+    }
+
     /// Logs the runbook's `container CLI execution failed`, records `CliToolInvocationFailed`, and
     /// makes the caller's error.
     fn fail(
@@ -636,6 +678,15 @@ impl CliEngine {
         ];
         let mut volumes = Vec::with_capacity(args.fsal_mounts.len());
         let mut mounts = Vec::with_capacity(args.fsal_mounts.len());
+        // The server goes in the device too, not only in `addr=`: podman hands the volume to
+        // mount(8), whose NFS helper reads the server from the device (a bare `:<path>` fails
+        // there to resolve an empty host name); the kernel, which docker calls, takes either.
+        let server = &self.config.nfs_server_host;
+        let device_host = if server.contains(':') {
+            format!("[{server}]")
+        } else {
+            server.clone()
+        };
         for m in &args.fsal_mounts {
             let volume = format!(
                 "aegis-cli-{exec}-{}-{run_id}",
@@ -651,7 +702,7 @@ impl CliEngine {
             volumes.push(NfsVolume {
                 name: volume.clone(),
                 options,
-                device: format!(":{}", m.remote_path),
+                device: format!("{device_host}:{}", m.remote_path),
             });
             mounts.push(VolumeMount {
                 volume,

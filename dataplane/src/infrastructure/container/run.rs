@@ -44,7 +44,7 @@ pub struct NfsVolume {
     pub name: String,
     /// The NFS mount options (`o=`), e.g. `addr=10.0.0.2,nfsvers=3,...`.
     pub options: String,
-    /// `:<remote_path>`.
+    /// `<server>:<remote_path>` (an IPv6 server in brackets).
     pub device: String,
 }
 
