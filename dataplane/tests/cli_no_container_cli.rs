@@ -38,15 +38,29 @@ async fn the_resolver_finds_nothing_on_a_path_without_podman_or_docker() {
         "podman (PATH): not on PATH; docker (PATH): not on PATH"
     );
 
-    // A configured binary that is not there is reported, and the search goes on.
+    // A configured binary that is not there is reported, and no other is taken in its place,
+    // not even a working one on PATH.
+    let on_path = tempfile::tempdir().unwrap();
+    script(on_path.path(), "podman", "echo 'podman version 4.3.1'");
     let e = container::resolve(&ResolveInput {
         configured: Some("/opt/nowhere/podman".into()),
         env: Some("also-missing".into()),
-        path,
+        path: Some(on_path.path().as_os_str().to_owned()),
     })
     .await
     .unwrap_err();
-    assert!(e.tried().starts_with("/opt/nowhere/podman (cli.container_cli): not found or not executable; also-missing (SEAL_GATEWAY_CONTAINER_CLI): not on PATH"), "{}", e.tried());
+    assert_eq!(
+        e.tried(),
+        "/opt/nowhere/podman (cli.container_cli): not found or not executable; also-missing (SEAL_GATEWAY_CONTAINER_CLI): not on PATH"
+    );
+    let found = container::resolve(&ResolveInput {
+        configured: None,
+        env: None,
+        path: Some(on_path.path().as_os_str().to_owned()),
+    })
+    .await
+    .expect("the same podman, found on PATH when none is configured");
+    assert_eq!(found.source, "PATH");
 
     // A binary whose --version fails is not usable either.
     let broken = script(empty.path(), "podman", "echo 'cannot connect' >&2; exit 3");

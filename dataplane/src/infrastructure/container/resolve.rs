@@ -75,8 +75,12 @@ pub async fn resolve(input: &ResolveInput) -> Result<ContainerCli, ResolveError>
     if let Some(c) = clean(&input.env) {
         candidates.push((c, CONTAINER_CLI_ENV));
     }
-    candidates.push(("podman".into(), "PATH"));
-    candidates.push(("docker".into(), "PATH"));
+    // A CLI named in the configuration is the only choice: falling back to another on `PATH`
+    // would, say, run rootless podman where the operator chose docker and its host daemon.
+    if candidates.is_empty() {
+        candidates.push(("podman".into(), "PATH"));
+        candidates.push(("docker".into(), "PATH"));
+    }
 
     let mut tried = Vec::new();
     for (name, source) in candidates {
