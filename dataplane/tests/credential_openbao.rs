@@ -251,7 +251,7 @@ async fn missing_kv_path_is_a_502_quoting_openbao_and_the_runbook_query_finds_it
     assert_exchange_failed(&outcome, "exec-kv-404", "static_ref", reason);
     assert_eq!(
         outcome.result.as_ref().unwrap_err().body(),
-        json!({"error": reason})
+        json!({"error": format!("credential exchange failed: {reason}")})
     );
 
     db.append_events(&outcome.events).await.unwrap();

@@ -185,9 +185,14 @@ pub struct CredentialError {
 }
 
 impl CredentialError {
-    /// The JSON error body for the caller.
+    /// The JSON error body for the caller. An exchange failure says so before OpenBao's or
+    /// Keycloak's own words (reference B-5); its audit event keeps those words alone.
     pub fn body(&self) -> Value {
-        json!({ "error": self.reason })
+        if self.status == StatusCode::BAD_GATEWAY {
+            json!({ "error": format!("credential exchange failed: {}", self.reason) })
+        } else {
+            json!({ "error": self.reason })
+        }
     }
 }
 
