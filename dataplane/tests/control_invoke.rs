@@ -120,6 +120,8 @@ async fn a_rest_workflow_is_invoked_end_to_end_and_survives_reload_and_restart()
             "{backend}"
         );
         assert_eq!(reply["result"]["steps"]["create"]["id"], 7, "{backend}");
+        // The id the registration returned, as upstream answers it and `workflows.id` holds it.
+        assert_eq!(reply["result"]["workflow_id"], workflow, "{backend}");
         let (_, tools) = control.call("GET", "/v1/tools", Some(&acme), None).await;
         assert!(
             control_support::names(&tools).contains(&"create_repo".to_owned()),

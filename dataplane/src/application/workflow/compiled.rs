@@ -264,11 +264,14 @@ fn uses_partials(entry: &WorkflowEntry) -> bool {
         })
 }
 
+/// `Workflow/<namespace>/<name>` for a resource; for a REST workflow (no namespace: its row id
+/// stands for its name) the row id alone, as `POST /v1/workflows` returned it and as
+/// `workflows.id` and its `WorkflowRegistered` event hold it.
 fn workflow_id(entry: &WorkflowEntry) -> String {
     let source = &entry.source;
     match &source.namespace {
         Some(ns) => format!("{}/{ns}/{}", source.kind, source.name),
-        None => format!("{}/{}", source.kind, source.name),
+        None => source.name.clone(),
     }
 }
 
