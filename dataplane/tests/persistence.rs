@@ -295,6 +295,21 @@ async fn catalog_tables_mirror_the_served_snapshot_on_both_backends() {
         db.sync_catalog(&snapshot, CatalogSource::Manifest)
             .await
             .unwrap();
+        if backend == "sqlite" {
+            // The schema's fixed width (`...T01:02:03.456789Z`), so that times sort as text.
+            let created = query_text(
+                &db,
+                "SELECT created_at FROM workflows WHERE source = 'manifest'",
+            )
+            .await;
+            let created = created[0][0].as_deref().unwrap();
+            assert_eq!(
+                created.len(),
+                "2026-11-29T01:02:03.456789Z".len(),
+                "{created}"
+            );
+            assert!(created.ends_with('Z'), "{created}");
+        }
 
         let rows = query_text(
             &db,
@@ -955,4 +970,58 @@ async fn rest_rows_move_the_catalog_revision_in_their_own_transaction_on_both_ba
         }
         assert_eq!(revision().await, expected, "{backend}: a rolled-back write");
     }
+}
+
+#[tokio::test]
+async fn the_runbook_execution_id_lookup_uses_its_index_after_a_restart_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("gateway.db").display());
+    let db = Database::connect(&url).await.unwrap();
+    let failed: Vec<AuditEvent> = (0..500)
+        .map(|i| {
+            event(
+                "WorkflowInvocationFailed",
+                json!({"workflow_id": "w", "execution_id": format!("exec-{i}"),
+                       "failed_step": "create", "reason": "upstream returned 500"}),
+            )
+        })
+        .collect();
+    db.append_events(&failed).await.unwrap();
+    db.close().await;
+    // A restart: the connections opened now gather the statistics the planner needs.
+    let db = Database::connect(&url).await.unwrap();
+    let Database::Sqlite(pool) = &db else {
+        unreachable!("a SQLite URL")
+    };
+    let plan: Vec<String> = sqlx::query(
+        "EXPLAIN QUERY PLAN SELECT payload FROM gateway_events \
+         WHERE event_type = 'WorkflowInvocationFailed' AND payload->>'execution_id' = 'exec-7' \
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.get("detail"))
+    .collect();
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("gateway_events_execution_id")),
+        "{plan:?}"
+    );
+    db.close().await;
+}
+
+#[tokio::test]
+async fn postgres_connections_name_the_gateway_in_pg_stat_activity() {
+    let db = Database::connect(&support::fresh_postgres_url().await)
+        .await
+        .unwrap();
+    let names = query_text(
+        &db,
+        "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+    )
+    .await;
+    assert_eq!(names, [[Some("aegis-seal-gateway".to_owned())]]);
+    db.close().await;
 }

@@ -72,7 +72,7 @@ fn dialect(backend: Backend, sql: &str) -> String {
         Backend::Sqlite => sql
             .replace("::jsonb", "")
             .replace('$', "?")
-            .replace("now_utc()", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
+            .replace("now_utc()", super::SQLITE_NOW),
     }
 }
 

@@ -106,7 +106,7 @@ fn dialect(backend: Backend, sql: &str) -> String {
             .replace("::jsonb", "")
             .replace("::text", "")
             .replace('$', "?")
-            .replace("now_utc()", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
+            .replace("now_utc()", super::SQLITE_NOW),
     }
 }
 
