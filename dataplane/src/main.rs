@@ -1,5 +1,6 @@
 //! `aegis-seal-gateway`: the data-plane process.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -103,11 +104,14 @@ fn main() -> ExitCode {
     if matches!(cli.command, Some(Command::Audit { .. }))
         && let Some(Command::Audit { command }) = cli.command.take()
     {
-        // Offline commands: log lines only, never traces.
+        // Offline commands: log lines only, never traces, and on stderr, so that a script reads
+        // the verdict alone from stdout.
         tracing_subscriber::fmt()
             .with_env_filter(telemetry::log_filter(
                 std::env::var("RUST_LOG").ok().as_deref(),
             ))
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .init();
         return runtime.block_on(audit(command));
     }

@@ -75,6 +75,37 @@ fn edit_payload(db: &Database, id: i64, from: &str, to: &str) -> String {
 }
 
 #[tokio::test]
+async fn verify_prints_its_verdict_alone_on_stdout_and_logs_on_stderr() {
+    for (backend, url, _dir) in support::both_backends().await {
+        let db = Database::connect(&url).await.unwrap();
+        db.append_events(&[event(1, 0)]).await.unwrap();
+        db.close().await;
+        // At `info`, opening a migrated Postgres database logs sqlx's "already exists" notices.
+        let out = Command::new(BIN)
+            .args(["audit", "verify", "--database-url", &url])
+            .env_remove("SEAL_GATEWAY_DB")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{backend}: {stdout}");
+        assert_eq!(stdout.lines().count(), 1, "{backend}: {stdout}");
+        assert!(
+            stdout.starts_with("audit trail intact: 1 chained rows"),
+            "{backend}: {stdout}"
+        );
+        if backend == "postgres" {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("already exists"), "{backend}: {stderr}");
+            assert!(
+                !stderr.contains('\u{1b}'),
+                "no colours into a pipe: {stderr}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn verify_passes_on_an_intact_trail_and_names_the_first_broken_row() {
     let (private, public) = key(3);
     let (_, other_public) = key(4);
