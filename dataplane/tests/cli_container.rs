@@ -7,10 +7,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use aegis_seal_crds::ContainerResources;
+use aegis_seal_crds::{CliToolEntry, ContainerResources};
 use aegis_seal_gateway::application::cli::{
     CLI_TOOL_INVOCATION_COMPLETED, CLI_TOOL_INVOCATION_FAILED, CLI_TOOL_INVOCATION_STARTED,
-    CONTAINER_CLI_EXECUTION_FAILED, DEFAULT_MAX_OUTPUT_BYTES,
+    CONTAINER_CLI_EXECUTION_FAILED, CliEngine, DEFAULT_MAX_OUTPUT_BYTES,
 };
 use cli_support::*;
 use serde_json::{Value, json};
@@ -87,6 +87,71 @@ async fn output_and_exit_code_are_the_result_and_a_non_zero_exit_is_not_an_error
         containers_of(&exec).is_empty(),
         "--rm removed the container"
     );
+}
+
+/// Podman's and docker's own failures (exit 125-127 with their own stderr line) are the runbook's
+/// `container CLI execution failed`, not a result; a tool that exits 125 itself still is one.
+/// `extra` are further tools and arguments that the CLI must fail to run.
+async fn the_clis_own_failures_are_not_results(
+    engine: &CliEngine,
+    extra: &[(&str, CliToolEntry, Value)],
+) {
+    let (db, _dir) = sqlite_database().await;
+    let creds = credentials(&db);
+    let tool = tool("busybox", &["sh"]);
+    let out = invoke(
+        engine,
+        &creds,
+        &tool,
+        &execution_id(),
+        sh("echo mine >&2; exit 125"),
+    )
+    .await;
+    let result = out.result.expect("the tool's own 125 is its result");
+    assert_eq!((result.exit_code, result.stderr.as_str()), (125, "mine\n"));
+
+    let mut missing_image = tool.clone();
+    missing_image.docker_image = "localhost/seal-tests/no-such-image:1".into();
+    let runs = [("an image that does not exist", missing_image, sh("true"))];
+    for (what, tool, arguments) in runs.iter().chain(extra) {
+        let exec = execution_id();
+        let out = invoke(engine, &creds, tool, &exec, arguments.clone()).await;
+        let error = out.result.expect_err(what);
+        assert_eq!(error.status.as_u16(), 500, "{what}");
+        assert_eq!(
+            error.body["error"], CONTAINER_CLI_EXECUTION_FAILED,
+            "{what}"
+        );
+        assert!(
+            error.body["reason"]
+                .as_str()
+                .unwrap()
+                .contains("did not run the container: "),
+            "{what}: {}",
+            error.body
+        );
+        only(&out.events, CLI_TOOL_INVOCATION_FAILED);
+        assert!(
+            events_of(&out.events, CLI_TOOL_INVOCATION_COMPLETED).is_empty(),
+            "{what}"
+        );
+        assert!(
+            containers_of(&exec).is_empty(),
+            "{what}: {:?}",
+            containers_of(&exec)
+        );
+    }
+}
+
+#[tokio::test]
+async fn podmans_own_failures_are_not_results() {
+    // (The docker CLI through podman's API socket reports this one as its own exit code 1.)
+    let missing_command = (
+        "a command the image does not have",
+        tool("busybox", &["no-such-command"]),
+        json!({"subcommand": "no-such-command"}),
+    );
+    the_clis_own_failures_are_not_results(&podman_engine(config()).await, &[missing_command]).await;
 }
 
 #[tokio::test]
@@ -315,15 +380,23 @@ async fn nfs_workspace_mounts_are_created_with_their_options_and_removed() {
         ]}),
     )
     .await;
-    // No NFS server here: the mount itself fails inside podman, after every argument was accepted.
-    let result = out.result.expect("a failed mount is the CLI's exit code");
-    assert_ne!(result.exit_code, 0);
+    // No NFS server here: the mount itself fails inside podman, after every argument was accepted,
+    // and that is podman's failure, not a result of the tool.
+    let error = out
+        .result
+        .expect_err("a mount that fails is the container CLI's failure");
+    assert_eq!(error.status.as_u16(), 500);
+    assert_eq!(error.body["error"], CONTAINER_CLI_EXECUTION_FAILED);
+    let reason = error.body["reason"].as_str().unwrap();
     assert!(
-        !result.stderr.contains("invalid mount option")
-            && !result.stderr.contains("unexpected key"),
-        "podman accepted the mount options: {}",
-        result.stderr
+        reason.contains("did not run the container: Error: "),
+        "{reason}"
     );
+    assert!(
+        !reason.contains("invalid mount option") && !reason.contains("unexpected key"),
+        "podman accepted the mount options: {reason}"
+    );
+    only(&out.events, CLI_TOOL_INVOCATION_FAILED);
     let argv = std::fs::read_to_string(&log).unwrap();
     let creates: Vec<&str> = argv
         .lines()
@@ -484,6 +557,7 @@ async fn docker_mode_through_podmans_api_socket_reports_the_real_exit_code() {
         "{cli:?}"
     );
     let engine = aegis_seal_gateway::application::cli::CliEngine::new(config(), Ok(cli), http());
+    the_clis_own_failures_are_not_results(&engine, &[]).await;
     let (db, _tmp) = sqlite_database().await;
     let creds = credentials(&db);
     let mut tool = tool("busybox", &["sh", "sleep"]);

@@ -39,6 +39,28 @@ pub enum CliKind {
 }
 
 impl CliKind {
+    /// The CLI's own error, when a run ended before the tool ran: podman and docker exit with 125
+    /// when the error is theirs (an unknown image, a refused daemon), 126 when the container could
+    /// not start (a volume that would not mount) and 127 when its command does not exist, and then
+    /// write their own line to stderr, `Error: ...` from podman, `docker: ...` from docker. A tool
+    /// that exits with one of those codes itself is told apart by that line; one that also writes
+    /// it is taken for a failed run, its stderr line in the reason.
+    pub fn own_failure(self, exit_code: i32, stderr: &[u8]) -> Option<String> {
+        if !matches!(exit_code, 125..=127) {
+            return None;
+        }
+        let prefix = match self {
+            Self::Podman => "Error: ",
+            Self::Docker => "docker: ",
+        };
+        String::from_utf8_lossy(stderr)
+            .lines()
+            .find(|line| line.starts_with(prefix))
+            .map(|line| line.trim().to_owned())
+    }
+}
+
+impl CliKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Podman => "podman",

@@ -94,6 +94,9 @@ pub enum RunError {
     Spawn { program: String, error: String },
     #[error("failed to read the output of {program}: {error}")]
     Io { program: String, error: String },
+    /// The container CLI failed before the tool ran (see [`CliKind::own_failure`]).
+    #[error("{program} did not run the container: {message}")]
+    NotRun { program: String, message: String },
     #[error("timed out after {}", seconds(*.after))]
     TimedOut {
         after: Duration,
@@ -264,8 +267,12 @@ impl ContainerCli {
                 {
                     tracing::warn!(target: LOG_TARGET, container = %spec.name, error = %e, "cannot remove a finished container");
                 }
+                let exit_code = status.code().unwrap_or(-1);
+                if let Some(message) = self.kind.own_failure(exit_code, &stderr.bytes) {
+                    return Err(RunError::NotRun { program, message });
+                }
                 Ok(RunOutput {
-                    exit_code: status.code().unwrap_or(-1),
+                    exit_code,
                     stdout,
                     stderr,
                     elapsed,
