@@ -30,7 +30,8 @@ pub struct RegisterWorkflowRequest {
     pub input_schema: Value,
     /// The id of a registered API spec visible to the workflow's tenant.
     pub api_spec_id: String,
-    /// `on_error` also takes the upstream forms `AbortWorkflow`, `Continue` and `{"RetryN": n}`.
+    /// `on_error` also takes the upstream forms `AbortWorkflow`, `Continue`, `{"RetryN": n}` and
+    /// its gRPC spelling `"RetryN(n)"`.
     pub steps: Vec<WorkflowStep>,
     /// Owner; defaults to the operator token's tenant. Only a platform operator may name another.
     #[serde(default)]
@@ -58,17 +59,19 @@ fn view(w: &WorkflowRow) -> Value {
     })
 }
 
-/// Rewrites the upstream `{"RetryN": n}` step policy into `on_error: retry, retries: n`, and
-/// `{"RetryN": 0}` (no attempt after the first, which upstream allows) into `on_error: fail`.
+/// Rewrites the upstream `{"RetryN": n}` step policy (or its gRPC spelling `"RetryN(n)"`) into
+/// `on_error: retry, retries: n`, and `RetryN` 0 (no attempt after the first, which upstream
+/// allows) into `on_error: fail`.
 fn normalize_steps(body: &mut Value) {
     let Some(steps) = body.get_mut("steps").and_then(Value::as_array_mut) else {
         return;
     };
     for step in steps.iter_mut().filter_map(Value::as_object_mut) {
-        let retries = step
-            .get("on_error")
-            .and_then(|p| p.get("RetryN"))
-            .and_then(Value::as_u64);
+        let retries = match step.get("on_error") {
+            Some(Value::Object(policy)) => policy.get("RetryN").and_then(Value::as_u64),
+            Some(Value::String(policy)) => grpc_retry_n(policy).map(u64::from),
+            _ => None,
+        };
         match retries {
             Some(0) => {
                 step.insert("on_error".into(), json!("fail"));
@@ -80,6 +83,16 @@ fn normalize_steps(body: &mut Value) {
             None => {}
         }
     }
+}
+
+/// `n` of `RetryN(<n>)`, a u8 in decimal digits; anything else is left for the step's own
+/// parsing to refuse.
+fn grpc_retry_n(text: &str) -> Option<u8> {
+    let digits = text.strip_prefix("RetryN(")?.strip_suffix(')')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 fn parse(body: &[u8]) -> Result<RegisterWorkflowRequest, Response<Body>> {
@@ -377,5 +390,53 @@ mod tests {
                 {"name": "d", "on_error": "retry", "retries": 11},
             ])
         );
+    }
+
+    /// The steps of a registration whose one step has `on_error` and `extra` fields.
+    fn steps_with(on_error: Value, extra: Value) -> Result<Vec<WorkflowStep>, u16> {
+        let mut step = json!({"name": "a", "operation_id": "op", "on_error": on_error});
+        step.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let body = json!({"name": "w", "api_spec_id": "spec-1", "steps": [step]});
+        parse(body.to_string().as_bytes())
+            .map(|request| request.steps)
+            .map_err(|response| response.status().as_u16())
+    }
+
+    /// Reference §2.8 and §5.2 (gRPC `CreateWorkflow`: `RetryN(<u8>)`) and checklist #32: the
+    /// string form is read exactly as the REST object form is, `RetryN(0)` as `fail` included.
+    #[test]
+    fn upstream_grpc_retry_n_strings_are_read_as_the_object_form() {
+        use aegis_seal_crds::OnError;
+        let policy = |on_error: Value| {
+            let steps = steps_with(on_error, json!({})).unwrap();
+            (steps[0].on_error, steps[0].retries)
+        };
+        assert_eq!(policy(json!("RetryN(3)")), (OnError::Retry, Some(3)));
+        assert_eq!(policy(json!("RetryN(0)")), (OnError::Fail, None));
+        for n in [0, 1, 3, 10, 11, 255] {
+            for extra in [
+                json!({}),
+                json!({"retries": 2}),
+                json!({"timeout_seconds": 5}),
+            ] {
+                assert_eq!(
+                    steps_with(json!(format!("RetryN({n})")), extra.clone()),
+                    steps_with(json!({ "RetryN": n }), extra.clone()),
+                    "RetryN({n}) with {extra}"
+                );
+            }
+        }
+        // Not a u8, or not that spelling: refused.
+        for bad in [
+            "RetryN(256)",
+            "RetryN()",
+            "RetryN(-1)",
+            "RetryN 3",
+            "RetryN(3)x",
+        ] {
+            assert_eq!(steps_with(json!(bad), json!({})), Err(400), "{bad}");
+        }
     }
 }
