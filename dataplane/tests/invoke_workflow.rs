@@ -521,6 +521,96 @@ spec:
     gateway.shutdown().await;
 }
 
+/// Reference §5.4 `rate_limit` with checklist #60 [FIX] (enforced, code 2005): a capability's
+/// `rate_limit` lets a session make `calls` calls of it per `per_seconds`; the next is a 403 SEAL
+/// error with code 2005 and `rate limit exceeded: <tool> (<calls> calls per <per_seconds> s)`,
+/// audited as one `PolicyViolationBlocked` row, and it never reaches the upstream.
+#[tokio::test]
+async fn a_capability_rate_limit_refuses_the_call_past_its_quota() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let upstream = {
+        let hits = hits.clone();
+        support::serve(move |_req: http::Request<hyper::body::Incoming>| {
+            hits.fetch_add(1, Ordering::SeqCst);
+            async { http::Response::new(Full::new(Bytes::from_static(br#"{"id": 7}"#))) }
+        })
+        .await
+    };
+    let manifest = format!(
+        r#"
+apiVersion: seal.100monkeys.ai/v1
+kind: Workflow
+metadata: {{name: limited-tool}}
+spec:
+  api_spec:
+    base_url: http://{upstream}
+    openapi: {{inline: {{openapi: 3.0.0, paths: {{/ok: {{post: {{operationId: ok}}}}}}}}}}
+  steps: [{{name: call, operation_id: ok}}]
+---
+apiVersion: seal.100monkeys.ai/v1
+kind: SecurityContext
+metadata: {{name: aegis-system-default}}
+spec:
+  capabilities: [{{tool_pattern: limited-tool, rate_limit: {{calls: 2, per_seconds: 60}}}}]
+"#
+    );
+    let (gateway, db, signer, _dir) = sqlite_gateway(&manifest, &[]).await;
+    let now = chrono::Utc::now();
+    let call = |jti: &'static str| {
+        let body = signer.envelope("limited-tool", json!({}), jti, now.timestamp());
+        invoke_json(gateway.local_addr, body)
+    };
+
+    for jti in ["jti-rate-1", "jti-rate-2"] {
+        let (status, body) = call(jti).await;
+        assert_eq!(
+            (status, &body["result"]["result"]),
+            (200, &json!({"id": 7})),
+            "{jti}: {body}"
+        );
+    }
+    let message = "rate limit exceeded: limited-tool (2 calls per 60 s)";
+    let (status, body) = call("jti-rate-3").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        (&body["protocol"], &body["status"]),
+        (&json!("seal/v1"), &json!("error")),
+        "{body}"
+    );
+    assert_eq!(
+        (&body["error"]["code"], &body["error"]["message"]),
+        (&json!(2005), &json!(message)),
+        "{body}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "the third call ran");
+
+    let Database::Sqlite(pool) = &db else {
+        unreachable!()
+    };
+    let mut rows = call_events(pool).await;
+    let refusal = rows.split_off(2 * ONE_WORKFLOW_CALL.len());
+    assert_eq!(rows, [ONE_WORKFLOW_CALL, ONE_WORKFLOW_CALL].concat());
+    assert_eq!(refusal, ["PolicyViolationBlocked"]);
+    let payload: String = sqlx::query_scalar(
+        "SELECT payload FROM gateway_events WHERE event_type = 'PolicyViolationBlocked'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let mut payload: Value = serde_json::from_str(&payload).unwrap();
+    let blocked_at = payload.as_object_mut().unwrap().remove("blocked_at");
+    assert!(blocked_at.is_some_and(|t| t.is_string()), "{payload}");
+    assert_eq!(
+        payload,
+        json!({
+            "execution_id": "exec-0001", "agent_id": "agent-7f3c", "tool_name": "limited-tool",
+            "security_context": "aegis-system-default", "tenant_id": "acme",
+            "violation_type": "rate_limit_exceeded", "code": 2005, "reason": message,
+        })
+    );
+    gateway.shutdown().await;
+}
+
 /// A gateway on SQLite serving `slow-tool`, whose agent sent one call (returned) and hung up while
 /// the upstream holds it, long enough ago for hyper to have seen the hang-up.
 struct HungUpCall {

@@ -3,10 +3,12 @@
 //! on both backends, with the audit row each one leaves: an `AttestationFailed` row when the
 //! token names a session the gateway knows (reference §10 TARGET: signature, token and replay
 //! refusals are audited too), within that session's budget of
-//! `ATTESTATION_AUDIT_BUDGET` a minute; none when it names no known session.
+//! `ATTESTATION_AUDIT_BUDGET` a minute; none when it names no known session, or when it is
+//! refused before the session is looked up.
 //!
 //! Every envelope here is signed correctly by the session's agent key and carries a token signed
-//! by the configured RS256 key: each case changes one claim or one session field, and a control
+//! by the configured RS256 key, unless the case is about that: each case changes one claim, one
+//! session field, the token's key or algorithm, or one member of the envelope, and a control
 //! case with nothing changed is accepted, so each refusal is the work of that one change.
 
 mod refusal_support;
@@ -15,7 +17,10 @@ mod support;
 use aegis_seal_crds::Snapshot;
 use aegis_seal_gateway::application::invocation::ATTESTATION_AUDIT_BUDGET;
 use aegis_seal_gateway::infrastructure::persistence::{Database, SessionRecord};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use chrono::Duration;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use refusal_support::{Expected, NOW, SealGateway, assert_seal_error, now};
 use serde_json::{Map, Value, json};
 
@@ -40,6 +45,11 @@ const KNOWN_SESSIONS: [&str; 3] = ["exec-0001", EXPIRED_SESSION, EXPIRING_SESSIO
 
 impl Harness {
     async fn start(url: &str) -> Self {
+        Self::start_with(url, &[]).await
+    }
+
+    /// [`Self::start`] with `extra` settings (environment-style) beside the issuer and audience.
+    async fn start_with(url: &str, extra: &[(&str, &str)]) -> Self {
         let db = Database::connect(url).await.unwrap();
         let session = support::Signer::from_vectors().session_record(now());
         db.upsert_session(&session).await.unwrap();
@@ -55,10 +65,11 @@ impl Harness {
         db.upsert_session(&other(EXPIRING_SESSION, now() + Duration::seconds(1)))
             .await
             .unwrap();
-        let config = [
+        let mut config = vec![
             ("SEAL_GATEWAY_SEAL_JWT_ISSUER", ISSUER),
             ("SEAL_GATEWAY_SEAL_JWT_AUDIENCE", AUDIENCE),
         ];
+        config.extend_from_slice(extra);
         let snapshot = Snapshot::default();
         Self {
             seal: SealGateway::start(db, snapshot, &config).await,
@@ -93,12 +104,31 @@ impl Harness {
         params: Value,
         expected: Expected,
     ) {
-        let (status, body, rows) = self.seal.invoke(claims, params).await;
-        assert_seal_error(what, status, &body, expected);
         let session = claims
             .get("exec_id")
             .and_then(Value::as_str)
             .filter(|id| KNOWN_SESSIONS.contains(id));
+        let envelope = self.signed(&self.seal.token(claims), params);
+        self.assert_refused_envelope(what, session, &envelope, expected)
+            .await;
+    }
+
+    /// A `tools/call` of `params` carrying `token`, dated `NOW`, signed by the session's agent key.
+    fn signed(&self, token: &str, params: Value) -> Value {
+        self.seal.sign(SealGateway::envelope(token, params))
+    }
+
+    /// `envelope` is refused with exactly `expected`, in the SEAL error body, and leaves one
+    /// `AttestationFailed` row if `session` is given and its budget is not spent, else none.
+    async fn assert_refused_envelope(
+        &self,
+        what: &str,
+        session: Option<&str>,
+        envelope: &Value,
+        expected: Expected,
+    ) {
+        let (status, body, rows) = self.seal.post(envelope).await;
+        assert_seal_error(what, status, &body, expected);
         let within_budget = session.is_some_and(|id| {
             let mut audited = self.audited.lock().unwrap();
             let n = audited.entry(id.to_owned()).or_default();
@@ -142,10 +172,14 @@ impl Harness {
     /// `claims` pass every check: the call is authorized (one `ToolCallAuthorized` row) and answered
     /// 404, since the tool does not exist.
     async fn assert_authorized(&self, what: &str, claims: &Map<String, Value>) {
-        let (status, body, rows) = self
-            .seal
-            .invoke(claims, json!({"name": TOOL, "arguments": {}}))
-            .await;
+        let params = json!({"name": TOOL, "arguments": {}});
+        let envelope = self.signed(&self.seal.token(claims), params);
+        self.assert_authorized_envelope(what, &envelope).await;
+    }
+
+    /// [`Self::assert_authorized`] for `envelope` as it is.
+    async fn assert_authorized_envelope(&self, what: &str, envelope: &Value) {
+        let (status, body, rows) = self.seal.post(envelope).await;
         assert_eq!(
             (status, &body),
             (404, &json!({"error": format!("tool '{TOOL}' not found")})),
@@ -484,6 +518,304 @@ async fn refusals_of_one_session_are_audited_up_to_its_budget() {
         )
         .await;
         assert_eq!(count().await.len(), budget + 1, "{backend}");
+        h.seal.gateway.shutdown().await;
+    }
+}
+
+/// A test-only RSA 2048 key (`openssl genpkey -algorithm RSA`) that no gateway here trusts.
+const OTHER_RSA_PRIVATE_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIIEvAIBADANBgkqhkiG9w0BAQEFAASCBKYwggSiAgEAAoIBAQDWQmlTZQL6Wclt
+qZ9L296QeIjIQoMELa9HHEkbkvNsww8qr+4Yf7O6ooi1bhfnpuWhRdcKOnk30uqm
+xK7xskLhVj8rJE/j55zlIA5tubQnuRhwWlEawOkYOKirp/zlqXe8OdgxpgTdsm3R
+8Z0GdTc719KGz5BpOsdCUERG6/VdCtIi0N2WOCs1pfmsw1yP0OqyUQ7B3U+M52wu
+QtOP1+fh4bhVBi8EtIod5RHTAM770jB/4DvjxVde2Yn7QXEtDuphiM4Gi9oShkr3
+9PsSvqqk9430Lw43fYBlNF7kUUCn3zRHy1bOmrveH5TiIFwy2hoVIVf5EEiCXr/t
+7SPMT/QnAgMBAAECggEAFeQjLsobS8jws6upAu8sBkbKcuuYx0yDpBhXv+F7zZkA
+a7Qd95LUojUJEsB04M5El/2ywvDGgdWi8/cUiM1V2AAf5CCJqRd5CFAGKV/X8FcR
+ECmqL7mWF0tysFcxl6WA/lJKrIfx51Tbs5+kE4zWX97lO7DpaFcBFN1unHBvWVoZ
+w2ifwgrqBu0POzMaWXn9BC6ZNpNbSIKG9QIU3qsRBSjdfOfgNxDEWo77fUJTMfuF
+zpCV8pfBZ1XdbO2G6uT7rUlQjs9SxU3N89Q5el+2JMCips9lTHkCnpToCdWIsg8q
+mt6SBKihyunBH717ZSBzhv625uJhn7tmoNQoNzArAQKBgQD2KBvUCtY4y5uwzB8K
+g5Q0nsv45mEkb2u1yeztdnSjzG70gFM4roZ0V8Luj7dADq87y0KyEZCJh5QjamUW
+O2ixF2GgK1E/RRXcNngjMgOxIcOSada4GdHXAeZdBk19ykG8q6V9Zu3RxifYcHNX
+s/NqJxFwBr+l+686axlt9Phx0QKBgQDe08W8+pyD7jRB1Txse2b6C7w9HV/1cV77
+iGL6kA/Hl6uNeVl1ADKKyfteb7hCmprb2f21vhuSO+zTpihdrjZV9ARk58YDiJmZ
+NQRwjX4XAnwv3Njxpdcgr8lRvkx1Mbr07q79rZ1gBJAz+dWTiScyjQVIE5qh1Wdn
+Edw7+7lMdwKBgB5dDDG3tH0FAItqYlnVqS5keByXrlvkMpEV+1e/SNv7l6QpQBq5
+zHQFb1ImACCyrwLdK7jzWbTdOHS15wo7Acr2a2Bqd3cqemvTfDY7MSFkXM9upsHG
+zY+L+HJ5GI3vqPQw6BTz4VoC619TX6bt15S8hPYgnvtGdHLsSxK5KPxBAoGABZ7H
+zQVxLy6x6LstI/tU1Je5Lr1v7yvl3mhJPtKlYz5jGFVoOThBDhkcGvysZBmsMEFm
+UdAyt9SFG62ENSCwxCg8eCMUboBih2e77e7TsFbitP5YBnhNXcixRjuLiCUx9v2S
+MlnPr11OGdGCXo9GCtNdv7ym2NAeJI5hxK2Lte8CgYA18k3y+tJEJY/2ULHZaeqH
+RSvCvzoeBZo/RuMEOC92p0wVXOWUv07PXOZhrm6JkOvYaX9fQA5B9bEABS3yfQOh
+UDBliqiyfgIVZ8OrVrfN6cSoeS2WQ21JDCuiPdud4mGlAjrDxg+hocG3+oiJ1qmd
+9f3JiFTrF81Pihlmyz9/9g==
+-----END PRIVATE KEY-----";
+
+/// An Ed25519 token key of `seed` (PKCS#8 v1 DER), which no gateway here trusts.
+fn other_ed25519_key(seed: [u8; 32]) -> EncodingKey {
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend_from_slice(&seed);
+    EncodingKey::from_ed_der(&der)
+}
+
+/// A token of `claims` with header `alg`, signed by `key`.
+fn token_signed_by(alg: Algorithm, key: &EncodingKey, claims: &Map<String, Value>) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, key).unwrap()
+}
+
+/// Reference §1.3 (RFC §4.2.1: RS256 and EdDSA, each with its configured key) and checklist #49:
+/// a token whose claims are all correct but which the configured key of its algorithm did not
+/// sign is a 401 with code 1004, `security token invalid: InvalidSignature`, audited; the same
+/// claims signed by the configured keys are accepted.
+#[tokio::test]
+async fn a_token_signed_by_another_key_is_refused_as_an_invalid_signature() {
+    let (eddsa_key, eddsa_public_pem) = refusal_support::eddsa_token_key();
+    let other_rsa = EncodingKey::from_rsa_pem(OTHER_RSA_PRIVATE_PEM.as_bytes()).unwrap();
+    // Not [7; 32]: that is the vectors' own EdDSA key.
+    let other_ed25519 = other_ed25519_key([42; 32]);
+    let invalid = (401, 1004, "security token invalid: InvalidSignature");
+    for (backend, url, _dir) in support::both_backends().await {
+        let config = [(
+            "SEAL_GATEWAY_SEAL_JWT_EDDSA_PUBLIC_KEY_PEM",
+            eddsa_public_pem.as_str(),
+        )];
+        let h = Harness::start_with(&url, &config).await;
+        let params = || json!({"name": TOOL, "arguments": {}});
+
+        // The configured keys: both algorithms are accepted.
+        let rs256 = h.seal.token(&h.claims("rs256-ok", json!({})));
+        h.assert_authorized_envelope(
+            &format!("{backend}: RS256 by the configured key"),
+            &h.signed(&rs256, params()),
+        )
+        .await;
+        let eddsa = token_signed_by(
+            Algorithm::EdDSA,
+            &eddsa_key,
+            &h.claims("eddsa-ok", json!({})),
+        );
+        h.assert_authorized_envelope(
+            &format!("{backend}: EdDSA by the configured key"),
+            &h.signed(&eddsa, params()),
+        )
+        .await;
+
+        for (what, alg, key, jti) in [
+            (
+                "RS256 by another RSA key",
+                Algorithm::RS256,
+                &other_rsa,
+                "rs256-other",
+            ),
+            (
+                "EdDSA by another Ed25519 key",
+                Algorithm::EdDSA,
+                &other_ed25519,
+                "eddsa-other",
+            ),
+        ] {
+            let token = token_signed_by(alg, key, &h.claims(jti, json!({})));
+            h.assert_refused_envelope(
+                &format!("{backend}: {what}"),
+                Some("exec-0001"),
+                &h.signed(&token, params()),
+                invalid,
+            )
+            .await;
+        }
+        h.seal.gateway.shutdown().await;
+    }
+}
+
+/// Reference §1.3 TARGET ("choose by header `alg`, with a configured key per algorithm, and never
+/// accept `none`/HS*"): an EdDSA token at a gateway with only an RS256 key is refused naming the
+/// missing key; an HS256 token (here the classic confusion: HMAC keyed with the RSA public key)
+/// and an `alg: none` token with no signature are refused before any key is tried.
+#[tokio::test]
+async fn a_token_of_an_unconfigured_or_unaccepted_algorithm_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(&support::sqlite_url(dir.path())).await;
+    let params = || json!({"name": TOOL, "arguments": {}});
+    let (eddsa_key, _) = refusal_support::eddsa_token_key();
+
+    // Signed by the vectors' own EdDSA key, which this gateway was not given.
+    let eddsa = token_signed_by(
+        Algorithm::EdDSA,
+        &eddsa_key,
+        &h.claims("eddsa-unconfigured", json!({})),
+    );
+    h.assert_refused_envelope(
+        "EdDSA with only an RS256 key configured",
+        Some("exec-0001"),
+        &h.signed(&eddsa, params()),
+        (401, 1004, "SEAL JWT public key is not configured (EdDSA)"),
+    )
+    .await;
+
+    let rsa_public_pem = support::Signer::from_vectors().rs256_public_key_pem;
+    let hs256 = token_signed_by(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(rsa_public_pem.as_bytes()).unwrap(),
+        &h.claims("hs256", json!({})),
+    );
+    h.assert_refused_envelope(
+        "HS256 keyed with the RSA public key",
+        Some("exec-0001"),
+        &h.signed(&hs256, params()),
+        (
+            401,
+            1004,
+            "security token invalid: algorithm HS256 is not accepted (RS256 or EdDSA)",
+        ),
+    )
+    .await;
+
+    let segment = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let claims = Value::Object(h.claims("alg-none", json!({})));
+    let none = format!(
+        "{}.{}.",
+        segment(json!({"alg": "none", "typ": "JWT"})),
+        segment(claims)
+    );
+    // The header does not parse: `none` is no algorithm the library knows. Its own words follow
+    // the prefix.
+    let header_error = jsonwebtoken::decode_header(&none).unwrap_err().to_string();
+    assert!(
+        header_error.contains("unknown variant `none`"),
+        "{header_error}"
+    );
+    let message: &'static str = format!("security token invalid: {header_error}").leak();
+    h.assert_refused_envelope(
+        "alg none, no signature",
+        Some("exec-0001"),
+        &h.signed(&none, params()),
+        (401, 1004, message),
+    )
+    .await;
+    h.seal.gateway.shutdown().await;
+}
+
+/// Reference §1.5 (freshness, step 8, before the Ed25519 check, step 9) and the runbook's "clock
+/// skew large enough to fail the freshness window before the signature is checked": an envelope
+/// outside the window is refused as stale (401, 1003) whatever its signature, even one that is
+/// not base64; the same signatures on a fresh envelope are signature refusals.
+#[tokio::test]
+async fn a_stale_envelope_is_refused_as_stale_before_its_signature_is_checked() {
+    let zeros = STANDARD.encode([0u8; 64]);
+    let short = STANDARD.encode([0u8; 63]);
+    for (backend, url, _dir) in support::both_backends().await {
+        let h = Harness::start(&url).await;
+        let token = h.seal.token(&h.claims("stale", json!({})));
+        let envelope = |signature: &str, timestamp: i64| {
+            let mut envelope = h.signed(&token, json!({"name": TOOL, "arguments": {}}));
+            envelope["signature"] = signature.into();
+            envelope["timestamp"] = timestamp.into();
+            envelope
+        };
+        for signature in [zeros.as_str(), short.as_str(), "not base64!"] {
+            for (timestamp, expected) in [
+                (
+                    NOW - 31,
+                    "envelope timestamp is outside the 30 second freshness window (31s)",
+                ),
+                (
+                    NOW + 31,
+                    "envelope timestamp is outside the 30 second freshness window (-31s)",
+                ),
+            ] {
+                h.assert_refused_envelope(
+                    &format!("{backend}: signature {signature:?} at {timestamp}"),
+                    Some("exec-0001"),
+                    &envelope(signature, timestamp),
+                    (401, 1003, expected),
+                )
+                .await;
+            }
+        }
+        // Fresh, the same signatures are what is refused.
+        for (signature, expected) in [
+            (
+                zeros.as_str(),
+                (
+                    401,
+                    1002,
+                    "signature verification failed: invalid signature for payload",
+                ),
+            ),
+            (short.as_str(), (401, 1001, "signature must be 64 bytes")),
+        ] {
+            h.assert_refused_envelope(
+                &format!("{backend}: fresh, signature {signature:?}"),
+                Some("exec-0001"),
+                &envelope(signature, NOW),
+                expected,
+            )
+            .await;
+        }
+        h.seal.gateway.shutdown().await;
+    }
+}
+
+/// Reference §1.1 and §1.5 steps 7 and 13 (400, code 1000): a protocol other than `seal/v1`, a
+/// payload method other than `tools/call`, and a payload that is no JSON-RPC call are each
+/// refused naming what is wrong. The protocol is read before the token, so that refusal names no
+/// session and leaves no row; the payload ones come from a verified session and are audited.
+/// Unknown top-level envelope members are ignored (reference §1.1: "unknown fields are ignored").
+#[tokio::test]
+async fn an_envelope_with_another_protocol_or_an_unusable_payload_is_refused_naming_it() {
+    for (backend, url, _dir) in support::both_backends().await {
+        let h = Harness::start(&url).await;
+        let call = |jti: &str| {
+            let token = h.seal.token(&h.claims(jti, json!({})));
+            SealGateway::envelope(&token, json!({"name": TOOL, "arguments": {}}))
+        };
+
+        let mut v2 = call("protocol");
+        v2["protocol"] = "seal/v2".into();
+        h.assert_refused_envelope(
+            &format!("{backend}: protocol seal/v2"),
+            None,
+            &h.seal.sign(v2),
+            (400, 1000, "unsupported SEAL protocol 'seal/v2'"),
+        )
+        .await;
+
+        let mut list = call("method");
+        list["payload"]["method"] = "tools/list".into();
+        h.assert_refused_envelope(
+            &format!("{backend}: method tools/list"),
+            Some("exec-0001"),
+            &h.seal.sign(list),
+            (400, 1000, "payload method must be tools/call"),
+        )
+        .await;
+
+        let mut empty = call("empty-payload");
+        empty["payload"] = json!({});
+        h.assert_refused_envelope(
+            &format!("{backend}: an empty payload"),
+            Some("exec-0001"),
+            &h.seal.sign(empty),
+            (
+                400,
+                1000,
+                "invalid payload: missing field `method` at line 1 column 2",
+            ),
+        )
+        .await;
+
+        // Members the envelope does not define, after signing (the signature does not cover
+        // them): the call goes through.
+        let mut extra = h.seal.sign(call("unknown-members"));
+        let members = extra.as_object_mut().unwrap();
+        members.insert("x_trace".into(), json!({"id": "abc", "hops": [1, 2]}));
+        members.insert("version".into(), json!(2));
+        h.assert_authorized_envelope(&format!("{backend}: unknown members"), &extra)
+            .await;
         h.seal.gateway.shutdown().await;
     }
 }

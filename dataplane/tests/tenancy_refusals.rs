@@ -43,6 +43,10 @@ const SHARED_SESSION: &str = "exec-shared";
 const ACME_CTX_SESSION: &str = "exec-acme-ctx";
 /// Owned by `acme`, context `guarded` (global, with a deny list).
 const GUARDED_SESSION: &str = "exec-guarded";
+/// Owned by `acme`, context `aegis-system-default`, allowed only tools matching `github.*`.
+const GITHUB_ONLY_SESSION: &str = "exec-github-only";
+/// Owned by `acme`, context `retired-ctx`, which no SecurityContext defines.
+const RETIRED_CTX_SESSION: &str = "exec-retired-ctx";
 
 /// Two tenants' workflows (each answers `{"id": 7}`), a global unrestricted context under the name
 /// the vectors' session uses, a global context with a deny list, and a context owned by `acme`.
@@ -171,6 +175,11 @@ impl Seal {
             session(SHARED_SESSION, None, "aegis-system-default"),
             session(ACME_CTX_SESSION, None, "acme-ctx"),
             session(GUARDED_SESSION, Some("acme"), "guarded"),
+            SessionRecord {
+                allowed_tool_patterns: vec!["github.*".into()],
+                ..session(GITHUB_ONLY_SESSION, Some("acme"), "aegis-system-default")
+            },
+            session(RETIRED_CTX_SESSION, Some("acme"), "retired-ctx"),
         ] {
             db.upsert_session(&record).await.unwrap();
         }
@@ -523,6 +532,67 @@ async fn a_security_context_refusal_is_a_403_with_its_code_and_one_audit_row() {
         h.assert_ran(
             &format!("{backend}: a granted tool"),
             &guarded("acme-repos", "d-ok"),
+            "acme",
+        )
+        .await;
+        h.seal.gateway.shutdown().await;
+    }
+}
+
+/// Reference §1.5 steps 21-22 with the codes of §1.6 TARGET, and §13.1 item 15 TARGET (one
+/// `PolicyViolationBlocked` row per refusal): a tool none of the session's
+/// `allowed_tool_patterns` matches is 403 `tool not allowed: <t>` (2000), though the session's
+/// SecurityContext allows every tool; a session whose SecurityContext is not served is 403
+/// `security context not found: <name>` (2000), where upstream answered a bare
+/// `{"error":"forbidden"}`.
+#[tokio::test]
+async fn a_session_pattern_or_an_unserved_context_refuses_with_one_audit_row() {
+    for (backend, url, _dir) in support::both_backends().await {
+        let h = Seal::start(&url).await;
+        h.assert_blocked(
+            &format!("{backend}: acme-repos outside github.*"),
+            &Call::new("acme", GITHUB_ONLY_SESSION, "acme-repos", "e-1"),
+            (403, 2000, "tool not allowed: acme-repos"),
+            "tool_not_allowed",
+            "acme",
+        )
+        .await;
+        // A tool the pattern covers passes the session's check: no such tool is served, so it is
+        // authorized, then answered 404.
+        let (status, body, rows) = h
+            .invoke(&Call::new(
+                "acme",
+                GITHUB_ONLY_SESSION,
+                "github.create_issue",
+                "e-ok",
+            ))
+            .await;
+        assert_eq!(
+            (status, body),
+            (
+                404,
+                json!({"error": "tool 'github.create_issue' not found"})
+            ),
+            "{backend}"
+        );
+        let types: Vec<_> = rows.iter().map(|r| r.event_type.as_str()).collect();
+        assert_eq!(types, ["ToolCallAuthorized"], "{backend}");
+
+        h.assert_blocked(
+            &format!("{backend}: a session under a context that is not served"),
+            &Call {
+                scp: "retired-ctx",
+                ..Call::new("acme", RETIRED_CTX_SESSION, "acme-repos", "e-2")
+            },
+            (403, 2000, "security context not found: retired-ctx"),
+            "security_context_not_found",
+            "acme",
+        )
+        .await;
+        // The tool itself is served to acme's other sessions.
+        h.assert_ran(
+            &format!("{backend}: acme-repos through an unrestricted session"),
+            &Call::new("acme", ACME_SESSION, "acme-repos", "e-ok-2"),
             "acme",
         )
         .await;

@@ -23,17 +23,32 @@ pub fn now() -> DateTime<Utc> {
     DateTime::from_timestamp(NOW, 0).unwrap()
 }
 
-/// The vectors' RS256 token key (`support::Signer` keeps its own private).
-fn token_key() -> jsonwebtoken::EncodingKey {
+/// The vectors' token issuer: its RS256 and EdDSA key pairs, as PEM.
+fn token_issuer() -> Value {
     let path = format!(
         "{}/tests/vectors/python-sdk.json",
         env!("CARGO_MANIFEST_DIR")
     );
     let file: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let pem = file["token_issuer"]["rs256_private_key_pem"]
-        .as_str()
-        .unwrap();
+    file["token_issuer"].clone()
+}
+
+/// The vectors' RS256 token key (`support::Signer` keeps its own private).
+fn token_key() -> jsonwebtoken::EncodingKey {
+    let issuer = token_issuer();
+    let pem = issuer["rs256_private_key_pem"].as_str().unwrap();
     jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()
+}
+
+/// The vectors' EdDSA token key, and the public key a gateway trusts it with.
+pub fn eddsa_token_key() -> (jsonwebtoken::EncodingKey, String) {
+    let issuer = token_issuer();
+    let private = issuer["eddsa_private_key_pem"].as_str().unwrap();
+    let public = issuer["eddsa_public_key_pem"].as_str().unwrap();
+    (
+        jsonwebtoken::EncodingKey::from_ed_pem(private.as_bytes()).unwrap(),
+        public.to_owned(),
+    )
 }
 
 /// One row of `gateway_events`.
@@ -163,27 +178,30 @@ impl SealGateway {
         claims
     }
 
-    /// Posts a `tools/call` of `params`, dated `NOW` and signed by the session's agent key, carrying
-    /// `claims` in an RS256 token signed by the vectors' key: the status, the JSON body (`null` if
-    /// none), and the audit rows it left.
-    pub async fn invoke(
-        &self,
-        claims: &Map<String, Value>,
-        params: Value,
-    ) -> (u16, Value, Vec<EventRow>) {
-        use base64::Engine;
-        use ed25519_dalek::Signer as _;
-        let token = jsonwebtoken::encode(
+    /// An RS256 token of `claims`, signed by the vectors' key.
+    pub fn token(&self, claims: &Map<String, Value>) -> String {
+        jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
             claims,
             &self.token_key,
         )
-        .unwrap();
-        let mut envelope = json!({
+        .unwrap()
+    }
+
+    /// An unsigned envelope of a `tools/call` of `params`, dated `NOW`, carrying `token`.
+    pub fn envelope(token: &str, params: Value) -> Value {
+        json!({
             "protocol": "seal/v1", "security_token": token, "signature": "",
             "payload": {"jsonrpc": "2.0", "id": "req-1", "method": "tools/call", "params": params},
             "timestamp": NOW,
-        });
+        })
+    }
+
+    /// `envelope` with its `signature` set: the session's agent key over its canonical message,
+    /// whatever its other members say.
+    pub fn sign(&self, mut envelope: Value) -> Value {
+        use base64::Engine;
+        use ed25519_dalek::Signer as _;
         let parsed =
             aegis_seal_gateway::domain::envelope::Envelope::parse(envelope.to_string().as_bytes())
                 .unwrap();
@@ -191,7 +209,12 @@ impl SealGateway {
         envelope["signature"] = base64::engine::general_purpose::STANDARD
             .encode(signature.to_bytes())
             .into();
+        envelope
+    }
 
+    /// Posts `envelope` as it is: the status, the JSON body (`null` if none), and the audit rows
+    /// it left.
+    pub async fn post(&self, envelope: &Value) -> (u16, Value, Vec<EventRow>) {
         let before = last_event_id(&self.db).await;
         let response = self
             .client
@@ -204,5 +227,17 @@ impl SealGateway {
         let status = response.status().as_u16();
         let body = response.json().await.unwrap_or(Value::Null);
         (status, body, events_after(&self.db, before).await)
+    }
+
+    /// Posts a `tools/call` of `params`, dated `NOW` and signed by the session's agent key, carrying
+    /// `claims` in an RS256 token signed by the vectors' key: the status, the JSON body (`null` if
+    /// none), and the audit rows it left.
+    pub async fn invoke(
+        &self,
+        claims: &Map<String, Value>,
+        params: Value,
+    ) -> (u16, Value, Vec<EventRow>) {
+        let envelope = self.sign(Self::envelope(&self.token(claims), params));
+        self.post(&envelope).await
     }
 }

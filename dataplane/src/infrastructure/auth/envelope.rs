@@ -327,6 +327,70 @@ mod tests {
         );
     }
 
+    /// Reference §1.3 TARGET ("use `verify_strict`"; upstream's `verify` accepts small-order
+    /// keys): a session key of small order, under which a signature nobody made can verify, is
+    /// refused when it is read, though it decodes as a curve point.
+    #[test]
+    fn a_small_order_session_key_is_refused() {
+        for (what, b64) in [
+            // y = 0: a point of order 4.
+            (
+                "32 zero bytes",
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            ),
+            // y = 1: the identity.
+            (
+                "the identity",
+                "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            ),
+        ] {
+            let bytes: [u8; 32] = STANDARD.decode(b64).unwrap().try_into().unwrap();
+            assert!(
+                VerifyingKey::from_bytes(&bytes).is_ok(),
+                "{what} is a point"
+            );
+            assert_eq!(
+                parse_session_key(b64),
+                Err(SealError::malformed(
+                    "invalid public key: small-order point"
+                )),
+                "{what}"
+            );
+        }
+    }
+
+    /// Ed25519's group order L, little-endian: 2^252 + 27742317777372353535851937790883648493.
+    const L: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+
+    /// Reference §1.3 TARGET (`verify_strict`): a signature whose S is replaced by S + L, the same
+    /// scalar modulo L (so the verification equation still holds) but not its canonical
+    /// encoding, is refused: otherwise anyone could make a second valid signature of a signed
+    /// envelope.
+    #[test]
+    fn a_signature_with_a_non_canonical_s_is_refused() {
+        let e = envelope(TOKEN, SIG_SORTED, PAYLOAD_SORTED, "1771338721");
+        assert_eq!(verify_signature(&e, &key()), Ok(CanonicalForm::Sorted));
+
+        let mut raw = STANDARD.decode(SIG_SORTED).unwrap();
+        let mut carry = 0u16;
+        for (byte, l) in raw[32..].iter_mut().zip(L) {
+            let sum = u16::from(*byte) + u16::from(l) + carry;
+            *byte = sum as u8;
+            carry = sum >> 8;
+        }
+        // S < L < 2^253, so S + L fits the 32 bytes, and even the top three bits stay clear: only
+        // the canonical-scalar check can tell it from S.
+        assert_eq!(carry, 0);
+        assert_eq!(raw[63] & 0xe0, 0);
+        let malleated = STANDARD.encode(&raw);
+        assert_ne!(malleated, SIG_SORTED);
+        let e = envelope(TOKEN, &malleated, PAYLOAD_SORTED, "1771338721");
+        assert_eq!(verify_signature(&e, &key()), Err(refused()));
+    }
+
     /// `Object.keys().sort()` in the TypeScript SDK orders by UTF-16 code unit: U+1F600 (D83D DE00)
     /// before U+E000, the reverse of Python's code-point order. Both are the sorted form.
     #[test]
