@@ -307,6 +307,49 @@ async fn a_run_past_its_timeout_is_killed_and_removed() {
 }
 
 #[tokio::test]
+async fn a_run_stopped_with_the_gateway_is_killed_removed_and_recorded() {
+    let engine = podman_engine(config()).await;
+    let (db, _dir) = sqlite_database().await;
+    let creds = credentials(&db);
+    let tool = tool("sleeper", &["sleep"]);
+    let exec = execution_id();
+    let call = invoke(
+        &engine,
+        &creds,
+        &tool,
+        &exec,
+        json!({"subcommand": "sleep", "args": ["600"]}),
+    );
+    let stop = async {
+        // Stopped once its container runs, well inside its 60 s timeout.
+        while containers_of(&exec).is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        engine.stop_runs();
+    };
+    let (out, ()) = tokio::join!(call, stop);
+    let error = out.result.expect_err("a stopped run is an error");
+    assert_eq!(error.status, 503);
+    assert_eq!(error.body["error"], CONTAINER_CLI_EXECUTION_FAILED);
+    let reason = error.body["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("the gateway stopped while CLI tool 'sleeper' ran")
+            && reason.ends_with("was killed and removed"),
+        "{reason}"
+    );
+    assert!(
+        containers_of(&exec).is_empty(),
+        "{:?}",
+        containers_of(&exec)
+    );
+    only(&out.events, CLI_TOOL_INVOCATION_STARTED);
+    let failed = only(&out.events, CLI_TOOL_INVOCATION_FAILED);
+    assert_eq!(failed.payload["status"], 503);
+    assert!(events_of(&out.events, CLI_TOOL_INVOCATION_COMPLETED).is_empty());
+    db.append_events(&out.events).await.unwrap();
+}
+
+#[tokio::test]
 async fn stderr_filling_its_pipe_before_stdout_closes_does_not_deadlock() {
     let engine = podman_engine(config()).await;
     let (db, _dir) = sqlite_database().await;

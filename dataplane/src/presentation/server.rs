@@ -26,6 +26,10 @@ use crate::presentation::routes;
 
 /// How long in-flight requests may take to finish once shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the drain: how long calls get to end once their CLI tools were stopped (a container's
+/// kill and removal, then the audit commit). The pod's grace period covers both
+/// (`operator::desired::workload`).
+pub const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// Accepts connections until `shutdown` flips, then stops accepting and drains open connections.
 pub async fn serve(
@@ -94,6 +98,15 @@ pub async fn serve(
         () = drained => tracing::info!("all connections drained"),
         () = tokio::time::sleep(DRAIN_TIMEOUT) => {
             tracing::warn!("drain timed out after {}s; closing remaining connections", DRAIN_TIMEOUT.as_secs());
+            // CLI tools may run for minutes. Stopped now, they remove their containers and
+            // volumes and record their calls as failed while the audit log still commits.
+            state.cli.stop_runs();
+            if tokio::time::timeout(STOP_GRACE, detached.wait()).await.is_err() {
+                tracing::warn!(
+                    "calls still running {}s after their CLI tools were stopped are dropped unrecorded",
+                    STOP_GRACE.as_secs()
+                );
+            }
         }
     }
 }

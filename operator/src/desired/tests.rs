@@ -121,6 +121,8 @@ fn the_deployment_runs_the_data_plane_restricted() {
     assert_eq!(pod.service_account_name.as_deref(), Some(GW));
     assert_eq!(pod.automount_service_account_token, Some(true));
     assert_eq!(pod.enable_service_links, Some(false));
+    // The data plane's 30 s drain and 15 s for stopped CLI runs, with a margin.
+    assert_eq!(pod.termination_grace_period_seconds, Some(50));
     let psc = pod.security_context.as_ref().unwrap();
     assert_eq!(psc.run_as_non_root, Some(true));
     assert_eq!(psc.run_as_user, Some(65532));

@@ -30,6 +30,7 @@ use crate::infrastructure::http_client::HttpClient;
 use crate::infrastructure::metrics::{ContainerRun, Metrics};
 use crate::infrastructure::persistence::AuditEvent;
 use crate::infrastructure::telemetry;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Most bytes kept of each of stdout and stderr (DESIGN §7).
@@ -145,6 +146,9 @@ pub struct CliEngine {
     config: CliEngineConfig,
     /// Where each run's outcome and duration are recorded.
     metrics: Option<Metrics>,
+    /// Cancelled when the gateway stops with runs still going: each kills and removes its
+    /// container and volumes, and its call is recorded as failed.
+    stop: CancellationToken,
 }
 
 impl CliEngine {
@@ -164,7 +168,14 @@ impl CliEngine {
             judge,
             config,
             metrics: None,
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Ends the runs still going, and any started later (the gateway is stopping): each kills and
+    /// removes its container and volumes, and its call fails with 503 and `CliToolInvocationFailed`.
+    pub fn stop_runs(&self) {
+        self.stop.cancel();
     }
 
     /// Records every container run in `metrics`.
@@ -471,7 +482,7 @@ impl CliEngine {
             seal.tool_name = tool.tool_name.as_str(),
             container.image.name = tool.docker_image.as_str(),
         );
-        let task = tokio::spawn(run_container(cli, spec, auth));
+        let task = tokio::spawn(run_container(cli, spec, auth, self.stop.clone()));
         let outcome = match task.instrument(span.clone()).await {
             Ok(outcome) => outcome,
             Err(e) => Err(RunError::Io {
@@ -528,6 +539,19 @@ impl CliEngine {
                     body.insert("timeout_seconds".into(), json!(after.as_secs_f64()));
                 }
                 Err(error)
+            }
+            Err(RunError::Stopped { cleanup }) => {
+                let reason = match cleanup {
+                    Ok(()) => format!(
+                        "the gateway stopped while CLI tool '{}' ran; its container {name} was killed and removed",
+                        tool.tool_name
+                    ),
+                    Err(e) => format!(
+                        "the gateway stopped while CLI tool '{}' ran; removing its container {name} failed: {e}",
+                        tool.tool_name
+                    ),
+                };
+                Err(self.fail(call, events, StatusCode::SERVICE_UNAVAILABLE, &reason))
             }
             Err(e) => Err(self.fail(
                 call,
@@ -745,6 +769,7 @@ async fn run_container(
     cli: ContainerCli,
     spec: RunSpec,
     auth: Option<AuthScope>,
+    stop: CancellationToken,
 ) -> Result<RunOutput, RunError> {
     let labels = spec.labels.clone();
     let mut created = Vec::with_capacity(spec.volumes.len());
@@ -763,7 +788,7 @@ async fn run_container(
     }
     let outcome = match outcome {
         Some(failed) => failed,
-        None => cli.run(&spec, auth.as_ref()).await,
+        None => cli.run(&spec, auth.as_ref(), &stop).await,
     };
     for volume in created {
         if let Err(e) = cli.remove_volume(&volume).await {

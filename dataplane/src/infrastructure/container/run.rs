@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use super::{CliKind, ContainerCli, LOG_TARGET};
 
@@ -97,6 +98,12 @@ pub enum RunError {
     /// The container CLI failed before the tool ran (see [`CliKind::own_failure`]).
     #[error("{program} did not run the container: {message}")]
     NotRun { program: String, message: String },
+    /// The gateway stopped while the tool ran.
+    #[error("stopped with the gateway")]
+    Stopped {
+        /// `Err` when the container could not be confirmed killed and removed.
+        cleanup: Result<(), String>,
+    },
     #[error("timed out after {}", seconds(*.after))]
     TimedOut {
         after: Duration,
@@ -237,10 +244,12 @@ impl ContainerCli {
 
     /// Runs the container: stdout and stderr read concurrently, each kept up to the limit while
     /// streaming; on timeout the container is killed and removed by name.
+    /// Runs the container to its end, its timeout, or `stop`; the latter two kill and remove it.
     pub async fn run(
         &self,
         spec: &RunSpec,
         auth: Option<&AuthScope>,
+        stop: &CancellationToken,
     ) -> Result<RunOutput, RunError> {
         let argv = self.run_argv(spec, auth);
         let program = self.program.display().to_string();
@@ -255,10 +264,15 @@ impl ContainerCli {
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let limit = spec.max_output_bytes;
-        let finished = tokio::time::timeout(spec.timeout, async {
-            tokio::join!(capture(stdout, limit), capture(stderr, limit), child.wait())
-        })
-        .await;
+        let finished = tokio::select! {
+            finished = tokio::time::timeout(spec.timeout, async {
+                tokio::join!(capture(stdout, limit), capture(stderr, limit), child.wait())
+            }) => finished,
+            () = stop.cancelled() => {
+                let cleanup = self.kill_and_remove(&spec.name, &mut child).await;
+                return Err(RunError::Stopped { cleanup });
+            }
+        };
         match finished {
             Ok((Ok(stdout), Ok(stderr), Ok(status))) => {
                 let elapsed = started.elapsed();
