@@ -13,10 +13,12 @@ pub const MAX_ARGS_BYTES: usize = 256 * 1024;
 /// Most workspace mounts of one run.
 pub const MAX_MOUNTS: usize = 16;
 /// Paths a workspace may not be mounted on, nor under: the kernel's file systems, the container's
-/// own scratch space, and the system's programs and configuration, where a volume the agent can
-/// write would replace the allowlisted command itself.
-pub const RESERVED_MOUNT_PATHS: [&str; 11] = [
-    "/proc", "/sys", "/dev", "/tmp", "/bin", "/sbin", "/usr", "/lib", "/lib64", "/etc", "/root",
+/// own scratch space and run state, and where images keep their programs and configuration
+/// (`/opt` and `/app` included), where a volume the agent can write would replace the allowlisted
+/// command itself.
+pub const RESERVED_MOUNT_PATHS: [&str; 17] = [
+    "/proc", "/sys", "/dev", "/tmp", "/run", "/bin", "/sbin", "/usr", "/lib", "/lib32", "/lib64",
+    "/libx32", "/etc", "/root", "/opt", "/app", "/var",
 ];
 
 /// Where the NFS server exports workspaces: `<root>/<tenant_id>/<volume_id>` (ADR-036). A tenant's
@@ -269,6 +271,15 @@ mod tests {
         assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/proc/x", "remote_path": "/r"}]})).contains("reserved"));
         assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/usr/bin", "remote_path": "/r"}]})).contains("reserved"));
         assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/etc", "remote_path": "/r"}]})).contains("reserved"));
+        for image_programs in ["/opt", "/opt/conda/bin", "/app", "/var/lib/tool", "/run"] {
+            let e = err(
+                json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": image_programs, "remote_path": "/r"}]}),
+            );
+            assert_eq!(
+                e,
+                format!("fsal_mounts[0].mount_path {image_programs} is reserved")
+            );
+        }
         assert!(err(json!({"subcommand": "x", "fsal_mounts": [{"volume_id": "v", "mount_path": "/w", "remote_path": "/r", "read_only": "yes"}]})).contains("boolean"));
     }
 
