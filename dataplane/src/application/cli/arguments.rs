@@ -191,15 +191,21 @@ fn parse_mount(i: usize, item: &Value) -> Result<FsalMount, String> {
 /// the agent's own arguments, so without this any agent could mount another tenant's volume, or
 /// the whole export. A call without a tenant has no workspaces. Paths are already normalized.
 pub fn mount_outside_tenant(mounts: &[FsalMount], tenant_id: Option<&str>) -> Option<String> {
-    let own = tenant_id.map(|t| format!("{NFS_VOLUMES_ROOT}/{t}/"));
+    // A tenant id that is not one plain path segment (`a/b`, `..`) names no directory of its own.
+    let segment = |t: &str| {
+        !matches!(t, "" | "." | "..")
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    };
+    let own = tenant_id.map(|t| (segment(t), format!("{NFS_VOLUMES_ROOT}/{t}/")));
     mounts.iter().enumerate().find_map(|(i, m)| match &own {
-        Some(own) if m.remote_path.starts_with(own.as_str()) => None,
-        Some(own) => Some(format!(
+        Some((true, own)) if m.remote_path.starts_with(own.as_str()) => None,
+        Some((true, own)) => Some(format!(
             "fsal_mounts[{i}].remote_path {} is not under {own}",
             m.remote_path
         )),
-        None => Some(format!(
-            "fsal_mounts[{i}].remote_path {}: a call without a tenant mounts no workspace",
+        Some((false, _)) | None => Some(format!(
+            "fsal_mounts[{i}].remote_path {}: the caller's tenant has no workspace directory",
             m.remote_path
         )),
     })
@@ -321,12 +327,21 @@ mod tests {
                 "{remote} for {tenant:?}: {found:?}"
             );
         }
-        assert_eq!(
-            mount_outside_tenant(&own, None).as_deref(),
-            Some(
-                "fsal_mounts[0].remote_path /aegis/volumes/acme/v1: a call without a tenant mounts no workspace"
-            )
-        );
+        // No tenant, or one that is no plain directory name, has no workspaces at all.
+        let nested = mounts(&["/aegis/volumes/acme/x/v1"]);
+        for (mounts, tenant) in [(&own, None), (&nested, Some("acme/x")), (&own, Some(".."))] {
+            assert_eq!(
+                mount_outside_tenant(mounts, tenant).as_deref(),
+                Some(
+                    format!(
+                        "fsal_mounts[0].remote_path {}: the caller's tenant has no workspace directory",
+                        mounts[0].remote_path
+                    )
+                    .as_str()
+                ),
+                "{tenant:?}"
+            );
+        }
     }
 
     #[test]
