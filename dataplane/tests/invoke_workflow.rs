@@ -330,20 +330,24 @@ spec:
     gateway.shutdown().await;
 }
 
+/// An upstream answering `{"id": 7}` to every request, and how many it answered.
+async fn counting_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let upstream = support::serve(move |_req: http::Request<hyper::body::Incoming>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { http::Response::new(Full::new(Bytes::from_static(br#"{"id": 7}"#))) }
+    })
+    .await;
+    (upstream, hits)
+}
+
 /// A workflow's `input_schema` decides which arguments it runs with: others are a 400 naming the
 /// argument and the rule, before any credential or upstream request (reference §13.22), and the
 /// argument's value is not repeated (it may be a secret).
 #[tokio::test]
 async fn arguments_outside_the_input_schema_are_refused_before_anything_runs() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let upstream = {
-        let hits = hits.clone();
-        support::serve(move |_req: http::Request<hyper::body::Incoming>| {
-            hits.fetch_add(1, Ordering::SeqCst);
-            async { http::Response::new(Full::new(Bytes::from_static(br#"{"id": 7}"#))) }
-        })
-        .await
-    };
+    let (upstream, hits) = counting_upstream().await;
     let manifest = format!(
         r#"
 apiVersion: seal.100monkeys.ai/v1
@@ -527,15 +531,7 @@ spec:
 /// audited as one `PolicyViolationBlocked` row, and it never reaches the upstream.
 #[tokio::test]
 async fn a_capability_rate_limit_refuses_the_call_past_its_quota() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let upstream = {
-        let hits = hits.clone();
-        support::serve(move |_req: http::Request<hyper::body::Incoming>| {
-            hits.fetch_add(1, Ordering::SeqCst);
-            async { http::Response::new(Full::new(Bytes::from_static(br#"{"id": 7}"#))) }
-        })
-        .await
-    };
+    let (upstream, hits) = counting_upstream().await;
     let manifest = format!(
         r#"
 apiVersion: seal.100monkeys.ai/v1

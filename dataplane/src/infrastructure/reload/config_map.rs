@@ -205,7 +205,7 @@ impl Held {
         })
     }
 
-    /// [`Held::assemble`] on the blocking pool ([`off_the_runtime`]): decompressing and parsing a
+    /// [`Held::assemble`] off the runtime ([`off_the_runtime`]): decompressing and parsing a
     /// snapshot of thousands of workflows takes tens of milliseconds.
     async fn assemble_off_the_runtime(
         &self,
