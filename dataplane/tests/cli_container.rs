@@ -307,6 +307,49 @@ async fn a_run_past_its_timeout_is_killed_and_removed() {
 }
 
 #[tokio::test]
+async fn a_removal_that_cannot_be_checked_is_not_reported_as_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let podman = which(&podman()).expect("podman on PATH");
+    // A podman whose `ps` fails: after the kill and `rm`, nothing can confirm the container is gone.
+    let wrapper = script(
+        dir.path(),
+        "podman",
+        &format!(
+            "if [ \"$1\" = ps ]; then echo 'ps is broken' >&2; exit 1; fi\nexec '{}' \"$@\"",
+            podman.display()
+        ),
+    );
+    let engine = CliEngine::new(
+        config(),
+        Ok(resolve(wrapper.to_str().unwrap()).await),
+        http(),
+    );
+    let (db, _dir) = sqlite_database().await;
+    let mut tool = tool("sleeper", &["sleep"]);
+    tool.default_timeout_seconds = 2;
+    let exec = execution_id();
+    let out = invoke(
+        &engine,
+        &credentials(&db),
+        &tool,
+        &exec,
+        json!({"subcommand": "sleep", "args": ["600"]}),
+    )
+    .await;
+    let error = out.result.expect_err("a timeout is an error");
+    assert_eq!(error.status, 504);
+    let reason = error.body["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("removing its container") && reason.contains("cannot confirm its removal"),
+        "{reason}"
+    );
+    assert!(
+        containers_of(&exec).is_empty(),
+        "the real podman removed it"
+    );
+}
+
+#[tokio::test]
 async fn a_run_stopped_with_the_gateway_is_killed_removed_and_recorded() {
     let engine = podman_engine(config()).await;
     let (db, _dir) = sqlite_database().await;

@@ -332,8 +332,11 @@ impl ContainerCli {
         let mut last = Ok(());
         for attempt in 0..5u64 {
             last = self.remove_container(name).await;
-            if !self.container_exists(name).await {
-                return last;
+            match self.container_exists(name).await {
+                Ok(false) => return last,
+                Ok(true) => {}
+                // Not knowing is not "gone": the reason must not claim a removal nobody saw.
+                Err(e) => last = Err(format!("cannot confirm its removal: {e}")),
             }
             tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
         }
@@ -351,18 +354,15 @@ impl ContainerCli {
         }
     }
 
-    async fn container_exists(&self, name: &str) -> bool {
+    async fn container_exists(&self, name: &str) -> Result<bool, String> {
         let filter = format!("name=^{name}$");
-        match self
+        let out = self
             .housekeeping(
                 &["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"],
                 None,
             )
-            .await
-        {
-            Ok(out) => out.lines().any(|l| l.trim() == name),
-            Err(_) => false,
-        }
+            .await?;
+        Ok(out.lines().any(|l| l.trim() == name))
     }
 
     /// `login --username <u> --password-stdin <registry>` into the scope's own auth file; the
