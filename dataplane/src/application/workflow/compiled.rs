@@ -264,9 +264,10 @@ fn uses_partials(entry: &WorkflowEntry) -> bool {
         })
 }
 
-/// `Workflow/<namespace>/<name>` for a resource; for a REST workflow (no namespace: its row id
-/// stands for its name) the row id alone, as `POST /v1/workflows` returned it and as
-/// `workflows.id` and its `WorkflowRegistered` event hold it.
+/// `Workflow/<namespace>/<name>` for a resource. Without a namespace, the name alone: for a REST
+/// workflow that is its row id (which stands for its name), as `POST /v1/workflows` returned it
+/// and as `workflows.id` and its `WorkflowRegistered` event hold it; for a manifest without a
+/// namespace, its name.
 fn workflow_id(entry: &WorkflowEntry) -> String {
     let source = &entry.source;
     match &source.namespace {
