@@ -549,6 +549,16 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
     if !(1..=60_000).contains(&s.cli.semantic_judge_timeout_ms) {
         return Err("spec.cli.semantic_judge_timeout_ms: must be between 1 and 60000".into());
     }
+    // It goes into NFS mount options (`addr=<host>,...`): a comma or `=` would add options.
+    let nfs_host = &s.cli.nfs_server_host;
+    if !nfs_host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+    {
+        return Err(format!(
+            "spec.cli.nfs_server_host: \"{nfs_host}\" is not a host name or an IP address"
+        ));
+    }
     if let Some(SecretValue::Literal(url)) = &s.outbound.proxy_url {
         let usable = reqwest::Url::parse(url.trim())
             .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());

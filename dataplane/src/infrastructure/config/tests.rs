@@ -1394,6 +1394,22 @@ fn judge_timeouts_out_of_range_and_half_a_client_identity_are_refused() {
 }
 
 #[test]
+fn an_nfs_server_that_would_add_mount_options_is_refused() {
+    for host in ["10.0.0.5,nolock", "nfs=x", "nfs server"] {
+        let text = config_yaml(&format!("{AUTH_OFF}\ncli:\n  nfs_server_host: \"{host}\""));
+        assert_eq!(
+            config_error(&text),
+            format!("spec.cli.nfs_server_host: \"{host}\" is not a host name or an IP address")
+        );
+    }
+    for host in ["nfs.storage.svc.cluster.local", "10.0.0.5", "fd00::5"] {
+        let text = config_yaml(&format!("{AUTH_OFF}\ncli:\n  nfs_server_host: \"{host}\""));
+        let (_, result) = Sandbox::with_env(&[]).load_config_text(&text);
+        assert_eq!(result.unwrap().settings.cli.nfs_server_host, host);
+    }
+}
+
+#[test]
 fn a_judge_token_no_header_can_carry_is_refused_without_showing_it() {
     let sandbox = Sandbox::with_env(&[("SEAL_GATEWAY_SEMANTIC_JUDGE_TOKEN", "abc\u{7}def")]);
     let (path, result) = sandbox.load_config_text(&config_yaml(AUTH_OFF));
