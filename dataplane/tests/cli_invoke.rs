@@ -198,3 +198,88 @@ async fn cli_tools_answer_signed_invocations_on_both_backends() {
         gateway.shutdown().await;
     }
 }
+
+/// A tool still running when the gateway stops outlives the 30 s drain: the gateway then stops
+/// it, its container is removed, and its call is recorded as failed before the audit log closes.
+/// (About 30 s: the drain is a constant.)
+#[tokio::test]
+async fn a_cli_run_still_going_after_the_drain_is_stopped_removed_and_recorded() {
+    require_podman();
+    let snapshot = support::snapshot_of(&format!(
+        r#"
+apiVersion: seal.100monkeys.ai/v1
+kind: CliTool
+metadata: {{name: sleeper}}
+spec:
+  docker_image: {image}
+  allowed_subcommands: [sleep]
+  default_timeout_seconds: 300
+"#,
+        image = image()
+    ));
+    let mut signer = support::Signer::from_vectors();
+    // A session of its own: its containers are found by this execution id while other tests run.
+    let execution_id = "exec-stopped-with-the-gateway";
+    signer.session["execution_id"] = json!(execution_id);
+    let dir = tempfile::tempdir().unwrap();
+    let url = support::sqlite_url(dir.path());
+    let db = Database::connect(&url).await.unwrap();
+    let now = chrono::Utc::now();
+    db.upsert_session(&signer.session_record(now))
+        .await
+        .unwrap();
+    let config = signer.gateway_config(&[("SEAL_GATEWAY_CONTAINER_CLI", &podman())]);
+    let gateway = RunningGateway::start(&config, db, snapshot, Clock::System)
+        .await
+        .unwrap();
+    let body = signer.envelope(
+        "sleeper",
+        json!({"subcommand": "sleep", "args": ["600"]}),
+        "jti-sleeper",
+        now.timestamp(),
+    );
+    let address = format!("http://{}/v1/invoke", gateway.local_addr);
+    // Its answer may never arrive (the connection closes with the drain); only the record counts.
+    let call =
+        tokio::spawn(async move { reqwest::Client::new().post(address).body(body).send().await });
+    let started = std::time::Instant::now();
+    while cli_support::containers_of(execution_id).is_empty() {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the container never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    gateway.shutdown().await;
+    call.abort();
+    assert!(
+        cli_support::containers_of(execution_id).is_empty(),
+        "{:?}",
+        cli_support::containers_of(execution_id)
+    );
+    let db = Database::connect(&url).await.unwrap();
+    assert_eq!(
+        event_types(&db, execution_id).await,
+        [
+            "ToolCallAuthorized",
+            "CliToolInvocationStarted",
+            "CliToolInvocationFailed"
+        ]
+    );
+    let Database::Sqlite(pool) = &db else {
+        unreachable!()
+    };
+    let (status, reason): (i64, String) = sqlx::query_as(
+        "SELECT payload->>'status', payload->>'reason' FROM gateway_events WHERE event_type = 'CliToolInvocationFailed'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        reason.contains("the gateway stopped while CLI tool 'sleeper' ran"),
+        "{reason}"
+    );
+    db.close().await;
+}
