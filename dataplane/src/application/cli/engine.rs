@@ -507,18 +507,15 @@ impl CliEngine {
                 Ok(result)
             }
             Err(RunError::TimedOut { after, cleanup }) => {
-                let mut reason = format!(
-                    "CLI tool '{}' timed out after {}; its container {name} was killed and removed",
-                    tool.tool_name,
-                    secs(after)
-                );
-                if let Err(e) = &cleanup {
-                    reason = format!(
-                        "CLI tool '{}' timed out after {}; removing its container {name} failed: {e}",
+                let reason = ended(
+                    &format!(
+                        "CLI tool '{}' timed out after {}",
                         tool.tool_name,
                         secs(after)
-                    );
-                }
+                    ),
+                    &name,
+                    &cleanup,
+                );
                 tracing::warn!(execution_id = exec, tool = %tool.tool_name, container = %name, "{reason}");
                 events.push(self.event(
                     CLI_TOOL_INVOCATION_COMPLETED,
@@ -541,16 +538,14 @@ impl CliEngine {
                 Err(error)
             }
             Err(RunError::Stopped { cleanup }) => {
-                let reason = match cleanup {
-                    Ok(()) => format!(
-                        "the gateway stopped while CLI tool '{}' ran; its container {name} was killed and removed",
+                let reason = ended(
+                    &format!(
+                        "the gateway stopped while CLI tool '{}' ran",
                         tool.tool_name
                     ),
-                    Err(e) => format!(
-                        "the gateway stopped while CLI tool '{}' ran; removing its container {name} failed: {e}",
-                        tool.tool_name
-                    ),
-                };
+                    &name,
+                    &cleanup,
+                );
                 Err(self.fail(call, events, StatusCode::SERVICE_UNAVAILABLE, &reason))
             }
             Err(e) => Err(self.fail(
@@ -797,6 +792,15 @@ async fn run_container(
     }
     drop(auth);
     outcome
+}
+
+/// Why a run was ended, and what became of its container: `<why>; its container <name> was
+/// killed and removed`, or `...; removing its container <name> failed: <e>`.
+fn ended(why: &str, name: &str, cleanup: &Result<(), String>) -> String {
+    match cleanup {
+        Ok(()) => format!("{why}; its container {name} was killed and removed"),
+        Err(e) => format!("{why}; removing its container {name} failed: {e}"),
+    }
 }
 
 /// The tool's limits in the CLI's syntax, with the compile defaults where a value is unusable.
