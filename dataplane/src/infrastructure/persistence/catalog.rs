@@ -6,7 +6,7 @@ use aegis_seal_crds::{CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot,
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Backend, Database, PersistenceError};
+use super::{Database, PersistenceError, dialect};
 
 /// Where declarative catalog rows came from. REST-registered rows (`rest`) are never touched here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,18 +62,6 @@ pub fn row_id(source: &ResourceRef) -> String {
         source.name
     );
     Uuid::new_v5(&Uuid::NAMESPACE_URL, key.as_bytes()).to_string()
-}
-
-/// The statement in the backend's dialect: `$n::jsonb` is a JSONB cast on Postgres, plain `?n` text
-/// on SQLite (whose JSON columns are checked text); `now_utc()` is the current UTC time.
-fn dialect(backend: Backend, sql: &str) -> String {
-    match backend {
-        Backend::Postgres => sql.replace("now_utc()", "now()"),
-        Backend::Sqlite => sql
-            .replace("::jsonb", "")
-            .replace('$', "?")
-            .replace("now_utc()", super::SQLITE_NOW),
-    }
 }
 
 /// Runs one statement with the same binds on whichever backend.

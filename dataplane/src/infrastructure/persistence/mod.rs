@@ -38,12 +38,27 @@ pub use registry::{
 pub use replay::{PendingJtis, ReplayGuard};
 pub use sessions::{SessionRecord, SessionRevoke, SessionStatus, SessionWrite};
 
-/// The current time in SQL, in the schema's fixed-width form (`...T01:02:03.456000Z`): SQLite's
-/// `strftime` knows milliseconds only, so the microsecond digits are zeros.
-const SQLITE_NOW: &str = "(strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z')";
+/// A statement of the catalog and REST tables, written for Postgres, in the backend's dialect:
+/// `::jsonb` and `::text` casts are Postgres only (SQLite's JSON columns are checked text), `$n`
+/// is `?n` on SQLite, and `now_utc()` is the current UTC time, on SQLite in the schema's
+/// fixed-width form (`...T01:02:03.456000Z`; its `strftime` knows milliseconds only, so the
+/// microsecond digits are zeros).
+fn dialect(backend: Backend, sql: &str) -> String {
+    match backend {
+        Backend::Postgres => sql.replace("now_utc()", "now()"),
+        Backend::Sqlite => sql
+            .replace("::jsonb", "")
+            .replace("::text", "")
+            .replace('$', "?")
+            .replace(
+                "now_utc()",
+                "(strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z')",
+            ),
+    }
+}
 
 /// The gateway's `application_name` on Postgres.
-pub const APPLICATION_NAME: &str = "aegis-seal-gateway";
+const APPLICATION_NAME: &str = "aegis-seal-gateway";
 
 /// The migrations of this release, allowing a database that newer ones have run on: during a
 /// rolling upgrade, and after a rollback, the previous release runs on the schema the next one

@@ -8,7 +8,7 @@
 use serde_json::Value;
 use sqlx::Row;
 
-use super::{Backend, Database, PersistenceError};
+use super::{Database, PersistenceError, dialect};
 
 /// `source` of rows registered over the REST API.
 pub const REST_SOURCE: &str = "rest";
@@ -95,19 +95,6 @@ pub struct NameHolder {
     pub id: String,
     pub tenant_id: Option<String>,
     pub source: String,
-}
-
-/// The statement in the backend's dialect: `::jsonb` and `::text` casts are Postgres only;
-/// `now_utc()` is the current UTC time.
-fn dialect(backend: Backend, sql: &str) -> String {
-    match backend {
-        Backend::Postgres => sql.replace("now_utc()", "now()"),
-        Backend::Sqlite => sql
-            .replace("::jsonb", "")
-            .replace("::text", "")
-            .replace('$', "?")
-            .replace("now_utc()", super::SQLITE_NOW),
-    }
 }
 
 fn json_column(text: Option<String>, column: &str) -> Result<Option<Value>, sqlx::Error> {
