@@ -191,8 +191,17 @@ impl FolderWatch {
         loop {
             tick.tick().await;
             if let Some((dir, seen)) = &mut self.manifests {
+                // Off the runtime: a folder of thousands of manifests is thousands of `stat`s.
                 let folder = dir.clone();
-                let now = changed(seen, move || Fingerprint::of_folder(&folder)).await;
+                let now = changed(seen, || {
+                    let folder = folder.clone();
+                    async move {
+                        off_the_runtime(move || Fingerprint::of_folder(&folder))
+                            .await
+                            .ok()
+                    }
+                })
+                .await;
                 let due = deferred.is_some_and(|retry| tokio::time::Instant::now() >= retry.at);
                 if now.is_some() || due {
                     if let Some(now) = now {
@@ -220,11 +229,8 @@ impl FolderWatch {
                 }
             }
             if let Some((file, seen)) = &mut self.config
-                && let Some(now) = changed(seen, {
-                    let file = file.clone();
-                    move || Fingerprint::of_file(&file)
-                })
-                .await
+                && let Some(now) =
+                    changed(seen, || async { Some(Fingerprint::of_file(file)) }).await
             {
                 *seen = now;
                 check_config(state, file, running);
@@ -233,20 +239,19 @@ impl FolderWatch {
     }
 }
 
-/// The new fingerprint, once it holds still, if it differs from `seen`.
-async fn changed(
+/// The new fingerprint, once it holds still, if it differs from `seen`; `None` also when one
+/// could not be taken.
+async fn changed<F: Future<Output = Option<Fingerprint>>>(
     seen: &Fingerprint,
-    take: impl Fn() -> Fingerprint + Clone + Send + 'static,
+    take: impl Fn() -> F,
 ) -> Option<Fingerprint> {
-    // Off the runtime: a folder of thousands of manifests costs thousands of `stat`s per poll.
-    let fingerprint = async || off_the_runtime(take.clone()).await.ok();
-    let mut now = fingerprint().await?;
+    let mut now = take().await?;
     if &now == seen {
         return None;
     }
     for _ in 0..MAX_SETTLE_ROUNDS {
         tokio::time::sleep(SETTLE_INTERVAL).await;
-        let again = fingerprint().await?;
+        let again = take().await?;
         if again == now {
             break;
         }
