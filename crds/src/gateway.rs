@@ -220,6 +220,12 @@ pub struct NetworkSettings {
     /// Largest accepted request head (request line and headers).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: u32,
+    /// On SIGTERM: how long in-flight calls may take to finish before the CLI tools still running
+    /// are stopped. Raise it above the longest CLI tool's timeout so rollouts never cut a run
+    /// short; the operator sets the pod's grace period to this plus 20 s.
+    #[serde(default = "default_drain_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub drain_seconds: u32,
 }
 
 pub const DEFAULT_BIND_ADDR: &str = "0.0.0.0:8089";
@@ -238,6 +244,12 @@ fn default_max_body_bytes() -> u64 {
 fn default_max_header_bytes() -> u32 {
     64 * 1024
 }
+/// Longest accepted `network.drain_seconds`: a pod's grace period beyond an hour holds nodes
+/// back from draining.
+pub const MAX_DRAIN_SECONDS: u32 = 3600;
+fn default_drain_seconds() -> u32 {
+    30
+}
 
 impl Default for NetworkSettings {
     fn default() -> Self {
@@ -246,6 +258,7 @@ impl Default for NetworkSettings {
             grpc_bind_addr: default_grpc_bind_addr(),
             max_body_bytes: default_max_body_bytes(),
             max_header_bytes: default_max_header_bytes(),
+            drain_seconds: default_drain_seconds(),
         }
     }
 }

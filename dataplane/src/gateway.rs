@@ -50,6 +50,9 @@ pub struct GatewayState {
     pub operator_auth: Option<OperatorAuthenticator>,
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
+    /// On shutdown, how long in-flight calls may take before CLI runs are stopped
+    /// (`network.drain_seconds`).
+    pub drain: Duration,
     /// What hot reload has served and refused.
     pub reload: ReloadStats,
     /// The declarative snapshot beside the REST objects; orders every change of `served`.
@@ -160,6 +163,7 @@ impl RunningGateway {
             operator_auth,
             max_body_bytes: network.max_body_bytes,
             max_header_bytes: usize::try_from(network.max_header_bytes).unwrap_or(usize::MAX),
+            drain: Duration::from_secs(u64::from(network.drain_seconds)),
             reload: ReloadStats::default(),
             registry: Registry::new(base, revision),
         });

@@ -24,9 +24,7 @@ use crate::gateway::GatewayState;
 use crate::presentation::http::{Body, error};
 use crate::presentation::routes;
 
-/// How long in-flight requests may take to finish once shutdown starts.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// After the drain: how long calls get to end once their CLI tools were stopped (a container's
+/// After the drain (`network.drain_seconds`): how long calls get to end once their CLI tools were stopped (a container's
 /// kill and removal, then the audit commit). The pod's grace period covers both
 /// (`operator::desired::workload`).
 pub const STOP_GRACE: Duration = Duration::from_secs(15);
@@ -96,8 +94,8 @@ pub async fn serve(
     };
     tokio::select! {
         () = drained => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
-            tracing::warn!("drain timed out after {}s; closing remaining connections", DRAIN_TIMEOUT.as_secs());
+        () = tokio::time::sleep(state.drain) => {
+            tracing::warn!("drain timed out after {}s; closing remaining connections", state.drain.as_secs());
             // CLI tools may run for minutes. Stopped now, they remove their containers and
             // volumes and record their calls as failed while the audit log still commits.
             state.cli.stop_runs();

@@ -100,6 +100,14 @@ fn every_object_is_named_labelled_and_owned_by_the_gateway() {
 }
 
 #[test]
+fn the_pod_grace_period_follows_the_drain() {
+    let d = desired(json!({"network": {"drain_seconds": 600}}));
+    let pod = d.deployment.spec.template.spec.as_ref().unwrap();
+    // 600 s of drain, 15 s for stopped CLI runs, 5 s of margin.
+    assert_eq!(pod.termination_grace_period_seconds, Some(620));
+}
+
+#[test]
 fn the_deployment_runs_the_data_plane_restricted() {
     let d = desired(json!({
         "replicas": 1,
@@ -121,7 +129,7 @@ fn the_deployment_runs_the_data_plane_restricted() {
     assert_eq!(pod.service_account_name.as_deref(), Some(GW));
     assert_eq!(pod.automount_service_account_token, Some(true));
     assert_eq!(pod.enable_service_links, Some(false));
-    // The data plane's 30 s drain and 15 s for stopped CLI runs, with a margin.
+    // The data plane's default 30 s drain and 15 s for stopped CLI runs, with a margin.
     assert_eq!(pod.termination_grace_period_seconds, Some(50));
     let psc = pod.security_context.as_ref().unwrap();
     assert_eq!(psc.run_as_non_root, Some(true));

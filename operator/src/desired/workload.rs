@@ -28,10 +28,13 @@ use super::{
 /// Container name of the data plane.
 pub const CONTAINER_NAME: &str = "seal-gateway";
 
-/// The data plane's pod grace period: on SIGTERM it drains in-flight calls for 30 s, then stops
-/// the CLI tools still running and gives their calls 15 s to remove their containers and commit
-/// their audit events. Kubernetes' default of 30 s would kill it mid-drain.
-const DATA_PLANE_GRACE_SECONDS: i64 = 50;
+/// The data plane's pod grace period: on SIGTERM it drains in-flight calls for
+/// `network.drain_seconds`, then stops the CLI tools still running and gives their calls 15 s to
+/// remove their containers and commit their audit events; 5 s more cover the signal's delivery
+/// and closing the database. Kubernetes' default of 30 s would kill it mid-drain.
+fn grace_period_seconds(settings: &GatewaySettings) -> i64 {
+    i64::from(settings.network.drain_seconds) + 20
+}
 
 /// The port the data plane's HTTP listener takes from its settings. The data plane serves no
 /// gRPC (docs/observability.md), so `grpc_bind_addr` opens no port: a published one would only
@@ -364,7 +367,7 @@ pub(super) fn deployment(
                     // Service links would put `SEAL_GATEWAY_*_PORT`-style variables next to the
                     // data plane's own `SEAL_GATEWAY_*` overrides.
                     enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(DATA_PLANE_GRACE_SECONDS),
+                    termination_grace_period_seconds: Some(grace_period_seconds(&spec.settings)),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(RUN_AS_USER),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use aegis_seal_crds::gateway::{AuditSettings, GatewaySettings};
+use aegis_seal_crds::gateway::{AuditSettings, GatewaySettings, MAX_DRAIN_SECONDS};
 use aegis_seal_crds::manifest::strict;
 use aegis_seal_crds::{API_VERSION, SecretValue};
 use serde::Deserialize;
@@ -492,6 +492,11 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
     }
     if s.network.max_body_bytes == 0 {
         return Err("spec.network.max_body_bytes: must be at least 1".into());
+    }
+    if !(1..=MAX_DRAIN_SECONDS).contains(&s.network.drain_seconds) {
+        return Err(format!(
+            "spec.network.drain_seconds: must be between 1 and {MAX_DRAIN_SECONDS}"
+        ));
     }
     for (field, value) in [
         ("spec.database.url", Some(&s.database.url)),

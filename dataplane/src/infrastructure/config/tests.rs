@@ -138,6 +138,7 @@ fn spec_defaults() -> GatewaySettings {
             grpc_bind_addr: "0.0.0.0:50055".into(),
             max_body_bytes: 2 * 1024 * 1024,
             max_header_bytes: 64 * 1024,
+            drain_seconds: 30,
         },
         database: DatabaseSettings {
             url: SecretValue::Literal("sqlite://gateway.db".into()),
@@ -1173,6 +1174,7 @@ spec:
     bind_addr: \"[::1]:8089\"
     max_body_bytes: 1
     max_header_bytes: 8192
+    drain_seconds: 600
   auth:
     operator_jwks_uri: https://kc/certs
 ";
@@ -1189,6 +1191,7 @@ spec:
     assert_eq!(config.bind_addr().to_string(), "[::1]:8089");
     assert_eq!(config.settings.network.max_body_bytes, 1);
     assert_eq!(config.settings.network.max_header_bytes, 8192);
+    assert_eq!(config.settings.network.drain_seconds, 600);
     assert!(!config.settings.auth.disabled);
     // Everything not written keeps its default.
     assert_eq!(config.settings.cli, spec_defaults().cli);
@@ -1483,6 +1486,27 @@ fn request_size_limits_have_a_floor() {
         config_error(&text),
         "spec.network.max_body_bytes: must be at least 1"
     );
+}
+
+#[test]
+fn the_drain_is_between_one_second_and_an_hour() {
+    for (seconds, error) in [
+        (
+            "0",
+            "spec.network.drain_seconds: must be between 1 and 3600",
+        ),
+        (
+            "3601",
+            "spec.network.drain_seconds: must be between 1 and 3600",
+        ),
+    ] {
+        let text = config_yaml(&format!("{AUTH_OFF}\nnetwork:\n  drain_seconds: {seconds}"));
+        assert_eq!(config_error(&text), error);
+    }
+    let text = config_yaml(&format!("{AUTH_OFF}\nnetwork:\n  drain_seconds: 3600"));
+    let sandbox = Sandbox::new();
+    let (_, result) = sandbox.load_config_text(&text);
+    assert_eq!(result.expect("loads").settings.network.drain_seconds, 3600);
 }
 
 #[test]
