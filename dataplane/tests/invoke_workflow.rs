@@ -28,6 +28,12 @@ async fn upstream() -> SocketAddr {
             "/ok" => (200, r#"{"id": 7}"#.to_owned()),
             // Echoes the credential, as a careless upstream might.
             "/whoami" => (200, json!({"authorization": auth}).to_string()),
+            // Refuses, echoing the credential so that it straddles the 512-byte excerpt a
+            // failure reason quotes: it starts 10 bytes before the cut.
+            "/denied" => (
+                401,
+                format!(r#"{{"pad":"{}","auth":"{auth}"}}"#, "x".repeat(477)),
+            ),
             _ => (500, r#"{"message": "boom"}"#.to_owned()),
         };
         let mut response = http::Response::new(Full::new(Bytes::from(body)));
@@ -276,6 +282,16 @@ spec:
     openapi: {{inline: {{openapi: 3.0.0, paths: {{/whoami: {{post: {{operationId: whoami}}}}}}}}}}
     credential_path: {{StaticRef: {{key: gateway-tests/whoami}}}}
   steps: [{{name: ask, operation_id: whoami}}]
+---
+apiVersion: seal.100monkeys.ai/v1
+kind: Workflow
+metadata: {{name: denied}}
+spec:
+  api_spec:
+    base_url: http://{upstream}
+    openapi: {{inline: {{openapi: 3.0.0, paths: {{/denied: {{post: {{operationId: denied}}}}}}}}}}
+    credential_path: {{StaticRef: {{key: gateway-tests/whoami}}}}
+  steps: [{{name: ask, operation_id: denied}}]
 "#
     );
     let (gateway, db, signer, _dir) = sqlite_gateway(
@@ -327,6 +343,28 @@ spec:
         target["target_service"],
         "secret/data/tenant-acme/gateway-tests/whoami"
     );
+
+    // A refusal quoting the credential across the excerpt's cut: no part of it remains, in the
+    // answer or in any event.
+    let body = signer.envelope("denied", json!({}), "jti-denied", now.timestamp());
+    let r = invoke(gateway.local_addr, body).await;
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("Bearer [REDACTED]"), "{text}");
+    assert!(
+        !text.contains("kv-token"),
+        "the agent saw part of it: {text}"
+    );
+    // Committed before the answer was sent.
+    let Database::Sqlite(pool) = &db else {
+        unreachable!()
+    };
+    let payloads: Vec<String> = sqlx::query_scalar("SELECT payload FROM gateway_events")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    let leaks: Vec<&String> = payloads.iter().filter(|p| p.contains("kv-token")).collect();
+    assert!(leaks.is_empty(), "{leaks:?}");
     gateway.shutdown().await;
 }
 

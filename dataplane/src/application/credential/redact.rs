@@ -17,12 +17,30 @@ fn searchable(secrets: &[String]) -> impl Iterator<Item = &str> {
         .filter(|s| s.len() >= MIN_REDACTED_LEN)
 }
 
-/// `text` with every occurrence of every secret replaced by [`REDACTED`].
+/// Each secret as raw text may carry it: as is, and as a JSON string's content would (`"`, `\`
+/// and control characters escaped, and `/` as `\/`, which some encoders write). Parsed JSON
+/// needs only the first form; a body quoted as text needs them all.
+fn textual_forms(secrets: &[String]) -> impl Iterator<Item = Cow<'_, str>> {
+    searchable(secrets).flat_map(|secret| {
+        let quoted = Value::from(secret).to_string();
+        let escaped = quoted[1..quoted.len() - 1].to_owned();
+        let solidus = escaped.replace('/', "\\/");
+        let mut forms = vec![Cow::Borrowed(secret)];
+        for form in [escaped, solidus] {
+            if !forms.iter().any(|f| *f == form) {
+                forms.push(Cow::Owned(form));
+            }
+        }
+        forms
+    })
+}
+
+/// `text` with every occurrence of every secret, plain or JSON-escaped, replaced by [`REDACTED`].
 pub fn redact_text<'t>(text: &'t str, secrets: &[String]) -> Cow<'t, str> {
     let mut out = Cow::Borrowed(text);
-    for secret in searchable(secrets) {
-        if out.contains(secret) {
-            out = Cow::Owned(out.replace(secret, REDACTED));
+    for secret in textual_forms(secrets) {
+        if out.contains(secret.as_ref()) {
+            out = Cow::Owned(out.replace(secret.as_ref(), REDACTED));
         }
     }
     out
@@ -69,10 +87,11 @@ fn redact_value(value: &mut Value, secrets: &[String]) -> bool {
     }
 }
 
-/// Redacts raw bytes (a non-JSON body); invalid UTF-8 is searched bytewise.
+/// Redacts raw bytes (a non-JSON body), plain or JSON-escaped; invalid UTF-8 is searched
+/// bytewise.
 pub fn redact_bytes<'b>(body: &'b [u8], secrets: &[String]) -> Cow<'b, [u8]> {
     let mut out: Cow<'b, [u8]> = Cow::Borrowed(body);
-    for secret in searchable(secrets) {
+    for secret in textual_forms(secrets) {
         let needle = secret.as_bytes();
         if out.windows(needle.len()).any(|w| w == needle) {
             let mut replaced = Vec::with_capacity(out.len());
@@ -110,5 +129,22 @@ mod tests {
             b"\xff [REDACTED] [REDACTED]"
         );
         assert_eq!(redact_text("nothing", &secrets), "nothing");
+    }
+
+    #[test]
+    fn redacts_the_forms_a_json_encoder_writes() {
+        let secrets = vec![r#"a/b"c\d"#.to_owned()];
+        // serde_json's own escaping, and the `\/` some encoders (PHP's, Java's) add.
+        for body in [r#"{"t":"a/b\"c\\d"}"#, r#"{"t":"a\/b\"c\\d"}"#] {
+            assert_eq!(
+                redact_text(body, &secrets),
+                r#"{"t":"[REDACTED]"}"#,
+                "{body}"
+            );
+            assert_eq!(
+                redact_bytes(body.as_bytes(), &secrets).as_ref(),
+                br#"{"t":"[REDACTED]"}"#
+            );
+        }
     }
 }

@@ -382,7 +382,7 @@ impl WorkflowEngine {
 
         if !response.status.is_success() {
             let mut reason = format!("upstream returned {} for {method} {shown}", response.status);
-            let excerpt = body_excerpt(&response.body);
+            let excerpt = body_excerpt(&response.body, ctx.secrets);
             if !excerpt.is_empty() {
                 reason.push_str(": ");
                 reason.push_str(&excerpt);
@@ -465,10 +465,12 @@ fn content_type(response: &OutboundResponse) -> String {
         )
 }
 
-/// At most [`BODY_EXCERPT_BYTES`] of the body, on one line, cut at a character boundary.
-fn body_excerpt(body: &[u8]) -> String {
+/// At most [`BODY_EXCERPT_BYTES`] of the body, on one line, cut at a character boundary. The
+/// secrets are redacted first: cut first, a secret across the cut would leave its start behind,
+/// which no later redaction recognises.
+fn body_excerpt(body: &[u8], secrets: &[String]) -> String {
     let text = String::from_utf8_lossy(body);
-    let text = text.trim();
+    let text = redact_text(text.trim(), secrets);
     let mut end = text.len().min(BODY_EXCERPT_BYTES);
     while !text.is_char_boundary(end) {
         end -= 1;
@@ -515,11 +517,21 @@ mod tests {
 
     #[test]
     fn excerpts_are_bounded_and_on_one_line() {
-        assert_eq!(body_excerpt(b"  {\"a\":\n1}  "), "{\"a\": 1}");
+        assert_eq!(body_excerpt(b"  {\"a\":\n1}  ", &[]), "{\"a\": 1}");
         let long = "é".repeat(400);
-        let excerpt = body_excerpt(long.as_bytes());
+        let excerpt = body_excerpt(long.as_bytes(), &[]);
         assert!(excerpt.ends_with('…'));
         assert!(excerpt.len() - '…'.len_utf8() <= BODY_EXCERPT_BYTES);
+    }
+
+    #[test]
+    fn a_secret_across_the_cut_leaves_nothing_behind() {
+        let secret = "s3cr3t-token-0123456789".to_owned();
+        // The secret starts 10 bytes before the cut.
+        let body = format!("{}{secret} and more", "x".repeat(BODY_EXCERPT_BYTES - 10));
+        let excerpt = body_excerpt(body.as_bytes(), std::slice::from_ref(&secret));
+        assert!(!excerpt.contains("s3cr3t"), "{excerpt}");
+        assert!(excerpt.contains("[REDACTED]"), "{excerpt}");
     }
 
     #[test]
