@@ -64,11 +64,25 @@ pub struct SecretKeyRef {
 /// In the config file it is a string, optionally `env:VAR` (read from the environment at start).
 /// In a SealGateway resource it may instead be `{secret_key_ref: {name, key}}`, which the operator
 /// turns into an environment variable of the data-plane pod.
+///
+/// Any other shape deserializes as [`SecretValue::Invalid`], which both the data plane and the
+/// operator refuse by name. The CRD cannot refuse it (a structural schema has no "string or
+/// object"), and a resource that failed to deserialize would fail every list of its kind, so one
+/// mistyped SealGateway would stop the operator for all of them.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum SecretValue {
     Literal(String),
-    FromSecret { secret_key_ref: SecretKeyRef },
+    FromSecret {
+        secret_key_ref: SecretKeyRef,
+    },
+    /// Neither a string nor `{secret_key_ref: {name, key}}`, as written.
+    Invalid(serde_json::Value),
+}
+
+impl SecretValue {
+    /// What is wrong with an [`SecretValue::Invalid`] value.
+    pub const INVALID: &str = "must be a string or {secret_key_ref: {name, key}}";
 }
 
 impl JsonSchema for SecretValue {
@@ -163,4 +177,33 @@ pub(crate) fn free_form_object(_: &mut SchemaGenerator) -> Schema {
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_secret_value_of_any_shape_reads() {
+        let read = |v: serde_json::Value| serde_json::from_value::<SecretValue>(v).unwrap();
+        assert_eq!(read(json!("x")), SecretValue::Literal("x".into()));
+        assert_eq!(
+            read(json!({"secret_key_ref": {"name": "db", "key": "url"}})),
+            SecretValue::FromSecret {
+                secret_key_ref: SecretKeyRef {
+                    name: "db".into(),
+                    key: "url".into()
+                }
+            }
+        );
+        for odd in [
+            json!(5432),
+            json!({"secretKeyRef": {"name": "db", "key": "url"}}),
+            json!({"secret_key_ref": {"name": "db", "key": "url", "optional": true}}),
+        ] {
+            assert_eq!(read(odd.clone()), SecretValue::Invalid(odd));
+        }
+    }
 }

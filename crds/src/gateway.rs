@@ -205,6 +205,32 @@ pub struct GatewaySettings {
     pub outbound: OutboundSettings,
 }
 
+impl GatewaySettings {
+    /// Every setting that may hold a secret, by its path in a config file.
+    pub fn secret_values(&self) -> [(&'static str, Option<&SecretValue>); 6] {
+        [
+            ("spec.database.url", Some(&self.database.url)),
+            (
+                "spec.credentials.openbao_token",
+                self.credentials.openbao_token.as_ref(),
+            ),
+            (
+                "spec.credentials.keycloak_client_secret",
+                self.credentials.keycloak_client_secret.as_ref(),
+            ),
+            (
+                "spec.audit.checkpoint_signing_key_pem",
+                self.audit.checkpoint_signing_key_pem.as_ref(),
+            ),
+            (
+                "spec.cli.semantic_judge_token",
+                self.cli.semantic_judge_token.as_ref(),
+            ),
+            ("spec.outbound.proxy_url", self.outbound.proxy_url.as_ref()),
+        ]
+    }
+}
+
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct NetworkSettings {
     /// HTTP listener (HTTP/1.1 and h2c).

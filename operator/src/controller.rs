@@ -18,7 +18,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
-use kube::runtime::{Controller, WatchStreamExt};
+use kube::runtime::{Controller, WatchStreamExt, controller};
 use kube::{Api, Client, ResourceExt};
 
 use crate::FIELD_MANAGER;
@@ -152,12 +152,20 @@ pub async fn run(
             },
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
             match result {
                 Ok((gw, _)) => tracing::trace!(gateway = %gw, "reconcile done"),
+                // A list or watch that fails is retried with backoff, and until it succeeds
+                // nothing of its kind is reconciled: say so where operators look.
+                Err(e @ (controller::Error::QueueError(_) | controller::Error::RunnerError(_))) => {
+                    ctx.metrics.watch_failed();
+                    tracing::warn!(error = %e, "watching the cluster failed; retrying");
+                }
+                // Failed reconciles are logged by `error_policy`.
                 Err(e) => tracing::debug!(error = %e, "controller event"),
             }
+            std::future::ready(())
         })
         .await;
     deletions.abort();

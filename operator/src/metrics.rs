@@ -11,6 +11,7 @@ const BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 pub struct Metrics {
     reconciles: AtomicU64,
     errors: AtomicU64,
+    watch_errors: AtomicU64,
     /// Cumulative counts per bucket, as Prometheus exposes them.
     buckets: [AtomicU64; BUCKETS.len()],
     duration_micros: AtomicU64,
@@ -32,6 +33,15 @@ impl Metrics {
         }
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.duration_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Records a failed list or watch of a kind the controller follows.
+    pub fn watch_failed(&self) {
+        self.watch_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn watch_errors(&self) -> u64 {
+        self.watch_errors.load(Ordering::Relaxed)
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -63,9 +73,13 @@ impl Metrics {
              # HELP aegis_seal_operator_reconcile_errors_total SealGateway reconciles that failed.\n\
              # TYPE aegis_seal_operator_reconcile_errors_total counter\n\
              aegis_seal_operator_reconcile_errors_total {}\n\
+             # HELP aegis_seal_operator_watch_errors_total Lists and watches of followed kinds that failed (one object the operator cannot read fails its whole list).\n\
+             # TYPE aegis_seal_operator_watch_errors_total counter\n\
+             aegis_seal_operator_watch_errors_total {}\n\
              # HELP aegis_seal_operator_reconcile_duration_seconds Time taken by one reconcile.\n\
              # TYPE aegis_seal_operator_reconcile_duration_seconds histogram",
-            self.errors()
+            self.errors(),
+            self.watch_errors()
         );
         for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
             let _ = writeln!(
@@ -98,11 +112,13 @@ mod tests {
         let m = Metrics::default();
         m.reconciled(Duration::from_millis(30), true);
         m.reconciled(Duration::from_millis(700), false);
+        m.watch_failed();
         m.set_leader(true);
         let text = m.render();
         for line in [
             "aegis_seal_operator_reconciles_total 2",
             "aegis_seal_operator_reconcile_errors_total 1",
+            "aegis_seal_operator_watch_errors_total 1",
             "aegis_seal_operator_reconcile_duration_seconds_bucket{le=\"0.025\"} 0",
             "aegis_seal_operator_reconcile_duration_seconds_bucket{le=\"0.05\"} 1",
             "aegis_seal_operator_reconcile_duration_seconds_bucket{le=\"1\"} 2",

@@ -188,3 +188,66 @@ fn workflows_print_tool_tenant_accepted_and_age() {
         ]
     );
 }
+
+/// Every integer narrower than 64 bits, as the operator reads it, with its `format`.
+fn narrow_integers<'a>(node: &'a Value, path: &str, out: &mut Vec<(String, &'a Value)>) {
+    match node {
+        Value::Object(obj) => {
+            if let Some(format) = obj.get("format").and_then(Value::as_str)
+                && ["uint8", "uint16", "uint32", "int8", "int16", "int32"].contains(&format)
+            {
+                out.push((path.to_owned(), node));
+            }
+            for (key, child) in obj {
+                narrow_integers(child, &format!("{path}.{key}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                narrow_integers(child, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The API server checks `minimum` and `maximum`, not `format`: an integer it accepted that does
+/// not fit the operator's type fails every list of its kind, and so every gateway's reconcile.
+#[test]
+fn every_narrow_integer_is_bounded_by_its_type() {
+    let mut checked = 0;
+    for (name, yaml) in crd_files().unwrap() {
+        let crd: Value = serde_yaml::from_str(&yaml).unwrap();
+        let mut found = Vec::new();
+        narrow_integers(&crd, &name, &mut found);
+        for (path, node) in found {
+            let (min, max) = match node["format"].as_str().unwrap() {
+                "uint8" => (0.0, 255.0),
+                "uint16" => (0.0, 65_535.0),
+                "uint32" => (0.0, 4_294_967_295.0),
+                "int8" => (-128.0, 127.0),
+                "int16" => (-32_768.0, 32_767.0),
+                _ => (-2_147_483_648.0, 2_147_483_647.0),
+            };
+            let minimum = node["minimum"].as_f64();
+            let maximum = node["maximum"].as_f64();
+            assert!(
+                minimum.is_some_and(|m| m >= min) && maximum.is_some_and(|m| m <= max),
+                "{path}: minimum {minimum:?}, maximum {maximum:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "only {checked} integers found");
+    // A tighter range of the type's own is kept.
+    let gateway = crd_files()
+        .unwrap()
+        .into_iter()
+        .find(|(name, _)| name.starts_with("sealgateways."))
+        .unwrap()
+        .1;
+    assert!(
+        gateway.contains("maximum: 3600.0"),
+        "drain_seconds keeps its bound"
+    );
+}

@@ -125,6 +125,17 @@ pub fn desired_objects_with_limits(
 ) -> Result<Desired, DesiredError> {
     let ctx = GatewayContext::new(gw, operator_image)?;
     let spec = &gw.spec;
+    if let Some((field, _)) = spec
+        .settings
+        .secret_values()
+        .into_iter()
+        .find(|(_, value)| matches!(value, Some(SecretValue::Invalid(_))))
+    {
+        return Err(DesiredError::InvalidSetting {
+            field: field.into(),
+            message: SecretValue::INVALID.into(),
+        });
+    }
     let replicas = spec.replicas.unwrap_or(1);
     if replicas < 0 {
         return Err(DesiredError::NegativeReplicas(replicas));

@@ -970,6 +970,29 @@ fn unusable_specs_are_refused_with_a_reason() {
         err(json!({"replicas": -1})),
         DesiredError::NegativeReplicas(-1)
     );
+    // Shapes the CRD cannot refuse: the resource still reads, and is refused by its field.
+    for (spec, field) in [
+        (
+            json!({"database": {"url": {"secretKeyRef": {"name": "db", "key": "url"}}}}),
+            "spec.database.url",
+        ),
+        (
+            json!({"credentials": {"openbao_token": {"secret_key_ref": {"name": "bao", "key": "token", "optional": true}}}}),
+            "spec.credentials.openbao_token",
+        ),
+        (
+            json!({"outbound": {"proxy_url": 3128}}),
+            "spec.outbound.proxy_url",
+        ),
+    ] {
+        let e = err(spec.clone());
+        assert_eq!(e.reason(), "InvalidSettings", "{spec}");
+        assert_eq!(
+            e.to_string(),
+            format!("{field}: must be a string or {{secret_key_ref: {{name, key}}}}"),
+            "{spec}"
+        );
+    }
 
     let mut gw = fixtures::gateway(json!({}));
     gw.metadata.name = Some("Edge.Gateway".into());

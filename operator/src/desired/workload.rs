@@ -184,6 +184,8 @@ fn runbook_env(settings: &GatewaySettings) -> Vec<EnvVar> {
             SecretValue::FromSecret { secret_key_ref } => {
                 Some(secret_env_var(name, secret_key_ref))
             }
+            // Refused before anything is built (`desired_objects`).
+            SecretValue::Invalid(_) => None,
         });
     plain.chain(secret).collect()
 }

@@ -343,6 +343,10 @@ fn secret(field: &str, value: Option<&SecretValue>) -> Result<Option<String>, St
         Some(SecretValue::FromSecret { .. }) => Err(format!(
             "spec.credentials.{field}: secret_key_ref must be resolved to a value before the data plane starts"
         )),
+        Some(SecretValue::Invalid(_)) => Err(format!(
+            "spec.credentials.{field}: {}",
+            SecretValue::INVALID
+        )),
     }
 }
 

@@ -75,7 +75,7 @@ impl GatewayConfig {
 fn literal(v: &SecretValue) -> &str {
     match v {
         SecretValue::Literal(s) => s,
-        SecretValue::FromSecret { .. } => "",
+        SecretValue::FromSecret { .. } | SecretValue::Invalid(_) => "",
     }
 }
 
@@ -498,30 +498,17 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
             "spec.network.drain_seconds: must be between 1 and {MAX_DRAIN_SECONDS}"
         ));
     }
-    for (field, value) in [
-        ("spec.database.url", Some(&s.database.url)),
-        (
-            "spec.credentials.openbao_token",
-            s.credentials.openbao_token.as_ref(),
-        ),
-        (
-            "spec.credentials.keycloak_client_secret",
-            s.credentials.keycloak_client_secret.as_ref(),
-        ),
-        (
-            "spec.audit.checkpoint_signing_key_pem",
-            s.audit.checkpoint_signing_key_pem.as_ref(),
-        ),
-        (
-            "spec.cli.semantic_judge_token",
-            s.cli.semantic_judge_token.as_ref(),
-        ),
-        ("spec.outbound.proxy_url", s.outbound.proxy_url.as_ref()),
-    ] {
-        if let Some(SecretValue::FromSecret { .. }) = value {
-            return Err(format!(
-                "{field}: secret_key_ref is only understood in a SealGateway resource; use env:VAR in a config file"
-            ));
+    for (field, value) in s.secret_values() {
+        match value {
+            Some(SecretValue::FromSecret { .. }) => {
+                return Err(format!(
+                    "{field}: secret_key_ref is only understood in a SealGateway resource; use env:VAR in a config file"
+                ));
+            }
+            Some(SecretValue::Invalid(_)) => {
+                return Err(format!("{field}: {}", SecretValue::INVALID));
+            }
+            _ => {}
         }
     }
     let url = literal(&s.database.url);

@@ -1489,6 +1489,17 @@ fn request_size_limits_have_a_floor() {
 }
 
 #[test]
+fn a_secret_setting_of_another_shape_is_refused_by_its_field() {
+    let text = config_yaml(&format!(
+        "{AUTH_OFF}\ndatabase:\n  url: {{secretKeyRef: {{name: db, key: url}}}}"
+    ));
+    assert_eq!(
+        config_error(&text),
+        "spec.database.url: must be a string or {secret_key_ref: {name, key}}"
+    );
+}
+
+#[test]
 fn the_drain_is_between_one_second_and_an_hour() {
     for (seconds, error) in [
         (

@@ -20,6 +20,10 @@ pub fn checkpoint_signer(settings: &AuditSettings) -> Result<CheckpointSigner, S
             "spec.audit.checkpoint_signing_key_pem: secret_key_ref is only understood in a SealGateway resource"
                 .into(),
         ),
+        Some(SecretValue::Invalid(_)) => Err(format!(
+            "spec.audit.checkpoint_signing_key_pem: {}",
+            SecretValue::INVALID
+        )),
         None => {
             let signer = CheckpointSigner::generate()?;
             tracing::warn!(
