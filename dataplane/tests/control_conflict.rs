@@ -252,3 +252,38 @@ async fn the_default_contexts_give_way_to_a_registered_system_global_one() {
         assert_eq!(listed().await, as_defaults, "{backend}");
     }
 }
+
+/// A workflow registered while its spec is deleted: one of the two is refused, never both
+/// answered as done (a workflow without its spec would be listed and never served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_and_the_deletion_of_its_spec_are_never_both_done() {
+    let jwks = JwksServer::start(standard_jwks()).await;
+    let upstream = format!("http://{}", control_support::upstream().await);
+    let platform = operator(None, "operator");
+    let dir = tempfile::tempdir().unwrap();
+    let url = support::sqlite_url(dir.path());
+    let control = Control::start(&url, manifest_snapshot(&upstream), &jwks.uri, &[]).await;
+    for round in 0..20 {
+        let (status, spec) = control
+            .call(
+                "POST",
+                "/v1/specs",
+                Some(&platform),
+                Some(json!({"name": format!("racy-{round}"), "base_url": upstream, "inline_json": openapi_document()})),
+            )
+            .await;
+        assert_eq!(status, 201, "{spec}");
+        let spec = spec["id"].as_str().unwrap().to_owned();
+        let workflow = json!({"name": format!("racy-wf-{round}"), "api_spec_id": spec,
+                              "steps": [{"name": "s", "operation_id": "createRepo"}]});
+        let path = format!("/v1/specs/{spec}");
+        let ((created, body), (deleted, reply)) = tokio::join!(
+            control.call("POST", "/v1/workflows", Some(&platform), Some(workflow)),
+            control.call("DELETE", &path, Some(&platform), None),
+        );
+        assert!(
+            !(created == 201 && deleted == 200),
+            "round {round}: both done: {body} {reply}"
+        );
+    }
+}

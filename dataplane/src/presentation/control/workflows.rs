@@ -254,24 +254,27 @@ pub(super) async fn create(ctx: &Ctx<'_>, body: Bytes) -> Response<Body> {
         Ok(o) => o,
         Err(r) => return r,
     };
-    let spec = match spec_for(ctx, &req.api_spec_id, owner.as_deref()).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let step_count = req.steps.len();
-    let row = match compile_row(req, uuid::Uuid::new_v4().to_string(), owner, &spec) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    {
+    let row = {
+        // The spec is read under the lock that its deletion and update take too: read before
+        // it, a spec deleted (or changed) meanwhile left a workflow answered 201 and never served.
         let base = ctx.state.registry.lock().await;
+        let spec = match spec_for(ctx, &req.api_spec_id, owner.as_deref()).await {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        let row = match compile_row(req, uuid::Uuid::new_v4().to_string(), owner, &spec) {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
         if let Err(r) = check_tool_name_free(ctx, row.tenant_id.as_deref(), &row.name, None).await {
             return r;
         }
         if let Err(r) = store(ctx, &base, &row).await {
             return r;
         }
-    }
+        row
+    };
     if let Err(r) = ctx
         .audit(registered_event(ctx, &row, step_count, "create"))
         .await
