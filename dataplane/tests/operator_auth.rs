@@ -876,8 +876,8 @@ mod operator {
         assert!(message.contains("tenant_id"), "{message}");
     }
 
-    /// A blank tenant is what an IdP mapper without a value may emit for a tenant operator: it
-    /// is refused, never read as the absent claim of a platform operator.
+    /// A blank or null tenant is what an IdP mapper without a value may emit for a tenant
+    /// operator: it is refused, never read as the absent claim of a platform operator.
     #[tokio::test]
     async fn a_blank_tenant_id_is_refused_not_made_a_platform_operator() {
         let (_server, auth) = standard().await;
@@ -886,6 +886,12 @@ mod operator {
             let message = assert_unauthorized(auth.authenticate(&bearer(&token)).await, "token");
             assert!(message.contains("tenant_id claim is blank"), "{message}");
         }
+        // Some mappers write null for a user without the attribute: the same.
+        let mut with_null = claims(json!({}));
+        with_null["tenant_id"] = Value::Null;
+        let token = rs256(&with_null);
+        let message = assert_unauthorized(auth.authenticate(&bearer(&token)).await, "token");
+        assert!(message.contains("tenant_id claim is null"), "{message}");
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -1002,6 +1008,12 @@ mod operator {
         assert_eq!(server.fetches(), 2, "the refresh was attempted");
         let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
         assert!(text.contains("JWKS fetch failed"), "{text}");
+        // A key the stale copy lacks (a rotation the IdP cannot announce now) is the endpoint's
+        // failure: 503, not a 401 blaming the token.
+        assert_unavailable(
+            auth.authenticate(&bearer(&rs256_kid("rsa-3", &claims(json!({})))))
+                .await,
+        );
 
         // Recovery: the next refresh replaces the stale copy.
         server.set_mode(Mode::Serve);
@@ -1009,7 +1021,7 @@ mod operator {
         auth.authenticate(&bearer(&rs256_kid("rsa-3", &claims(json!({})))))
             .await
             .unwrap();
-        assert_eq!(server.fetches(), 3);
+        assert_eq!(server.fetches(), 4);
     }
 
     #[tokio::test]

@@ -381,11 +381,18 @@ impl OperatorAuthenticator {
                 Lookup::Missing => debug!(kid, "key not found in cached JWKS; refreshing"),
             }
         }
-        let set = self.refresh(snapshot.as_ref()).await?;
+        let (set, last_error) = self.refresh(snapshot.as_ref()).await?;
         match set.lookup(kid, algorithm) {
             Lookup::Found(key) => self.decode(token, key, algorithm),
             Lookup::WrongAlgorithm => Err(wrong_algorithm(algorithm)),
-            Lookup::Missing => Err(OperatorAuthError::UnknownKid(Some(kid.to_owned()))),
+            // The key may well exist (a rotation) while the endpoint cannot say so: that is the
+            // endpoint's failure, not the token's.
+            Lookup::Missing => Err(match last_error {
+                Some(reason) => OperatorAuthError::JwksUnavailable(format!(
+                    "{reason}; key {kid:?} is not in the JWKS cached before"
+                )),
+                None => OperatorAuthError::UnknownKid(Some(kid.to_owned())),
+            }),
         }
     }
 
@@ -429,19 +436,24 @@ impl OperatorAuthenticator {
     }
 
     /// Single-flight, rate-limited refresh. `seen` is the key set the caller found wanting.
-    async fn refresh(&self, seen: Option<&Arc<KeySet>>) -> Result<Arc<KeySet>, OperatorAuthError> {
+    /// Returns the set to use and, when it is a stale one because fetching failed, why.
+    async fn refresh(
+        &self,
+        seen: Option<&Arc<KeySet>>,
+    ) -> Result<(Arc<KeySet>, Option<String>), OperatorAuthError> {
         let mut state = self.refresh.lock().await;
         let current = self.keys.load_full();
         // Someone refreshed while we waited for the lock: use their result, do not fetch again.
         if let Some(current) = &current
             && !seen.is_some_and(|seen| Arc::ptr_eq(seen, current))
         {
-            return Ok(current.clone());
+            return Ok((current.clone(), None));
         }
         if let Some(last) = state.last_attempt
             && last.elapsed() < self.config.min_refresh_interval
         {
-            return self.usable(current, state.last_error.as_deref());
+            let set = self.usable(current, state.last_error.as_deref())?;
+            return Ok((set, state.last_error.clone()));
         }
         debug!(uri = %self.config.jwks_uri, "Fetching JWKS");
         let fetched = self.fetch().await;
@@ -451,7 +463,7 @@ impl OperatorAuthenticator {
                 let set = Arc::new(set);
                 self.keys.store(Some(set.clone()));
                 state.last_error = None;
-                Ok(set)
+                Ok((set, None))
             }
             Err(reason) => {
                 let result = self.usable(current, Some(&reason));
@@ -461,8 +473,8 @@ impl OperatorAuthenticator {
                     serving_stale = result.is_ok(),
                     "JWKS fetch failed"
                 );
-                state.last_error = Some(reason);
-                result
+                state.last_error = Some(reason.clone());
+                result.map(|set| (set, Some(reason)))
             }
         }
     }
@@ -626,9 +638,15 @@ impl OperatorAuthenticator {
         }
 
         let tenant_id = match map.get("tenant_id") {
-            None | Some(Value::Null) => None,
+            None => None,
             // Fail closed: a tenant we cannot read must not turn into a platform operator. An
-            // empty one is what an IdP mapper without a value may emit for a tenant operator.
+            // empty one, or null, is what an IdP mapper without a value may emit for a tenant
+            // operator.
+            Some(Value::Null) => {
+                return Err(OperatorAuthError::MalformedToken(
+                    "tenant_id claim is null (a platform operator's token has none)".into(),
+                ));
+            }
             Some(Value::String(tenant)) if tenant.trim().is_empty() => {
                 return Err(OperatorAuthError::MalformedToken(
                     "tenant_id claim is blank (a platform operator's token has none)".into(),
