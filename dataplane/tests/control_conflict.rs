@@ -287,3 +287,26 @@ async fn a_workflow_and_the_deletion_of_its_spec_are_never_both_done() {
         );
     }
 }
+
+/// Two replicas on one Postgres register the same CLI tool name at the same moment: each checks
+/// the name under its own lock, so one of them meets the unique index. That one is a 409, like
+/// any taken name, not a 503 blaming the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_name_through_two_replicas_at_once_is_a_conflict() {
+    let jwks = JwksServer::start(standard_jwks()).await;
+    let upstream = format!("http://{}", control_support::upstream().await);
+    let platform = operator(None, "operator");
+    let url = support::fresh_postgres_url().await;
+    let first = Control::start(&url, manifest_snapshot(&upstream), &jwks.uri, &[]).await;
+    let second = Control::start(&url, manifest_snapshot(&upstream), &jwks.uri, &[]).await;
+    for round in 0..20 {
+        let tool = json!({"name": format!("twice-{round}"), "docker_image": "x", "allowed_subcommands": ["ls"]});
+        let ((a, body_a), (b, body_b)) = tokio::join!(
+            first.call("POST", "/v1/cli-tools", Some(&platform), Some(tool.clone())),
+            second.call("POST", "/v1/cli-tools", Some(&platform), Some(tool)),
+        );
+        let mut statuses = [a, b];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 409], "round {round}: {body_a} {body_b}");
+    }
+}

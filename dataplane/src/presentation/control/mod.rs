@@ -379,6 +379,18 @@ fn require_rest(
 }
 
 fn db_error(e: &PersistenceError) -> Response<Body> {
+    // Names are checked under this process's registry lock; another replica's write of the same
+    // name between that check and this insert meets the unique index instead. A conflict, not
+    // an unavailable database.
+    if let PersistenceError::Database(sqlx::Error::Database(db)) = e
+        && db.is_unique_violation()
+    {
+        tracing::info!(error = %db, "REST write refused: the name was taken meanwhile");
+        return error(
+            StatusCode::CONFLICT,
+            "the name was taken at the same moment by another write (through another replica); list the objects and try again",
+        );
+    }
     unavailable(HANDLER, e)
 }
 
