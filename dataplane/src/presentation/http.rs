@@ -17,9 +17,13 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     // `fmt`; it cannot fail for a `Value`.
     let mut response = Response::new(Body::from(serde_json::to_vec(body).unwrap_or_default()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // Every 503 here is passing (a starved pool, an IdP or JWKS outage, a credential store that
+    // cannot be reached, a gateway stopping): say when to try again, as DESIGN's B-6 asks.
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     response
 }
 
@@ -46,7 +50,7 @@ pub fn seal_error(e: &SealError) -> Response<Body> {
     json_response(e.status, &e.body(&uuid::Uuid::new_v4().to_string()))
 }
 
-/// The database could not serve the request: 503 with `Retry-After`, and the runbook's log line
+/// The database could not serve the request: 503 (with `Retry-After`), and the runbook's log line
 /// when the pool is starved.
 pub fn unavailable(handler: &str, e: &PersistenceError) -> Response<Body> {
     if matches!(e, PersistenceError::PoolTimedOut) {
@@ -54,11 +58,7 @@ pub fn unavailable(handler: &str, e: &PersistenceError) -> Response<Body> {
     } else {
         tracing::error!(handler, error = %e, "database unavailable");
     }
-    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-    response
-        .headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    response
+    error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
 /// Reads a whole request body, refusing more than `limit` bytes (413) while it streams in.
@@ -103,4 +103,29 @@ pub fn percent_decode(value: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_503_says_when_to_try_again() {
+        // A credential store's starved pool, answered through the credential error's own body.
+        let response = json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "database error: pool acquire timed out"}),
+        );
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        let response = unavailable("test", &PersistenceError::WriterStopped);
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        for status in [
+            StatusCode::OK,
+            StatusCode::BAD_GATEWAY,
+            StatusCode::CONFLICT,
+        ] {
+            let response = json_response(status, &json!({}));
+            assert!(response.headers().get(RETRY_AFTER).is_none(), "{status}");
+        }
+    }
 }
