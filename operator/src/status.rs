@@ -287,6 +287,10 @@ fn cli_tools_runnable(
     )
 }
 
+/// Whether the data plane's rollout is done, judged as `kubectl rollout status` judges it: every
+/// replica runs the current template and is available, and no replica of an older one is left.
+/// Counting ready replicas alone called a rollout whose new pod crash-loops ready, since the old
+/// pod it replaces still serves.
 fn readiness(
     replicas: i32,
     generation: Option<i64>,
@@ -302,14 +306,44 @@ fn readiness(
             "the Deployment reports no status yet".into(),
         );
     };
+    let condition = |type_: &str| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_.as_deref() == Some(type_))
+    };
+    // Kubernetes' own verdicts, in its words: the pods cannot be created (quota, Pod Security,
+    // a missing ServiceAccount), or the rollout made no progress within its deadline.
+    if let Some(failure) =
+        condition("ReplicaFailure").filter(|c| c.status.as_deref() == Some("True"))
+    {
+        let message = failure.message.clone().unwrap_or_default();
+        return (false, "ReplicaFailure", message);
+    }
+    if let Some(progressing) = condition("Progressing")
+        && progressing.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    {
+        let message = progressing.message.clone().unwrap_or_default();
+        return (false, "ProgressDeadlineExceeded", message);
+    }
     let ready = status.ready_replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
     let current = status.observed_generation.unwrap_or(0) >= generation.unwrap_or(0);
     let message = format!("{ready}/{replicas} replicas ready, {updated} up to date");
-    if current && ready >= replicas && updated >= replicas {
-        (true, "DataPlaneReady", message)
-    } else {
+    let old = total - updated;
+    if !(current && updated >= replicas && available >= updated) {
         (false, "Progressing", message)
+    } else if old > 0 {
+        (
+            false,
+            "Progressing",
+            format!("{message}, {old} of the previous version still running"),
+        )
+    } else {
+        (true, "DataPlaneReady", message)
     }
 }
 
@@ -636,8 +670,10 @@ mod tests {
 
         let done = DeploymentStatus {
             observed_generation: Some(2),
+            replicas: Some(1),
             ready_replicas: Some(1),
             updated_replicas: Some(1),
+            available_replicas: Some(1),
             ..Default::default()
         };
         let s2 = gateway_status(
@@ -670,12 +706,86 @@ mod tests {
         assert_eq!(gateway_notices(Some(&s2), &s3)[0].reason, "NotReady");
     }
 
+    fn ready_condition(status: &DeploymentStatus) -> (String, String, String) {
+        let s = gateway_status(None, Some(7), &applied("sha256:a", Some(status)), &at(1));
+        let c = find(&s.conditions, READY).unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    /// As `kubectl rollout status` judges: a new pod that crash-loops beside the old one it was
+    /// to replace is not a finished rollout, although one replica is ready and one is updated.
+    #[test]
+    fn a_rollout_is_ready_only_when_no_old_replica_is_left() {
+        let surging = DeploymentStatus {
+            observed_generation: Some(2),
+            replicas: Some(2),
+            ready_replicas: Some(1),
+            updated_replicas: Some(1),
+            available_replicas: Some(1),
+            unavailable_replicas: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(
+            ready_condition(&surging),
+            (
+                "False".into(),
+                "Progressing".into(),
+                "1/1 replicas ready, 1 up to date, 1 of the previous version still running".into()
+            )
+        );
+        let unavailable = DeploymentStatus {
+            replicas: Some(1),
+            available_replicas: Some(0),
+            ..surging.clone()
+        };
+        assert_eq!(ready_condition(&unavailable).1, "Progressing");
+
+        let condition = |type_: &str, status: &str, reason: &str, message: &str| {
+            k8s_openapi::api::apps::v1::DeploymentCondition {
+                type_: Some(type_.into()),
+                status: Some(status.into()),
+                reason: Some(reason.into()),
+                message: Some(message.into()),
+                ..Default::default()
+            }
+        };
+        let forbidden = DeploymentStatus {
+            conditions: Some(vec![condition(
+                "ReplicaFailure",
+                "True",
+                "FailedCreate",
+                "pods \"edge-x\" is forbidden: violates PodSecurity \"restricted:latest\"",
+            )]),
+            ..surging.clone()
+        };
+        assert_eq!(
+            ready_condition(&forbidden),
+            (
+                "False".into(),
+                "ReplicaFailure".into(),
+                "pods \"edge-x\" is forbidden: violates PodSecurity \"restricted:latest\"".into()
+            )
+        );
+        let stuck = DeploymentStatus {
+            conditions: Some(vec![condition(
+                "Progressing",
+                "False",
+                "ProgressDeadlineExceeded",
+                "ReplicaSet \"edge-7f\" has timed out progressing.",
+            )]),
+            ..surging
+        };
+        assert_eq!(ready_condition(&stuck).1, "ProgressDeadlineExceeded");
+    }
+
     #[test]
     fn a_refused_spec_keeps_the_last_snapshot_facts() {
         let done = DeploymentStatus {
             observed_generation: Some(2),
+            replicas: Some(1),
             ready_replicas: Some(1),
             updated_replicas: Some(1),
+            available_replicas: Some(1),
             ..Default::default()
         };
         let s1 = gateway_status(None, Some(1), &applied("sha256:a", Some(&done)), &at(1));

@@ -227,7 +227,8 @@ async fn the_controller_serves_selected_resources_and_keeps_the_last_good_snapsh
             DEPLOYMENTS,
             NS,
             "edge",
-            json!({"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}),
+            json!({"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1,
+                   "availableReplicas": 1}),
         );
         eventually("Ready", Duration::from_secs(5), || {
             let gw = api.get(GATEWAYS, NS, "edge")?;

@@ -52,7 +52,8 @@ impl Fake {
     fn new(workflows: Vec<Value>) -> Self {
         let mut fake = Self {
             deployment_status: json!({
-                "observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1
+                "observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1,
+                "availableReplicas": 1
             }),
             ..Default::default()
         };
