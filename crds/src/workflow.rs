@@ -120,10 +120,11 @@ pub enum OnError {
     /// Record the failure and go on with the next step.
     #[serde(alias = "Continue")]
     Continue,
-    /// Try again (`retries` times, with backoff), then fail. Only when the upstream did not
-    /// answer (connection error, timeout) or answered 408, 429 or 5xx. A 4xx, or a 2xx whose body
-    /// is not JSON or whose extractors find nothing, fails at once: sending it again would repeat
-    /// what the upstream did.
+    /// Try again (`retries` times, with backoff), then fail. Only when sending again cannot
+    /// repeat what the upstream did: after 408, 429 or 503, or when the request never left; and,
+    /// for GET, HEAD, PUT and DELETE, which may be sent twice (RFC 9110), also after another 5xx,
+    /// a timeout or a connection lost mid-request. A 4xx, or a 2xx whose body is not JSON or whose
+    /// extractors find nothing, fails at once.
     #[serde(alias = "RetryN")]
     Retry,
 }

@@ -186,18 +186,18 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             401,
             json!({"error": format!("token {:?} refused", call.headers.get("authorization"))}),
         ),
-        ("GET", ["boom"]) => json_response(500, json!({"error": "database exploded"})),
+        ("GET" | "POST", ["boom"]) => json_response(500, json!({"error": "database exploded"})),
         ("GET", ["text"]) => Response::builder()
             .header("content-type", "text/plain")
             .body(Full::new(Bytes::from_static(b"hello, not json")).boxed())
             .unwrap(),
         ("GET", ["big"]) => json_response(200, json!({"data": "x".repeat(BIG)})),
         ("GET", ["big-chunked"]) => Response::new(Chunks(BIG / 1000).boxed()),
-        ("GET", ["slow"]) => {
+        ("GET" | "POST", ["slow"]) => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             json_response(200, json!({}))
         }
-        ("GET", ["flaky"]) => {
+        ("GET" | "POST", ["flaky"]) => {
             let n = state.flaky.fetch_add(1, Ordering::SeqCst) + 1;
             if n < 3 {
                 json_response(503, json!({"error": "try again"}))
@@ -248,12 +248,12 @@ fn openapi() -> Value {
                 "requestBody": {"content": {"application/json": {}}}}},
             "/missing": get("missing"),
             "/denied": get("denied"),
-            "/boom": get("boom"),
+            "/boom": {"get": {"operationId": "boom"}, "post": {"operationId": "boomPost"}},
             "/text": get("text"),
             "/big": get("big"),
             "/big-chunked": get("bigChunked"),
-            "/slow": get("slow"),
-            "/flaky": get("flaky"),
+            "/slow": {"get": {"operationId": "slow"}, "post": {"operationId": "slowPost"}},
+            "/flaky": {"get": {"operationId": "flaky"}, "post": {"operationId": "flakyPost"}},
             "/empty": get("empty"),
             "/shape": get("shape"),
         }
@@ -965,9 +965,10 @@ async fn retry_gives_up_after_its_retries() {
     assert_eq!(up.calls_to("/boom"), 2);
 }
 
-/// `on_error: retry` sends again only when the upstream surely did not act: no answer, or 408,
-/// 429 or 5xx. A POST that created its repository (201) but whose extractor finds nothing, a 4xx,
-/// or a 2xx that is not JSON would only be repeated: one request each, and the step fails as is.
+/// `on_error: retry` sends again only when the upstream surely did not act, or when acting twice
+/// does no harm: no answer or a 5xx for an idempotent method, 408, 429 or 503 for any. A POST
+/// that created its repository (201) but whose extractor finds nothing, a 4xx, or a 2xx that is
+/// not JSON would only be repeated: one request each, and the step fails as is.
 #[tokio::test]
 async fn retry_never_repeats_a_request_the_upstream_acted_on_or_refused() {
     let up = Upstream::start().await;
@@ -1000,6 +1001,28 @@ async fn retry_never_repeats_a_request_the_upstream_acted_on_or_refused() {
         assert!(!failure.reason.contains("gave up"), "{}", failure.reason);
         assert_eq!(up.calls_to(path), 1, "{path}");
     }
+
+    // A POST answered 500, or not answered in time, may have been acted on: sent once. (The
+    // same GET is sent again: `retry_gives_up_after_its_retries`.)
+    for (operation, path) in [("boomPost", "/boom"), ("slowPost", "/slow")] {
+        let wf = workflow(
+            &up.base_url(),
+            json!([{"name": "once", "operation_id": operation, "on_error": "retry", "retries": 2,
+                    "timeout_seconds": 1}]),
+        );
+        let outcome = run(&engine(), &wf, json!({})).await;
+        let failure = outcome.result.as_ref().expect_err("the step fails");
+        assert!(!failure.reason.contains("gave up"), "{}", failure.reason);
+        assert_eq!(up.calls_to(path), 1, "{operation}");
+    }
+    // A 503 says the upstream did not act: a POST is sent again.
+    let wf = workflow(
+        &up.base_url(),
+        json!([{"name": "again", "operation_id": "flakyPost", "on_error": "retry"}]),
+    );
+    let outcome = run(&engine(), &wf, json!({})).await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result.err());
+    assert_eq!(up.calls_to("/flaky"), 3);
 }
 
 // ---------------------------------------------------------------------------------------------

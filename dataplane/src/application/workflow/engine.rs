@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use aegis_seal_crds::OnError;
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::audit::{EventLog, millis};
@@ -123,11 +123,22 @@ impl StepFailure {
     }
 }
 
-/// Answers worth another attempt: the upstream timed out, throttled, or failed on its side.
-fn retryable_status(status: StatusCode) -> bool {
-    status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error()
+/// Answers worth another attempt: the upstream timed out, throttled, or failed on its side. A
+/// request that is not idempotent (RFC 9110: POST, PATCH) is sent again only after an answer that
+/// says it was not acted on (408, 429, 503): after a 500, 502 or 504 it may have been, and a
+/// second POST is a second payment, a second repository.
+fn retryable_status(status: StatusCode, method: &Method) -> bool {
+    match status {
+        StatusCode::REQUEST_TIMEOUT
+        | StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::SERVICE_UNAVAILABLE => true,
+        _ => status.is_server_error() && is_idempotent(method),
+    }
+}
+
+/// RFC 9110 §9.2.2: sending it twice has the effect of sending it once.
+fn is_idempotent(method: &Method) -> bool {
+    method.is_safe() || *method == Method::PUT || *method == Method::DELETE
 }
 
 impl WorkflowEngine {
@@ -353,12 +364,15 @@ impl WorkflowEngine {
                 }
                 _ => StatusCode::BAD_GATEWAY,
             };
-            // No answer: the upstream may not have seen the request. (A refused destination or
-            // request would only be refused again, and an oversize answer was an answer.)
-            let retryable = matches!(
-                e,
-                HttpClientError::Transport { .. } | HttpClientError::Timeout { .. }
-            );
+            // No answer. Sent again when the request surely never left, or when sending it
+            // twice does no harm: a timeout or a reset after sending says nothing about whether
+            // the upstream acted. (A refused destination or request would only be refused again,
+            // and an oversize answer was an answer.)
+            let retryable = match &e {
+                HttpClientError::Transport { unsent, .. } => *unsent || is_idempotent(&method),
+                HttpClientError::Timeout { .. } => is_idempotent(&method),
+                _ => false,
+            };
             StepFailure {
                 status,
                 reason: e.to_string(),
@@ -389,7 +403,7 @@ impl WorkflowEngine {
             }
             return Err(StepFailure::upstream(
                 reason,
-                retryable_status(response.status),
+                retryable_status(response.status, &method),
             ));
         }
         let json = parse_body(&response).map_err(|e| {
