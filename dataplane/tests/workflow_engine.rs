@@ -911,6 +911,31 @@ async fn a_later_template_needing_a_continued_steps_value_fails() {
     assert_eq!(up.calls_to("/echo/o"), 0);
 }
 
+/// A raw `{{{x}}}` (upstream's spelling, which kept HTML escaping out) writes the argument as is,
+/// so one holding `","org":"victim` would end the string and name the key again. serde_json keeps
+/// the last of two equal keys, which would send the request to the agent's choice of resource
+/// with the gateway's credential; a key named twice fails the step instead.
+#[tokio::test]
+async fn a_key_named_twice_by_a_raw_value_fails_the_step() {
+    let up = Upstream::start().await;
+    let wf = workflow(
+        &up.base_url(),
+        json!([{"name": "create", "operation_id": "createRepo",
+                "body_template": r#"{"org": "acme", "name": "{{{input.name}}}"}"#}]),
+    );
+    let outcome = run(&engine(), &wf, json!({"name": r#"r","org":"victim"#})).await;
+    let failure = outcome.result.as_ref().expect_err("the step fails");
+    assert_eq!(failure.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        failure
+            .reason
+            .contains(r#"key "org" appears twice in one object"#),
+        "{}",
+        failure.reason
+    );
+    assert!(up.calls().is_empty(), "{:?}", up.calls());
+}
+
 #[tokio::test]
 async fn retry_backs_off_and_succeeds_on_the_third_attempt() {
     let up = Upstream::start().await;

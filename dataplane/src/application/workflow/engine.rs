@@ -256,7 +256,7 @@ impl WorkflowEngine {
         } else {
             "{}".to_owned()
         };
-        let rendered: Value = serde_json::from_str(&text).map_err(|e| {
+        let rendered = template::parse_rendered(&text).map_err(|e| {
             StepFailure::template(format!("template did not render valid JSON: {e}"))
         })?;
         let prepared = request::prepare(

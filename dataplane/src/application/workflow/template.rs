@@ -11,6 +11,7 @@ use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderError,
     RenderErrorReason, ScopedJson,
 };
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
 
 /// Largest text a step template may render.
@@ -36,6 +37,89 @@ pub fn new_registry() -> Handlebars<'static> {
 fn escape_json_string(text: &str) -> String {
     let quoted = serde_json::to_string(text).expect("a str always serializes");
     quoted[1..quoted.len() - 1].to_owned()
+}
+
+/// Parses what a template rendered, refusing an object that names a key twice. `serde_json` keeps
+/// the last of two equal keys, so a raw `{{{x}}}` inside a string, fed `x","owner":"other`, would
+/// silently replace a key the author fixed, such as the path parameter that picks the resource
+/// the gateway's credential acts on. JSON names should be unique (RFC 8259 §4); here they must be.
+pub fn parse_rendered(text: &str) -> Result<Value, String> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let value = UniqueKeys
+        .deserialize(&mut deserializer)
+        .map_err(|e| e.to_string())?;
+    deserializer.end().map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
+/// Deserializes a [`Value`] as serde_json does, but an object with a repeated key is an error.
+#[derive(Clone, Copy)]
+struct UniqueKeys;
+
+impl<'de> DeserializeSeed<'de> for UniqueKeys {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueKeys {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(self)?;
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "key {key:?} appears twice in one object"
+                )));
+            }
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 /// `{{json x}}`: `x` as JSON text (strings quoted and escaped, objects and arrays whole).
@@ -220,6 +304,24 @@ impl Write for BoundedSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rendered_object_may_not_name_a_key_twice() {
+        assert_eq!(
+            parse_rendered(r#"{"a": [1, {"b": 2.5}], "c": null}"#).unwrap(),
+            json!({"a": [1, {"b": 2.5}], "c": null})
+        );
+        let injected = r#"{"org": "acme", "name": "r","org":"victim"}"#;
+        let error = parse_rendered(injected).unwrap_err();
+        assert!(
+            error.starts_with(r#"key "org" appears twice in one object"#),
+            "{error}"
+        );
+        assert!(parse_rendered(r#"{"a": {"x": 1, "x": 2}}"#).is_err());
+        // Keys equal in different objects are fine; trailing text is not.
+        assert!(parse_rendered(r#"[{"x": 1}, {"x": 2}]"#).is_ok());
+        assert!(parse_rendered(r#"{} {}"#).is_err());
+    }
 
     fn render_str(source: &str, scope: &TemplateScope) -> Result<String, String> {
         let mut registry = new_registry();
