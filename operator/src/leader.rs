@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -218,6 +220,49 @@ impl LeaderElector {
         self.metrics.set_leader(false);
     }
 
+    /// Leads while `work` runs. Renews the Lease until `stop` completes; then tells `work` to
+    /// finish and goes on renewing while it does, for at most `drain`, and releases the Lease once
+    /// `work` has ended. A Lease left to run out during the drain would let a standby lead while
+    /// this replica still writes. Leadership lost at any point aborts `work` at once, mid-write
+    /// if need be: every write is an idempotent apply the next leader repeats. Returns whether
+    /// leadership was lost.
+    pub async fn lead(
+        &self,
+        acquired: Instant,
+        mut work: JoinHandle<()>,
+        finish: oneshot::Sender<()>,
+        stop: impl Future<Output = ()>,
+        drain: Duration,
+    ) -> bool {
+        let hold = self.hold(acquired);
+        tokio::pin!(hold);
+        let stopped = tokio::select! {
+            () = &mut hold => false,
+            () = stop => true,
+        };
+        let ended = stopped
+            && {
+                let _ = finish.send(());
+                tokio::select! {
+                    finished = tokio::time::timeout(drain, &mut work) => {
+                        if finished.is_err() {
+                            tracing::warn!("reconciles did not finish in {}s; stopping them", drain.as_secs());
+                        }
+                        true
+                    }
+                    () = &mut hold => false,
+                }
+            };
+        if !work.is_finished() {
+            work.abort();
+            let _ = work.await;
+        }
+        if ended {
+            self.release().await;
+        }
+        !ended
+    }
+
     /// Releases the Lease (on shutdown).
     pub async fn release(&self) {
         self.metrics.set_leader(false);
@@ -407,5 +452,70 @@ mod tests {
         // Leadership ends half a retry interval before the Lease, renewed when acquired, runs
         // out, and not a moment later however long the request hangs.
         assert_eq!(acquired.elapsed(), Duration::from_millis(12_500));
+    }
+
+    /// On shutdown the leader goes on renewing while its reconciles finish, here for longer than
+    /// the Lease lasts, and releases the Lease only after they ended: never a moment when a
+    /// standby may lead while this replica still writes.
+    #[tokio::test(start_paused = true)]
+    async fn the_lease_is_renewed_until_the_drained_work_ends_then_released() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let started = Instant::now();
+        // (seconds since start, method, holder written) for every request.
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((req, send)) = handle.next_request().await {
+                let method = req.method().as_str().to_owned();
+                let bytes = req.into_body().collect().await.unwrap().to_bytes();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let holder = body["spec"]["holderIdentity"].as_str().map(str::to_owned);
+                seen.push((started.elapsed().as_secs(), method, holder));
+                let answer = if body.is_null() {
+                    lease("pod-a", 0)
+                } else {
+                    body
+                };
+                send.send_response(
+                    Response::builder()
+                        .status(StatusCode::OK)
+                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .unwrap(),
+                );
+            }
+            seen
+        });
+        let lock = LeaseLock::new(
+            Api::namespaced(Client::new(svc, "ops"), "ops"),
+            "aegis-seal-operator",
+            "pod-a",
+            Duration::from_secs(15),
+        );
+        let elector = LeaderElector::new(lock, Arc::default());
+        let (finish, finishing) = oneshot::channel();
+        let work = tokio::spawn(async move {
+            let _ = finishing.await;
+            // Reconciles still running for 20 s after the stop, longer than the Lease's 15 s.
+            tokio::time::sleep(Duration::from_secs(20)).await;
+        });
+        let stop = tokio::time::sleep(Duration::from_secs(1));
+        let lost = elector
+            .lead(started, work, finish, stop, Duration::from_secs(30))
+            .await;
+        assert!(!lost);
+        assert_eq!(started.elapsed(), Duration::from_secs(21));
+        drop(elector);
+        let seen = server.await.unwrap();
+        let renewals: Vec<u64> = seen
+            .iter()
+            .filter(|(_, method, holder)| method == "PUT" && holder.as_deref() == Some("pod-a"))
+            .map(|(at, ..)| *at)
+            .collect();
+        assert_eq!(renewals, [5, 10, 15, 20], "{seen:?}");
+        let (at, method, holder) = seen.last().unwrap();
+        assert_eq!(
+            (*at, method.as_str(), holder),
+            (21, "PUT", &None),
+            "{seen:?}"
+        );
     }
 }

@@ -137,26 +137,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let controller = tokio::spawn(lead(client, ctx, async move {
                 let _ = ended.await;
             }));
-            let lost = tokio::select! {
-                () = elector.hold(acquired) => true,
-                () = stopped(stopping.clone()) => false,
-            };
-            if lost {
-                // A standby may lead from now on: stop at once, mid-reconcile if need be (every
-                // write is an idempotent apply the next leader repeats), rather than write beside it.
-                controller.abort();
-                let _ = controller.await;
-            } else {
-                let _ = end.send(());
-                if tokio::time::timeout(STOP_TIMEOUT, controller)
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!("reconciles did not finish in {}s", STOP_TIMEOUT.as_secs());
-                }
-                elector.release().await;
-            }
-            lost
+            elector
+                .lead(
+                    acquired,
+                    controller,
+                    end,
+                    stopped(stopping.clone()),
+                    STOP_TIMEOUT,
+                )
+                .await
         } else {
             false
         }
