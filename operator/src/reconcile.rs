@@ -359,9 +359,28 @@ async fn reconcile_gateway(gw: &SealGateway, ctx: &Context) -> Result<Action, Re
     let (wf_results, rest) = compiled.results.split_at(workflows.selected.len());
     let (cli_results, sc_results) = rest.split_at(cli_tools.selected.len());
     let rejected = compiled.rejected().count();
-    write_tool_statuses(ctx, &workflows, wf_results, &key, &now, &mut events).await?;
-    write_tool_statuses(ctx, &cli_tools, cli_results, &key, &now, &mut events).await?;
-    write_tool_statuses(ctx, &contexts, sc_results, &key, &now, &mut events).await?;
+    let serving = applied.is_ok();
+    write_tool_statuses(
+        ctx,
+        &workflows,
+        wf_results,
+        &key,
+        serving,
+        &now,
+        &mut events,
+    )
+    .await?;
+    write_tool_statuses(
+        ctx,
+        &cli_tools,
+        cli_results,
+        &key,
+        serving,
+        &now,
+        &mut events,
+    )
+    .await?;
+    write_tool_statuses(ctx, &contexts, sc_results, &key, serving, &now, &mut events).await?;
 
     let outcome = match &applied {
         Ok((d, deployment)) => applied_outcome(gw, &compiled, d, deployment, rejected),
@@ -501,16 +520,23 @@ async fn patch_status<K: ToolResource>(
     Ok(())
 }
 
+/// Records `gateway`'s verdict on each resource it selects. While the gateway's own spec is
+/// refused (`serving` false) nothing new is served, so only the resources that do not compile are
+/// told so; one that does is not recorded as served by a gateway that applied nothing.
 async fn write_tool_statuses<K: ToolResource>(
     ctx: &Context,
     resources: &InScope<K>,
     results: &[ResourceResult],
     gateway: &str,
+    serving: bool,
     now: &Time,
     events: &mut Vec<PendingEvent>,
 ) -> Result<(), ReconcileError> {
     let exists = |key: &str| ctx.gateway_exists(key);
     for (obj, result) in resources.selected().zip(results) {
+        if !serving && result.accepted() {
+            continue;
+        }
         let previous = obj.tool_status();
         let new = status::resource_status(
             previous,
