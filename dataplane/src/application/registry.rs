@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use aegis_seal_crds::openapi::Operation;
 use aegis_seal_crds::{
     ApiSpecSource, CliTool, CliToolSpec, ContainerResources, CredentialResolutionPath,
     OpenApiSource, Resources, SecurityContext, SecurityContextSpec, Snapshot, Workflow,
-    WorkflowSpec, WorkflowStep, compile,
+    WorkflowSpec, WorkflowStep, compile, openapi,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
@@ -102,6 +103,84 @@ fn meta(id: &str) -> ObjectMeta {
 
 /// The Workflow resource a REST workflow stands for, its OpenAPI document taken from its spec.
 pub fn workflow_resource(wf: &WorkflowRow, spec: &SpecRow) -> Result<Workflow, String> {
+    resource_with_document(wf, spec, spec.raw_spec.clone())
+}
+
+/// [`workflow_resource`] for many workflows at once, each spec's document read once: a
+/// workflow's document is cut down to the operations of its spec that its steps call, which
+/// compiles to the same entry. A whole document per workflow, each parsed again, made a 2 MB spec
+/// under 60 workflows take gigabytes at every refresh.
+struct WorkflowResources<'a> {
+    specs: &'a HashMap<String, SpecRow>,
+    /// Each spec's operations, or why its document has none: then the workflow carries the
+    /// whole document, and compiling it reports the same problem as ever.
+    operations: HashMap<&'a str, Option<BTreeMap<String, Operation>>>,
+}
+
+impl<'a> WorkflowResources<'a> {
+    fn new(specs: &'a HashMap<String, SpecRow>) -> Self {
+        Self {
+            specs,
+            operations: HashMap::new(),
+        }
+    }
+
+    fn resource(&mut self, wf: &WorkflowRow) -> Result<Workflow, String> {
+        let spec = wf
+            .api_spec_id
+            .as_deref()
+            .and_then(|id| self.specs.get_key_value(id))
+            .ok_or_else(|| format!("workflow {}: its api spec is gone", wf.id))?;
+        let (id, spec) = spec;
+        let operations = self
+            .operations
+            .entry(id.as_str())
+            .or_insert_with(|| openapi::operations(&spec.raw_spec).ok());
+        let Some(operations) = operations else {
+            return workflow_resource(wf, spec);
+        };
+        let steps: Vec<WorkflowStep> = serde_json::from_value(wf.steps.clone())
+            .map_err(|e| corrupt("workflow", &wf.id, "steps", e))?;
+        let called: HashSet<&str> = steps.iter().map(|s| s.operation_id.as_str()).collect();
+        // A step naming an operation the spec lacks keeps all of them, so that compiling says so
+        // in the same words as for the whole document.
+        let all = !called.iter().all(|id| operations.contains_key(*id));
+        let document = operations_document(
+            operations
+                .iter()
+                .filter(|(id, _)| all || called.contains(id.as_str())),
+        );
+        resource_with_document(wf, spec, document)
+    }
+}
+
+/// An OpenAPI 3 document holding exactly `operations`, from which `openapi::operations` reads
+/// them back unchanged.
+fn operations_document<'o>(operations: impl Iterator<Item = (&'o String, &'o Operation)>) -> Value {
+    let mut paths = serde_json::Map::new();
+    for (id, op) in operations {
+        let mut operation = serde_json::json!({
+            "operationId": id,
+            "parameters": op.parameters.iter().map(|p| serde_json::json!({
+                "name": p.name, "in": p.location, "required": p.required,
+            })).collect::<Vec<_>>(),
+        });
+        if op.has_request_body {
+            operation["requestBody"] = serde_json::json!({});
+        }
+        let item = paths
+            .entry(op.path.clone())
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        item[op.method.to_ascii_lowercase()] = operation;
+    }
+    serde_json::json!({"openapi": "3.0.3", "paths": paths})
+}
+
+fn resource_with_document(
+    wf: &WorkflowRow,
+    spec: &SpecRow,
+    document: Value,
+) -> Result<Workflow, String> {
     let steps: Vec<WorkflowStep> = serde_json::from_value(wf.steps.clone())
         .map_err(|e| corrupt("workflow", &wf.id, "steps", e))?;
     let credential_path = spec_credential(spec)?;
@@ -115,7 +194,7 @@ pub fn workflow_resource(wf: &WorkflowRow, spec: &SpecRow) -> Result<Workflow, S
             api_spec: ApiSpecSource {
                 base_url: spec.base_url.clone(),
                 openapi: OpenApiSource {
-                    inline: Some(spec.raw_spec.clone()),
+                    inline: Some(document),
                     ..OpenApiSource::default()
                 },
                 credential_path,
@@ -212,16 +291,14 @@ pub async fn rest_snapshot(db: &Database) -> Result<Snapshot, PersistenceError> 
         .collect();
     let mut resources = Resources::default();
     let mut unusable = Vec::new();
+    let mut workflows = WorkflowResources::new(&specs);
     for wf in db.list_workflows(Some(REST_SOURCE)).await? {
-        let spec = wf.api_spec_id.as_deref().and_then(|id| specs.get(id));
-        match spec.ok_or_else(|| format!("workflow {}: its api spec is gone", wf.id)) {
-            Ok(spec) => match workflow_resource(&wf, spec) {
-                Ok(r) => resources.workflows.push(r),
-                Err(e) => unusable.push(e),
-            },
+        match workflows.resource(&wf) {
+            Ok(r) => resources.workflows.push(r),
             Err(e) => unusable.push(e),
         }
     }
+    drop(workflows);
     for t in db.list_cli_tools(Some(REST_SOURCE)).await? {
         match cli_tool_resource(&t) {
             Ok(r) => resources.cli_tools.push(r),
@@ -368,4 +445,95 @@ pub fn operations_column(ops: &BTreeMap<String, aegis_seal_crds::openapi::Operat
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn spec() -> SpecRow {
+        SpecRow {
+            id: "spec-1".into(),
+            name: "repos".into(),
+            tenant_id: None,
+            base_url: "http://upstream".into(),
+            source_url: None,
+            raw_spec: json!({
+                "openapi": "3.0.3",
+                "components": {
+                    "parameters": {"Owner": {"name": "owner", "in": "path", "required": true}},
+                    "schemas": {"Big": {"description": "x".repeat(10_000)}}
+                },
+                "paths": {
+                    "/repos/{owner}/{repo}": {
+                        "parameters": [{"$ref": "#/components/parameters/Owner"}],
+                        "get": {"operationId": "getRepo", "parameters": [
+                            {"name": "repo", "in": "path"}, {"name": "page", "in": "query"},
+                            {"name": "X-Trace", "in": "header", "required": true}]},
+                        "patch": {"operationId": "editRepo", "requestBody": {"content": {}}}
+                    },
+                    "/other": {"get": {"operationId": "other"}}
+                }
+            }),
+            operations: Value::Null,
+            credential_path: None,
+            source: REST_SOURCE.into(),
+        }
+    }
+
+    fn workflow(id: &str, operations: &[&str]) -> WorkflowRow {
+        WorkflowRow {
+            id: id.into(),
+            name: id.into(),
+            tenant_id: None,
+            description: String::new(),
+            input_schema: json!({"type": "object"}),
+            api_spec_id: Some("spec-1".into()),
+            steps: Value::Array(
+                operations
+                    .iter()
+                    .map(|op| json!({"name": op, "operation_id": op}))
+                    .collect(),
+            ),
+            source: REST_SOURCE.into(),
+        }
+    }
+
+    /// A workflow built from its spec's operations compiles to exactly what the whole document
+    /// gives, problems included, while carrying only what its steps call.
+    #[test]
+    fn a_workflow_carries_only_the_operations_it_calls_and_compiles_the_same() {
+        let specs = HashMap::from([("spec-1".to_owned(), spec())]);
+        let rows = [
+            workflow("edit", &["getRepo", "editRepo"]),
+            workflow("missing", &["getRepo", "nowhere"]),
+        ];
+        let mut cut = WorkflowResources::new(&specs);
+        let cut: Vec<Workflow> = rows.iter().map(|wf| cut.resource(wf).unwrap()).collect();
+        let whole: Vec<Workflow> = rows
+            .iter()
+            .map(|wf| workflow_resource(wf, &specs["spec-1"]).unwrap())
+            .collect();
+
+        let document = cut[0].spec.api_spec.openapi.inline.as_ref().unwrap();
+        let paths: Vec<&String> = document["paths"].as_object().unwrap().keys().collect();
+        assert_eq!(paths, ["/repos/{owner}/{repo}"]);
+        assert!(serde_json::to_string(document).unwrap().len() < 1_000);
+
+        let compiled = |workflows: Vec<Workflow>| {
+            let c = compile(&Resources {
+                workflows,
+                ..Resources::default()
+            });
+            (c.results, c.snapshot.workflows)
+        };
+        let (cut_results, cut_entries) = compiled(cut);
+        let (whole_results, whole_entries) = compiled(whole);
+        assert_eq!(cut_results, whole_results);
+        assert_eq!(cut_entries, whole_entries);
+        assert!(cut_results[0].accepted(), "{:?}", cut_results[0]);
+        assert!(!cut_results[1].accepted());
+    }
 }
