@@ -1077,3 +1077,45 @@ async fn a_tenant_operator_cannot_take_over_or_revoke_a_system_global_session() 
         control.shutdown().await;
     }
 }
+
+/// The orchestrator, a platform operator serving every tenant, binds each session to its agent's
+/// tenant with `tenant_id`; that tenant's operators then see it and no other tenant's do. A
+/// tenant operator may name only its own tenant.
+#[tokio::test]
+async fn a_platform_operator_binds_a_session_to_a_tenant() {
+    let ops = Operators::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = ops.control(&support::sqlite_url(dir.path())).await;
+
+    let mut body = session_body("sb-bound");
+    body["tenant_id"] = json!("tenant-b");
+    let (status, reply) = upsert(&control, &ops.platform, body.clone()).await;
+    assert_eq!(status, 201, "{reply}");
+    assert_eq!(reply["session"]["tenant_id"], "tenant-b");
+    assert_eq!(
+        stored(&control, "sb-bound").await.tenant_id.as_deref(),
+        Some("tenant-b")
+    );
+    let (_, listed) = list(&control, &ops.b).await;
+    assert_eq!(ids(&listed), ["sb-bound"]);
+    let (_, listed) = list(&control, &ops.a).await;
+    assert!(ids(&listed).is_empty(), "{listed}");
+
+    // A tenant operator naming another tenant is refused; naming its own is as without it.
+    let mut body = session_body("sa-other");
+    body["tenant_id"] = json!("tenant-b");
+    let (status, reply) = upsert(&control, &ops.a, body).await;
+    assert_eq!(status, 403, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("tenant mismatch")),
+        "{reply}"
+    );
+    assert!(control.db.get_session("sa-other").await.unwrap().is_none());
+    let mut body = session_body("sa-own");
+    body["tenant_id"] = json!("tenant-a");
+    let (status, reply) = upsert(&control, &ops.a, body).await;
+    assert_eq!(status, 201, "{reply}");
+    assert_eq!(reply["session"]["tenant_id"], "tenant-a");
+}

@@ -30,6 +30,29 @@ struct UpsertSession {
     expires_at: Option<String>,
     #[serde(default)]
     allowed_tool_patterns: Option<Vec<String>>,
+    /// The tenant whose agent the session is for. Only a platform operator (the orchestrator
+    /// serving every tenant) may name another than its own; without it the session is the
+    /// operator's tenant's, as upstream, which left an orchestrator without a tenant claim
+    /// unable to bind any session to a tenant.
+    #[serde(default)]
+    tenant_id: Option<String>,
+}
+
+/// The tenant a new or replaced session belongs to, or why the operator may not name it.
+fn session_tenant(
+    operator: &OperatorIdentity,
+    requested: Option<&str>,
+) -> Result<Option<String>, String> {
+    match requested.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(operator.tenant_id.clone()),
+        Some(t) if operator.platform_operator || operator.tenant_id.as_deref() == Some(t) => {
+            Ok(Some(t.to_owned()))
+        }
+        Some(t) => Err(format!(
+            "tenant mismatch: an operator of tenant \"{}\" cannot create sessions for tenant \"{t}\"",
+            operator.tenant_id.as_deref().unwrap_or_default()
+        )),
+    }
 }
 
 /// A session as listed: everything but the security token.
@@ -76,6 +99,10 @@ pub async fn upsert(
     if let Err(e) = parse_session_key(&request.public_key_b64) {
         return error(StatusCode::BAD_REQUEST, e.message);
     }
+    let tenant_id = match session_tenant(operator, request.tenant_id.as_deref()) {
+        Ok(t) => t,
+        Err(refused) => return error(StatusCode::FORBIDDEN, refused),
+    };
     let status = match request.session_status.as_deref() {
         None => SessionStatus::Active,
         Some(s) => match SessionStatus::parse(s) {
@@ -124,7 +151,7 @@ pub async fn upsert(
         status,
         expires_at,
         allowed_tool_patterns: patterns,
-        tenant_id: operator.tenant_id.clone(),
+        tenant_id,
     };
     let written = match state.db.upsert_session(&record).await {
         Ok(w) => w,

@@ -66,7 +66,8 @@ fn session(_: &mut SchemaGenerator) -> Value {
             "security_token": {"type": "string"},
             "session_status": {"type": "string", "enum": ["Active", "Expired", "Revoked"]},
             "expires_at": {"type": "string", "format": "date-time"},
-            "allowed_tool_patterns": {"type": "array", "items": {"type": "string"}}
+            "allowed_tool_patterns": {"type": "array", "items": {"type": "string"}},
+            "tenant_id": {"type": "string", "description": "the tenant the session is for; another than the operator's own only from a platform operator"}
         }
     })
 }
