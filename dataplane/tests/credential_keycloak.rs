@@ -160,6 +160,9 @@ async fn keycloak_401_is_a_502_logged_as_the_runbook_says() {
     let reason = "http error: Keycloak token exchange returned 401 Unauthorized: invalid_client \
                   (Invalid client or Invalid client credentials)";
     assert_failed(&outcome, StatusCode::BAD_GATEWAY, "human_delegated", reason);
+    let event = only_event(&outcome, CREDENTIAL_EXCHANGE_FAILED);
+    assert_eq!(event.payload["effective_path"], "human_delegated");
+    assert_eq!(event.payload["target_service"], "github-api");
     assert_eq!(kc.exchanges().len(), 1, "a 4xx is not retried");
     let logs = logs_text();
     let line = logs

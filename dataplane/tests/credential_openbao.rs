@@ -249,6 +249,13 @@ async fn missing_kv_path_is_a_502_quoting_openbao_and_the_runbook_query_finds_it
     let outcome = resolver.resolve(request("exec-kv-404", &path)).await;
     let reason = "http error: OpenBao KV request returned 404 Not Found: []";
     assert_exchange_failed(&outcome, "exec-kv-404", "static_ref", reason);
+    // The path read, for the runbook's "read the secret the resolver is asking for".
+    let event = only_event(&outcome, CREDENTIAL_EXCHANGE_FAILED);
+    assert_eq!(event.payload["effective_path"], "static_ref");
+    assert_eq!(
+        event.payload["target_service"],
+        format!("secret/data/{key}")
+    );
     assert_eq!(
         outcome.result.as_ref().unwrap_err().body(),
         json!({"error": format!("credential exchange failed: {reason}")})

@@ -219,6 +219,9 @@ pub(crate) struct Failure {
     audited: bool,
     /// A lease obtained before the failure: revoked at once.
     lease_id: Option<String>,
+    /// The path taken and what it asked (the OpenBao path read, the audience), when it got that
+    /// far: what the runbook's diagnosis needs to reproduce the failing request.
+    attempted: Option<(&'static str, String)>,
 }
 
 impl Failure {
@@ -228,6 +231,15 @@ impl Failure {
             reason: reason.into(),
             audited: true,
             lease_id: None,
+            attempted: None,
+        }
+    }
+
+    /// The same failure, met on `effective` while asking for `target`.
+    fn at(self, effective: &'static str, target: &str) -> Self {
+        Self {
+            attempted: Some((effective, target.to_owned())),
+            ..self
         }
     }
 
@@ -259,6 +271,7 @@ impl Failure {
             reason: reason.to_owned(),
             audited: false,
             lease_id: None,
+            attempted: None,
         }
     }
 }
@@ -572,6 +585,10 @@ impl CredentialResolver {
                     let mut payload = Map::new();
                     payload.insert("execution_id".into(), json!(req.execution_id));
                     payload.insert("resolution_path".into(), json!(label));
+                    if let Some((effective, target)) = &failure.attempted {
+                        payload.insert("effective_path".into(), json!(effective));
+                        payload.insert("target_service".into(), json!(target));
+                    }
                     payload.insert("reason".into(), json!(reason));
                     payload.insert("status".into(), json!(failure.status.as_u16()));
                     if let Some(tenant) = tenant {
@@ -682,30 +699,40 @@ impl CredentialResolver {
         engine: &str,
         role: &str,
     ) -> Result<Obtained, Failure> {
-        let secret = self.openbao.dynamic(tenant, engine, role).await?;
         let prefix = tenant.map(|t| format!("tenant-{t}/")).unwrap_or_default();
+        let target = format!(
+            "{prefix}{}/creds/{}",
+            engine.trim().trim_matches('/'),
+            role.trim()
+        );
+        let secret = self
+            .openbao
+            .dynamic(tenant, engine, role)
+            .await
+            .map_err(|f| f.at("system_jit", &target))?;
         Ok(Obtained {
             effective: "system_jit",
-            target: format!(
-                "{prefix}{}/creds/{}",
-                engine.trim().trim_matches('/'),
-                role.trim()
-            ),
+            target,
             material: Material::Dynamic(secret.data),
             lease_id: secret.lease_id,
         })
     }
 
     async fn static_ref(&self, owner: Option<&str>, key: &str) -> Result<Obtained, Failure> {
-        let data = self.openbao.kv(owner, key).await?;
         let prefix = owner.map(|t| format!("tenant-{t}/")).unwrap_or_default();
+        let target = format!(
+            "{}/data/{prefix}{}",
+            self.openbao.kv_mount.trim().trim_matches('/'),
+            key.trim().trim_matches('/')
+        );
+        let data = self
+            .openbao
+            .kv(owner, key)
+            .await
+            .map_err(|f| f.at("static_ref", &target))?;
         Ok(Obtained {
             effective: "static_ref",
-            target: format!(
-                "{}/data/{prefix}{}",
-                self.openbao.kv_mount.trim().trim_matches('/'),
-                key.trim().trim_matches('/')
-            ),
+            target,
             material: Material::Kv(data),
             lease_id: None,
         })
@@ -726,7 +753,8 @@ impl CredentialResolver {
         let token = self
             .keycloak
             .exchange(&config, user_token, target_service)
-            .await?;
+            .await
+            .map_err(|f| f.at(effective, target_service.trim()))?;
         Ok(Obtained {
             effective,
             target: target_service.trim().to_owned(),
@@ -773,7 +801,11 @@ impl CredentialResolver {
         };
         if let Some(secret_path) = binding {
             tracing::trace!(provider, "credential binding found; reading its KV secret");
-            let data = self.openbao.kv(None, &secret_path).await?;
+            let data = self
+                .openbao
+                .kv(None, &secret_path)
+                .await
+                .map_err(|f| f.at("user_bound", &secret_path))?;
             return Ok(Obtained {
                 effective: "user_bound",
                 target: provider.to_owned(),
