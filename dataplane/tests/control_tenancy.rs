@@ -6,6 +6,7 @@
 mod control_support;
 mod support;
 
+use aegis_seal_gateway::infrastructure::persistence::EventQuery;
 use control_support::{Control, JwksServer, names, openapi_document, operator, standard_jwks};
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -396,6 +397,23 @@ async fn tenants_are_isolated_and_global_objects_belong_to_platform_operators() 
             let gone = format!("{path}?tenant_id=");
             let (status, _) = control.call("GET", &gone, Some(&platform), None).await;
             assert_eq!(status, 404, "{backend} {path} is gone");
+            // Deleting it again is done already (reference §2.2), and writes no event.
+            let newest = || async {
+                let query = EventQuery {
+                    newest_first: true,
+                    limit: 1,
+                    ..EventQuery::default()
+                };
+                control.db.query_events(&query).await.unwrap()[0].id
+            };
+            let before = newest().await;
+            let (status, reply) = control.call("DELETE", &gone, Some(&platform), None).await;
+            assert_eq!(
+                (status, reply),
+                (200, json!({"deleted": true})),
+                "{backend} DELETE {path} again"
+            );
+            assert_eq!(newest().await, before, "{backend} DELETE {path} again");
         }
 
         // Registrations are audited under the runbook's event names.

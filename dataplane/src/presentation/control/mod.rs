@@ -378,6 +378,16 @@ fn require_rest(
     ))
 }
 
+/// A `DELETE` of what is not there: done already, as upstream answers, so a client that retries
+/// a delete whose answer it lost is not told it failed. Nothing is written.
+fn already_deleted(not_found: Response<Body>) -> Response<Body> {
+    if not_found.status() == StatusCode::NOT_FOUND {
+        json_response(StatusCode::OK, &json!({"deleted": true}))
+    } else {
+        not_found
+    }
+}
+
 fn db_error(e: &PersistenceError) -> Response<Body> {
     // Names are checked under this process's registry lock; another replica's write of the same
     // name between that check and this insert meets the unique index instead. A conflict, not

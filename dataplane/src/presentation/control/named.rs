@@ -5,7 +5,7 @@
 use http::{Response, StatusCode};
 use serde_json::Value;
 
-use super::{Ctx, UNSTORED_SOURCE, bad_request, db_error, require_rest, swap};
+use super::{Ctx, UNSTORED_SOURCE, already_deleted, bad_request, db_error, require_rest, swap};
 use crate::gateway::GatewayState;
 use crate::infrastructure::persistence::{CatalogTable, Database, PersistenceError};
 use crate::presentation::http::{Body, json_response};
@@ -152,7 +152,7 @@ pub(super) async fn delete<K: NamedKind>(ctx: &Ctx<'_>, name: &str) -> Response<
     let base = ctx.state.registry.lock().await;
     let current = match load::<K>(ctx, name).await {
         Ok(row) => row,
-        Err(r) => return r,
+        Err(r) => return already_deleted(r),
     };
     if let Err(r) = ctx.check_rest_write(
         &what::<K>(name),

@@ -12,7 +12,10 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Ctx, bad_request, db_error, invalid, not_found, now, parse_body, swap, tenant_phrase};
+use super::{
+    Ctx, already_deleted, bad_request, db_error, invalid, not_found, now, parse_body, swap,
+    tenant_phrase,
+};
 use crate::application::registry::{self, operations_column};
 use crate::infrastructure::http_client::OutboundRequest;
 use crate::infrastructure::persistence::{AuditEvent, CatalogTable, SpecRow};
@@ -438,7 +441,7 @@ pub(super) async fn delete(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
     let _base = ctx.state.registry.lock().await;
     let current = match load(ctx, id).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return already_deleted(r),
     };
     if let Err(r) =
         ctx.check_rest_write(&what(id), id, current.tenant_id.as_deref(), &current.source)

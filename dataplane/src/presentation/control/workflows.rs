@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Ctx, bad_request, db_error, declarative_conflict, invalid, not_found, now, parse_body,
-    parse_value, swap, tenant_phrase,
+    Ctx, already_deleted, bad_request, db_error, declarative_conflict, invalid, not_found, now,
+    parse_body, parse_value, swap, tenant_phrase,
 };
 use crate::application::registry::{self, Base};
 use crate::infrastructure::persistence::{
@@ -342,7 +342,7 @@ pub(super) async fn delete(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
     let base = ctx.state.registry.lock().await;
     let current = match load(ctx, id).await {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return already_deleted(r),
     };
     if let Err(r) =
         ctx.check_rest_write(&what(id), id, current.tenant_id.as_deref(), &current.source)
