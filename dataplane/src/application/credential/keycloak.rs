@@ -346,7 +346,19 @@ impl UserTokenVerifier {
         {
             return Ok(set.clone());
         }
-        let mut state = self.refresh.lock().await;
+        let mut state = match &cached {
+            // A set past its TTL while another call fetches its successor: it serves meanwhile,
+            // within the stale bound, rather than every call queueing behind one fetch (up to
+            // its timeout and retries while the IdP is down).
+            Some(set) if !force => match self.refresh.try_lock() {
+                Ok(state) => state,
+                Err(_) if set.fetched_at.elapsed() <= JWKS_TTL.saturating_add(STALE_FOR) => {
+                    return Ok(set.clone());
+                }
+                Err(_) => self.refresh.lock().await,
+            },
+            _ => self.refresh.lock().await,
+        };
         let current = self.cached();
         // Someone refreshed while we waited for the lock: use their result.
         if let Some(current) = &current
@@ -605,5 +617,53 @@ fn describe(error: &jsonwebtoken::errors::Error) -> String {
         | ErrorKind::Base64(_)
         | ErrorKind::InvalidToken => "malformed token".to_owned(),
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infrastructure::http_client::{HttpClient, HttpClientConfig};
+
+    fn verifier() -> UserTokenVerifier {
+        let http = HttpClient::new(HttpClientConfig::default()).unwrap();
+        UserTokenVerifier::new(
+            Some("http://127.0.0.1:9/jwks".parse().unwrap()),
+            None,
+            None,
+            Transport {
+                http,
+                timeout: Duration::from_secs(5),
+                max_retries: 1,
+            },
+        )
+    }
+
+    /// Past its TTL, the cached set serves every call while one fetches its successor: nobody
+    /// else waits for that fetch (a hanging IdP held each call for its whole timeout).
+    #[tokio::test]
+    async fn a_stale_set_serves_while_another_call_refreshes_it() {
+        let verifier = verifier();
+        let old = Arc::new(KeySet {
+            keys: Vec::new(),
+            fetched_at: Instant::now()
+                .checked_sub(JWKS_TTL + Duration::from_secs(60))
+                .unwrap(),
+        });
+        *verifier.keys.lock().unwrap() = Some(old.clone());
+        // Another call is fetching.
+        let fetching = verifier.refresh.lock().await;
+        let set = tokio::time::timeout(Duration::from_secs(1), verifier.key_set(false))
+            .await
+            .expect("served without waiting for the fetch")
+            .unwrap();
+        assert!(Arc::ptr_eq(&set, &old));
+        // A forced refresh (an unknown kid) does wait: the stale set cannot answer it.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), verifier.key_set(true))
+                .await
+                .is_err()
+        );
+        drop(fetching);
     }
 }
