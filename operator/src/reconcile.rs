@@ -156,6 +156,18 @@ pub enum ReconcileError {
     MissingMetadata(&'static str),
 }
 
+impl ReconcileError {
+    /// The API server refused a request as invalid or forbidden (a 4xx other than a conflict or
+    /// throttling): sending it again unchanged cannot succeed.
+    fn refused_by_the_api_server(&self) -> bool {
+        matches!(
+            self,
+            Self::Kube { source: kube::Error::Api(status), .. }
+                if (400..500).contains(&status.code) && ![409, 429].contains(&status.code)
+        )
+    }
+}
+
 fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
     let action = action.into();
     move |source| ReconcileError::Kube { action, source }
@@ -347,11 +359,22 @@ async fn reconcile_gateway(gw: &SealGateway, ctx: &Context) -> Result<Action, Re
     });
 
     let desired = desired_objects(gw, &compiled, &ctx.default_image);
-    let applied = match &desired {
-        Ok(d) => Ok((d, apply_all(ctx, &namespace, &name, d).await?)),
+    // Refused: why (a condition reason) and what to say.
+    let applied: Result<_, (&'static str, String)> = match &desired {
+        Ok(d) => match apply_all(ctx, &namespace, &name, d).await {
+            Ok(deployment) => Ok((d, deployment)),
+            // The API server refused an object for good (a 422 for resources whose limits are
+            // below their requests, say): reported on the gateway like a refused spec, instead of
+            // a retry loop that leaves its status claiming the last success.
+            Err(e) if e.refused_by_the_api_server() => {
+                tracing::warn!(gateway = %key, error = %e, "the API server refused an object");
+                Err(("ApplyRefused", e.to_string()))
+            }
+            Err(e) => return Err(e),
+        },
         Err(e) => {
             tracing::warn!(gateway = %key, reason = e.reason(), error = %e, "spec refused");
-            Err(e)
+            Err((e.reason(), e.to_string()))
         }
     };
 
@@ -384,9 +407,9 @@ async fn reconcile_gateway(gw: &SealGateway, ctx: &Context) -> Result<Action, Re
 
     let outcome = match &applied {
         Ok((d, deployment)) => applied_outcome(gw, &compiled, d, deployment, rejected),
-        Err(e) => SpecOutcome::Refused {
-            reason: e.reason(),
-            message: e.to_string(),
+        Err((reason, message)) => SpecOutcome::Refused {
+            reason,
+            message: message.clone(),
         },
     };
     write_gateway_status(gw, ctx, &outcome, &now, &mut events).await?;

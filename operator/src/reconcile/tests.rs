@@ -46,6 +46,8 @@ struct Fake {
     lists: HashMap<String, Vec<Value>>,
     objects: HashMap<String, Value>,
     deployment_status: Value,
+    /// Paths whose apply the API server refuses: its status code and message.
+    refused: HashMap<String, (u16, String)>,
 }
 
 impl Fake {
@@ -88,6 +90,14 @@ impl Fake {
                 } else {
                     not_found(&r.path)
                 }
+            }
+            "PATCH" if self.refused.contains_key(&r.path) => {
+                let (code, message) = &self.refused[&r.path];
+                (
+                    StatusCode::from_u16(*code).unwrap(),
+                    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                           "reason": "Invalid", "code": code, "message": message, "metadata": {}}),
+                )
             }
             "PATCH" => match r.path.strip_suffix("/status") {
                 Some(path) => match self.objects.get(path) {
@@ -450,6 +460,41 @@ async fn a_changed_workflow_is_the_only_status_written() {
         .map(|r| r.body["reason"].clone())
         .collect();
     assert_eq!(reasons, [json!("Accepted"), json!("SnapshotPublished")]);
+}
+
+/// An object the API server refuses for good (here limits below requests) is reported on the
+/// gateway like a refused spec, with the server's words, instead of a retry loop under a status
+/// that still claims the last success.
+#[tokio::test]
+async fn an_object_the_api_server_refuses_is_reported_on_the_gateway() {
+    let mut fake = Fake::new(workflows());
+    let message = "Deployment.apps \"edge\" is invalid: spec.template.spec.containers[0].resources.requests: Invalid value: \"1Gi\": must be less than or equal to memory limit of 512Mi";
+    fake.refused.insert(
+        format!("/apis/apps/v1/namespaces/{NS}/deployments/{GW}"),
+        (422, message.into()),
+    );
+    let (result, seen) = run(fixtures::gateway_json(json!({})), fake).await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+    let mut expected: Vec<String> = reads_and_applies()
+        .into_iter()
+        .take_while(|line| !line.contains("/poddisruptionbudgets/"))
+        .collect();
+    expected.extend([
+        // Nothing new is served: only the workflow that does not compile is told so.
+        format!("PATCH {SEAL}/workflows/bad/status?{APPLY}"),
+        format!("PATCH {SEAL}/sealgateways/{GW}/status?{APPLY}"),
+        format!("POST {EVENTS}"),
+        format!("POST {EVENTS}"),
+    ]);
+    assert_eq!(lines(&seen), expected);
+    let status = &seen[expected.len() - 3].body["status"];
+    let accepted = condition(status, "Accepted");
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["reason"], "ApplyRefused");
+    assert!(
+        accepted["message"].as_str().unwrap().contains(message),
+        "{accepted}"
+    );
 }
 
 #[tokio::test]
