@@ -292,6 +292,16 @@ spec:
     openapi: {{inline: {{openapi: 3.0.0, paths: {{/denied: {{post: {{operationId: denied}}}}}}}}}}
     credential_path: {{StaticRef: {{key: gateway-tests/whoami}}}}
   steps: [{{name: ask, operation_id: denied}}]
+---
+apiVersion: seal.100monkeys.ai/v1
+kind: Workflow
+metadata: {{name: keyless}}
+spec:
+  api_spec:
+    base_url: http://{upstream}
+    openapi: {{inline: {{openapi: 3.0.0, paths: {{/whoami: {{post: {{operationId: whoami}}}}}}}}}}
+    credential_path: {{StaticRef: {{key: gateway-tests/no-such-key}}}}
+  steps: [{{name: ask, operation_id: whoami}}]
 "#
     );
     let (gateway, db, signer, _dir) = sqlite_gateway(
@@ -365,6 +375,32 @@ spec:
         .unwrap();
     let leaks: Vec<&String> = payloads.iter().filter(|p| p.contains("kv-token")).collect();
     assert!(leaks.is_empty(), "{leaks:?}");
+
+    // Started comes before the credential, as upstream records it (reference §6 steps 2-5), so
+    // a call whose credential fails still shows that its workflow was invoked.
+    let body = signer.envelope("keyless", json!({}), "jti-keyless", now.timestamp());
+    let r = invoke(gateway.local_addr, body).await;
+    assert_eq!(r.status(), 502);
+    let types: Vec<String> =
+        sqlx::query_scalar("SELECT event_type FROM gateway_events ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        types[types.len() - 8..],
+        [
+            // The refused "denied" call: the credential was issued, the step failed.
+            "ToolCallAuthorized",
+            "WorkflowInvocationStarted",
+            "CredentialExchangeCompleted",
+            "WorkflowStepExecuted",
+            "WorkflowInvocationFailed",
+            // The "keyless" call.
+            "ToolCallAuthorized",
+            "WorkflowInvocationStarted",
+            "CredentialExchangeFailed",
+        ]
+    );
     gateway.shutdown().await;
 }
 

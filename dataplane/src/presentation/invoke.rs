@@ -7,7 +7,7 @@ use crate::application::catalog::ToolRef;
 use crate::application::cli::CliCall;
 use crate::application::credential::{CredentialRequest, USER_TOKEN_HEADER};
 use crate::application::invocation::{AuthorizedCall, Refusal};
-use crate::application::workflow::{CompiledWorkflow, ExecutionContext};
+use crate::application::workflow::{CompiledWorkflow, ExecutionContext, WorkflowEngine};
 use crate::gateway::GatewayState;
 use crate::infrastructure::http_client::{TraceContext, with_trace_context};
 use crate::infrastructure::metrics::ToolPath;
@@ -178,6 +178,13 @@ async fn run_workflow(
             ),
         );
     }
+    // Started before the credential is resolved, as upstream records it: a call refused there
+    // still shows that the workflow was invoked.
+    events.push(WorkflowEngine::started_event(
+        workflow,
+        &call.execution_id,
+        Some(&call.tenant_id),
+    ));
     let credential = match &workflow.entry().credential_path {
         None => None,
         Some(path) => {
@@ -209,7 +216,7 @@ async fn run_workflow(
     );
     let outcome = state
         .workflows
-        .execute(
+        .execute_started(
             workflow,
             ExecutionContext {
                 execution_id: &call.execution_id,

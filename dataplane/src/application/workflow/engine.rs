@@ -150,7 +150,35 @@ impl WorkflowEngine {
         &self.http
     }
 
+    /// Runs the workflow; its events begin with `WorkflowInvocationStarted`.
     pub async fn execute(
+        &self,
+        wf: &CompiledWorkflow,
+        ctx: ExecutionContext<'_>,
+    ) -> WorkflowOutcome {
+        let started = Self::started_event(wf, ctx.execution_id, ctx.tenant_id);
+        let mut outcome = self.execute_started(wf, ctx).await;
+        outcome.events.insert(0, started);
+        outcome
+    }
+
+    /// `WorkflowInvocationStarted`, for a caller that records it itself before the run, as the
+    /// invocation path does before resolving the workflow's credential (reference §6 steps 2-5),
+    /// and then calls [`Self::execute_started`].
+    pub fn started_event(
+        wf: &CompiledWorkflow,
+        execution_id: &str,
+        tenant_id: Option<&str>,
+    ) -> AuditEvent {
+        let mut log = EventLog::new(wf.workflow_id(), execution_id, tenant_id, 1);
+        log.started(wf.tool_name());
+        log.into_events()
+            .pop()
+            .expect("started() records one event")
+    }
+
+    /// [`Self::execute`] without its `WorkflowInvocationStarted`, which the caller recorded.
+    pub async fn execute_started(
         &self,
         wf: &CompiledWorkflow,
         ctx: ExecutionContext<'_>,
@@ -161,9 +189,8 @@ impl WorkflowEngine {
             workflow_id,
             ctx.execution_id,
             ctx.tenant_id,
-            wf.steps.len() + 2,
+            wf.steps.len() + 1,
         );
-        log.started(wf.tool_name());
         tracing::debug!(
             workflow_id,
             execution_id = ctx.execution_id,
