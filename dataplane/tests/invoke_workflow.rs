@@ -823,3 +823,66 @@ async fn shutdown_waits_for_a_call_whose_agent_hung_up() {
     assert_eq!(replayed.status().as_u16(), 401);
     gateway.shutdown().await;
 }
+
+/// A workflow still waiting on its upstream when the drain ends is stopped: its call is recorded
+/// as failed (503) while the audit log still commits, and shutdown does not wait for the upstream.
+#[tokio::test]
+async fn a_workflow_still_running_after_the_drain_is_stopped_and_recorded() {
+    let upstream = held_upstream().await;
+    let signer = support::Signer::from_vectors();
+    let dir = tempfile::tempdir().unwrap();
+    let url = support::sqlite_url(dir.path());
+    let db = Database::connect(&url).await.unwrap();
+    db.upsert_session(&signer.session_record(chrono::Utc::now()))
+        .await
+        .unwrap();
+    let mut config = signer.gateway_config(&[]);
+    config.settings.network.drain_seconds = 1;
+    let gateway = RunningGateway::start(
+        &config,
+        db.clone(),
+        support::snapshot_of(&slow_tool(upstream.addr, "")),
+        Clock::System,
+    )
+    .await
+    .unwrap();
+    let envelope = signer.envelope(
+        "slow-tool",
+        json!({}),
+        "jti-stopped-workflow",
+        chrono::Utc::now().timestamp(),
+    );
+    let address = gateway.local_addr;
+    let call = tokio::spawn(async move { invoke(address, envelope).await.status().as_u16() });
+    upstream.arrived.notified().await;
+
+    // The upstream never answers: without the stop, shutdown would wait for it.
+    tokio::time::timeout(std::time::Duration::from_secs(20), gateway.shutdown())
+        .await
+        .expect("shutdown ends once the drain is over");
+    assert_eq!(call.await.unwrap(), 503);
+    drop(db);
+    let db = Database::connect(&url).await.unwrap();
+    let Database::Sqlite(pool) = &db else {
+        unreachable!()
+    };
+    assert_eq!(
+        call_events(pool).await,
+        [
+            "ToolCallAuthorized",
+            "WorkflowInvocationStarted",
+            "WorkflowInvocationFailed"
+        ]
+    );
+    let reason: String = sqlx::query_scalar(
+        "SELECT payload->>'reason' FROM gateway_events WHERE event_type = 'WorkflowInvocationFailed'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert!(
+        reason.starts_with("the gateway stopped while the workflow ran"),
+        "{reason}"
+    );
+    db.close().await;
+}

@@ -24,9 +24,9 @@ use crate::gateway::GatewayState;
 use crate::presentation::http::{Body, error};
 use crate::presentation::routes;
 
-/// After the drain (`network.drain_seconds`): how long calls get to end once their CLI tools were stopped (a container's
-/// kill and removal, then the audit commit). The pod's grace period covers both
-/// (`operator::desired::workload`).
+/// After the drain (`network.drain_seconds`): how long calls get to end once their CLI tools and
+/// workflows were stopped (a container's kill and removal, leases released, the audit commit).
+/// The pod's grace period covers both (`operator::desired::workload`).
 pub const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// Accepts connections until `shutdown` flips, then stops accepting and drains open connections.
@@ -96,12 +96,14 @@ pub async fn serve(
         () = drained => tracing::info!("all connections drained"),
         () = tokio::time::sleep(state.drain) => {
             tracing::warn!("drain timed out after {}s; closing remaining connections", state.drain.as_secs());
-            // CLI tools may run for minutes. Stopped now, they remove their containers and
-            // volumes and record their calls as failed while the audit log still commits.
+            // CLI tools may run for minutes, and workflows for as long as their steps' timeouts
+            // and retries allow. Stopped now, CLI runs remove their containers and volumes, and
+            // both record their calls as failed while the audit log still commits.
             state.cli.stop_runs();
+            state.workflows.stop_runs();
             if tokio::time::timeout(STOP_GRACE, detached.wait()).await.is_err() {
                 tracing::warn!(
-                    "calls still running {}s after their CLI tools were stopped are dropped unrecorded",
+                    "calls still running {}s after their CLI tools and workflows were stopped are dropped unrecorded",
                     STOP_GRACE.as_secs()
                 );
             }

@@ -21,6 +21,7 @@ use crate::infrastructure::http_client::{
 };
 use crate::infrastructure::persistence::AuditEvent;
 use crate::infrastructure::telemetry;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Most bytes of an upstream error body quoted in a failure reason.
@@ -80,7 +81,12 @@ impl WorkflowError {
 #[derive(Debug, Clone)]
 pub struct WorkflowEngine {
     http: HttpClient,
+    /// Cancelled when the gateway stops after its drain: the runs still going end there.
+    stop: CancellationToken,
 }
+
+/// Why a workflow cut short by [`WorkflowEngine::stop_runs`] failed.
+pub const STOPPED: &str = "the gateway stopped while the workflow ran; the step's request was abandoned, and the upstream may or may not have acted on it";
 
 struct StepSuccess {
     response: Value,
@@ -143,7 +149,17 @@ fn is_idempotent(method: &Method) -> bool {
 
 impl WorkflowEngine {
     pub fn new(http: HttpClient) -> Self {
-        Self { http }
+        Self {
+            http,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Ends the runs still going, and any started later (the gateway is stopping after its
+    /// drain): each fails at the step it is in with 503 and `WorkflowInvocationFailed`, so that
+    /// its record is written while the audit log still commits, and its leases are released.
+    pub fn stop_runs(&self) {
+        self.stop.cancel();
     }
 
     pub fn http(&self) -> &HttpClient {
@@ -202,7 +218,29 @@ impl WorkflowEngine {
         let mut scope = TemplateScope::new(ctx.arguments);
         let mut last_response = json!({});
         for step in &wf.steps {
-            match self.run_step(wf, step, &scope, &ctx, &mut log).await {
+            let ran = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => None,
+                ran = self.run_step(wf, step, &scope, &ctx, &mut log) => Some(ran),
+            };
+            let Some(ran) = ran else {
+                log.failed(&step.name, STOPPED);
+                tracing::warn!(
+                    workflow_id,
+                    execution_id = ctx.execution_id,
+                    step = %step.name,
+                    "workflow stopped with the gateway"
+                );
+                return WorkflowOutcome {
+                    result: Err(WorkflowError {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        failed_step: step.name.clone(),
+                        reason: STOPPED.to_owned(),
+                    }),
+                    events: log.into_events(),
+                };
+            };
+            match ran {
                 Ok(done) => {
                     scope.record(&step.name, done.extracted);
                     last_response = done.response;
