@@ -1119,3 +1119,33 @@ async fn a_platform_operator_binds_a_session_to_a_tenant() {
     assert_eq!(status, 201, "{reply}");
     assert_eq!(reply["session"]["tenant_id"], "tenant-a");
 }
+
+/// A `platform-admin` whose token also names a tenant is a platform operator (reference §B-4):
+/// it updates a system-global session or another tenant's where they are, and a new session
+/// without `tenant_id` is its own tenant's.
+#[tokio::test]
+async fn a_platform_admin_with_a_tenant_updates_any_session_where_it_is() {
+    let ops = Operators::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = ops
+        .control_with_three(&support::sqlite_url(dir.path()))
+        .await;
+    for (id, tenant) in [("sg-1", None), ("sb-1", Some("tenant-b"))] {
+        let mut update = session_body(id);
+        update["agent_id"] = json!("agent-renamed");
+        let (status, body) = upsert(&control, &ops.admin_in_a, update).await;
+        assert_eq!(status, 200, "{id}: {body}");
+        let row = stored(&control, id).await;
+        assert_eq!(
+            (row.tenant_id.as_deref(), row.agent_id.as_str()),
+            (tenant, "agent-renamed"),
+            "{id}"
+        );
+    }
+    let (status, body) = upsert(&control, &ops.admin_in_a, session_body("sa-new")).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        stored(&control, "sa-new").await.tenant_id.as_deref(),
+        Some("tenant-a")
+    );
+}

@@ -43,7 +43,7 @@ fn session_tenant(
     operator: &OperatorIdentity,
     requested: Option<&str>,
 ) -> Result<Option<String>, String> {
-    match requested.map(str::trim).filter(|t| !t.is_empty()) {
+    match requested {
         None => Ok(operator.tenant_id.clone()),
         Some(t) if operator.platform_operator || operator.tenant_id.as_deref() == Some(t) => {
             Ok(Some(t.to_owned()))
@@ -99,9 +99,25 @@ pub async fn upsert(
     if let Err(e) = parse_session_key(&request.public_key_b64) {
         return error(StatusCode::BAD_REQUEST, e.message);
     }
-    let tenant_id = match session_tenant(operator, request.tenant_id.as_deref()) {
-        Ok(t) => t,
-        Err(refused) => return error(StatusCode::FORBIDDEN, refused),
+    let named = request
+        .tenant_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let tenant_id = if operator.platform_operator && named.is_none() {
+        // A platform operator may change any session; one that names no tenant changes it where
+        // it is (a `platform-admin` token that carries a tenant would otherwise claim another
+        // tenant's or a system-global session for its own, and be refused).
+        match state.db.get_session(&request.execution_id).await {
+            Ok(Some(existing)) => existing.tenant_id,
+            Ok(None) => operator.tenant_id.clone(),
+            Err(e) => return unavailable(HANDLER, &e),
+        }
+    } else {
+        match session_tenant(operator, named) {
+            Ok(t) => t,
+            Err(refused) => return error(StatusCode::FORBIDDEN, refused),
+        }
     };
     let status = match request.session_status.as_deref() {
         None => SessionStatus::Active,
