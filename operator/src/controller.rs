@@ -7,6 +7,7 @@
 //! OpenAPI documents from changes; and when another gateway is deleted (they may have judged
 //! the same resources).
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ use kube::runtime::{Controller, WatchStreamExt, controller};
 use kube::{Api, Client, ResourceExt};
 
 use crate::FIELD_MANAGER;
-use crate::reconcile::{Context, ToolResource, error_policy, reconcile, release};
+use crate::reconcile::{Context, ToolResource, error_policy, reconcile, release, release_absent};
 use crate::selection::{Selection, gateway_key};
 
 /// ConfigMaps per page when the operator lists them all; each may hold up to 1 MiB.
@@ -82,8 +83,25 @@ async fn release_deleted_gateways(client: Client, ctx: Arc<Context>) {
     )
     .default_backoff();
     let mut events = std::pin::pin!(events);
+    // The gateways of the current (re)list, until it is done.
+    let mut listed: Option<BTreeSet<String>> = None;
     while let Some(event) = events.next().await {
         match event {
+            Ok(watcher::Event::Init) => listed = Some(BTreeSet::new()),
+            Ok(watcher::Event::InitApply(gw)) => {
+                let key = gateway_key(&gw);
+                ctx.gateway_present(&key);
+                if let Some(listed) = &mut listed {
+                    listed.insert(key);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(present) = listed.take()
+                    && let Err(e) = release_absent(&ctx, &present).await
+                {
+                    tracing::warn!(error = %e, "cannot release the resources of gateways deleted meanwhile");
+                }
+            }
             Ok(watcher::Event::Delete(gw)) => {
                 let key = gateway_key(&gw);
                 ctx.gateway_deleted(&key);
@@ -91,10 +109,7 @@ async fn release_deleted_gateways(client: Client, ctx: Arc<Context>) {
                     tracing::warn!(gateway = %key, error = %e, "cannot release a deleted gateway's resources");
                 }
             }
-            Ok(watcher::Event::Apply(gw) | watcher::Event::InitApply(gw)) => {
-                ctx.gateway_present(&gateway_key(&gw));
-            }
-            Ok(_) => {}
+            Ok(watcher::Event::Apply(gw)) => ctx.gateway_present(&gateway_key(&gw)),
             Err(e) => tracing::debug!(error = %e, "SealGateway watch"),
         }
     }

@@ -509,6 +509,46 @@ pub async fn release(ctx: &Context, gateway: &str) -> Result<(), ReconcileError>
     release_kind::<SecurityContext>(ctx, gateway).await
 }
 
+/// Releases every gateway that resource statuses still name but that is not among `present`
+/// (every SealGateway the API server listed). One deleted while no operator watched (during a
+/// failover or an upgrade) sent no Delete event, and its entries would stay for good, along with
+/// the `Accepted` derived from them.
+pub async fn release_absent(
+    ctx: &Context,
+    present: &BTreeSet<String>,
+) -> Result<(), ReconcileError> {
+    let mut named = named_gateways::<Workflow>(ctx).await?;
+    named.extend(named_gateways::<CliTool>(ctx).await?);
+    named.extend(named_gateways::<SecurityContext>(ctx).await?);
+    for gateway in named.difference(present) {
+        tracing::info!(gateway = %gateway, "releasing the resources of a gateway deleted while no operator watched");
+        ctx.gateway_deleted(gateway);
+        release(ctx, gateway).await?;
+    }
+    Ok(())
+}
+
+/// The gateways named in the statuses of every resource of kind `K`.
+async fn named_gateways<K: ToolResource>(
+    ctx: &Context,
+) -> Result<BTreeSet<String>, ReconcileError> {
+    let all = Api::<K>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err(format!("listing {}s", K::kind(&()))))?;
+    Ok(all
+        .items
+        .iter()
+        .filter_map(ToolResource::tool_status)
+        .flat_map(|s| {
+            s.acceptance
+                .iter()
+                .map(|a| a.gateway.clone())
+                .chain(s.gateways.iter().cloned())
+        })
+        .collect())
+}
+
 async fn release_kind<K: ToolResource>(ctx: &Context, gateway: &str) -> Result<(), ReconcileError> {
     let all = Api::<K>::all(ctx.client.clone())
         .list(&ListParams::default())

@@ -145,6 +145,21 @@ fn not_found(path: &str) -> (StatusCode, Value) {
 
 /// Runs one reconcile of `gw` against `fake`; returns its result and every request, in order.
 async fn run(gw: Value, fake: Fake) -> (Result<Action, ReconcileError>, Vec<Seen>) {
+    let gw: SealGateway = serde_json::from_value(gw).unwrap();
+    let (result, seen) = against(fake, |ctx| async move {
+        let result = reconcile(Arc::new(gw), ctx.clone()).await;
+        assert_eq!(ctx.metrics.reconciles(), 1);
+        result
+    })
+    .await;
+    (result, seen)
+}
+
+/// Runs `f` with a context whose client talks to `fake`; returns its result and every request.
+async fn against<T, Fut: Future<Output = T>>(
+    fake: Fake,
+    f: impl FnOnce(Arc<Context>) -> Fut,
+) -> (T, Vec<Seen>) {
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(async move {
         let mut seen = Vec::new();
@@ -181,15 +196,9 @@ async fn run(gw: Value, fake: Fake) -> (Result<Action, ReconcileError>, Vec<Seen
         Some("operator-0".into()),
         Arc::default(),
     ));
-    let gw: SealGateway = serde_json::from_value(gw).unwrap();
-    let result = timeout(
-        Duration::from_secs(20),
-        reconcile(Arc::new(gw), ctx.clone()),
-    )
-    .await
-    .expect("the reconcile did not finish");
-    assert_eq!(ctx.metrics.reconciles(), 1);
-    drop(ctx);
+    let result = timeout(Duration::from_secs(20), f(ctx))
+        .await
+        .expect("it did not finish");
     let seen = timeout(Duration::from_secs(5), server)
         .await
         .expect("the client was not released")
@@ -729,4 +738,38 @@ async fn an_api_error_fails_the_reconcile_and_backs_off() {
         [2, 4, 8, 16].map(|s| Action::requeue(Duration::from_secs(s)))
     );
     assert_eq!(backoff(30), BACKOFF_MAX);
+}
+
+/// A gateway deleted while no operator watched sent no Delete event: once the gateways are
+/// listed again, every status that still names an absent one lets it go.
+#[tokio::test]
+async fn gateways_deleted_while_no_operator_watched_are_released_after_a_relist() {
+    const ALL: &str = "/apis/seal.100monkeys.ai/v1";
+    let mut wf = fixtures::workflow_json("kept", "x");
+    wf["status"] = json!({"tool_name": "kept", "gateways": ["tools/edge", "gone/gw"],
+                          "acceptance": [{"gateway": "tools/edge", "accepted": true},
+                                         {"gateway": "gone/gw", "accepted": true}]});
+    let mut fake = Fake::new(vec![]);
+    fake.objects
+        .insert(format!("{SEAL}/workflows/kept"), wf.clone());
+    fake.lists.insert(format!("{ALL}/workflows"), vec![wf]);
+    fake.lists.insert(format!("{ALL}/clitools"), vec![]);
+    fake.lists.insert(format!("{ALL}/securitycontexts"), vec![]);
+    let present = BTreeSet::from(["tools/edge".to_owned()]);
+    let (result, seen) = against(fake, |ctx| async move {
+        let result = release_absent(&ctx, &present).await;
+        assert!(!ctx.gateway_exists("gone/gw"));
+        result
+    })
+    .await;
+    result.unwrap();
+    let patches: Vec<&Seen> = seen.iter().filter(|r| r.method == "PATCH").collect();
+    assert_eq!(patches.len(), 1, "{:?}", lines(&seen));
+    assert_eq!(patches[0].path, format!("{SEAL}/workflows/kept/status"));
+    let status = &patches[0].body["status"];
+    assert_eq!(status["gateways"], json!(["tools/edge"]));
+    assert_eq!(
+        status["acceptance"],
+        json!([{"gateway": "tools/edge", "accepted": true}])
+    );
 }
