@@ -308,7 +308,7 @@ const RELOAD_NICE: libc::c_int = 10;
 /// Gives freed heap pages back to the OS. Loading a snapshot allocates several times what it
 /// keeps (YAML, JSON, compiled templates), and glibc keeps freed arena pages resident, so without
 /// this the load's peak would stay the process's RSS (bench/README.md, "RSS with 2,000 workflows").
-fn release_freed_memory() {
+pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes no pointers; it only returns free arena memory to the kernel.
     unsafe {

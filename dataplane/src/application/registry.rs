@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
 use crate::application::catalog::{Entries, ServedSnapshot, add_default_contexts};
-use crate::gateway::{GatewayState, ReloadError, off_the_runtime};
+use crate::gateway::{GatewayState, ReloadError, off_the_runtime, release_freed_memory};
 use crate::infrastructure::persistence::{
     CliToolRow, Database, PersistenceError, REST_SOURCE, SecurityContextRow, SpecRow, WorkflowRow,
 };
@@ -427,8 +427,13 @@ pub async fn refresh(state: &GatewayState, base: &Base) -> Result<(), String> {
     let hash = served.hash.clone();
     let previous = state.served.swap(Arc::new(served));
     tracing::info!(snapshot = %hash, "REST objects changed; snapshot swapped");
-    // Freed off the runtime, as in `gateway::reload`.
-    let _ = off_the_runtime(move || drop(previous)).await;
+    // Freed off the runtime and the heap trimmed, as in `gateway::reload`: reading the REST
+    // objects parses every spec's document, and glibc would keep those pages resident.
+    let _ = off_the_runtime(move || {
+        drop(previous);
+        release_freed_memory();
+    })
+    .await;
     Ok(())
 }
 
