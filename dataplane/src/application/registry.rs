@@ -103,7 +103,11 @@ fn meta(id: &str) -> ObjectMeta {
 
 /// The Workflow resource a REST workflow stands for, its OpenAPI document taken from its spec.
 pub fn workflow_resource(wf: &WorkflowRow, spec: &SpecRow) -> Result<Workflow, String> {
-    resource_with_document(wf, spec, spec.raw_spec.clone())
+    resource_with_document(wf, spec, steps_of(wf)?, spec.raw_spec.clone())
+}
+
+fn steps_of(wf: &WorkflowRow) -> Result<Vec<WorkflowStep>, String> {
+    serde_json::from_value(wf.steps.clone()).map_err(|e| corrupt("workflow", &wf.id, "steps", e))
 }
 
 /// [`workflow_resource`] for many workflows at once, each spec's document read once: a
@@ -112,8 +116,8 @@ pub fn workflow_resource(wf: &WorkflowRow, spec: &SpecRow) -> Result<Workflow, S
 /// under 60 workflows take gigabytes at every refresh.
 struct WorkflowResources<'a> {
     specs: &'a HashMap<String, SpecRow>,
-    /// Each spec's operations, or why its document has none: then the workflow carries the
-    /// whole document, and compiling it reports the same problem as ever.
+    /// Each spec's operations; `None` when its document yields none, and then the workflow
+    /// carries the whole document, so that compiling it reports the same problem as ever.
     operations: HashMap<&'a str, Option<BTreeMap<String, Operation>>>,
 }
 
@@ -139,8 +143,7 @@ impl<'a> WorkflowResources<'a> {
         let Some(operations) = operations else {
             return workflow_resource(wf, spec);
         };
-        let steps: Vec<WorkflowStep> = serde_json::from_value(wf.steps.clone())
-            .map_err(|e| corrupt("workflow", &wf.id, "steps", e))?;
+        let steps = steps_of(wf)?;
         let called: HashSet<&str> = steps.iter().map(|s| s.operation_id.as_str()).collect();
         // A step naming an operation the spec lacks keeps all of them, so that compiling says so
         // in the same words as for the whole document.
@@ -150,7 +153,7 @@ impl<'a> WorkflowResources<'a> {
                 .iter()
                 .filter(|(id, _)| all || called.contains(id.as_str())),
         );
-        resource_with_document(wf, spec, document)
+        resource_with_document(wf, spec, steps, document)
     }
 }
 
@@ -179,10 +182,9 @@ fn operations_document<'o>(operations: impl Iterator<Item = (&'o String, &'o Ope
 fn resource_with_document(
     wf: &WorkflowRow,
     spec: &SpecRow,
+    steps: Vec<WorkflowStep>,
     document: Value,
 ) -> Result<Workflow, String> {
-    let steps: Vec<WorkflowStep> = serde_json::from_value(wf.steps.clone())
-        .map_err(|e| corrupt("workflow", &wf.id, "steps", e))?;
     let credential_path = spec_credential(spec)?;
     Ok(Workflow {
         metadata: meta(&wf.id),
