@@ -38,23 +38,6 @@ struct UpsertSession {
     tenant_id: Option<String>,
 }
 
-/// The tenant a new or replaced session belongs to, or why the operator may not name it.
-fn session_tenant(
-    operator: &OperatorIdentity,
-    requested: Option<&str>,
-) -> Result<Option<String>, String> {
-    match requested {
-        None => Ok(operator.tenant_id.clone()),
-        Some(t) if operator.platform_operator || operator.tenant_id.as_deref() == Some(t) => {
-            Ok(Some(t.to_owned()))
-        }
-        Some(t) => Err(format!(
-            "tenant mismatch: an operator of tenant \"{}\" cannot create sessions for tenant \"{t}\"",
-            operator.tenant_id.as_deref().unwrap_or_default()
-        )),
-    }
-}
-
 /// A session as listed: everything but the security token.
 fn view(s: &SessionRecord) -> Value {
     json!({
@@ -114,9 +97,17 @@ pub async fn upsert(
             Err(e) => return unavailable(HANDLER, &e),
         }
     } else {
-        match session_tenant(operator, named) {
+        match operator.owner_for_create(named) {
             Ok(t) => t,
-            Err(refused) => return error(StatusCode::FORBIDDEN, refused),
+            Err(t) => {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "tenant mismatch: an operator of tenant \"{}\" cannot create sessions for tenant \"{t}\"",
+                        operator.tenant_id.as_deref().unwrap_or_default()
+                    ),
+                );
+            }
         }
     };
     let status = match request.session_status.as_deref() {

@@ -129,6 +129,19 @@ impl OperatorIdentity {
             platform_operator: true,
         }
     }
+
+    /// The owner of an object this operator creates: the tenant it names (a blank name is none),
+    /// else its own (none for a tenant-less platform operator: system-global). Only a platform
+    /// operator may name another tenant than its own; `Err` is the tenant it may not name.
+    pub fn owner_for_create(&self, requested: Option<&str>) -> Result<Option<String>, String> {
+        match requested.map(str::trim).filter(|t| !t.is_empty()) {
+            None => Ok(self.tenant_id.clone()),
+            Some(t) if self.platform_operator || self.tenant_id.as_deref() == Some(t) => {
+                Ok(Some(t.to_owned()))
+            }
+            Some(t) => Err(t.to_owned()),
+        }
+    }
 }
 
 /// Why an operator request was refused. Messages may quote claims or header values, never the token.

@@ -221,20 +221,15 @@ impl Ctx<'_> {
         require_rest(what, id, owner, source)
     }
 
-    /// The owner of a new object: the body's `tenant_id` if the operator may create there, else the
-    /// operator's own tenant (none for a tenant-less platform operator: system-global).
+    /// The owner of a new object ([`OperatorIdentity::owner_for_create`]), or 403.
     fn owner_for_create(&self, requested: Option<&str>) -> Result<Option<String>, Response<Body>> {
-        let requested = requested.map(str::trim).filter(|t| !t.is_empty());
-        match requested {
-            None => Ok(self.operator.tenant_id.clone()),
-            Some(t) if self.operator.platform_operator => Ok(Some(t.to_owned())),
-            Some(t) if Some(t) == self.operator.tenant_id.as_deref() => Ok(Some(t.to_owned())),
-            Some(t) => Err(tenant_mismatch(format!(
+        self.operator.owner_for_create(requested).map_err(|t| {
+            tenant_mismatch(format!(
                 "an operator of {} cannot create objects for {}",
                 tenant_phrase(self.operator.tenant_id.as_deref()),
-                tenant_phrase(Some(t))
-            ))),
-        }
+                tenant_phrase(Some(&t))
+            ))
+        })
     }
 
     /// The tenant a by-name request means: `?tenant_id=` when given (empty: system-global),
