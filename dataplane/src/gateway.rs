@@ -50,8 +50,8 @@ pub struct GatewayState {
     pub operator_auth: Option<OperatorAuthenticator>,
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
-    /// On shutdown, how long in-flight calls may take before CLI runs are stopped
-    /// (`network.drain_seconds`).
+    /// On shutdown, how long in-flight calls may take before the CLI runs and workflows still
+    /// going are stopped (`network.drain_seconds`).
     pub drain: Duration,
     /// What hot reload has served and refused.
     pub reload: ReloadStats,

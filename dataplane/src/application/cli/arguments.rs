@@ -192,11 +192,7 @@ fn parse_mount(i: usize, item: &Value) -> Result<FsalMount, String> {
 /// the whole export. A call without a tenant has no workspaces. Paths are already normalized.
 pub fn mount_outside_tenant(mounts: &[FsalMount], tenant_id: Option<&str>) -> Option<String> {
     // A tenant id that is not one plain path segment (`a/b`, `..`) names no directory of its own.
-    let segment = |t: &str| {
-        !matches!(t, "" | "." | "..")
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    };
+    let segment = |t: &str| !matches!(t, "" | "." | "..") && plain_segment(t);
     let own = tenant_id.map(|t| (segment(t), format!("{NFS_VOLUMES_ROOT}/{t}/")));
     mounts.iter().enumerate().find_map(|(i, m)| match &own {
         Some((true, own)) if m.remote_path.starts_with(own.as_str()) => None,
@@ -211,6 +207,12 @@ pub fn mount_outside_tenant(mounts: &[FsalMount], tenant_id: Option<&str>) -> Op
     })
 }
 
+/// Only `A-Z a-z 0-9 _ . -`: nothing that could change the meaning of a `--mount` value.
+fn plain_segment(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 /// An absolute path with `.` and empty segments removed; `None` with `..`, or characters that
 /// could change the meaning of a `--mount` value (`,`, `=`, quotes, spaces, controls).
 fn normalize_path(p: &str) -> Option<String> {
@@ -222,10 +224,7 @@ fn normalize_path(p: &str) -> Option<String> {
         match segment {
             "" | "." => {}
             ".." => return None,
-            s if s
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) =>
-            {
+            s if plain_segment(s) => {
                 out.push('/');
                 out.push_str(s);
             }
