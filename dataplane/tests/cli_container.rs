@@ -83,10 +83,7 @@ async fn output_and_exit_code_are_the_result_and_a_non_zero_exit_is_not_an_error
     assert!(completed.payload["duration_ms"].as_u64().is_some());
     assert!(completed.payload["completed_at"].as_str().is_some());
     db.append_events(&out.events).await.unwrap();
-    assert!(
-        containers_of(&exec).is_empty(),
-        "--rm removed the container"
-    );
+    assert_no_container(&exec, "--rm removed the container");
 }
 
 /// Podman's and docker's own failures (exit 125-127 with their own stderr line) are the runbook's
@@ -135,11 +132,7 @@ async fn the_clis_own_failures_are_not_results(
             events_of(&out.events, CLI_TOOL_INVOCATION_COMPLETED).is_empty(),
             "{what}"
         );
-        assert!(
-            containers_of(&exec).is_empty(),
-            "{what}: {:?}",
-            containers_of(&exec)
-        );
+        assert_no_container(&exec, what);
     }
 }
 
@@ -232,7 +225,7 @@ async fn a_fork_bomb_is_stopped_by_the_pids_limit() {
         "the pids limit refused forks: {}",
         result.stderr
     );
-    assert!(containers_of(&exec).is_empty());
+    assert_no_container(&exec, "no container left");
 }
 
 #[tokio::test]
@@ -257,7 +250,7 @@ async fn a_memory_hog_is_killed() {
         only(&out.events, CLI_TOOL_INVOCATION_COMPLETED).payload["exit_code"],
         137
     );
-    assert!(containers_of(&exec).is_empty());
+    assert_no_container(&exec, "no container left");
 }
 
 #[tokio::test]
@@ -292,11 +285,7 @@ async fn a_run_past_its_timeout_is_killed_and_removed() {
         took >= Duration::from_secs(2) && took < Duration::from_secs(300),
         "{took:?}"
     );
-    assert!(
-        containers_of(&exec).is_empty(),
-        "no container left: {:?}",
-        containers_of(&exec)
-    );
+    assert_no_container(&exec, "no container left");
     let completed = only(&out.events, CLI_TOOL_INVOCATION_COMPLETED);
     assert_eq!(completed.payload["timed_out"], true);
     assert_eq!(completed.payload["exit_code"], Value::Null);
@@ -346,10 +335,7 @@ async fn a_removal_that_cannot_be_checked_is_not_reported_as_done() {
         reason.contains("removing its container") && reason.contains("cannot confirm its removal"),
         "{reason}"
     );
-    assert!(
-        containers_of(&exec).is_empty(),
-        "the real podman removed it"
-    );
+    assert_no_container(&exec, "the real podman removed it");
 }
 
 #[tokio::test]
@@ -383,11 +369,7 @@ async fn a_run_stopped_with_the_gateway_is_killed_removed_and_recorded() {
             && reason.ends_with("was killed and removed"),
         "{reason}"
     );
-    assert!(
-        containers_of(&exec).is_empty(),
-        "{:?}",
-        containers_of(&exec)
-    );
+    assert_no_container(&exec, "no container left");
     only(&out.events, CLI_TOOL_INVOCATION_STARTED);
     let failed = only(&out.events, CLI_TOOL_INVOCATION_FAILED);
     assert_eq!(failed.payload["status"], 503);
@@ -524,7 +506,7 @@ async fn nfs_workspace_mounts_are_created_with_their_options_and_removed() {
         "volumes removed: {:?}",
         volumes_of(&exec)
     );
-    assert!(containers_of(&exec).is_empty());
+    assert_no_container(&exec, "no container left");
 }
 
 #[tokio::test]
@@ -669,11 +651,7 @@ async fn docker_mode_through_podmans_api_socket_reports_the_real_exit_code() {
         (result.stdout.as_str(), result.stderr.as_str()),
         ("hi\n", "oops\n")
     );
-    assert!(
-        containers_of(&exec).is_empty(),
-        "removed explicitly: {:?}",
-        containers_of(&exec)
-    );
+    assert_no_container(&exec, "removed explicitly");
 
     let exec = execution_id();
     let out = invoke(
@@ -697,11 +675,7 @@ async fn docker_mode_through_podmans_api_socket_reports_the_real_exit_code() {
     )
     .await;
     assert_eq!(out.result.expect_err("timeout").status, 504);
-    assert!(
-        containers_of(&exec).is_empty(),
-        "killed and removed: {:?}",
-        containers_of(&exec)
-    );
+    assert_no_container(&exec, "killed and removed");
 }
 
 #[tokio::test]

@@ -262,11 +262,7 @@ spec:
         "{:?}",
         stopping.elapsed()
     );
-    assert!(
-        cli_support::containers_of(execution_id).is_empty(),
-        "{:?}",
-        cli_support::containers_of(execution_id)
-    );
+    cli_support::assert_no_container(execution_id, "no container left");
     let db = Database::connect(&url).await.unwrap();
     assert_eq!(
         event_types(&db, execution_id).await,

@@ -432,16 +432,21 @@ mod tests {
         assert_eq!(bodies.len(), 1);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_renewal_that_hangs_is_given_up_before_the_lease_can_run_out() {
-        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    /// pod-a's elector for the Lease, on the mock API `svc`.
+    fn elector_on(svc: tower_test::mock::Mock<Request<Body>, Response<Body>>) -> LeaderElector {
         let lock = LeaseLock::new(
             Api::namespaced(Client::new(svc, "ops"), "ops"),
             "aegis-seal-operator",
             "pod-a",
             Duration::from_secs(15),
         );
-        let elector = LeaderElector::new(lock, Arc::default());
+        LeaderElector::new(lock, Arc::default())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_hangs_is_given_up_before_the_lease_can_run_out() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let elector = elector_on(svc);
         let acquired = Instant::now();
         let holding = tokio::spawn(async move { elector.hold(acquired).await });
         // The first renewal, after a retry interval, reads the Lease and gets no answer.
@@ -484,13 +489,7 @@ mod tests {
             }
             seen
         });
-        let lock = LeaseLock::new(
-            Api::namespaced(Client::new(svc, "ops"), "ops"),
-            "aegis-seal-operator",
-            "pod-a",
-            Duration::from_secs(15),
-        );
-        let elector = LeaderElector::new(lock, Arc::default());
+        let elector = elector_on(svc);
         let (finish, finishing) = oneshot::channel();
         let work = tokio::spawn(async move {
             let _ = finishing.await;

@@ -233,6 +233,12 @@ pub fn containers_of(execution_id: &str) -> Vec<String> {
         .collect()
 }
 
+/// No container (in any state) is labelled with this execution id: it was removed.
+pub fn assert_no_container(execution_id: &str, why: &str) {
+    let left = containers_of(execution_id);
+    assert!(left.is_empty(), "{why}: {left:?}");
+}
+
 /// Names of volumes labelled with this execution id.
 pub fn volumes_of(execution_id: &str) -> Vec<String> {
     let out = std::process::Command::new(podman())
