@@ -2,8 +2,14 @@
 //! exactly one runs the controllers. kube-runtime has no elector; this is the client-go protocol
 //! reduced to what one Lease needs: read it, then take it over (when free or expired) or renew it
 //! (when ours) with an optimistic-concurrency `replace`, so two candidates never both win.
+//!
+//! Expiry is judged as client-go does, by this replica's monotonic clock: another holder's Lease
+//! has expired once it has not been written (its resourceVersion has not changed) for
+//! `leaseDurationSeconds` since we first read it. Its `renewTime` was written by the holder's wall
+//! clock, and comparing that with ours would let clock skew between nodes make two leaders (ours
+//! ahead) or a late takeover (ours behind).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -12,7 +18,7 @@ use tokio::time::Instant;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
 
@@ -29,13 +35,21 @@ pub enum Attempt {
     Conflict,
 }
 
-/// One Lease and who we are.
+/// One Lease and who we are. Clones share what was observed of the Lease.
 #[derive(Clone)]
 pub struct LeaseLock {
     api: Api<Lease>,
     name: String,
     identity: String,
     duration: Duration,
+    observed: Arc<Mutex<Option<Observed>>>,
+}
+
+/// A version of the Lease, and when this process first read it.
+struct Observed {
+    /// Every write to the Lease, a renewal included, gives it a new one.
+    resource_version: Option<String>,
+    since: Instant,
 }
 
 fn is_conflict(e: &kube::Error) -> bool {
@@ -54,6 +68,7 @@ impl LeaseLock {
             name: name.into(),
             identity: identity.into(),
             duration,
+            observed: Arc::default(),
         }
     }
 
@@ -67,7 +82,29 @@ impl LeaseLock {
             .max(1)
     }
 
-    /// Acquires the Lease when it is free, expired or ours, and renews it when ours.
+    /// How long, by our monotonic clock, the Lease has been read at `resource_version`: zero
+    /// when that version is new to us.
+    fn unchanged_for(&self, resource_version: Option<&str>) -> Duration {
+        let mut observed = self.observed.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match &*observed {
+            Some(o) if o.resource_version.as_deref() == resource_version => now - o.since,
+            _ => {
+                *observed = Some(Observed {
+                    resource_version: resource_version.map(str::to_owned),
+                    since: now,
+                });
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Acquires the Lease when it is free, expired or ours, and renews it when ours. Another
+    /// holder's Lease has expired once it has stayed unchanged, across our attempts, for its
+    /// `leaseDurationSeconds` of our monotonic time; so a candidate that has just started waits a
+    /// full lease duration before taking over from a holder that stopped renewing long ago.
+    /// `now` is written as `renewTime` (and `acquireTime`) for people reading the Lease, and never
+    /// compared with the times in it.
     pub async fn try_acquire_or_renew(&self, now: Timestamp) -> Result<Attempt, kube::Error> {
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
@@ -90,15 +127,16 @@ impl LeaseLock {
                 Err(e) => Err(e),
             };
         };
+        let unchanged_for = self.unchanged_for(lease.metadata.resource_version.as_deref());
         let mut spec = lease.spec.take().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
         let ours = holder.as_deref() == Some(self.identity.as_str());
         if !ours {
-            let expires = spec.renew_time.as_ref().map(|t| {
-                t.0 + SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)))
-            });
+            let lease_duration = Duration::from_secs(
+                u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
+            );
             if let Some(holder) = holder
-                && expires.is_some_and(|e| e > now)
+                && unchanged_for < lease_duration
             {
                 return Ok(Attempt::HeldBy(holder));
             }
@@ -161,7 +199,8 @@ impl LeaderElector {
     }
 
     /// Returns once this replica holds the Lease, with when the request that won it was sent:
-    /// the Lease's `renewTime` is no earlier, so it runs out no earlier than a duration after.
+    /// a standby reads what that request wrote no earlier, so it counts the lease duration, by
+    /// its own clock, from no earlier.
     pub async fn acquire(&self) -> Instant {
         let mut last_holder = None;
         loop {
@@ -192,7 +231,7 @@ impl LeaderElector {
     pub async fn hold(&self, acquired: Instant) {
         let margin = self.retry_every / 2;
         let good_until = |renewed: Instant| renewed + self.lock.duration.saturating_sub(margin);
-        // When the newest successful renewal was sent: its `renewTime` is no earlier.
+        // When the newest successful renewal was sent: a standby first read it no earlier.
         let mut renewed = acquired;
         loop {
             tokio::time::sleep_until(Instant::min(
@@ -277,6 +316,7 @@ impl LeaderElector {
 mod tests {
     use http::{Request, Response, StatusCode};
     use http_body_util::BodyExt;
+    use k8s_openapi::jiff::SignedDuration;
     use kube::Client;
     use kube::client::Body;
     use serde_json::{Value, json};
@@ -320,7 +360,8 @@ mod tests {
         });
         let api = Api::namespaced(Client::new(svc, "default"), "ops");
         let lock = LeaseLock::new(api, "aegis-seal-operator", "pod-a", Duration::from_secs(15));
-        let out = timeout(Duration::from_secs(10), f(lock))
+        // Longer than the lease durations that tests wait out on paused time.
+        let out = timeout(Duration::from_secs(60), f(lock))
             .await
             .expect("hung");
         let bodies = timeout(Duration::from_secs(5), server)
@@ -335,12 +376,21 @@ mod tests {
     }
 
     fn lease(holder: &str, renewed_secs_ago: i64) -> Value {
-        let renew = now() - SignedDuration::from_secs(renewed_secs_ago);
+        lease_at(
+            holder,
+            now() - SignedDuration::from_secs(renewed_secs_ago),
+            41,
+        )
+    }
+
+    /// The Lease at `resource_version`, renewed at `renewed` by its holder's clock.
+    fn lease_at(holder: &str, renewed: Timestamp, resource_version: u64) -> Value {
         json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": "aegis-seal-operator", "namespace": "ops", "resourceVersion": "41"},
+            "metadata": {"name": "aegis-seal-operator", "namespace": "ops",
+                         "resourceVersion": resource_version.to_string()},
             "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "leaseTransitions": 4,
-                     "renewTime": renew.to_string()}
+                     "renewTime": renewed.to_string()}
         })
     }
 
@@ -375,21 +425,110 @@ mod tests {
         assert_eq!(out, Attempt::HeldBy("pod-b".into()));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_expired_lease_is_taken_over_with_its_resource_version() {
         let (out, bodies) = scripted(
             vec![
                 ("GET", PATH, 200, lease("pod-b", 20)),
+                ("GET", PATH, 200, lease("pod-b", 20)),
+                ("PUT", PATH, 200, lease("pod-a", 0)),
+            ],
+            |l| async move {
+                // However old its renewTime, a Lease first seen now has a lease duration to go.
+                let first = l.try_acquire_or_renew(now()).await.unwrap();
+                tokio::time::advance(Duration::from_secs(15)).await;
+                (first, l.try_acquire_or_renew(now()).await.unwrap())
+            },
+        )
+        .await;
+        assert_eq!(out, (Attempt::HeldBy("pod-b".into()), Attempt::Held));
+        let put = &bodies[2];
+        assert_eq!(put["metadata"]["resourceVersion"], "41");
+        assert_eq!(put["spec"]["holderIdentity"], "pod-a");
+        assert_eq!(put["spec"]["leaseTransitions"], 5);
+    }
+
+    /// The holder's clock is 27 years behind ours: its renewTime looks long expired, but it
+    /// renews between our reads, so it leads.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_renewed_by_a_clock_far_behind_is_left_alone() {
+        let behind = |secs: i64| Timestamp::from_second(946_684_800 + secs).unwrap();
+        let (out, _) = scripted(
+            vec![
+                ("GET", PATH, 200, lease_at("pod-b", behind(0), 41)),
+                ("GET", PATH, 200, lease_at("pod-b", behind(10), 42)),
+                ("GET", PATH, 200, lease_at("pod-b", behind(20), 43)),
+            ],
+            |l| async move {
+                let mut seen = Vec::new();
+                for _ in 0..3 {
+                    seen.push(l.try_acquire_or_renew(now()).await.unwrap());
+                    tokio::time::advance(Duration::from_secs(10)).await;
+                }
+                seen
+            },
+        )
+        .await;
+        assert_eq!(out, vec![Attempt::HeldBy("pod-b".into()); 3]);
+    }
+
+    /// The holder's clock is 73 years ahead of ours: its renewTime looks valid for long, but it
+    /// has stopped renewing, so it is taken over after a lease duration of our time, not before.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_left_by_a_clock_far_ahead_runs_out_on_our_clock() {
+        let ahead = lease_at("pod-b", Timestamp::from_second(4_102_444_800).unwrap(), 41);
+        let (out, bodies) = scripted(
+            vec![
+                ("GET", PATH, 200, ahead.clone()),
+                ("GET", PATH, 200, ahead.clone()),
+                ("GET", PATH, 200, ahead),
+                ("PUT", PATH, 200, lease("pod-a", 0)),
+            ],
+            |l| async move {
+                let mut seen = vec![l.try_acquire_or_renew(now()).await.unwrap()];
+                tokio::time::advance(Duration::from_millis(14_999)).await;
+                seen.push(l.try_acquire_or_renew(now()).await.unwrap());
+                tokio::time::advance(Duration::from_millis(1)).await;
+                seen.push(l.try_acquire_or_renew(now()).await.unwrap());
+                seen
+            },
+        )
+        .await;
+        assert_eq!(
+            out,
+            [
+                Attempt::HeldBy("pod-b".into()),
+                Attempt::HeldBy("pod-b".into()),
+                Attempt::Held
+            ]
+        );
+        assert_eq!(bodies[3]["spec"]["holderIdentity"], "pod-a");
+        let renewed: Timestamp = bodies[3]["spec"]["renewTime"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(renewed, now(), "renewTime is written by our clock");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_lease_is_taken_at_once() {
+        let mut released = lease("", 0);
+        released["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("holderIdentity");
+        let (out, bodies) = scripted(
+            vec![
+                ("GET", PATH, 200, released),
                 ("PUT", PATH, 200, lease("pod-a", 0)),
             ],
             |l| async move { l.try_acquire_or_renew(now()).await.unwrap() },
         )
         .await;
         assert_eq!(out, Attempt::Held);
-        let put = &bodies[1];
-        assert_eq!(put["metadata"]["resourceVersion"], "41");
-        assert_eq!(put["spec"]["holderIdentity"], "pod-a");
-        assert_eq!(put["spec"]["leaseTransitions"], 5);
+        assert_eq!(bodies[1]["spec"]["holderIdentity"], "pod-a");
+        assert_eq!(bodies[1]["spec"]["leaseTransitions"], 5);
     }
 
     #[tokio::test]

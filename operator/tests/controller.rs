@@ -512,7 +512,12 @@ async fn one_leader_at_a_time_and_a_released_lease_is_taken_at_once() {
             "renewal"
         );
 
-        // pod-a stops renewing: once the Lease expires, pod-b takes over.
+        // pod-a stops renewing: once pod-b has read the Lease unchanged for its duration, on
+        // pod-b's monotonic clock, pod-b takes over. That clock is jumped rather than waited out,
+        // between requests so that none is in flight.
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(15)).await;
+        tokio::time::resume();
         let later = now + SignedDuration::from_secs(16);
         assert_eq!(b.try_acquire_or_renew(later).await.unwrap(), Attempt::Held);
         assert_eq!(
