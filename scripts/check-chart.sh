@@ -105,6 +105,7 @@ refused "retention_days" --set gateway.settings.audit.retention_days=0
 refused "semanticJudgeUrl" --set cliTools.enabled=true --set cliTools.semanticJudgeUrl=judge.local
 refused "networkPolicy.kubernetesApi" --set networkPolicy.enabled=true
 refused "cidrs" --set networkPolicy.enabled=true --set 'networkPolicy.upstreams.cidrs[0]=everywhere'
+refused "namespace_tenants/team-a" --set gateway.resourceSelector.namespaces=All --set-string 'gateway.resourceSelector.namespace_tenants.team-a= acme'
 refused "gateway/tracing/endpoint" --set gateway.tracing.endpoint=otel-collector:4318
 refused "gateway.tracing.endpoint is required" --set gateway.tracing.service_name=seal
 refused "gateway/tracing/sampler_ratio" --set gateway.tracing.endpoint=http://c:4318 --set gateway.tracing.sampler_ratio=1.5

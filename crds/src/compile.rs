@@ -15,6 +15,7 @@ use crate::common::CredentialResolutionPath;
 use crate::openapi;
 use crate::security_context::SecurityContext;
 use crate::snapshot::{CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot, WorkflowEntry};
+use crate::tenancy::NamespaceTenancy;
 use crate::workflow::{OnError, Workflow};
 
 /// Longest run time a CLI tool or a workflow step may be given.
@@ -36,6 +37,9 @@ pub struct Resources {
     pub config_maps: Vec<ConfigMap>,
     /// Documents of `openapi.url` sources, fetched by the caller: URL -> text, or why it could not be fetched.
     pub documents: BTreeMap<String, Result<String, String>>,
+    /// Which tenant each namespace may serve; `None` trusts every resource's `tenant_id` (a
+    /// manifests folder, whose files one operator owns).
+    pub tenancy: Option<NamespaceTenancy>,
 }
 
 /// The outcome of [`compile`].
@@ -171,6 +175,14 @@ pub fn compile(resources: &Resources) -> Compiled {
                 .map(|r| r.spec.tenant_id.as_deref()),
         )
         .collect();
+    // Before names are handed out: a resource its namespace may not declare takes none.
+    if let Some(tenancy) = &resources.tenancy {
+        for (i, result) in results.iter_mut().enumerate() {
+            result
+                .problems
+                .extend(tenancy.problem(metas[i].namespace.as_deref(), tenants[i]));
+        }
+    }
     let tool_count = resources.workflows.len() + resources.cli_tools.len();
     let mut order: Vec<usize> = (0..results.len()).collect();
     order.sort_by(|&a, &b| age_key(metas[a]).cmp(&age_key(metas[b])));

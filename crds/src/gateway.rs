@@ -1,5 +1,7 @@
 //! `SealGateway` and the settings it shares with the standalone `SealGatewayConfig` file.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
@@ -148,6 +150,11 @@ pub struct ResourceSelector {
     /// Only resources whose labels match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
+    /// With `namespaces: All`: namespace -> the one tenant its resources serve (their
+    /// `tenant_id` must name it). Resources in any other namespace than the gateway's own are
+    /// refused, and only the gateway's own namespace may declare system-global ones.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespace_tenants: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

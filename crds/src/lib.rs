@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod security_context;
 pub mod snapshot;
 pub mod snapshot_shards;
+pub mod tenancy;
 pub mod workflow;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -30,6 +31,7 @@ pub use security_context::{Capability, RateLimit, SecurityContext, SecurityConte
 pub use snapshot::{
     CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot, WorkflowEntry, content_hash,
 };
+pub use tenancy::NamespaceTenancy;
 pub use workflow::{ApiSpecSource, OnError, OpenApiSource, Workflow, WorkflowSpec, WorkflowStep};
 
 /// Every CustomResourceDefinition of the API, in a stable order.

@@ -2329,3 +2329,60 @@ fn input_schema_must_be_a_usable_json_schema() {
         );
     }
 }
+
+#[test]
+fn a_namespace_serves_only_the_tenant_its_gateway_binds_it_to() {
+    let mut r = resources(&[
+        // Older than the rest, so it would own the name `repo` in tenant acme if it were served.
+        &workflow(
+            "{metadata: {name: squatter, namespace: team-b, creationTimestamp: '2024-01-01T00:00:00Z'}, \
+             spec: {tool_name: repo, tenant_id: acme}}",
+        ),
+        &workflow(
+            "{metadata: {name: repo, namespace: team-a, creationTimestamp: '2024-06-01T00:00:00Z'}, \
+             spec: {tool_name: repo, tenant_id: acme}}",
+        ),
+        &cli_tool("{metadata: {namespace: team-a}, spec: {tenant_id: null}}"),
+        &security_context("{metadata: {namespace: team-c}, spec: {tenant_id: acme}}"),
+        &security_context("{metadata: {name: global}, spec: {tenant_id: null}}"),
+    ]);
+    r.tenancy = Some(aegis_seal_crds::NamespaceTenancy {
+        home: "tools".into(),
+        bound: BTreeMap::from([
+            ("team-a".into(), "acme".into()),
+            ("team-b".into(), "globex".into()),
+        ]),
+    });
+    let compiled = compile(&r);
+    assert_eq!(
+        result_of(&compiled, "Workflow team-b/squatter").problems,
+        problems(&[(
+            "spec.tenant_id",
+            "namespace \"team-b\" serves tenant \"globex\" only, and this resource names tenant \"acme\""
+        )])
+    );
+    assert_eq!(
+        result_of(&compiled, "CliTool team-a/kubectl").problems,
+        problems(&[(
+            "spec.tenant_id",
+            "namespace \"team-a\" serves tenant \"acme\" only, and this resource is system-global \
+             (no tenant_id), which only the gateway's own namespace \"tools\" may declare"
+        )])
+    );
+    assert_eq!(
+        result_of(&compiled, "SecurityContext team-c/readonly").problems[0].field,
+        "metadata.namespace"
+    );
+    assert_eq!(
+        served(&compiled.snapshot),
+        ["SecurityContext tools/global", "Workflow team-a/repo"]
+    );
+
+    // Without a binding (a manifests folder), every tenant_id is trusted.
+    r.tenancy = None;
+    assert_eq!(
+        compile(&r).rejected().count(),
+        1,
+        "only the younger `repo` loses its name"
+    );
+}

@@ -356,6 +356,7 @@ async fn reconcile_gateway(gw: &SealGateway, ctx: &Context) -> Result<Action, Re
             .documents
             .fetch(&openapi_urls(workflows.selected()))
             .await,
+        tenancy: selection.tenancy(),
     });
 
     let desired = desired_objects(gw, &compiled, &ctx.default_image);

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aegis_seal_crds::gateway::NamespaceScope;
-use aegis_seal_crds::{SealGateway, Workflow};
+use aegis_seal_crds::{NamespaceTenancy, SealGateway, Workflow};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::{Selector, SelectorExt};
 
@@ -28,29 +28,59 @@ pub enum Scope {
 pub struct Selection {
     pub scope: Scope,
     labels: Option<Selector>,
+    tenancy: Option<NamespaceTenancy>,
 }
 
-/// The label selector cannot be evaluated; says which part is wrong.
+/// The selector cannot be evaluated; says which part is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("spec.resource_selector.selector: {0}")]
-pub struct SelectorError(pub String);
+#[error("spec.resource_selector.{field}: {message}")]
+pub struct SelectorError {
+    field: &'static str,
+    message: String,
+}
+
+impl SelectorError {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
 
 impl Selection {
     pub fn of(gw: &SealGateway) -> Result<Self, SelectorError> {
         let rs = &gw.spec.resource_selector;
-        let scope = match rs.namespaces {
-            NamespaceScope::Same => {
-                Scope::Namespace(gw.metadata.namespace.clone().unwrap_or_default())
-            }
-            NamespaceScope::All => Scope::All,
-        };
+        let home = gw.metadata.namespace.clone().unwrap_or_default();
         let labels = rs
             .selector
             .clone()
             .map(Selector::try_from)
             .transpose()
-            .map_err(|e| SelectorError(e.0))?;
-        Ok(Self { scope, labels })
+            .map_err(|e| SelectorError::new("selector", e.0))?;
+        let (scope, tenancy) = match rs.namespaces {
+            NamespaceScope::Same if rs.namespace_tenants.is_empty() => {
+                (Scope::Namespace(home), None)
+            }
+            NamespaceScope::Same => {
+                return Err(SelectorError::new(
+                    "namespace_tenants",
+                    "binds namespaces the gateway does not select: it needs namespaces: All",
+                ));
+            }
+            NamespaceScope::All => (Scope::All, Some(tenancy(home, &rs.namespace_tenants)?)),
+        };
+        Ok(Self {
+            scope,
+            labels,
+            tenancy,
+        })
+    }
+
+    /// What `compile` checks each selected resource's tenant against: with every namespace
+    /// selected, the namespaces' tenants; within the gateway's own namespace, nothing.
+    pub fn tenancy(&self) -> Option<NamespaceTenancy> {
+        self.tenancy.clone()
     }
 
     pub fn includes_namespace(&self, namespace: Option<&str>) -> bool {
@@ -69,6 +99,34 @@ impl Selection {
                 .as_ref()
                 .is_none_or(|s| s.matches(meta.labels.as_ref().unwrap_or(&empty)))
     }
+}
+
+fn tenancy(
+    home: String,
+    bound: &BTreeMap<String, String>,
+) -> Result<NamespaceTenancy, SelectorError> {
+    let field = "namespace_tenants";
+    if bound.contains_key(&home) {
+        return Err(SelectorError::new(
+            field,
+            format!("\"{home}\" is the gateway's own namespace, which serves every tenant"),
+        ));
+    }
+    if let Some((ns, tenant)) = bound
+        .iter()
+        .find(|(ns, t)| ns.is_empty() || t.trim().is_empty() || t.trim() != t.as_str())
+    {
+        return Err(SelectorError::new(
+            field,
+            format!(
+                "\"{ns}\": \"{tenant}\" is not a namespace and a tenant id (both non-empty, without surrounding whitespace)"
+            ),
+        ));
+    }
+    Ok(NamespaceTenancy {
+        home,
+        bound: bound.clone(),
+    })
 }
 
 /// `(namespace, name)` of every ConfigMap the workflows' `openapi.config_map_ref`s name, sorted.
@@ -132,6 +190,45 @@ mod tests {
             err.to_string()
                 .starts_with("spec.resource_selector.selector: ")
         );
+    }
+
+    #[test]
+    fn namespace_tenants_bind_other_namespaces_only() {
+        let of = |tenants: serde_json::Value| {
+            Selection::of(&fixtures::gateway(json!({"resource_selector": {
+                "namespaces": "All", "namespace_tenants": tenants
+            }})))
+        };
+        let s = of(json!({"team-a": "acme"})).unwrap();
+        let tenancy = s.tenancy().unwrap();
+        assert_eq!(tenancy.home, NS);
+        assert_eq!(tenancy.bound["team-a"], "acme");
+        // Every namespace selected and none bound: only the gateway's own serves anything.
+        assert!(of(json!({})).unwrap().tenancy().unwrap().bound.is_empty());
+        assert_eq!(
+            Selection::of(&fixtures::gateway(json!({})))
+                .unwrap()
+                .tenancy(),
+            None
+        );
+
+        assert_eq!(
+            of(json!({NS: "acme"})).unwrap_err().to_string(),
+            "spec.resource_selector.namespace_tenants: \"tools\" is the gateway's own \
+             namespace, which serves every tenant"
+        );
+        for bad in [
+            json!({"team-a": " acme"}),
+            json!({"team-a": ""}),
+            json!({"": "acme"}),
+        ] {
+            let err = of(bad.clone()).unwrap_err().to_string();
+            assert!(
+                err.starts_with("spec.resource_selector.namespace_tenants: ")
+                    && err.ends_with("is not a namespace and a tenant id (both non-empty, without surrounding whitespace)"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

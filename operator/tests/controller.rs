@@ -360,7 +360,8 @@ async fn gateways_that_judge_a_workflow_differently_settle() {
             (
                 "ops",
                 "all",
-                json!({"resource_selector": {"namespaces": "All"}}),
+                json!({"resource_selector": {"namespaces": "All",
+                    "namespace_tenants": {"other": "acme", NS: "acme"}}}),
             ),
             (NS, "edge", json!({})),
         ] {
@@ -373,8 +374,11 @@ async fn gateways_that_judge_a_workflow_differently_settle() {
         // Same tool name; the one in `other` comes first (same age, then namespace order).
         let mut first = workflow("create-repo", "v1", "createRepo");
         first["metadata"]["namespace"] = json!("other");
+        first["spec"]["tenant_id"] = json!("acme");
         api.put(WORKFLOWS, first);
-        api.put(WORKFLOWS, workflow("create-repo", "v1", "createRepo"));
+        let mut second = workflow("create-repo", "v1", "createRepo");
+        second["spec"]["tenant_id"] = json!("acme");
+        api.put(WORKFLOWS, second);
 
         let running = Running::start(&api, None);
 
@@ -400,8 +404,8 @@ async fn gateways_that_judge_a_workflow_differently_settle() {
         assert_eq!((accepted.as_str(), reason.as_str()), ("False", "Invalid"));
         assert_eq!(
             message,
-            "ops/all: spec.tool_name: tool \"create-repo\" is already defined in the system-global \
-             scope by Workflow other/create-repo; served by tools/edge"
+            "ops/all: spec.tool_name: tool \"create-repo\" is already defined in tenant \"acme\" \
+             by Workflow other/create-repo; served by tools/edge"
         );
         // The older one is served by `ops/all`, the only gateway selecting it.
         let other = api.get(WORKFLOWS, "other", "create-repo").unwrap();

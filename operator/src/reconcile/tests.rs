@@ -773,3 +773,85 @@ async fn gateways_deleted_while_no_operator_watched_are_released_after_a_relist(
         json!([{"gateway": "tools/edge", "accepted": true}])
     );
 }
+
+#[tokio::test]
+async fn every_namespace_serves_only_the_tenant_the_gateway_binds_it_to() {
+    const ALL: &str = "/apis/seal.100monkeys.ai/v1";
+    // team-a is bound to acme. One workflow there names acme; one in team-b (bound to nothing)
+    // names acme too, and would put its tool into acme's catalog if its tenant_id were trusted.
+    let in_namespace = |ns: &str, name: &str| {
+        let mut wf = fixtures::workflow_json(name, "x");
+        wf["metadata"]["namespace"] = json!(ns);
+        wf["spec"]["tenant_id"] = json!("acme");
+        wf
+    };
+    let ours = in_namespace("team-a", "ours");
+    let squatter = in_namespace("team-b", "squatter");
+    let mut fake = Fake::new(vec![]);
+    for wf in [&ours, &squatter] {
+        let (ns, name) = (
+            wf["metadata"]["namespace"].as_str().unwrap(),
+            wf["metadata"]["name"].as_str().unwrap(),
+        );
+        fake.objects.insert(
+            format!("{ALL}/namespaces/{ns}/workflows/{name}"),
+            wf.clone(),
+        );
+    }
+    fake.lists
+        .insert(format!("{ALL}/workflows"), vec![ours, squatter]);
+    fake.lists.insert(format!("{ALL}/clitools"), vec![]);
+    fake.lists.insert(format!("{ALL}/securitycontexts"), vec![]);
+    let gw = fixtures::gateway_json(json!({"resource_selector": {
+        "namespaces": "All", "namespace_tenants": {"team-a": "acme"}
+    }}));
+    let (result, seen) = run(gw, fake).await;
+    result.unwrap();
+
+    let status_of = |ns: &str, name: &str| {
+        let path = format!("{ALL}/namespaces/{ns}/workflows/{name}/status");
+        seen.iter()
+            .find(|r| r.path == path)
+            .unwrap_or_else(|| panic!("no status written for {ns}/{name}"))
+            .body["status"]
+            .clone()
+    };
+    let accepted = condition(&status_of("team-a", "ours"), "Accepted").clone();
+    assert_eq!(accepted["status"], "True", "{accepted}");
+    let refused = condition(&status_of("team-b", "squatter"), "Accepted").clone();
+    assert_eq!(refused["status"], "False", "{refused}");
+    assert_eq!(
+        refused["message"],
+        "metadata.namespace: namespace \"team-b\" is bound to no tenant: the gateway serves \
+         resources outside its own namespace \"tools\" only from the namespaces its \
+         spec.resource_selector.namespace_tenants binds"
+    );
+    let gateway = seen
+        .iter()
+        .find(|r| r.path == format!("{SEAL}/sealgateways/{GW}/status"))
+        .expect("the gateway's status is written");
+    assert_eq!(gateway.body["status"]["workflows"], 1);
+}
+
+#[tokio::test]
+async fn binding_namespaces_without_selecting_them_is_refused() {
+    let gw = fixtures::gateway_json(json!({"resource_selector": {
+        "namespace_tenants": {"team-a": "acme"}
+    }}));
+    let (result, seen) = run(gw, Fake::new(vec![])).await;
+    result.unwrap();
+    assert_eq!(
+        lines(&seen),
+        [
+            format!("PATCH {SEAL}/sealgateways/{GW}/status?{APPLY}"),
+            format!("POST {EVENTS}"),
+        ]
+    );
+    let accepted = condition(&seen[0].body["status"], "Accepted").clone();
+    assert_eq!(accepted["reason"], "InvalidSelector");
+    assert_eq!(
+        accepted["message"],
+        "spec.resource_selector.namespace_tenants: binds namespaces the gateway does not \
+         select: it needs namespaces: All"
+    );
+}
