@@ -251,7 +251,7 @@ pub async fn reload(
     }
     // Built before the catalog tables change, so an invalid snapshot leaves everything as it was.
     let served = registry::served_for(&state.db, &snapshot).await?;
-    state
+    let sync = state
         .db
         .sync_catalog(&snapshot, source)
         .await
@@ -261,6 +261,7 @@ pub async fn reload(
     let previous_base = base.replace(snapshot, base_hash);
     drop(base);
     tracing::info!(snapshot = %hash, "snapshot reloaded");
+    registry::record_replaced(state, source, &sync.replaced).await;
     // Freeing thousands of compiled workflows, then trimming the heap, is CPU work too. (Calls
     // still in flight on the previous snapshot hold it, and the last of them frees it.)
     let _ = off_the_runtime(move || {

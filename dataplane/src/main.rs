@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use aegis_seal_crds::Snapshot;
 use aegis_seal_gateway::application::clock::Clock;
+use aegis_seal_gateway::application::registry;
 use aegis_seal_gateway::gateway::RunningGateway;
 use aegis_seal_gateway::infrastructure::config::{ConfigSources, load_config};
 use aegis_seal_gateway::infrastructure::http_client::{HttpClient, HttpClientConfig};
@@ -199,8 +200,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let db = Database::connect(config.database_url())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    db.sync_catalog(&snapshot, source).await?;
+    let sync = db.sync_catalog(&snapshot, source).await?;
     let gateway = RunningGateway::start(&config, db, snapshot, Clock::System).await?;
+    registry::record_replaced(&gateway.state, source, &sync.replaced).await;
     // Unlike upstream, a metrics port that is taken does not stop the gateway: the data path
     // matters more than its scrape endpoint, and Prometheus reports the target down anyway.
     let exporter = match MetricsExporter::start(metrics_addr, gateway.state.clone()).await {

@@ -1,10 +1,12 @@
 //! Objects from manifests or custom resources belong to them: the REST API lists and reads them,
-//! but a REST write to such a name, or to such an object, answers 409 and says to use kubectl.
+//! but a REST write to such a name, or to such an object, answers 409 and says to use kubectl;
+//! a declarative object that arrives later replaces a REST object of its name, and says so.
 //! On both backends.
 
 mod control_support;
 mod support;
 
+use aegis_seal_gateway::infrastructure::persistence::CatalogSource;
 use control_support::{
     Control, JwksServer, manifest_snapshot, openapi_document, operator, standard_jwks,
 };
@@ -313,5 +315,108 @@ async fn the_same_name_through_two_replicas_at_once_is_a_conflict() {
             statuses == [200, 201] || statuses == [201, 409],
             "round {round}: {statuses:?} {body_a} {body_b}"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_manifest_that_takes_a_rest_name_replaces_it_once_and_says_so() {
+    let jwks = JwksServer::start(standard_jwks()).await;
+    let upstream = format!("http://{}", control_support::upstream().await);
+    let platform = operator(None, "operator");
+
+    for (backend, url, _dir) in support::both_backends().await {
+        let control = Control::start(&url, Default::default(), &jwks.uri, &[]).await;
+        let (status, spec) = control
+            .call(
+                "POST",
+                "/v1/specs",
+                Some(&platform),
+                Some(json!({"name": "repos", "base_url": upstream, "inline_json": openapi_document()})),
+            )
+            .await;
+        assert_eq!(status, 201, "{backend}: {spec}");
+        let (status, registered) = control
+            .call(
+                "POST",
+                "/v1/workflows",
+                Some(&platform),
+                Some(json!({"name": "manifest-wf", "api_spec_id": spec["id"],
+                            "steps": [{"name": "s", "operation_id": "createRepo"}]})),
+            )
+            .await;
+        assert_eq!(status, 201, "{backend}: {registered}");
+        let (status, context) = control
+            .call(
+                "POST",
+                "/v1/security-contexts",
+                Some(&platform),
+                Some(json!({"name": "manifest-ctx", "capabilities": [{"tool_pattern": "*"}]})),
+            )
+            .await;
+        assert_eq!(status, 201, "{backend}: {context}");
+
+        // A manifest now defines both names: it takes them.
+        control
+            .gateway
+            .reload(manifest_snapshot(&upstream), CatalogSource::Manifest)
+            .await
+            .unwrap();
+        // Another change of the manifests replaces nothing more.
+        control
+            .gateway
+            .reload(
+                manifest_snapshot(&format!("{upstream}/v2")),
+                CatalogSource::Manifest,
+            )
+            .await
+            .unwrap();
+
+        let (status, workflow) = control
+            .call("GET", "/v1/workflows", Some(&platform), None)
+            .await;
+        assert_eq!(status, 200, "{backend}: {workflow}");
+        let sources: Vec<_> = workflow
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| (w["name"].clone(), w["source"].clone()))
+            .collect();
+        assert_eq!(
+            sources,
+            [(json!("manifest-wf"), json!("manifest"))],
+            "{backend}"
+        );
+
+        let deleted = |event_type: &'static str| {
+            let control = &control;
+            let platform = &platform;
+            async move {
+                let (status, body) = control
+                    .call(
+                        "GET",
+                        &format!("/v1/events?event_type={event_type}"),
+                        Some(platform),
+                        None,
+                    )
+                    .await;
+                assert_eq!(status, 200, "{body}");
+                body["events"].as_array().unwrap().clone()
+            }
+        };
+        let workflows = deleted("WorkflowDeleted").await;
+        assert_eq!(workflows.len(), 1, "{backend}: {workflows:?}");
+        let payload = &workflows[0]["payload"];
+        assert_eq!(payload["id"], registered["id"], "{backend}");
+        assert_eq!(payload["name"], "manifest-wf");
+        assert_eq!(payload["tenant_id"], Value::Null);
+        assert_eq!(payload["deleted_by"], "manifest");
+        assert_eq!(payload["replaced_by"], "Workflow manifest-wf");
+        let contexts = deleted("SecurityContextDeleted").await;
+        assert_eq!(contexts.len(), 1, "{backend}: {contexts:?}");
+        assert_eq!(
+            contexts[0]["payload"]["replaced_by"],
+            "SecurityContext manifest-ctx"
+        );
+        control.shutdown().await;
     }
 }

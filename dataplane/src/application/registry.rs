@@ -21,13 +21,15 @@ use aegis_seal_crds::{
     OpenApiSource, Resources, SecurityContext, SecurityContextSpec, Snapshot, Workflow,
     WorkflowSpec, WorkflowStep, compile, openapi,
 };
+use chrono::Utc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::application::catalog::{Entries, ServedSnapshot, add_default_contexts};
 use crate::gateway::{GatewayState, ReloadError, off_the_runtime, release_freed_memory};
 use crate::infrastructure::persistence::{
-    CliToolRow, Database, PersistenceError, REST_SOURCE, SecurityContextRow, SpecRow, WorkflowRow,
+    AuditEvent, CatalogSource, CliToolRow, Database, PersistenceError, REST_SOURCE,
+    ReplacedRestObject, SecurityContextRow, SpecRow, WorkflowRow,
 };
 
 /// The declarative part of what is served (default contexts included), and the lock that orders
@@ -378,6 +380,47 @@ pub async fn served_for(db: &Database, base: &Entries) -> Result<ServedSnapshot,
         .await
         .map_err(|e| ReloadError::Invalid(format!("compiling the snapshot failed: {e}")))?
         .map_err(ReloadError::Invalid)
+}
+
+/// Records the REST objects a catalog sync replaced with declarative objects of the same tenant
+/// and name: a WARN line each, and the event a REST `DELETE` writes, saying what took the name.
+pub async fn record_replaced(
+    state: &GatewayState,
+    source: CatalogSource,
+    replaced: &[ReplacedRestObject],
+) {
+    if replaced.is_empty() {
+        return;
+    }
+    let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let events = replaced
+        .iter()
+        .map(|r| {
+            tracing::warn!(
+                table = r.table.name(),
+                id = %r.id,
+                name = %r.name,
+                tenant_id = r.tenant_id.as_deref().unwrap_or_default(),
+                replaced_by = %r.by,
+                source = source.as_str(),
+                "REST-registered object replaced by a declarative one of the same tenant and name"
+            );
+            AuditEvent::from_json(
+                r.table.deleted_event(),
+                json!({
+                    "id": r.id,
+                    "name": r.name,
+                    "tenant_id": r.tenant_id,
+                    "deleted_by": source.as_str(),
+                    "replaced_by": r.by.to_string(),
+                    "deleted_at": at,
+                }),
+            )
+        })
+        .collect();
+    if let Err(e) = state.audit.write(events).await {
+        tracing::warn!(error = %e, "cannot record the REST objects a catalog sync replaced");
+    }
 }
 
 /// After a REST write, under the registry lock: serves the REST objects as they now are. The

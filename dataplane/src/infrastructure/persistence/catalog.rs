@@ -2,11 +2,13 @@
 //! the runbook's queries (`SELECT id, name, tenant_id FROM workflows WHERE name = ...`) see objects
 //! that came from manifests or custom resources as well as those registered over REST.
 
+use std::collections::HashMap;
+
 use aegis_seal_crds::{CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot, WorkflowEntry};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Database, PersistenceError, dialect};
+use super::{CatalogTable, Database, PersistenceError, REST_SOURCE, dialect};
 
 /// Where declarative catalog rows came from. REST-registered rows (`rest`) are never touched here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,11 +48,26 @@ impl CatalogEntries for Snapshot {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CatalogCounts {
+/// What one [`Database::sync_catalog`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogSync {
     pub workflows: usize,
     pub cli_tools: usize,
     pub security_contexts: usize,
+    /// REST-registered objects this sync replaced, because a declarative object now has their
+    /// tenant and name. Reported by the one sync that replaced each, even with several replicas.
+    pub replaced: Vec<ReplacedRestObject>,
+}
+
+/// A REST-registered row that a manifest or custom resource of the same tenant and name replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplacedRestObject {
+    pub table: CatalogTable,
+    pub id: String,
+    pub name: String,
+    pub tenant_id: Option<String>,
+    /// The declarative object that took the name.
+    pub by: ResourceRef,
 }
 
 /// A stable row id for a declarative object, so a reload does not churn ids.
@@ -83,13 +100,103 @@ enum Tx {
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
+impl Tx {
+    /// `(id, name, tenant_id)` of `table`'s REST-registered rows.
+    async fn rest_rows(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<(String, String, Option<String>)>, PersistenceError> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        Ok(match self {
+            Self::Sqlite(tx) => {
+                sqlx::query_as(sql)
+                    .bind(REST_SOURCE)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+            Self::Postgres(tx) => {
+                sqlx::query_as(sql)
+                    .bind(REST_SOURCE)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+        })
+    }
+
+    /// Deletes the REST row `id`; whether this transaction deleted it (a concurrent sync on
+    /// another replica may have replaced it first).
+    async fn delete_rest_row(&mut self, sql: &str, id: &str) -> Result<bool, PersistenceError> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        let affected = match self {
+            Self::Sqlite(tx) => sqlx::query(sql)
+                .bind(id)
+                .bind(REST_SOURCE)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+            Self::Postgres(tx) => sqlx::query(sql)
+                .bind(id)
+                .bind(REST_SOURCE)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+        };
+        Ok(affected > 0)
+    }
+
+    /// Removes the REST rows whose tenant and name a declarative object of `table` now has
+    /// (`entries`: its `(tenant, name, resource)`s), so that the upserts that follow insert.
+    async fn replace_rest_rows<'a>(
+        &mut self,
+        backend: super::Backend,
+        table: CatalogTable,
+        entries: impl Iterator<Item = (Option<&'a str>, &'a str, &'a ResourceRef)>,
+        replaced: &mut Vec<ReplacedRestObject>,
+    ) -> Result<(), PersistenceError> {
+        let name = table.name();
+        let rest = self
+            .rest_rows(&dialect(
+                backend,
+                &format!("SELECT id, name, tenant_id FROM {name} WHERE source = $1"),
+            ))
+            .await?;
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let rest: HashMap<(Option<String>, String), String> = rest
+            .into_iter()
+            .map(|(id, name, tenant)| ((tenant, name), id))
+            .collect();
+        let delete = dialect(
+            backend,
+            &format!("DELETE FROM {name} WHERE id = $1 AND source = $2"),
+        );
+        for (tenant, object, by) in entries {
+            let key = (tenant.map(str::to_owned), object.to_owned());
+            let Some(id) = rest.get(&key) else { continue };
+            if self.delete_rest_row(&delete, id).await? {
+                replaced.push(ReplacedRestObject {
+                    table,
+                    id: id.clone(),
+                    name: object.to_owned(),
+                    tenant_id: key.0,
+                    by: by.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Database {
     /// Replaces the declarative rows of `source` with the snapshot's entries, in one transaction.
+    /// A declarative object owns its name: it replaces a REST row of the same tenant and name,
+    /// which the result lists.
     pub async fn sync_catalog(
         &self,
         snapshot: &impl CatalogEntries,
         source: CatalogSource,
-    ) -> Result<CatalogCounts, PersistenceError> {
+    ) -> Result<CatalogSync, PersistenceError> {
         let backend = self.backend();
         let sql = |s: &str| dialect(backend, s);
         let mut tx = match self {
@@ -105,7 +212,37 @@ impl Database {
             );
         }
 
-        // A declarative object owns its name: it takes over a REST row of the same tenant and name.
+        let mut replaced = Vec::new();
+        tx.replace_rest_rows(
+            backend,
+            CatalogTable::Workflows,
+            snapshot
+                .workflows()
+                .map(|w| (w.tenant_id.as_deref(), w.tool_name.as_str(), &w.source)),
+            &mut replaced,
+        )
+        .await?;
+        tx.replace_rest_rows(
+            backend,
+            CatalogTable::CliTools,
+            snapshot
+                .cli_tools()
+                .map(|t| (t.tenant_id.as_deref(), t.tool_name.as_str(), &t.source)),
+            &mut replaced,
+        )
+        .await?;
+        tx.replace_rest_rows(
+            backend,
+            CatalogTable::SecurityContexts,
+            snapshot
+                .security_contexts()
+                .map(|c| (c.tenant_id.as_deref(), c.name.as_str(), &c.source)),
+            &mut replaced,
+        )
+        .await?;
+
+        // The conflict clauses are for a REST row written after the deletes above, on another
+        // replica: the declarative object still takes the name.
         let upsert_workflow = sql(
             "INSERT INTO workflows (id, name, tenant_id, description, input_schema, api_spec_id, steps, source, created_at) \
              VALUES ($1, $2, $3, $4, $5::jsonb, NULL, $6::jsonb, $7, now_utc()) \
@@ -183,12 +320,13 @@ impl Database {
             Tx::Sqlite(tx) => tx.commit().await?,
             Tx::Postgres(tx) => tx.commit().await?,
         }
-        let counts = CatalogCounts {
+        let sync = CatalogSync {
             workflows: snapshot.workflows().len(),
             cli_tools: snapshot.cli_tools().len(),
             security_contexts: snapshot.security_contexts().len(),
+            replaced,
         };
-        tracing::debug!(source = src, ?counts, "catalog tables synchronised");
-        Ok(counts)
+        tracing::debug!(source = src, ?sync, "catalog tables synchronised");
+        Ok(sync)
     }
 }

@@ -30,7 +30,7 @@ pub use audit_query::{EventQuery, StoredEvent};
 pub use audit_tasks::{AuditTasks, checkpoint_signer};
 pub use audit_verify::{Break, VerifyReport};
 pub use audit_writer::AuditWriter;
-pub use catalog::{CatalogCounts, CatalogEntries, CatalogSource, row_id};
+pub use catalog::{CatalogEntries, CatalogSource, CatalogSync, ReplacedRestObject, row_id};
 pub use events::AuditEvent;
 pub use registry::{
     CatalogTable, CliToolRow, NameHolder, REST_SOURCE, SecurityContextRow, SpecRow, WorkflowRow,

@@ -31,6 +31,16 @@ impl CatalogTable {
             Self::SecurityContexts => "security_contexts",
         }
     }
+
+    /// The audit event recording that one of its REST-registered rows is gone.
+    pub fn deleted_event(self) -> &'static str {
+        match self {
+            Self::ApiSpecs => "ApiSpecDeleted",
+            Self::Workflows => "WorkflowDeleted",
+            Self::CliTools => "CliToolDeleted",
+            Self::SecurityContexts => "SecurityContextDeleted",
+        }
+    }
 }
 
 /// A row of `api_specs`.

@@ -71,7 +71,6 @@ impl NamedKind for CliTools {
     type Row = CliToolRow;
     const KIND: &'static str = "CLI tool";
     const TABLE: CatalogTable = CatalogTable::CliTools;
-    const DELETED: &'static str = "CliToolDeleted";
 
     fn id(row: &CliToolRow) -> &str {
         &row.id

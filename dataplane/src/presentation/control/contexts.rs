@@ -57,7 +57,6 @@ impl NamedKind for SecurityContexts {
     type Row = SecurityContextRow;
     const KIND: &'static str = "security context";
     const TABLE: CatalogTable = CatalogTable::SecurityContexts;
-    const DELETED: &'static str = "SecurityContextDeleted";
 
     fn id(row: &SecurityContextRow) -> &str {
         &row.id

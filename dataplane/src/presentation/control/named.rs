@@ -16,8 +16,6 @@ pub(super) trait NamedKind {
     /// How messages name the kind: `CLI tool`, `security context`.
     const KIND: &'static str;
     const TABLE: CatalogTable;
-    /// The audit event of a deletion.
-    const DELETED: &'static str;
 
     fn id(row: &Self::Row) -> &str;
     fn name(row: &Self::Row) -> &str;
@@ -175,7 +173,7 @@ pub(super) async fn delete<K: NamedKind>(ctx: &Ctx<'_>, name: &str) -> Response<
     }
     drop(base);
     ctx.deleted(
-        K::DELETED,
+        K::TABLE.deleted_event(),
         K::id(&current),
         K::name(&current),
         K::tenant_id(&current),

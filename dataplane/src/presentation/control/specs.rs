@@ -470,7 +470,7 @@ pub(super) async fn delete(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
     {
         Ok(_) => {
             ctx.deleted(
-                "ApiSpecDeleted",
+                CatalogTable::ApiSpecs.deleted_event(),
                 id,
                 &current.name,
                 current.tenant_id.as_deref(),

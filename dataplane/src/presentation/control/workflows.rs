@@ -362,7 +362,7 @@ pub(super) async fn delete(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
     }
     drop(base);
     ctx.deleted(
-        "WorkflowDeleted",
+        CatalogTable::Workflows.deleted_event(),
         &current.id,
         &current.name,
         current.tenant_id.as_deref(),
