@@ -17,6 +17,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{Controller, WatchStreamExt, controller};
@@ -25,9 +26,6 @@ use kube::{Api, Client, ResourceExt};
 use crate::FIELD_MANAGER;
 use crate::reconcile::{Context, ToolResource, error_policy, reconcile, release, release_absent};
 use crate::selection::{Selection, gateway_key};
-
-/// ConfigMaps per page when the operator lists them all; each may hold up to 1 MiB.
-const CONFIG_MAP_PAGE: u32 = 50;
 
 /// Label selector of the objects the operator applies.
 pub fn managed_selector() -> String {
@@ -152,12 +150,14 @@ pub async fn run(
             tool_mapper::<SecurityContext>(store),
         )
         .watches(
-            // Every ConfigMap of the cluster, of which a few hold OpenAPI documents: listed in
-            // small pages, so that a relist on a large cluster never holds hundreds of them (up
-            // to 1 MiB each) at once, as the default page of 500 could.
-            Api::<ConfigMap>::all(client),
-            watcher::Config::default().page_size(CONFIG_MAP_PAGE),
-            move |cm: ConfigMap| {
+            // Every ConfigMap of the cluster, of which a few hold OpenAPI documents. Only their
+            // metadata is listed and watched (a change of data changes the resourceVersion,
+            // which is all a trigger needs): the documents, up to 1 MiB each, are read by the
+            // reconcile that needs them, never sent to the operator for every ConfigMap of the
+            // cluster at each relist and change.
+            Api::<PartialObjectMeta<ConfigMap>>::all(client),
+            watcher::Config::default(),
+            move |cm: PartialObjectMeta<ConfigMap>| {
                 let ns = cm.namespace().unwrap_or_default();
                 cm_ctx
                     .gateways_reading_config_map(&ns, &cm.name_any())

@@ -246,18 +246,18 @@ async fn the_controller_serves_selected_resources_and_keeps_the_last_good_snapsh
         // Nothing changes any more: nothing is written (a status write that changes nothing would loop).
         assert_quiescent(&api).await;
 
-        // Every ConfigMap of the cluster is listed in pages of 50.
-        let all_config_maps: Vec<String> = api
+        // Every ConfigMap of the cluster is listed and watched by its metadata only (as kube
+        // watches owned objects); only the documents a workflow names are read whole.
+        let all_config_maps: Vec<_> = api
             .log()
-            .iter()
-            .filter(|r| r.method == "GET" && r.path == "/api/v1/configmaps" && !r.query.contains("watch=true"))
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path == "/api/v1/configmaps")
             .filter(|r| !r.query.contains("labelSelector"))
-            .map(|r| r.query.clone())
             .collect();
-        assert!(!all_config_maps.is_empty());
-        for query in &all_config_maps {
-            let params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
-            assert!(params.contains(&"limit=50"), "{query}");
+        assert!(all_config_maps.iter().any(|r| r.query.contains("watch=true")));
+        assert!(all_config_maps.iter().any(|r| !r.query.contains("watch=true")));
+        for request in &all_config_maps {
+            assert!(request.metadata_only, "{request:?}");
         }
 
         // An owned object deleted by hand is restored by the reconcile its deletion triggers, not
@@ -540,6 +540,61 @@ async fn one_leader_at_a_time_and_a_released_lease_is_taken_at_once() {
         // pod-b shuts down and releases: pod-a takes over without waiting for expiry.
         b.release(later).await.unwrap();
         assert_eq!(a.try_acquire_or_renew(later).await.unwrap(), Attempt::Held);
+    })
+    .await
+    .expect("the test timed out");
+}
+
+/// A workflow reads its OpenAPI document from a ConfigMap. Editing that ConfigMap, which the
+/// operator watches by its metadata only, triggers the reconcile that reads the new document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_workflows_openapi_config_map_reconciles_its_gateway() {
+    timeout(Duration::from_secs(60), async {
+        let api = FakeApi::start().await;
+        api.put(
+            GATEWAYS,
+            json!({"apiVersion": "seal.100monkeys.ai/v1", "kind": "SealGateway",
+                   "metadata": {"name": "edge", "namespace": NS}, "spec": {}}),
+        );
+        let document = |operation: &str| {
+            json!({"openapi": "3.0.0", "info": {"title": "t", "version": "1"},
+                   "paths": {"/repos": {"post": {"operationId": operation}}}})
+            .to_string()
+        };
+        let config_map = |operation: &str| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "repos-openapi", "namespace": NS},
+                   "data": {"openapi.json": document(operation)}})
+        };
+        api.put(CONFIG_MAPS, config_map("somethingElse"));
+        let mut wf = workflow("create-repo", "v1", "createRepo");
+        wf["spec"]["api_spec"]["openapi"] =
+            json!({"config_map_ref": {"name": "repos-openapi", "key": "openapi.json"}});
+        api.put(WORKFLOWS, wf);
+
+        let running = Running::start(&api, None);
+        let refused = eventually("the workflow refused", Duration::from_secs(15), || {
+            let wf = api.get(WORKFLOWS, NS, "create-repo")?;
+            condition(&wf, "Accepted").filter(|c| c.0 == "False")
+        })
+        .await;
+        assert!(refused.2.contains("createRepo"), "{refused:?}");
+
+        // Fixed in the ConfigMap alone: nothing else changes.
+        api.put(CONFIG_MAPS, config_map("createRepo"));
+        eventually("the workflow served", Duration::from_secs(15), || {
+            let wf = api.get(WORKFLOWS, NS, "create-repo")?;
+            (condition(&wf, "Accepted")?.0 == "True").then_some(())
+        })
+        .await;
+        let tools: Vec<String> = served_snapshot(&api)
+            .unwrap()
+            .workflows
+            .iter()
+            .map(|w| w.tool_name.clone())
+            .collect();
+        assert_eq!(tools, ["create-repo"]);
+        running.stop().await;
     })
     .await
     .expect("the test timed out");

@@ -55,6 +55,15 @@ pub struct Logged {
     pub method: String,
     pub path: String,
     pub query: String,
+    /// Asked for metadata only (`Accept: ...;as=PartialObjectMetadata[List]`), as
+    /// `Api<PartialObjectMeta<K>>` does: answered with each object's metadata alone.
+    pub metadata_only: bool,
+}
+
+/// `obj` as the API server answers a metadata-only request: its metadata alone.
+fn partial_object_metadata(obj: &Value) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+           "metadata": obj["metadata"].clone()})
 }
 
 #[derive(Default)]
@@ -463,10 +472,16 @@ impl FakeApi {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
+        let metadata_only = parts
+            .headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("as=PartialObjectMetadata"));
         self.lock().log.push(Logged {
             method: parts.method.to_string(),
             path: path.clone(),
             query: query.clone(),
+            metadata_only,
         });
         let Some(target) = parse_path(&path) else {
             return status_error(
@@ -490,9 +505,9 @@ impl FakeApi {
             (&Method::GET, None)
                 if params.get("watch").is_some_and(|w| w == "true" || w == "1") =>
             {
-                return self.watch(target, &params);
+                return self.watch(target, &params, metadata_only);
             }
-            (&Method::GET, None) => Ok(self.list_response(&target, &params)),
+            (&Method::GET, None) => Ok(self.list_response(&target, &params, metadata_only)),
             (&Method::GET, Some(name)) => {
                 let key = (
                     target.resource.clone(),
@@ -502,7 +517,13 @@ impl FakeApi {
                 self.lock()
                     .objects
                     .get(&key)
-                    .cloned()
+                    .map(|obj| {
+                        if metadata_only {
+                            partial_object_metadata(obj)
+                        } else {
+                            obj.clone()
+                        }
+                    })
                     .ok_or((StatusCode::NOT_FOUND, format!("{name} not found")))
             }
             (&Method::POST, None) => {
@@ -637,20 +658,41 @@ impl FakeApi {
                 .is_none_or(|s| fields_match(s, obj))
     }
 
-    fn list_response(&self, target: &Target, params: &BTreeMap<String, String>) -> Value {
+    fn list_response(
+        &self,
+        target: &Target,
+        params: &BTreeMap<String, String>,
+        metadata_only: bool,
+    ) -> Value {
         let state = self.lock();
         let items: Vec<Value> = state
             .objects
             .iter()
             .filter(|((r, _, _), obj)| Self::selected(target, params, r, obj))
-            .map(|(_, obj)| obj.clone())
+            .map(|(_, obj)| {
+                if metadata_only {
+                    partial_object_metadata(obj)
+                } else {
+                    obj.clone()
+                }
+            })
             .collect();
-        json!({"apiVersion": "v1", "kind": "List",
+        let (api_version, kind) = if metadata_only {
+            ("meta.k8s.io/v1", "PartialObjectMetadataList")
+        } else {
+            ("v1", "List")
+        };
+        json!({"apiVersion": api_version, "kind": kind,
                "metadata": {"resourceVersion": state.resource_version.to_string()},
                "items": items})
     }
 
-    fn watch(self: Arc<Self>, target: Target, params: &BTreeMap<String, String>) -> Response<Body> {
+    fn watch(
+        self: Arc<Self>,
+        target: Target,
+        params: &BTreeMap<String, String>,
+        metadata_only: bool,
+    ) -> Response<Body> {
         let since: u64 = params
             .get("resourceVersion")
             .and_then(|v| v.parse().ok())
@@ -687,9 +729,14 @@ impl FakeApi {
             };
             (backlog, self.changes.subscribe())
         };
-        let line = |c: &Change| {
-            let mut bytes = serde_json::to_vec(&json!({"type": c.kind, "object": c.object}))
-                .unwrap_or_default();
+        let line = move |c: &Change| {
+            let object = if metadata_only {
+                partial_object_metadata(&c.object)
+            } else {
+                c.object.clone()
+            };
+            let mut bytes =
+                serde_json::to_vec(&json!({"type": c.kind, "object": object})).unwrap_or_default();
             bytes.push(b'\n');
             Ok::<_, Infallible>(Frame::data(Bytes::from(bytes)))
         };
