@@ -210,6 +210,8 @@ pub struct GatewaySettings {
     pub audit: AuditSettings,
     #[serde(default)]
     pub outbound: OutboundSettings,
+    #[serde(default)]
+    pub control: ControlSettings,
 }
 
 impl GatewaySettings {
@@ -559,6 +561,34 @@ pub struct OutboundSettings {
     /// matches its subdomains), IP addresses and CIDR blocks, e.g. `[.svc, .cluster.local, 10.0.0.0/8]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub no_proxy: Vec<String>,
+}
+
+/// The REST control plane (`/v1/specs`, `/v1/workflows`, `/v1/cli-tools`,
+/// `/v1/security-contexts`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct ControlSettings {
+    /// Most objects (specs, workflows, CLI tools and security contexts together) a tenant may
+    /// register over REST. Every replica holds and compiles every REST object, so without a bound
+    /// one tenant could exhaust the gateway for all. System-global objects, which only platform
+    /// operators register, are not counted.
+    #[serde(default = "default_max_objects_per_tenant")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_objects_per_tenant: u32,
+}
+
+/// Largest accepted `control.max_objects_per_tenant`.
+pub const MAX_OBJECTS_PER_TENANT: u32 = 1_000_000;
+
+fn default_max_objects_per_tenant() -> u32 {
+    1000
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        Self {
+            max_objects_per_tenant: default_max_objects_per_tenant(),
+        }
+    }
 }
 
 /// Audit trail integrity and retention (`gateway_events`, docs/audit.md).

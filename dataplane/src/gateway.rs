@@ -53,6 +53,8 @@ pub struct GatewayState {
     /// On shutdown, how long in-flight calls may take before the CLI runs and workflows still
     /// going are stopped (`network.drain_seconds`).
     pub drain: Duration,
+    /// `control.max_objects_per_tenant`.
+    pub max_objects_per_tenant: u32,
     /// What hot reload has served and refused.
     pub reload: ReloadStats,
     /// The declarative snapshot beside the REST objects; orders every change of `served`.
@@ -164,6 +166,7 @@ impl RunningGateway {
             max_body_bytes: network.max_body_bytes,
             max_header_bytes: usize::try_from(network.max_header_bytes).unwrap_or(usize::MAX),
             drain: Duration::from_secs(u64::from(network.drain_seconds)),
+            max_objects_per_tenant: config.settings.control.max_objects_per_tenant,
             reload: ReloadStats::default(),
             registry: Registry::new(base, revision),
         });

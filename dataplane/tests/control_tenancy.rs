@@ -1,7 +1,7 @@
 //! Tenancy of the REST control plane over every endpoint, on both backends: tenant A cannot read,
 //! change or delete tenant B's objects; a tenant cannot change system-global ones; a platform
 //! operator can; names are unique per tenant; an update never moves an object to another tenant;
-//! registrations are audited.
+//! registrations are audited; a tenant registers at most `control.max_objects_per_tenant`.
 
 mod control_support;
 mod support;
@@ -605,4 +605,100 @@ spec: {docker_image: localhost/busybox, allowed_subcommands: [echo], require_sem
              "tags": ["cli", "judged"], "category": "external", "tenant_id": null},
         ])
     );
+}
+
+#[tokio::test]
+async fn a_tenant_registers_at_most_its_quota_of_objects() {
+    let jwks = JwksServer::start(standard_jwks()).await;
+    let acme = operator(Some("acme"), "operator");
+    let globex = operator(Some("globex"), "operator");
+    let platform = operator(None, "operator");
+    let upstream = "http://127.0.0.1:9";
+
+    for (backend, url, _dir) in support::both_backends().await {
+        let mut config = control_support::config(&jwks.uri, &[]);
+        config.settings.control.max_objects_per_tenant = 4;
+        let control = Control::with_config(&url, Default::default(), config).await;
+        // A spec, a workflow, a CLI tool and a context: the quota.
+        let owned = register(&control, &acme, "a", upstream).await;
+
+        let refused = [
+            ("/v1/specs", spec_body("spec-b", upstream)),
+            ("/v1/workflows", workflow_body("wf-b", &owned.spec)),
+            ("/v1/cli-tools", cli_body("cli-b")),
+            ("/v1/security-contexts", context_body("ctx-b")),
+        ];
+        for (path, body) in refused {
+            let (status, reply) = control.call("POST", path, Some(&acme), Some(body)).await;
+            assert_eq!(status, 403, "{backend} {path}: {reply}");
+            assert_eq!(
+                reply["error"],
+                "quota exceeded: tenant \"acme\" has 4 objects registered over REST, as many as \
+                 control.max_objects_per_tenant (4) allows; delete some first",
+                "{backend} {path}"
+            );
+        }
+        // Changing what it has is not a new object.
+        let (status, reply) = control
+            .call(
+                "POST",
+                "/v1/security-contexts",
+                Some(&acme),
+                Some(context_body(&owned.context)),
+            )
+            .await;
+        assert!(status < 300, "{backend}: {reply}");
+        let (status, reply) = control
+            .call(
+                "PUT",
+                &format!("/v1/cli-tools/{}", owned.cli),
+                Some(&acme),
+                Some(cli_body(&owned.cli)),
+            )
+            .await;
+        assert_eq!(status, 200, "{backend}: {reply}");
+        // Another tenant has a quota of its own, and system-global objects count for nobody.
+        register(&control, &globex, "g", upstream).await;
+        let (status, reply) = control
+            .call(
+                "POST",
+                "/v1/security-contexts",
+                Some(&platform),
+                Some(context_body("ctx-global")),
+            )
+            .await;
+        assert_eq!(status, 201, "{backend}: {reply}");
+        // A platform operator registering for the tenant is held to its quota too.
+        let (status, reply) = control
+            .call(
+                "POST",
+                "/v1/security-contexts",
+                Some(&platform),
+                Some(json!({"name": "ctx-p", "tenant_id": "acme",
+                            "capabilities": [{"tool_pattern": "*"}]})),
+            )
+            .await;
+        assert_eq!(status, 403, "{backend}: {reply}");
+
+        // Room again once one is deleted.
+        let (status, reply) = control
+            .call(
+                "DELETE",
+                &format!("/v1/security-contexts/{}", owned.context),
+                Some(&acme),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{backend}: {reply}");
+        let (status, reply) = control
+            .call(
+                "POST",
+                "/v1/security-contexts",
+                Some(&acme),
+                Some(context_body("ctx-b")),
+            )
+            .await;
+        assert_eq!(status, 201, "{backend}: {reply}");
+        control.shutdown().await;
+    }
 }

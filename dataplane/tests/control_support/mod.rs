@@ -296,11 +296,19 @@ impl Control {
         jwks_uri: &str,
         extra: &[(&str, &str)],
     ) -> Self {
+        Self::with_config(db_url, snapshot, config(jwks_uri, extra)).await
+    }
+
+    /// [`Control::start`] with settings of the caller's making (see [`config`]).
+    pub async fn with_config(
+        db_url: &str,
+        snapshot: Snapshot,
+        config: aegis_seal_gateway::infrastructure::config::GatewayConfig,
+    ) -> Self {
         let db = Database::connect(db_url).await.unwrap();
         db.sync_catalog(&snapshot, CatalogSource::Manifest)
             .await
             .unwrap();
-        let config = config(jwks_uri, extra);
         let gateway = RunningGateway::start(&config, db.clone(), snapshot, Clock::System)
             .await
             .unwrap();

@@ -1214,7 +1214,7 @@ fn a_snapshot_larger_than_one_config_map_spreads_over_several() {
 
 #[test]
 fn small_limits_spread_shards_and_a_cap_refuses_too_many() {
-    let c = many_workflows(50, 40);
+    let c = many_workflows(100, 40);
     let gw = fixtures::gateway(json!({}));
     let config_len = config_file(GW, &gw.spec.settings).unwrap().yaml.len();
     let shards = snapshot_shards::encode(&c.snapshot, 300)

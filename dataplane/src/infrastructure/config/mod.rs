@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use aegis_seal_crds::gateway::{AuditSettings, GatewaySettings, MAX_DRAIN_SECONDS};
+use aegis_seal_crds::gateway::{
+    AuditSettings, GatewaySettings, MAX_DRAIN_SECONDS, MAX_OBJECTS_PER_TENANT,
+};
 use aegis_seal_crds::manifest::strict;
 use aegis_seal_crds::{API_VERSION, SecretValue};
 use serde::Deserialize;
@@ -496,6 +498,11 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
     if !(1..=MAX_DRAIN_SECONDS).contains(&s.network.drain_seconds) {
         return Err(format!(
             "spec.network.drain_seconds: must be between 1 and {MAX_DRAIN_SECONDS}"
+        ));
+    }
+    if !(1..=MAX_OBJECTS_PER_TENANT).contains(&s.control.max_objects_per_tenant) {
+        return Err(format!(
+            "spec.control.max_objects_per_tenant: must be between 1 and {MAX_OBJECTS_PER_TENANT}"
         ));
     }
     for (field, value) in s.secret_values() {

@@ -11,8 +11,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use aegis_seal_crds::gateway::{
-    AuditSettings, AuthSettings, CliSettings, CredentialSettings, DatabaseSettings,
-    GatewaySettings, NetworkSettings, OutboundSettings, UiSettings,
+    AuditSettings, AuthSettings, CliSettings, ControlSettings, CredentialSettings,
+    DatabaseSettings, GatewaySettings, NetworkSettings, OutboundSettings, UiSettings,
 };
 use aegis_seal_crds::{SecretKeyRef, SecretValue};
 use tempfile::TempDir;
@@ -190,6 +190,9 @@ fn spec_defaults() -> GatewaySettings {
             client_key_file: None,
             proxy_url: None,
             no_proxy: Vec::new(),
+        },
+        control: ControlSettings {
+            max_objects_per_tenant: 1000,
         },
     }
 }
@@ -494,6 +497,7 @@ fn env_references_are_replaced_in_every_supported_field() {
             proxy_url: literal("http://gw:pw@proxy:3128"),
             no_proxy: Vec::new(),
         },
+        control: spec_defaults().control,
     };
     assert_eq!(config.settings, expected);
 }
@@ -810,6 +814,7 @@ fn file_values() -> GatewaySettings {
             proxy_url: literal("http://file-proxy:3128"),
             no_proxy: vec![".svc".into(), "10.0.0.0/8".into()],
         },
+        control: spec_defaults().control,
     }
 }
 
@@ -925,6 +930,7 @@ fn every_override_replaces_the_file_value() {
             proxy_url: literal("https://env-proxy:3129"),
             no_proxy: vec![".cluster.local".into(), "192.168.0.0/16".into()],
         },
+        control: spec_defaults().control,
     };
     assert_eq!(config.settings, expected);
     assert_eq!(config.database_url(), "postgres://env/db");
@@ -1518,6 +1524,32 @@ fn the_drain_is_between_one_second_and_an_hour() {
     let sandbox = Sandbox::new();
     let (_, result) = sandbox.load_config_text(&text);
     assert_eq!(result.expect("loads").settings.network.drain_seconds, 3600);
+}
+
+#[test]
+fn the_tenant_object_quota_is_between_one_and_a_million() {
+    for value in ["0", "1000001"] {
+        let text = config_yaml(&format!(
+            "{AUTH_OFF}\ncontrol:\n  max_objects_per_tenant: {value}"
+        ));
+        assert_eq!(
+            config_error(&text),
+            "spec.control.max_objects_per_tenant: must be between 1 and 1000000"
+        );
+    }
+    let text = config_yaml(&format!(
+        "{AUTH_OFF}\ncontrol:\n  max_objects_per_tenant: 5"
+    ));
+    let sandbox = Sandbox::new();
+    let (_, result) = sandbox.load_config_text(&text);
+    assert_eq!(
+        result
+            .expect("loads")
+            .settings
+            .control
+            .max_objects_per_tenant,
+        5
+    );
 }
 
 #[test]

@@ -267,6 +267,14 @@ where
     })
 }
 
+fn count_row<R: Row>(row: &R) -> Result<i64, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    row.try_get("n")
+}
+
 fn json_text(value: &Value) -> String {
     value.to_string()
 }
@@ -285,6 +293,28 @@ impl Database {
         );
         let rows = fetch_all!(self, sql, holder_row, tenant.unwrap_or_default(), name);
         Ok(rows.into_iter().next())
+    }
+
+    /// How many objects `tenant` has registered over REST, in the four catalog tables together.
+    pub async fn rest_objects_of(&self, tenant: &str) -> Result<u64, PersistenceError> {
+        let count = |table: CatalogTable| {
+            format!(
+                "(SELECT COUNT(*) FROM {} WHERE COALESCE(tenant_id, '') = $2 AND source = $1)",
+                table.name()
+            )
+        };
+        let sql = format!(
+            "SELECT {} + {} + {} + {} AS n",
+            count(CatalogTable::ApiSpecs),
+            count(CatalogTable::Workflows),
+            count(CatalogTable::CliTools),
+            count(CatalogTable::SecurityContexts)
+        );
+        let n = fetch_all!(self, sql, count_row, REST_SOURCE, tenant)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        Ok(u64::try_from(n).unwrap_or_default())
     }
 
     /// Deletes a REST-owned row by id; whether it existed.

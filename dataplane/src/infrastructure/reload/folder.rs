@@ -293,6 +293,7 @@ pub fn changed_sections(a: &GatewaySettings, b: &GatewaySettings) -> Vec<&'stati
         ui,
         audit,
         outbound,
+        control,
     } = a;
     [
         ("network", *network != b.network),
@@ -303,6 +304,7 @@ pub fn changed_sections(a: &GatewaySettings, b: &GatewaySettings) -> Vec<&'stati
         ("ui", *ui != b.ui),
         ("audit", *audit != b.audit),
         ("outbound", *outbound != b.outbound),
+        ("control", *control != b.control),
     ]
     .into_iter()
     .filter_map(|(name, differs)| differs.then_some(name))

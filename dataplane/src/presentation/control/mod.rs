@@ -221,6 +221,37 @@ impl Ctx<'_> {
         require_rest(what, id, owner, source)
     }
 
+    /// 403 when the tenant `owner` already has as many REST objects as
+    /// `control.max_objects_per_tenant` allows. Called under the registry lock, so this
+    /// replica's creations cannot pass it together; creations through other replicas at the
+    /// same moment may overshoot it by one each.
+    async fn check_quota(&self, owner: Option<&str>) -> Result<(), Response<Body>> {
+        let Some(tenant) = owner else {
+            return Ok(());
+        };
+        let limit = self.state.max_objects_per_tenant;
+        match self.state.db.rest_objects_of(tenant).await {
+            Ok(count) if count >= u64::from(limit) => {
+                tracing::warn!(
+                    tenant_id = tenant,
+                    count,
+                    limit,
+                    "REST registration refused: the tenant's object quota is reached"
+                );
+                Err(error(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "quota exceeded: tenant \"{tenant}\" has {count} objects registered over \
+                         REST, as many as control.max_objects_per_tenant ({limit}) allows; \
+                         delete some first"
+                    ),
+                ))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(db_error(&e)),
+        }
+    }
+
     /// The owner of a new object ([`OperatorIdentity::owner_for_create`]), or 403.
     fn owner_for_create(&self, requested: Option<&str>) -> Result<Option<String>, Response<Body>> {
         self.operator.owner_for_create(requested).map_err(|t| {

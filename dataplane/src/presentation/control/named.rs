@@ -134,13 +134,14 @@ pub(super) async fn upsert_target<K: NamedKind>(
             (current, owner)
         }
     };
-    if let Some(current) = &existing {
-        require_rest(
+    match &existing {
+        Some(current) => require_rest(
             &what::<K>(K::name(current)),
             K::id(current),
             K::tenant_id(current),
             K::source(current),
-        )?;
+        )?,
+        None => ctx.check_quota(owner.as_deref()).await?,
     }
     Ok((existing, owner))
 }

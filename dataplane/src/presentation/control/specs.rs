@@ -281,6 +281,9 @@ pub(super) async fn create(ctx: &Ctx<'_>, body: Bytes) -> Response<Body> {
     };
     {
         let _base = ctx.state.registry.lock().await;
+        if let Err(r) = ctx.check_quota(row.tenant_id.as_deref()).await {
+            return r;
+        }
         match ctx
             .state
             .db

@@ -263,6 +263,9 @@ pub(super) async fn create(ctx: &Ctx<'_>, body: Bytes) -> Response<Body> {
             Ok(s) => s,
             Err(r) => return r,
         };
+        if let Err(r) = ctx.check_quota(owner.as_deref()).await {
+            return r;
+        }
         let row = match compile_row(req, uuid::Uuid::new_v4().to_string(), owner, &spec) {
             Ok(r) => r,
             Err(r) => return r,
