@@ -200,7 +200,10 @@ const OPERATIONS: &[Operation] = &[
             (200, "deduplicated"),
             (201, "created"),
             (400, "invalid"),
-            (403, "tenant mismatch"),
+            (
+                403,
+                "tenant mismatch, or the tenant's object quota is reached",
+            ),
             (409, "name taken"),
             (422, "document could not be fetched"),
         ],
@@ -262,7 +265,10 @@ const OPERATIONS: &[Operation] = &[
         responses: &[
             (201, "created"),
             (400, "invalid"),
-            (403, "tenant mismatch"),
+            (
+                403,
+                "tenant mismatch, or the tenant's object quota is reached",
+            ),
             (409, "name taken or owned by a custom resource"),
         ],
     },
@@ -327,7 +333,10 @@ const OPERATIONS: &[Operation] = &[
             (200, "replaced"),
             (201, "created"),
             (400, "invalid"),
-            (403, "tenant mismatch"),
+            (
+                403,
+                "tenant mismatch, or the tenant's object quota is reached",
+            ),
             (409, "name taken or owned by a custom resource"),
         ],
     },
@@ -394,7 +403,10 @@ const OPERATIONS: &[Operation] = &[
             (200, "replaced"),
             (201, "created"),
             (400, "invalid"),
-            (403, "tenant mismatch"),
+            (
+                403,
+                "tenant mismatch, or the tenant's object quota is reached",
+            ),
             (409, "owned by a custom resource"),
         ],
     },
