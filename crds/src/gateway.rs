@@ -561,6 +561,14 @@ pub struct OutboundSettings {
     /// matches its subdomains), IP addresses and CIDR blocks, e.g. `[.svc, .cluster.local, 10.0.0.0/8]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub no_proxy: Vec<String>,
+    /// Tenants' upstreams must be public addresses: a tenant's workflow steps, and the OpenAPI
+    /// documents and explorer calls tenant operators ask for, never reach a loopback, private,
+    /// shared, unique-local, link-local or reserved address, checked on literal addresses and on
+    /// every address a name resolves to (through `proxy_url`, on literal addresses only). Set it
+    /// where tenants register their own specs or custom resources; system-global workflows, which
+    /// platform operators own, may still call internal services.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tenant_upstreams_public_only: bool,
 }
 
 /// The REST control plane (`/v1/specs`, `/v1/workflows`, `/v1/cli-tools`,

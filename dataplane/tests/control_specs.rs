@@ -526,3 +526,38 @@ async fn fetch_failures_answer_with_their_cause_and_store_nothing() {
     assert_eq!(count_events(&control.db, "ApiSpecRegistered").await, 0);
     control.shutdown().await;
 }
+
+#[tokio::test]
+async fn with_tenant_upstreams_public_only_a_tenant_operator_cannot_fetch_from_inside() {
+    let jwks = JwksServer::start(standard_jwks()).await;
+    let docs = DocServer::start().await;
+    let (control, _dir) = Control::on_sqlite(
+        &jwks.uri,
+        &[("SEAL_GATEWAY_OUTBOUND_TENANT_UPSTREAMS_PUBLIC_ONLY", "true")],
+    )
+    .await;
+    let url = docs.url("/repos.json");
+    let (status, reply) = register(
+        &control,
+        &operator(Some("acme"), "operator"),
+        fetched("repos", &url, None),
+    )
+    .await;
+    assert_eq!(status, 422, "{reply}");
+    assert_eq!(
+        reply["error"],
+        "source_fetch_url: could not fetch the document: blocked destination: 127.0.0.1 is a \
+         loopback address (a tenant's upstream must be a public address: \
+         outbound.tenant_upstreams_public_only is set)"
+    );
+    assert_eq!(docs.hits("/repos.json"), 0);
+    // A platform operator's fetch is the platform's own.
+    let (status, reply) = register(
+        &control,
+        &operator(None, "operator"),
+        fetched("repos", &url, None),
+    )
+    .await;
+    assert_eq!(status, 201, "{reply}");
+    control.shutdown().await;
+}

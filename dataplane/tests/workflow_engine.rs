@@ -837,6 +837,60 @@ async fn a_link_local_destination_is_refused_without_connecting() {
     );
 }
 
+#[tokio::test]
+async fn a_tenants_workflow_reaches_public_addresses_only_when_so_configured() {
+    let up = Upstream::start().await;
+    let steps = json!([{"name": "ping", "operation_id": "empty"}]);
+    let global = workflow(&up.base_url(), steps.clone());
+    let tenant_owned = |base_url: &str| {
+        let mut entry = global.entry().as_ref().clone();
+        entry.tenant_id = Some("acme".into());
+        entry.base_url = base_url.into();
+        CompiledWorkflow::compile(Arc::new(entry)).unwrap()
+    };
+    let strict = WorkflowEngine::new(client(HttpClientConfig {
+        tenant_upstreams_public_only: true,
+        ..HttpClientConfig::default()
+    }));
+
+    // Off (the default), a tenant's workflow may call an internal service.
+    let outcome = run(&engine(), &tenant_owned(&up.base_url()), json!({})).await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    // On, it may not: not by address, nor by a name that resolves to one.
+    let by_name = up.base_url().replace("127.0.0.1", "localhost");
+    for (base_url, reason) in [
+        (up.base_url(), "127.0.0.1 is a loopback address"),
+        (by_name.clone(), "localhost resolves to"),
+    ] {
+        let outcome = run(&strict, &tenant_owned(&base_url), json!({})).await;
+        let err = outcome.result.as_ref().unwrap_err();
+        assert!(
+            err.reason
+                .starts_with(&format!("blocked destination: {reason}"))
+                && err.reason.ends_with(
+                    "(a tenant's upstream must be a public address: \
+                     outbound.tenant_upstreams_public_only is set)"
+                ),
+            "{}",
+            err.reason
+        );
+        assert_failed(
+            &outcome,
+            StatusCode::BAD_GATEWAY,
+            "ping",
+            &err.reason.clone(),
+        );
+    }
+    // The platform's own (system-global) workflows are not held to it.
+    let outcome = run(&strict, &global, json!({})).await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    assert_eq!(
+        up.calls().len(),
+        2,
+        "the refused calls never reached the upstream"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // on_error.
 

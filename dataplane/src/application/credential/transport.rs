@@ -46,6 +46,7 @@ impl Transport {
             body: None,
             timeout: Some(self.timeout),
             max_response_bytes: Some(MAX_RESPONSE_BYTES),
+            for_tenant: false,
         }
     }
 

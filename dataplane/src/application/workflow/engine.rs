@@ -358,6 +358,8 @@ impl WorkflowEngine {
             body: prepared.body,
             timeout: Some(step.timeout),
             max_response_bytes: ctx.max_response_bytes,
+            // A tenant's own workflow goes where its tenant said.
+            for_tenant: wf.entry().tenant_id.is_some(),
         };
 
         // Every attempt but the last sends a copy; the last (the only one, unless the step

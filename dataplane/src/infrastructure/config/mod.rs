@@ -437,6 +437,9 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
             .map(str::to_owned)
             .collect();
     }
+    if let Some(v) = src.var("SEAL_GATEWAY_OUTBOUND_TENANT_UPSTREAMS_PUBLIC_ONLY") {
+        s.outbound.tenant_upstreams_public_only = v.trim().eq_ignore_ascii_case("true");
+    }
     if let Some(v) = src.var("SEAL_GATEWAY_UI_ENABLED") {
         s.ui.enabled = !v.trim().eq_ignore_ascii_case("false");
     }

@@ -190,6 +190,7 @@ fn spec_defaults() -> GatewaySettings {
             client_key_file: None,
             proxy_url: None,
             no_proxy: Vec::new(),
+            tenant_upstreams_public_only: false,
         },
         control: ControlSettings {
             max_objects_per_tenant: 1000,
@@ -496,6 +497,7 @@ fn env_references_are_replaced_in_every_supported_field() {
             client_key_file: Some("/etc/tls.key".into()),
             proxy_url: literal("http://gw:pw@proxy:3128"),
             no_proxy: Vec::new(),
+            tenant_upstreams_public_only: false,
         },
         control: spec_defaults().control,
     };
@@ -813,6 +815,7 @@ fn file_values() -> GatewaySettings {
             client_key_file: Some("/file/tls.key".into()),
             proxy_url: literal("http://file-proxy:3128"),
             no_proxy: vec![".svc".into(), "10.0.0.0/8".into()],
+            tenant_upstreams_public_only: false,
         },
         control: spec_defaults().control,
     }
@@ -872,6 +875,7 @@ fn every_override_replaces_the_file_value() {
             "SEAL_GATEWAY_OUTBOUND_NO_PROXY",
             " .cluster.local, 192.168.0.0/16 ,",
         ),
+        ("SEAL_GATEWAY_OUTBOUND_TENANT_UPSTREAMS_PUBLIC_ONLY", "True"),
         ("SEAL_GATEWAY_NFS_HOST", "env-nfs"),
         ("SEAL_GATEWAY_NFS_PORT", "3049"),
         ("SEAL_GATEWAY_NFS_MOUNT_PORT", "30048"),
@@ -929,6 +933,7 @@ fn every_override_replaces_the_file_value() {
             client_key_file: Some("/env/tls.key".into()),
             proxy_url: literal("https://env-proxy:3129"),
             no_proxy: vec![".cluster.local".into(), "192.168.0.0/16".into()],
+            tenant_upstreams_public_only: true,
         },
         control: spec_defaults().control,
     };

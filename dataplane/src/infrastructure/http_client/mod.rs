@@ -1,5 +1,6 @@
 //! The one outbound HTTP client of the data plane: pooled connections, bounded time, bounded
-//! response bodies, and no requests to link-local or cloud metadata addresses unless allowed.
+//! response bodies, and no requests to link-local or cloud metadata addresses unless allowed,
+//! nor, when so configured, to non-public addresses on a tenant's behalf.
 //!
 //! Logs (target `aegis_seal_gateway::infrastructure::http_client`) name the method, the URL without
 //! its query or user info, the status and the duration, at `trace`. Header values are never logged:
@@ -62,6 +63,9 @@ pub struct HttpClientConfig {
     pub tls: OutboundTls,
     /// The egress proxy; `None`: every connection is direct.
     pub proxy: Option<OutboundProxy>,
+    /// Requests made for a tenant ([`OutboundRequest::for_tenant`]) reach public addresses only
+    /// (`outbound.tenant_upstreams_public_only`).
+    pub tenant_upstreams_public_only: bool,
 }
 
 impl HttpClientConfig {
@@ -78,6 +82,7 @@ impl HttpClientConfig {
         Self {
             tls: OutboundTls::from_settings(outbound),
             proxy,
+            tenant_upstreams_public_only: outbound.tenant_upstreams_public_only,
             ..Self::default()
         }
     }
@@ -116,6 +121,7 @@ impl Default for HttpClientConfig {
             pool_idle_timeout: Duration::from_secs(90),
             tls: OutboundTls::default(),
             proxy: None,
+            tenant_upstreams_public_only: false,
         }
     }
 }
@@ -132,6 +138,10 @@ pub struct OutboundRequest {
     pub timeout: Option<Duration>,
     /// Overrides [`HttpClientConfig::max_response_bytes`].
     pub max_response_bytes: Option<u64>,
+    /// Made for a tenant, to a destination a tenant chose: a tenant's workflow step, or a
+    /// document or explorer call a tenant operator asked for. Held to
+    /// [`HttpClientConfig::tenant_upstreams_public_only`].
+    pub for_tenant: bool,
 }
 
 impl OutboundRequest {
@@ -143,8 +153,18 @@ impl OutboundRequest {
             body: None,
             timeout: None,
             max_response_bytes: None,
+            for_tenant: false,
         }
     }
+}
+
+/// Which destinations a client may connect to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Destinations {
+    /// All but link-local and metadata addresses (unless `allow_link_local`).
+    Default,
+    /// Public addresses only: a tenant's destinations under `tenant_upstreams_public_only`.
+    Public,
 }
 
 /// A response whose body was read completely (within the size bound).
@@ -165,16 +185,26 @@ pub struct BlockedDestination {
     /// The offending address, when the host resolved to (or is) one.
     pub address: Option<IpAddr>,
     pub reason: &'static str,
+    /// Which rule refused it.
+    pub rule: &'static str,
 }
+
+/// The rule refusing link-local and metadata destinations.
+const LINK_LOCAL_RULE: &str =
+    "link-local and cloud metadata destinations are refused unless allow_link_local is set";
+/// The rule refusing a tenant's non-public destinations.
+const TENANT_PUBLIC_RULE: &str =
+    "a tenant's upstream must be a public address: outbound.tenant_upstreams_public_only is set";
 
 impl fmt::Display for BlockedDestination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.address {
             Some(a) if a.to_string() != self.host => {
-                write!(f, "{} resolves to {a}, {}", self.host, self.reason)
+                write!(f, "{} resolves to {a}, {}", self.host, self.reason)?;
             }
-            _ => write!(f, "{} is {}", self.host, self.reason),
+            _ => write!(f, "{} is {}", self.host, self.reason)?,
         }
+        write!(f, " ({})", self.rule)
     }
 }
 
@@ -201,10 +231,9 @@ pub enum HttpClientError {
     /// The request itself is unusable (e.g. a URL that is not http(s)).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
-    /// The destination is link-local or a cloud metadata service; nothing was sent.
-    #[error(
-        "blocked destination: {0} (link-local and cloud metadata destinations are refused unless allow_link_local is set)"
-    )]
+    /// The destination is link-local or a cloud metadata service, or a non-public address a
+    /// tenant chose; nothing was sent.
+    #[error("blocked destination: {0}")]
     BlockedDestination(BlockedDestination),
     /// DNS failure, connection refused or reset, TLS failure, protocol error, refused redirect.
     #[error("transport error: {method} {url}: {detail}")]
@@ -258,6 +287,9 @@ pub const TLS_FILES_POLL: Duration = Duration::from_secs(10);
 pub struct HttpClient {
     /// Rebuilt when the TLS files change.
     client: RenewingClient,
+    /// For requests made for a tenant, when they may reach public addresses only: its own pool,
+    /// since its resolver refuses what the other's allows.
+    tenant_client: Option<RenewingClient>,
     config: HttpClientConfig,
     /// Where each request's latency and outcome are recorded, per upstream (`host:port`).
     metrics: Option<Metrics>,
@@ -266,9 +298,17 @@ pub struct HttpClient {
 impl HttpClient {
     /// Builds the client. Fails on TLS files that cannot be read or parsed.
     pub fn new(config: HttpClientConfig) -> Result<Self, HttpClientError> {
-        let client = RenewingClient::new(&config.tls, || build_client(&config))?;
+        let client =
+            RenewingClient::new(&config.tls, || build_client(&config, Destinations::Default))?;
+        let tenant_client = config
+            .tenant_upstreams_public_only
+            .then(|| {
+                RenewingClient::new(&config.tls, || build_client(&config, Destinations::Public))
+            })
+            .transpose()?;
         Ok(Self {
             client,
+            tenant_client,
             config,
             metrics: None,
         })
@@ -284,8 +324,19 @@ impl HttpClient {
     /// certificate is used for new connections without a restart. Returns what happened, if
     /// anything did: `Err` when the new files are unusable (the current client keeps serving).
     pub fn reload_tls_if_changed(&self) -> Option<Result<(), String>> {
-        self.client
-            .renew_if_changed(&self.config.tls, || build_client(&self.config))
+        let tenant = self.tenant_client.as_ref().and_then(|c| {
+            c.renew_if_changed(&self.config.tls, || {
+                build_client(&self.config, Destinations::Public)
+            })
+        });
+        let main = self.client.renew_if_changed(&self.config.tls, || {
+            build_client(&self.config, Destinations::Default)
+        });
+        // Both read the same files: one outcome, the failure if either failed.
+        match (main, tenant) {
+            (Some(Err(e)), _) | (_, Some(Err(e))) => Some(Err(e)),
+            (main, tenant) => main.or(tenant),
+        }
     }
 
     /// Polls the TLS files every [`TLS_FILES_POLL`] and takes changed ones on; runs until dropped.
@@ -408,9 +459,12 @@ impl HttpClient {
         // Through `outbound.proxy_url` the proxy resolves the names the gateway does not (only
         // literal addresses and metadata names are refused here): the proxy must refuse the
         // link-local and metadata destinations itself, as the README says.
-        if !self.config.allow_link_local {
-            check_url_host(&req.url).map_err(HttpClientError::BlockedDestination)?;
-        }
+        let (client, destinations) = match &self.tenant_client {
+            Some(tenant) if req.for_tenant => (tenant, Destinations::Public),
+            _ => (&self.client, Destinations::Default),
+        };
+        check_url_host(&req.url, destinations, self.config.allow_link_local)
+            .map_err(HttpClientError::BlockedDestination)?;
         let method = req.method.clone();
         let timeout = req.timeout.unwrap_or(self.config.request_timeout);
         let limit = req
@@ -422,8 +476,7 @@ impl HttpClient {
         let mut headers = req.headers;
         trace_context::forward(&mut headers);
         let exchange = async {
-            let mut builder = self
-                .client
+            let mut builder = client
                 .load()
                 .request(req.method.clone(), req.url)
                 .headers(headers)
@@ -478,7 +531,10 @@ impl HttpClient {
 }
 
 /// A client with `config`'s bounds, redirect and destination rules, and TLS files read now.
-fn build_client(config: &HttpClientConfig) -> Result<reqwest::Client, HttpClientError> {
+fn build_client(
+    config: &HttpClientConfig,
+    destinations: Destinations,
+) -> Result<reqwest::Client, HttpClientError> {
     let allow_link_local = config.allow_link_local;
     let allow_cross_origin = config.allow_cross_origin_redirects;
     let policy = redirect::Policy::custom(move |attempt| {
@@ -490,7 +546,7 @@ fn build_client(config: &HttpClientConfig) -> Result<reqwest::Client, HttpClient
         }
         let next = attempt.url();
         // Literal addresses never reach the resolver, so they are checked here.
-        if !allow_link_local && let Err(blocked) = check_url_host(next) {
+        if let Err(blocked) = check_url_host(next, destinations, allow_link_local) {
             return attempt.error(blocked);
         }
         if !allow_cross_origin
@@ -512,8 +568,11 @@ fn build_client(config: &HttpClientConfig) -> Result<reqwest::Client, HttpClient
         .user_agent(concat!("aegis-seal-gateway/", env!("CARGO_PKG_VERSION")))
         .tls_backend_rustls()
         .no_proxy();
-    if !allow_link_local {
-        builder = builder.dns_resolver(GuardedResolver);
+    if !allow_link_local || destinations == Destinations::Public {
+        builder = builder.dns_resolver(GuardedResolver {
+            destinations,
+            allow_link_local,
+        });
     }
     if let Some(proxy) = &config.proxy {
         let bypass = reqwest::NoProxy::from_string(&proxy.no_proxy.join(","));
@@ -551,22 +610,22 @@ fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
-/// Why a URL's host is refused, if it is: a literal link-local or metadata address, or a metadata
-/// host name. Other names are checked when resolved.
-fn check_url_host(url: &Url) -> Result<(), BlockedDestination> {
+/// Why a URL's host is refused, if it is: a literal address refused by [`check_address`], or a
+/// metadata host name. Other names are checked when resolved.
+fn check_url_host(
+    url: &Url,
+    destinations: Destinations,
+    allow_link_local: bool,
+) -> Result<(), BlockedDestination> {
     let Some(host) = url.host_str() else {
         return Ok(());
     };
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = bare.parse::<IpAddr>() {
-        return match blocked_address(ip) {
-            Some(reason) => Err(BlockedDestination {
-                host: bare.to_owned(),
-                address: Some(ip),
-                reason,
-            }),
-            None => Ok(()),
-        };
+        return check_address(bare, ip, destinations, allow_link_local);
+    }
+    if allow_link_local {
+        return Ok(());
     }
     check_host_name(host)
 }
@@ -578,9 +637,87 @@ fn check_host_name(host: &str) -> Result<(), BlockedDestination> {
             host: host.to_owned(),
             address: None,
             reason: "a cloud metadata service",
+            rule: LINK_LOCAL_RULE,
         });
     }
     Ok(())
+}
+
+/// Whether `host` may be reached at `ip`: never a link-local or metadata address (unless
+/// `allow_link_local`), and only a public one for [`Destinations::Public`].
+fn check_address(
+    host: &str,
+    ip: IpAddr,
+    destinations: Destinations,
+    allow_link_local: bool,
+) -> Result<(), BlockedDestination> {
+    let blocked = |reason, rule| BlockedDestination {
+        host: host.to_owned(),
+        address: Some(ip),
+        reason,
+        rule,
+    };
+    if !allow_link_local && let Some(reason) = blocked_address(ip) {
+        return Err(blocked(reason, LINK_LOCAL_RULE));
+    }
+    if destinations == Destinations::Public
+        && let Some(reason) = non_public_address(ip)
+    {
+        return Err(blocked(reason, TENANT_PUBLIC_RULE));
+    }
+    Ok(())
+}
+
+/// Why an address is not a public one, if it is not: what a tenant's destination must not be
+/// under `tenant_upstreams_public_only`, since from the gateway it reaches the platform's own
+/// network (services without authentication, the gateway's neighbours, the host itself).
+pub fn non_public_address(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => non_public_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return non_public_v4(v4);
+            }
+            let s = v6.segments();
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [a, b] = s[6].to_be_bytes();
+                let [c, d] = s[7].to_be_bytes();
+                return non_public_v4(Ipv4Addr::new(a, b, c, d));
+            }
+            if v6.is_loopback() {
+                Some("a loopback address")
+            } else if v6.is_unspecified() {
+                Some("an unspecified address")
+            } else if s[0] & 0xfe00 == 0xfc00 {
+                Some("a unique local address")
+            } else if s[0] & 0xffc0 == 0xfe80 || s[0] & 0xffc0 == 0xfec0 {
+                Some("a link-local or site-local address")
+            } else if v6.is_multicast() {
+                Some("a multicast address")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn non_public_v4(v4: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, ..] = v4.octets();
+    if v4.is_loopback() {
+        Some("a loopback address")
+    } else if v4.is_private() {
+        Some("a private address")
+    } else if a == 100 && (64..128).contains(&b) {
+        Some("a shared (carrier-grade NAT) address")
+    } else if v4.is_link_local() {
+        Some("a link-local address")
+    } else if a == 0 {
+        Some("an address of this network")
+    } else if v4.is_broadcast() || v4.is_multicast() || a >= 240 {
+        Some("a broadcast, multicast or reserved address")
+    } else {
+        None
+    }
 }
 
 /// Why an address is refused, if it is.
@@ -624,23 +761,27 @@ fn blocked_v4(v4: Ipv4Addr) -> Option<&'static str> {
 /// dialled. (A pre-flight lookup in `send` followed by reqwest's own lookup would leave a
 /// time-of-check/time-of-use window in which a short-TTL record could change.)
 #[derive(Debug, Clone, Copy)]
-struct GuardedResolver;
+struct GuardedResolver {
+    destinations: Destinations,
+    allow_link_local: bool,
+}
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_owned();
+        let Self {
+            destinations,
+            allow_link_local,
+        } = *self;
         Box::pin(async move {
-            check_host_name(&host)?;
+            if !allow_link_local {
+                check_host_name(&host)?;
+            }
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             for addr in &addrs {
-                if let Some(reason) = blocked_address(addr.ip()) {
-                    return Err(Box::new(BlockedDestination {
-                        host: host.clone(),
-                        address: Some(addr.ip()),
-                        reason,
-                    }) as Box<dyn StdError + Send + Sync>);
-                }
+                check_address(&host, addr.ip(), destinations, allow_link_local)
+                    .map_err(|blocked| Box::new(blocked) as Box<dyn StdError + Send + Sync>)?;
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
@@ -765,7 +906,7 @@ mod tests {
 
     #[test]
     fn checks_url_hosts_before_resolving() {
-        let check = |u: &str| check_url_host(&Url::parse(u).unwrap());
+        let check = |u: &str| check_url_host(&Url::parse(u).unwrap(), Destinations::Default, false);
         assert!(check("http://169.254.169.254/latest/meta-data").is_err());
         assert!(check("http://[fe80::1]:8080/").is_err());
         assert!(check("http://METADATA.google.internal./computeMetadata").is_err());
@@ -777,8 +918,54 @@ mod tests {
         let err = check("http://169.254.169.254/").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "169.254.169.254 is a cloud metadata address"
+            "169.254.169.254 is a cloud metadata address (link-local and cloud metadata \
+             destinations are refused unless allow_link_local is set)"
         );
+        let allowed =
+            |u: &str| check_url_host(&Url::parse(u).unwrap(), Destinations::Default, true);
+        assert!(allowed("http://169.254.169.254/").is_ok());
+        assert!(allowed("http://metadata.google.internal/").is_ok());
+    }
+
+    #[test]
+    fn a_tenants_destinations_are_public_addresses_only() {
+        let check = |u: &str| check_url_host(&Url::parse(u).unwrap(), Destinations::Public, false);
+        for url in [
+            "http://127.0.0.1:8080/",
+            "http://10.1.2.3/",
+            "http://172.16.0.1/",
+            "http://192.168.1.1/",
+            "http://100.64.0.1/",
+            "http://0.0.0.0/",
+            "http://[::1]/",
+            "http://[fd00::1]/",
+            "http://[::ffff:10.0.0.1]/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://224.0.0.1/",
+            "http://255.255.255.255/",
+            // Other spellings of 127.0.0.1, normalized by the URL parser.
+            "http://2130706433/",
+            "http://0x7f.1/",
+        ] {
+            assert!(check(url).is_err(), "{url}");
+        }
+        for url in [
+            "https://api.github.com/",
+            "http://8.8.8.8/",
+            "http://[2606:4700::1111]/",
+            "http://100.128.0.1/",
+            "http://172.32.0.1/",
+        ] {
+            assert!(check(url).is_ok(), "{url}");
+        }
+        assert_eq!(
+            check("http://10.0.0.5:8200/").unwrap_err().to_string(),
+            "10.0.0.5 is a private address (a tenant's upstream must be a public address: \
+             outbound.tenant_upstreams_public_only is set)"
+        );
+        // Link-local stays refused by its own rule, and allow_link_local does not open it here.
+        let allowed = |u: &str| check_url_host(&Url::parse(u).unwrap(), Destinations::Public, true);
+        assert!(allowed("http://169.254.169.254/").is_err());
     }
 
     #[test]
@@ -791,11 +978,26 @@ mod tests {
 
     #[tokio::test]
     async fn resolver_refuses_names_of_blocked_addresses() {
+        let default = GuardedResolver {
+            destinations: Destinations::Default,
+            allow_link_local: false,
+        };
         let name: Name = "metadata.google.internal".parse().unwrap();
-        let err = GuardedResolver.resolve(name).await.err().unwrap();
+        let err = default.resolve(name).await.err().unwrap();
         assert!(err.downcast_ref::<BlockedDestination>().is_some());
         let name: Name = "localhost".parse().unwrap();
-        let addrs: Vec<_> = GuardedResolver.resolve(name).await.unwrap().collect();
+        let addrs: Vec<_> = default.resolve(name).await.unwrap().collect();
         assert!(!addrs.is_empty());
+
+        // A name is checked by what it resolves to: `localhost` is no tenant's upstream.
+        let public = GuardedResolver {
+            destinations: Destinations::Public,
+            ..default
+        };
+        let name: Name = "localhost".parse().unwrap();
+        let err = public.resolve(name).await.err().unwrap();
+        let blocked = err.downcast_ref::<BlockedDestination>().unwrap();
+        assert_eq!(blocked.reason, "a loopback address");
+        assert_eq!(blocked.rule, TENANT_PUBLIC_RULE);
     }
 }

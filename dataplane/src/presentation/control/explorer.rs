@@ -118,6 +118,8 @@ pub(super) async fn explore(ctx: &Ctx<'_>, body: Bytes) -> Response<Body> {
     };
 
     let mut outbound = OutboundRequest::new(method, prepared.url);
+    // A tenant's spec names a base URL its tenant chose.
+    outbound.for_tenant = spec.tenant_id.is_some();
     outbound.headers = prepared.headers;
     outbound.body = prepared.body;
     for (name, value) in credential.iter().flat_map(|c| c.headers.iter()) {

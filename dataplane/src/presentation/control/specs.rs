@@ -131,7 +131,7 @@ async fn document(
 }
 
 /// Fetches a document through the upstream client: bounded in time and size, link-local and
-/// metadata destinations refused.
+/// metadata destinations refused, and a tenant operator's URL held to the tenants' rule.
 async fn fetch(ctx: &Ctx<'_>, url: &str) -> Result<Value, Response<Body>> {
     let parsed = Url::parse(url)
         .ok()
@@ -142,6 +142,7 @@ async fn fetch(ctx: &Ctx<'_>, url: &str) -> Result<Value, Response<Body>> {
             ))
         })?;
     let mut request = OutboundRequest::new(Method::GET, parsed);
+    request.for_tenant = !ctx.operator.platform_operator;
     request.timeout = Some(FETCH_TIMEOUT);
     request.max_response_bytes = Some(MAX_DOCUMENT_BYTES);
     let response = ctx
