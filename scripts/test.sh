@@ -24,6 +24,11 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo build: the data-plane binary that the end-to-end tests start"
+# tests/tests/support builds it with this same command when a test first needs it. Built here,
+# outside the tests' time bounds, they find it up to date instead of compiling within them.
+cargo build --locked -p aegis-seal-gateway --bin aegis-seal-gateway
+
 step "cargo nextest run --workspace (DATABASE_URL=${DATABASE_URL%%@*}@...)"
 NEXTEST_LOG="$ROOT/target/nextest.log"
 mkdir -p "$ROOT/target"
