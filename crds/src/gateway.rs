@@ -432,6 +432,13 @@ pub struct CredentialSettings {
     #[serde(default = "default_credential_max_retries")]
     #[schemars(range(max = 3))]
     pub max_retries: u32,
+    /// Where a user's delegated token may go: audience (`target_service`) -> the origins
+    /// (`https://host[:port]`) of the upstreams it may be sent to. When set, a `HumanDelegated`
+    /// exchange (also through `Auto` and `UserBound`) happens only for a listed audience and an
+    /// upstream of one of its origins, so a workflow cannot send the token to a host of its
+    /// author's choosing. Empty: no binding.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub delegated_audiences: BTreeMap<String, Vec<String>>,
 }
 
 fn default_openbao_kv_mount() -> String {
@@ -459,6 +466,7 @@ impl Default for CredentialSettings {
             keycloak_user_jwt_audience: None,
             request_timeout_ms: default_credential_request_timeout_ms(),
             max_retries: default_credential_max_retries(),
+            delegated_audiences: BTreeMap::new(),
         }
     }
 }

@@ -141,6 +141,73 @@ async fn human_delegated_exchanges_a_verified_user_token_per_rfc_8693() {
 }
 
 #[tokio::test]
+async fn delegated_audiences_bind_a_token_to_the_origins_of_its_audience() {
+    capture_logs();
+    let kc = FakeKeycloak::start().await;
+    let (db, _dir) = sqlite_database().await;
+    let mut settings = kc.settings();
+    settings.delegated_audiences = [("github-api".to_owned(), vec![UPSTREAM.to_owned()])].into();
+    let resolver = resolver(&settings, &db);
+    let user_token = kc.user_token("user-1", json!({}));
+
+    // To one of its audience's origins: exchanged.
+    let path = delegated("github-api");
+    let outcome = resolver
+        .resolve(with_token("exec-bound", &path, &user_token))
+        .await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    assert_eq!(kc.exchanges().len(), 1);
+
+    // Elsewhere, or for an audience with no origins: refused before any exchange, and recorded.
+    let auto = CredentialResolutionPath::Auto {
+        system_jit_openbao_engine_path: "database".into(),
+        system_jit_role: "readonly".into(),
+        target_service: "github-api".into(),
+    };
+    let unlisted = delegated("payments");
+    for (execution_id, path, destination, reason) in [
+        (
+            "exec-elsewhere",
+            &path,
+            "https://collector.example.net/hook",
+            "forbidden: a delegated token for \"github-api\" may not be sent to \
+             https://collector.example.net: not one of its origins in credentials.delegated_audiences",
+        ),
+        (
+            "exec-auto-elsewhere",
+            &auto,
+            "https://collector.example.net/hook",
+            "forbidden: a delegated token for \"github-api\" may not be sent to \
+             https://collector.example.net: not one of its origins in credentials.delegated_audiences",
+        ),
+        (
+            "exec-unlisted",
+            &unlisted,
+            UPSTREAM,
+            "forbidden: a delegated token for \"payments\" may not be sent to \
+             https://api.example.com: no origin is listed for it in credentials.delegated_audiences",
+        ),
+    ] {
+        let outcome = resolver
+            .resolve(CredentialRequest {
+                destination: Some(destination),
+                ..with_token(execution_id, path, &user_token)
+            })
+            .await;
+        let label = if execution_id == "exec-auto-elsewhere" {
+            "auto"
+        } else {
+            "human_delegated"
+        };
+        assert_failed(&outcome, StatusCode::FORBIDDEN, label, reason);
+        let event = only_event(&outcome, CREDENTIAL_EXCHANGE_FAILED);
+        assert_eq!(event.payload["effective_path"], "human_delegated");
+        assert_eq!(event.payload["status"], 403);
+    }
+    assert_eq!(kc.exchanges().len(), 1, "no refused token was exchanged");
+}
+
+#[tokio::test]
 async fn keycloak_401_is_a_502_logged_as_the_runbook_says() {
     capture_logs();
     let kc = FakeKeycloak::start().await;

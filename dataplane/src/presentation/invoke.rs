@@ -197,6 +197,7 @@ async fn run_workflow(
                     path,
                     user_token,
                     allows_human_delegated: call.allows_human_delegated,
+                    destination: Some(&workflow.entry().base_url),
                 })
                 .await;
             events.extend(outcome.events);

@@ -242,6 +242,9 @@ pub async fn postgres_database() -> (Database, String) {
     (Database::connect(&url).await.unwrap(), url)
 }
 
+/// The upstream the tests' credentials are for.
+pub const UPSTREAM: &str = "https://api.example.com";
+
 pub fn request<'a>(
     execution_id: &'a str,
     path: &'a CredentialResolutionPath,
@@ -253,6 +256,7 @@ pub fn request<'a>(
         path,
         user_token: None,
         allows_human_delegated: true,
+        destination: Some(UPSTREAM),
     }
 }
 

@@ -303,6 +303,9 @@ impl CliEngine {
                         path,
                         user_token: call.user_token,
                         allows_human_delegated: call.allows_human_delegated,
+                        // A registry is no upstream a delegated token is bound to: with
+                        // `delegated_audiences` set, it gets none.
+                        destination: None,
                     })
                     .await;
                 events.extend(outcome.events);

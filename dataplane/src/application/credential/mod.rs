@@ -24,6 +24,7 @@
 //! an event or an error, or shown by `Debug`. Logs: target `aegis_seal_gateway::application::credential`,
 //! one `trace` line per step.
 
+mod delegation;
 mod keycloak;
 mod openbao;
 mod redact;
@@ -45,6 +46,7 @@ use crate::infrastructure::persistence::{AuditEvent, Database, PersistenceError}
 use crate::infrastructure::telemetry;
 use tracing::Instrument;
 
+use delegation::DelegatedAudiences;
 use keycloak::{Keycloak, UserTokenVerifier};
 use openbao::OpenBao;
 use transport::Transport;
@@ -88,6 +90,9 @@ pub struct CredentialRequest<'a> {
     pub user_token: Option<&'a str>,
     /// The security context has a capability `*` or `credentials.*`.
     pub allows_human_delegated: bool,
+    /// The base URL of the upstream the credential is for, where there is one: a delegated
+    /// token goes only where `credentials.delegated_audiences` allows.
+    pub destination: Option<&'a str>,
 }
 
 impl std::fmt::Debug for CredentialRequest<'_> {
@@ -99,6 +104,7 @@ impl std::fmt::Debug for CredentialRequest<'_> {
             .field("path", &self.path.label())
             .field("user_token", &self.user_token.map(|_| "<redacted>"))
             .field("allows_human_delegated", &self.allows_human_delegated)
+            .field("destination", &self.destination)
             .finish()
     }
 }
@@ -308,6 +314,8 @@ pub struct CredentialResolver {
     openbao: OpenBao,
     keycloak: Keycloak,
     verifier: UserTokenVerifier,
+    /// Where exchanged user tokens may be sent.
+    delegated_audiences: DelegatedAudiences,
     db: Database,
     timeout: Duration,
     /// Configured secrets, scrubbed from every reason.
@@ -412,6 +420,7 @@ impl CredentialResolver {
                 optional_text(settings.keycloak_user_jwt_audience.as_ref()),
                 transport,
             ),
+            delegated_audiences: DelegatedAudiences::from_settings(&settings.delegated_audiences)?,
             db,
             timeout,
             config_secrets,
@@ -666,8 +675,7 @@ impl CredentialResolver {
                 if !req.allows_human_delegated {
                     return Err(Failure::gate(StatusCode::FORBIDDEN, "forbidden"));
                 }
-                self.delegated(token, target_service, "human_delegated", false)
-                    .await
+                self.delegated(req, token, target_service, false).await
             }
             CredentialResolutionPath::Auto {
                 system_jit_openbao_engine_path,
@@ -678,8 +686,7 @@ impl CredentialResolver {
                     if !req.allows_human_delegated {
                         return Err(Failure::gate(StatusCode::FORBIDDEN, "forbidden"));
                     }
-                    self.delegated(token, target_service, "human_delegated", false)
-                        .await
+                    self.delegated(req, token, target_service, false).await
                 }
                 None => {
                     self.dynamic(tenant, system_jit_openbao_engine_path, system_jit_role)
@@ -741,12 +748,16 @@ impl CredentialResolver {
     /// Checks the exchange settings, verifies the user token (unless done already), exchanges it.
     async fn delegated(
         &self,
+        req: &CredentialRequest<'_>,
         user_token: &str,
         target_service: &str,
-        effective: &'static str,
         verified: bool,
     ) -> Result<Obtained, Failure> {
+        let effective = "human_delegated";
         let config = self.keycloak.config(target_service)?;
+        // Before the exchange: a token that may not go where the call goes is never obtained.
+        self.delegated_audiences
+            .check(target_service, req.destination)?;
         if !verified {
             self.verifier.verify(user_token).await?;
         }
@@ -826,8 +837,7 @@ impl CredentialResolver {
                          human-delegated credentials",
                     ));
                 }
-                self.delegated(token, provider, "human_delegated", true)
-                    .await
+                self.delegated(req, token, provider, true).await
             }
             (Purpose::Registry, Some(_)) => Err(Failure::unauthorized(format!(
                 "unauthorized: no active credential binding for provider {provider:?}"

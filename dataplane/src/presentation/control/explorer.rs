@@ -107,6 +107,7 @@ pub(super) async fn explore(ctx: &Ctx<'_>, body: Bytes) -> Response<Body> {
                     path,
                     user_token: None,
                     allows_human_delegated: false,
+                    destination: Some(&spec.base_url),
                 })
                 .await;
             events.extend(outcome.events);
