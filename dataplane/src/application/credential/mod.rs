@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `SystemJit` | OpenBao dynamic secret `GET /v1/[tenant-<tenant>/]<engine>/creds/<role>`: token = `data.token`, else `data.password` (database engines: the generated user's password, sent as `Bearer <password>` as upstream does; the lease is recorded and revoked by [`CredentialResolver::release`]) |
 //! | `StaticRef` | OpenBao KV v2 `GET /v1/<kv_mount>/data/[tenant-<owner>/]<key>`: `data.data.token`, else `.value`. The key is its author's choice, so a tenant's workflow, spec or CLI tool reads only under its own `tenant-<owner>/` (reference §13.11); a system-global one reads the key as written |
-//! | `HumanDelegated` | the `X-Seal-User-Token`, verified against the user-token JWKS, exchanged at Keycloak (RFC 8693) for a token with audience `target_service` |
+//! | `HumanDelegated` | the `X-Seal-User-Token`, verified against the user-token JWKS, exchanged at Keycloak (RFC 8693) for a token with audience `target_service`, if `delegated_audiences` lets it go to the call's upstream |
 //! | `Auto` | `HumanDelegated` when a user token came with the call, else `SystemJit` |
 //! | `UserBound` | the caller's active binding in the orchestrator's `credential_bindings`/`credential_grants` tables (Postgres only, read-only), then a KV read of its `secret_path`; without a binding, `HumanDelegated(provider)` when a user token came, else 401 |
 //!
@@ -745,7 +745,8 @@ impl CredentialResolver {
         })
     }
 
-    /// Checks the exchange settings, verifies the user token (unless done already), exchanges it.
+    /// Checks the exchange settings and that the token may go where the call goes
+    /// (`delegated_audiences`), verifies the user token (unless done already), exchanges it.
     async fn delegated(
         &self,
         req: &CredentialRequest<'_>,
