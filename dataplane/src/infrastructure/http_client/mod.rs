@@ -110,6 +110,16 @@ impl fmt::Debug for OutboundProxy {
     }
 }
 
+impl HttpClientConfig {
+    /// The rules of the requests made for a tenant (`for_tenant`), or of the others.
+    fn destination_rules(&self, for_tenant: bool) -> DestinationRules {
+        DestinationRules {
+            allow_link_local: self.allow_link_local,
+            public_only: for_tenant && self.tenant_upstreams_public_only,
+        }
+    }
+}
+
 impl Default for HttpClientConfig {
     fn default() -> Self {
         Self {
@@ -158,13 +168,15 @@ impl OutboundRequest {
     }
 }
 
-/// Which destinations a client may connect to.
+/// What a client refuses to connect to: checked on literal addresses (before connecting and at
+/// each redirect) and on every address a name resolves to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Destinations {
-    /// All but link-local and metadata addresses (unless `allow_link_local`).
-    Default,
+struct DestinationRules {
+    /// Link-local and cloud metadata destinations are allowed
+    /// ([`HttpClientConfig::allow_link_local`]).
+    allow_link_local: bool,
     /// Public addresses only: a tenant's destinations under `tenant_upstreams_public_only`.
-    Public,
+    public_only: bool,
 }
 
 /// A response whose body was read completely (within the size bound).
@@ -298,13 +310,15 @@ pub struct HttpClient {
 impl HttpClient {
     /// Builds the client. Fails on TLS files that cannot be read or parsed.
     pub fn new(config: HttpClientConfig) -> Result<Self, HttpClientError> {
-        let client =
-            RenewingClient::new(&config.tls, || build_client(&config, Destinations::Default))?;
+        let build = |for_tenant| {
+            RenewingClient::new(&config.tls, || {
+                build_client(&config, config.destination_rules(for_tenant))
+            })
+        };
+        let client = build(false)?;
         let tenant_client = config
             .tenant_upstreams_public_only
-            .then(|| {
-                RenewingClient::new(&config.tls, || build_client(&config, Destinations::Public))
-            })
+            .then(|| build(true))
             .transpose()?;
         Ok(Self {
             client,
@@ -324,14 +338,13 @@ impl HttpClient {
     /// certificate is used for new connections without a restart. Returns what happened, if
     /// anything did: `Err` when the new files are unusable (the current client keeps serving).
     pub fn reload_tls_if_changed(&self) -> Option<Result<(), String>> {
-        let tenant = self.tenant_client.as_ref().and_then(|c| {
-            c.renew_if_changed(&self.config.tls, || {
-                build_client(&self.config, Destinations::Public)
+        let renew = |client: &RenewingClient, for_tenant| {
+            client.renew_if_changed(&self.config.tls, || {
+                build_client(&self.config, self.config.destination_rules(for_tenant))
             })
-        });
-        let main = self.client.renew_if_changed(&self.config.tls, || {
-            build_client(&self.config, Destinations::Default)
-        });
+        };
+        let tenant = self.tenant_client.as_ref().and_then(|c| renew(c, true));
+        let main = renew(&self.client, false);
         // Both read the same files: one outcome, the failure if either failed.
         match (main, tenant) {
             (Some(Err(e)), _) | (_, Some(Err(e))) => Some(Err(e)),
@@ -459,11 +472,13 @@ impl HttpClient {
         // Through `outbound.proxy_url` the proxy resolves the names the gateway does not (only
         // literal addresses and metadata names are refused here): the proxy must refuse the
         // link-local and metadata destinations itself, as the README says.
-        let (client, destinations) = match &self.tenant_client {
-            Some(tenant) if req.for_tenant => (tenant, Destinations::Public),
-            _ => (&self.client, Destinations::Default),
+        let (client, for_tenant) = match &self.tenant_client {
+            Some(tenant) if req.for_tenant => (tenant, true),
+            _ => (&self.client, false),
         };
-        check_url_host(&req.url, destinations, self.config.allow_link_local)
+        self.config
+            .destination_rules(for_tenant)
+            .check_url_host(&req.url)
             .map_err(HttpClientError::BlockedDestination)?;
         let method = req.method.clone();
         let timeout = req.timeout.unwrap_or(self.config.request_timeout);
@@ -533,9 +548,8 @@ impl HttpClient {
 /// A client with `config`'s bounds, redirect and destination rules, and TLS files read now.
 fn build_client(
     config: &HttpClientConfig,
-    destinations: Destinations,
+    rules: DestinationRules,
 ) -> Result<reqwest::Client, HttpClientError> {
-    let allow_link_local = config.allow_link_local;
     let allow_cross_origin = config.allow_cross_origin_redirects;
     let policy = redirect::Policy::custom(move |attempt| {
         // `previous` starts with the original URL, which is not a redirect.
@@ -546,7 +560,7 @@ fn build_client(
         }
         let next = attempt.url();
         // Literal addresses never reach the resolver, so they are checked here.
-        if let Err(blocked) = check_url_host(next, destinations, allow_link_local) {
+        if let Err(blocked) = rules.check_url_host(next) {
             return attempt.error(blocked);
         }
         if !allow_cross_origin
@@ -568,11 +582,8 @@ fn build_client(
         .user_agent(concat!("aegis-seal-gateway/", env!("CARGO_PKG_VERSION")))
         .tls_backend_rustls()
         .no_proxy();
-    if !allow_link_local || destinations == Destinations::Public {
-        builder = builder.dns_resolver(GuardedResolver {
-            destinations,
-            allow_link_local,
-        });
+    if !rules.allow_link_local || rules.public_only {
+        builder = builder.dns_resolver(GuardedResolver(rules));
     }
     if let Some(proxy) = &config.proxy {
         let bypass = reqwest::NoProxy::from_string(&proxy.no_proxy.join(","));
@@ -610,62 +621,55 @@ fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
-/// Why a URL's host is refused, if it is: a literal address refused by [`check_address`], or a
-/// metadata host name. Other names are checked when resolved.
-fn check_url_host(
-    url: &Url,
-    destinations: Destinations,
-    allow_link_local: bool,
-) -> Result<(), BlockedDestination> {
-    let Some(host) = url.host_str() else {
-        return Ok(());
-    };
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        return check_address(bare, ip, destinations, allow_link_local);
+impl DestinationRules {
+    /// Why a URL's host is refused, if it is: a literal address refused by
+    /// [`Self::check_address`], or a metadata host name. Other names are checked when resolved.
+    fn check_url_host(self, url: &Url) -> Result<(), BlockedDestination> {
+        let Some(host) = url.host_str() else {
+            return Ok(());
+        };
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return self.check_address(bare, ip);
+        }
+        self.check_host_name(host)
     }
-    if allow_link_local {
-        return Ok(());
-    }
-    check_host_name(host)
-}
 
-fn check_host_name(host: &str) -> Result<(), BlockedDestination> {
-    let name = host.trim_end_matches('.');
-    if METADATA_HOSTS.iter().any(|m| name.eq_ignore_ascii_case(m)) {
-        return Err(BlockedDestination {
+    /// A metadata service's host name, refused before any lookup.
+    fn check_host_name(self, host: &str) -> Result<(), BlockedDestination> {
+        let name = host.trim_end_matches('.');
+        if !self.allow_link_local && METADATA_HOSTS.iter().any(|m| name.eq_ignore_ascii_case(m)) {
+            return Err(BlockedDestination {
+                host: host.to_owned(),
+                address: None,
+                reason: "a cloud metadata service",
+                rule: LINK_LOCAL_RULE,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `host` may be reached at `ip`: never a link-local or metadata address (unless
+    /// `allow_link_local`), and only a public one when `public_only`.
+    fn check_address(self, host: &str, ip: IpAddr) -> Result<(), BlockedDestination> {
+        let blocked = |reason, rule| BlockedDestination {
             host: host.to_owned(),
-            address: None,
-            reason: "a cloud metadata service",
-            rule: LINK_LOCAL_RULE,
-        });
+            address: Some(ip),
+            reason,
+            rule,
+        };
+        if !self.allow_link_local
+            && let Some(reason) = blocked_address(ip)
+        {
+            return Err(blocked(reason, LINK_LOCAL_RULE));
+        }
+        if self.public_only
+            && let Some(reason) = non_public_address(ip)
+        {
+            return Err(blocked(reason, TENANT_PUBLIC_RULE));
+        }
+        Ok(())
     }
-    Ok(())
-}
-
-/// Whether `host` may be reached at `ip`: never a link-local or metadata address (unless
-/// `allow_link_local`), and only a public one for [`Destinations::Public`].
-fn check_address(
-    host: &str,
-    ip: IpAddr,
-    destinations: Destinations,
-    allow_link_local: bool,
-) -> Result<(), BlockedDestination> {
-    let blocked = |reason, rule| BlockedDestination {
-        host: host.to_owned(),
-        address: Some(ip),
-        reason,
-        rule,
-    };
-    if !allow_link_local && let Some(reason) = blocked_address(ip) {
-        return Err(blocked(reason, LINK_LOCAL_RULE));
-    }
-    if destinations == Destinations::Public
-        && let Some(reason) = non_public_address(ip)
-    {
-        return Err(blocked(reason, TENANT_PUBLIC_RULE));
-    }
-    Ok(())
 }
 
 /// Why an address is not a public one, if it is not: what a tenant's destination must not be
@@ -764,26 +768,19 @@ fn blocked_v4(v4: Ipv4Addr) -> Option<&'static str> {
 /// dialled. (A pre-flight lookup in `send` followed by reqwest's own lookup would leave a
 /// time-of-check/time-of-use window in which a short-TTL record could change.)
 #[derive(Debug, Clone, Copy)]
-struct GuardedResolver {
-    destinations: Destinations,
-    allow_link_local: bool,
-}
+struct GuardedResolver(DestinationRules);
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_owned();
-        let Self {
-            destinations,
-            allow_link_local,
-        } = *self;
+        let rules = self.0;
         Box::pin(async move {
-            if !allow_link_local {
-                check_host_name(&host)?;
-            }
+            rules.check_host_name(&host)?;
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             for addr in &addrs {
-                check_address(&host, addr.ip(), destinations, allow_link_local)
+                rules
+                    .check_address(&host, addr.ip())
                     .map_err(|blocked| Box::new(blocked) as Box<dyn StdError + Send + Sync>)?;
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
@@ -907,9 +904,16 @@ mod tests {
         );
     }
 
+    fn rules(allow_link_local: bool, public_only: bool) -> DestinationRules {
+        DestinationRules {
+            allow_link_local,
+            public_only,
+        }
+    }
+
     #[test]
     fn checks_url_hosts_before_resolving() {
-        let check = |u: &str| check_url_host(&Url::parse(u).unwrap(), Destinations::Default, false);
+        let check = |u: &str| rules(false, false).check_url_host(&Url::parse(u).unwrap());
         assert!(check("http://169.254.169.254/latest/meta-data").is_err());
         assert!(check("http://[fe80::1]:8080/").is_err());
         assert!(check("http://METADATA.google.internal./computeMetadata").is_err());
@@ -924,15 +928,14 @@ mod tests {
             "169.254.169.254 is a cloud metadata address (link-local and cloud metadata \
              destinations are refused unless allow_link_local is set)"
         );
-        let allowed =
-            |u: &str| check_url_host(&Url::parse(u).unwrap(), Destinations::Default, true);
+        let allowed = |u: &str| rules(true, false).check_url_host(&Url::parse(u).unwrap());
         assert!(allowed("http://169.254.169.254/").is_ok());
         assert!(allowed("http://metadata.google.internal/").is_ok());
     }
 
     #[test]
     fn a_tenants_destinations_are_public_addresses_only() {
-        let check = |u: &str| check_url_host(&Url::parse(u).unwrap(), Destinations::Public, false);
+        let check = |u: &str| rules(false, true).check_url_host(&Url::parse(u).unwrap());
         for url in [
             "http://127.0.0.1:8080/",
             "http://10.1.2.3/",
@@ -967,7 +970,7 @@ mod tests {
              outbound.tenant_upstreams_public_only is set)"
         );
         // Link-local stays refused by its own rule, and allow_link_local does not open it here.
-        let allowed = |u: &str| check_url_host(&Url::parse(u).unwrap(), Destinations::Public, true);
+        let allowed = |u: &str| rules(true, true).check_url_host(&Url::parse(u).unwrap());
         assert!(allowed("http://169.254.169.254/").is_err());
     }
 
@@ -981,10 +984,7 @@ mod tests {
 
     #[tokio::test]
     async fn resolver_refuses_names_of_blocked_addresses() {
-        let default = GuardedResolver {
-            destinations: Destinations::Default,
-            allow_link_local: false,
-        };
+        let default = GuardedResolver(rules(false, false));
         let name: Name = "metadata.google.internal".parse().unwrap();
         let err = default.resolve(name).await.err().unwrap();
         assert!(err.downcast_ref::<BlockedDestination>().is_some());
@@ -993,10 +993,7 @@ mod tests {
         assert!(!addrs.is_empty());
 
         // A name is checked by what it resolves to: `localhost` is no tenant's upstream.
-        let public = GuardedResolver {
-            destinations: Destinations::Public,
-            ..default
-        };
+        let public = GuardedResolver(rules(false, true));
         let name: Name = "localhost".parse().unwrap();
         let err = public.resolve(name).await.err().unwrap();
         let blocked = err.downcast_ref::<BlockedDestination>().unwrap();
