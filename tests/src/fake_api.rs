@@ -60,10 +60,15 @@ pub struct Logged {
     pub metadata_only: bool,
 }
 
-/// `obj` as the API server answers a metadata-only request: its metadata alone.
-fn partial_object_metadata(obj: &Value) -> Value {
-    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-           "metadata": obj["metadata"].clone()})
+/// `obj` as the API server answers the request: whole, or its metadata alone when the request
+/// asked for metadata only.
+fn as_requested(obj: &Value, metadata_only: bool) -> Value {
+    if metadata_only {
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+               "metadata": obj["metadata"].clone()})
+    } else {
+        obj.clone()
+    }
 }
 
 #[derive(Default)]
@@ -517,13 +522,7 @@ impl FakeApi {
                 self.lock()
                     .objects
                     .get(&key)
-                    .map(|obj| {
-                        if metadata_only {
-                            partial_object_metadata(obj)
-                        } else {
-                            obj.clone()
-                        }
-                    })
+                    .map(|obj| as_requested(obj, metadata_only))
                     .ok_or((StatusCode::NOT_FOUND, format!("{name} not found")))
             }
             (&Method::POST, None) => {
@@ -669,13 +668,7 @@ impl FakeApi {
             .objects
             .iter()
             .filter(|((r, _, _), obj)| Self::selected(target, params, r, obj))
-            .map(|(_, obj)| {
-                if metadata_only {
-                    partial_object_metadata(obj)
-                } else {
-                    obj.clone()
-                }
-            })
+            .map(|(_, obj)| as_requested(obj, metadata_only))
             .collect();
         let (api_version, kind) = if metadata_only {
             ("meta.k8s.io/v1", "PartialObjectMetadataList")
@@ -730,11 +723,7 @@ impl FakeApi {
             (backlog, self.changes.subscribe())
         };
         let line = move |c: &Change| {
-            let object = if metadata_only {
-                partial_object_metadata(&c.object)
-            } else {
-                c.object.clone()
-            };
+            let object = as_requested(&c.object, metadata_only);
             let mut bytes =
                 serde_json::to_vec(&json!({"type": c.kind, "object": object})).unwrap_or_default();
             bytes.push(b'\n');
