@@ -163,23 +163,25 @@ impl Tx {
         if rest.is_empty() {
             return Ok(());
         }
-        let rest: HashMap<(Option<String>, String), String> = rest
-            .into_iter()
-            .map(|(id, name, tenant)| ((tenant, name), id))
+        // Borrowed keys: the snapshot's entries (thousands) are looked up without a copy.
+        let rest: HashMap<(Option<&str>, &str), &str> = rest
+            .iter()
+            .map(|(id, name, tenant)| ((tenant.as_deref(), name.as_str()), id.as_str()))
             .collect();
         let delete = dialect(
             backend,
             &format!("DELETE FROM {name} WHERE id = $1 AND source = $2"),
         );
         for (tenant, object, by) in entries {
-            let key = (tenant.map(str::to_owned), object.to_owned());
-            let Some(id) = rest.get(&key) else { continue };
+            let Some(&id) = rest.get(&(tenant, object)) else {
+                continue;
+            };
             if self.delete_rest_row(&delete, id).await? {
                 replaced.push(ReplacedRestObject {
                     table,
-                    id: id.clone(),
+                    id: id.to_owned(),
                     name: object.to_owned(),
-                    tenant_id: key.0,
+                    tenant_id: tenant.map(str::to_owned),
                     by: by.clone(),
                 });
             }
