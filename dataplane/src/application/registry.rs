@@ -18,8 +18,8 @@ use std::time::Duration;
 use aegis_seal_crds::openapi::Operation;
 use aegis_seal_crds::{
     ApiSpecSource, CliTool, CliToolSpec, ContainerResources, CredentialResolutionPath,
-    OpenApiSource, Resources, SecurityContext, SecurityContextSpec, Snapshot, Workflow,
-    WorkflowSpec, WorkflowStep, compile, openapi,
+    OpenApiSource, ResourceRef, Resources, SecurityContext, SecurityContextSpec, Snapshot,
+    Workflow, WorkflowSpec, WorkflowStep, compile, openapi,
 };
 use chrono::Utc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::application::catalog::{Entries, ServedSnapshot, add_default_contexts};
 use crate::gateway::{GatewayState, ReloadError, off_the_runtime, release_freed_memory};
 use crate::infrastructure::persistence::{
-    AuditEvent, CatalogSource, CliToolRow, Database, PersistenceError, REST_SOURCE,
+    AuditEvent, CatalogSource, CatalogTable, CliToolRow, Database, PersistenceError, REST_SOURCE,
     ReplacedRestObject, SecurityContextRow, SpecRow, WorkflowRow,
 };
 
@@ -382,6 +382,30 @@ pub async fn served_for(db: &Database, base: &Entries) -> Result<ServedSnapshot,
         .map_err(ReloadError::Invalid)
 }
 
+/// `<Kind>Deleted` for a REST object that is gone: its id, name and tenant, who or what deleted
+/// it (an operator's subject; `manifest` or `kubernetes` for a declarative object that took its
+/// name, named by `replaced_by`) and when, in whole seconds.
+pub fn deleted_event(
+    table: CatalogTable,
+    id: &str,
+    name: &str,
+    tenant_id: Option<&str>,
+    deleted_by: &str,
+    replaced_by: Option<&ResourceRef>,
+) -> AuditEvent {
+    let mut payload = json!({
+        "id": id,
+        "name": name,
+        "tenant_id": tenant_id,
+        "deleted_by": deleted_by,
+        "deleted_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    });
+    if let Some(by) = replaced_by {
+        payload["replaced_by"] = json!(by.to_string());
+    }
+    AuditEvent::from_json(table.deleted_event(), payload)
+}
+
 /// Records the REST objects a catalog sync replaced with declarative objects of the same tenant
 /// and name: a WARN line each, and the event a REST `DELETE` writes, saying what took the name.
 pub async fn record_replaced(
@@ -392,7 +416,6 @@ pub async fn record_replaced(
     if replaced.is_empty() {
         return;
     }
-    let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let events = replaced
         .iter()
         .map(|r| {
@@ -405,16 +428,13 @@ pub async fn record_replaced(
                 source = source.as_str(),
                 "REST-registered object replaced by a declarative one of the same tenant and name"
             );
-            AuditEvent::from_json(
-                r.table.deleted_event(),
-                json!({
-                    "id": r.id,
-                    "name": r.name,
-                    "tenant_id": r.tenant_id,
-                    "deleted_by": source.as_str(),
-                    "replaced_by": r.by.to_string(),
-                    "deleted_at": at,
-                }),
+            deleted_event(
+                r.table,
+                &r.id,
+                &r.name,
+                r.tenant_id.as_deref(),
+                source.as_str(),
+                Some(&r.by),
             )
         })
         .collect();

@@ -26,9 +26,12 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::application::registry;
 use crate::gateway::GatewayState;
 use crate::infrastructure::auth::operator::OperatorIdentity;
-use crate::infrastructure::persistence::{AuditEvent, NameHolder, PersistenceError, REST_SOURCE};
+use crate::infrastructure::persistence::{
+    AuditEvent, CatalogTable, NameHolder, PersistenceError, REST_SOURCE,
+};
 use crate::presentation::http::{
     Body, error, json_response, percent_decode, read_body, unavailable,
 };
@@ -322,25 +325,17 @@ impl Ctx<'_> {
     /// Records that an object was deleted over REST and answers the caller.
     async fn deleted(
         &self,
-        event_type: &'static str,
+        table: CatalogTable,
         id: &str,
         name: &str,
         tenant_id: Option<&str>,
     ) -> Response<Body> {
-        let event = AuditEvent::from_json(
-            event_type,
-            json!({
-                "id": id,
-                "name": name,
-                "tenant_id": tenant_id,
-                "deleted_by": self.registered_by(),
-                "deleted_at": now(),
-            }),
-        );
+        let event =
+            registry::deleted_event(table, id, name, tenant_id, &self.registered_by(), None);
         if let Err(r) = self.audit(event).await {
             return r;
         }
-        tracing::info!(event_type, %id, %name, "object deleted");
+        tracing::info!(event_type = table.deleted_event(), %id, %name, "object deleted");
         json_response(StatusCode::OK, &json!({"deleted": true}))
     }
 
@@ -463,16 +458,11 @@ fn invalid(what: &str, problems: Vec<String>) -> Response<Body> {
 }
 
 /// After a write, under the registry lock: serve the REST objects as they now are.
-async fn swap(
-    state: &GatewayState,
-    base: &crate::application::registry::Base,
-) -> Result<(), Response<Body>> {
-    crate::application::registry::written(state, base)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "REST write stored but the snapshot could not be rebuilt");
-            error(StatusCode::INTERNAL_SERVER_ERROR, e)
-        })
+async fn swap(state: &GatewayState, base: &registry::Base) -> Result<(), Response<Body>> {
+    registry::written(state, base).await.map_err(|e| {
+        tracing::error!(error = %e, "REST write stored but the snapshot could not be rebuilt");
+        error(StatusCode::INTERNAL_SERVER_ERROR, e)
+    })
 }
 
 fn now() -> String {

@@ -174,7 +174,7 @@ pub(super) async fn delete<K: NamedKind>(ctx: &Ctx<'_>, name: &str) -> Response<
     }
     drop(base);
     ctx.deleted(
-        K::TABLE.deleted_event(),
+        K::TABLE,
         K::id(&current),
         K::name(&current),
         K::tenant_id(&current),

@@ -474,7 +474,7 @@ pub(super) async fn delete(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
     {
         Ok(_) => {
             ctx.deleted(
-                CatalogTable::ApiSpecs.deleted_event(),
+                CatalogTable::ApiSpecs,
                 id,
                 &current.name,
                 current.tenant_id.as_deref(),

@@ -365,7 +365,7 @@ pub(super) async fn delete(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
     }
     drop(base);
     ctx.deleted(
-        CatalogTable::Workflows.deleted_event(),
+        CatalogTable::Workflows,
         &current.id,
         &current.name,
         current.tenant_id.as_deref(),
