@@ -110,6 +110,11 @@ impl ConfigSources<'_> {
         self.var(key).filter(|v| !v.trim().is_empty())
     }
 
+    /// A set variable as a switch that is on for `true` (any case) and off for anything else.
+    fn switch(&self, key: &str) -> Option<bool> {
+        self.var(key).map(|v| v.trim().eq_ignore_ascii_case("true"))
+    }
+
     /// A variable that parses as a `T`; one that does not is ignored, as if unset.
     fn parsed<T: std::str::FromStr>(&self, key: &str) -> Option<T> {
         self.var(key).and_then(|v| v.trim().parse().ok())
@@ -316,8 +321,8 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
     if let Some(url) = src.non_blank("SEAL_GATEWAY_DB") {
         s.database.url = SecretValue::Literal(url);
     }
-    if let Some(v) = src.var("SEAL_GATEWAY_AUTH_DISABLED") {
-        s.auth.disabled = v.trim().eq_ignore_ascii_case("true");
+    if let Some(on) = src.switch("SEAL_GATEWAY_AUTH_DISABLED") {
+        s.auth.disabled = on;
     }
     // These two are set even when empty, as upstream does.
     if let Some(v) = src.var("SEAL_GATEWAY_OPERATOR_JWKS_URI") {
@@ -437,8 +442,8 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
             .map(str::to_owned)
             .collect();
     }
-    if let Some(v) = src.var("SEAL_GATEWAY_OUTBOUND_TENANT_UPSTREAMS_PUBLIC_ONLY") {
-        s.outbound.tenant_upstreams_public_only = v.trim().eq_ignore_ascii_case("true");
+    if let Some(on) = src.switch("SEAL_GATEWAY_OUTBOUND_TENANT_UPSTREAMS_PUBLIC_ONLY") {
+        s.outbound.tenant_upstreams_public_only = on;
     }
     if let Some(v) = src.var("SEAL_GATEWAY_UI_ENABLED") {
         s.ui.enabled = !v.trim().eq_ignore_ascii_case("false");
