@@ -25,7 +25,7 @@ use crate::infrastructure::config::GatewayConfig;
 use crate::infrastructure::http_client::{HttpClient, HttpClientConfig};
 use crate::infrastructure::metrics::Metrics;
 use crate::infrastructure::persistence::{
-    AuditTasks, AuditWriter, CatalogSource, Database, ReplayGuard,
+    AuditTasks, AuditWriter, CatalogSource, Database, RateLimits, ReplayGuard,
 };
 use crate::infrastructure::reload::ReloadStats;
 use crate::presentation::server;
@@ -138,6 +138,7 @@ impl RunningGateway {
             sessions: SessionCache::new(db.clone()),
             replay: replay.clone(),
             limiter: RateLimiter::new(),
+            rate_limits: RateLimits::for_database(&db),
             running: ConcurrencyLimiter::new(),
             clock,
             metrics: metrics.clone(),
@@ -320,7 +321,7 @@ pub(crate) fn release_freed_memory() {
     }
 }
 
-/// Purges expired jtis and marks sessions past their expiry `Expired`, every
+/// Purges expired jtis and rate-limit logs and marks sessions past their expiry `Expired`, every
 /// [`JTI_SWEEP_INTERVAL`]; the first sweep runs at start.
 async fn sweep(state: Arc<GatewayState>) {
     let mut tick = tokio::time::interval(JTI_SWEEP_INTERVAL);
@@ -334,6 +335,19 @@ async fn sweep(state: Arc<GatewayState>) {
                 error = %e,
                 "JTI cleanup failed: {e}"
             );
+        }
+        match state.db.sweep_rate_limits().await {
+            Ok(0) => {}
+            Ok(rows) => tracing::debug!(
+                target: "aegis_seal_gateway::infrastructure::persistence",
+                rows,
+                "rate-limit logs past their window deleted"
+            ),
+            Err(e) => tracing::warn!(
+                target: "aegis_seal_gateway::infrastructure::persistence",
+                error = %e,
+                "rate-limit log sweep failed: {e}"
+            ),
         }
         match state.db.expire_sessions(now).await {
             Ok(0) => {}

@@ -606,25 +606,7 @@ spec:
 #[tokio::test]
 async fn a_capability_rate_limit_refuses_the_call_past_its_quota() {
     let (upstream, hits) = counting_upstream().await;
-    let manifest = format!(
-        r#"
-apiVersion: seal.100monkeys.ai/v1
-kind: Workflow
-metadata: {{name: limited-tool}}
-spec:
-  api_spec:
-    base_url: http://{upstream}
-    openapi: {{inline: {{openapi: 3.0.0, paths: {{/ok: {{post: {{operationId: ok}}}}}}}}}}
-  steps: [{{name: call, operation_id: ok}}]
----
-apiVersion: seal.100monkeys.ai/v1
-kind: SecurityContext
-metadata: {{name: aegis-system-default}}
-spec:
-  capabilities: [{{tool_pattern: limited-tool, rate_limit: {{calls: 2, per_seconds: 60}}}}]
-"#
-    );
-    let (gateway, db, signer, _dir) = sqlite_gateway(&manifest, &[]).await;
+    let (gateway, db, signer, _dir) = sqlite_gateway(&limited_tool(upstream, 2), &[]).await;
     let now = chrono::Utc::now();
     let call = |jti: &'static str| {
         let body = signer.envelope("limited-tool", json!({}), jti, now.timestamp());
@@ -679,6 +661,99 @@ spec:
         })
     );
     gateway.shutdown().await;
+}
+
+/// `limited-tool`, one step to `upstream`, allowed `calls` calls a minute by the default context.
+fn limited_tool(upstream: SocketAddr, calls: u32) -> String {
+    format!(
+        r#"
+apiVersion: seal.100monkeys.ai/v1
+kind: Workflow
+metadata: {{name: limited-tool}}
+spec:
+  api_spec:
+    base_url: http://{upstream}
+    openapi: {{inline: {{openapi: 3.0.0, paths: {{/ok: {{post: {{operationId: ok}}}}}}}}}}
+  steps: [{{name: call, operation_id: ok}}]
+---
+apiVersion: seal.100monkeys.ai/v1
+kind: SecurityContext
+metadata: {{name: aegis-system-default}}
+spec:
+  capabilities: [{{tool_pattern: limited-tool, rate_limit: {{calls: {calls}, per_seconds: 60}}}}]
+"#
+    )
+}
+
+/// Replicas on one Postgres database share a capability's `rate_limit`: a session whose calls
+/// alternate between two gateways, each with its own pool as in a cluster, is allowed `calls`
+/// calls in all, not `calls` on each. Every refusal is the same 403 and `PolicyViolationBlocked`
+/// row, whichever replica made it.
+#[tokio::test]
+async fn replicas_on_postgres_share_a_capability_rate_limit() {
+    let (upstream, hits) = counting_upstream().await;
+    let snapshot = support::snapshot_of(&limited_tool(upstream, 3));
+    let signer = support::Signer::from_vectors();
+    let url = support::fresh_postgres_url().await;
+    let db = Database::connect(&url).await.unwrap();
+    db.upsert_session(&signer.session_record(chrono::Utc::now()))
+        .await
+        .unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let pool = Database::connect(&url).await.unwrap();
+        let replica = RunningGateway::start(
+            &signer.gateway_config(&[]),
+            pool,
+            snapshot.clone(),
+            Clock::System,
+        )
+        .await
+        .unwrap();
+        replicas.push(replica);
+    }
+
+    let now = chrono::Utc::now().timestamp();
+    let mut answers = Vec::new();
+    for i in 0..6 {
+        let envelope = signer.envelope("limited-tool", json!({}), &format!("jti-shared-{i}"), now);
+        let (status, body) = invoke_json(replicas[i % 2].local_addr, envelope).await;
+        answers.push((status, body["error"]["message"].clone()));
+    }
+    let message = json!("rate limit exceeded: limited-tool (3 calls per 60 s)");
+    let allowed = (200, Value::Null);
+    let refused = (403, message.clone());
+    assert_eq!(
+        answers,
+        [
+            allowed.clone(),
+            allowed.clone(),
+            allowed,
+            refused.clone(),
+            refused.clone(),
+            refused
+        ]
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 3, "a refused call ran");
+
+    let Database::Postgres(pool) = &db else {
+        unreachable!()
+    };
+    let blocked: Vec<(String, String)> = sqlx::query_as(
+        "SELECT payload->>'violation_type', payload->>'reason' FROM gateway_events \
+         WHERE event_type = 'PolicyViolationBlocked'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let row = (
+        "rate_limit_exceeded".to_owned(),
+        message.as_str().unwrap().to_owned(),
+    );
+    assert_eq!(blocked, [row.clone(), row.clone(), row]);
+    for replica in replicas {
+        replica.shutdown().await;
+    }
 }
 
 /// A gateway on SQLite serving `slow-tool`, whose agent sent one call (returned) and hung up while

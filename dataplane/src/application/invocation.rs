@@ -17,7 +17,7 @@ use crate::application::clock::Clock;
 use crate::application::sessions::SessionCache;
 use crate::domain::envelope::{Envelope, PROTOCOL};
 use crate::domain::policy::{
-    self, ConcurrencyLimiter, Grant, POLICY_VIOLATION_BLOCKED, RateLimiter,
+    self, ConcurrencyLimiter, Grant, POLICY_VIOLATION_BLOCKED, RateLimiter, Refused,
 };
 use crate::domain::seal_error::{SealError, code};
 use crate::domain::tenancy::IdentityKind;
@@ -25,7 +25,7 @@ use crate::infrastructure::auth::envelope::{TARGET as AUTH_TARGET, verify_signat
 use crate::infrastructure::auth::token::{SealTokenVerifier, UnverifiedToken};
 use crate::infrastructure::metrics::{Attestation, Metrics};
 use crate::infrastructure::persistence::{
-    AuditEvent, PersistenceError, ReplayGuard, SessionStatus,
+    AuditEvent, PersistenceError, RateLimits, ReplayGuard, SessionStatus,
 };
 use crate::infrastructure::telemetry::{self, Stage};
 
@@ -99,7 +99,10 @@ pub struct InvocationService {
     pub tokens: SealTokenVerifier,
     pub sessions: SessionCache,
     pub replay: Arc<ReplayGuard>,
+    /// The attestation-audit budget (each replica writes its own refusals' events).
     pub limiter: RateLimiter,
+    /// Capabilities' `rate_limit` quota: in this process on SQLite, shared by replicas on Postgres.
+    pub rate_limits: RateLimits,
     /// Calls running per session and capability, for `max_concurrent`.
     pub running: ConcurrencyLimiter,
     pub clock: Clock,
@@ -411,23 +414,28 @@ impl InvocationService {
                 ));
             }
         };
-        let grant = policy::evaluate(
+        let grant = match policy::evaluate(
             &context,
             &tool_name,
             &arguments,
             &execution_id,
-            &self.limiter,
+            &self.rate_limits,
             &self.running,
             std::time::Instant::now(),
         )
-        .map_err(|v| {
-            self.metrics.policy_violation(v.metric_label());
-            refuse(
-                Attestation::Forbidden,
-                v.metric_label(),
-                forbidden(v.code(), v.message()),
-            )
-        })?;
+        .await
+        {
+            Ok(grant) => grant,
+            Err(Refused::Policy(v)) => {
+                self.metrics.policy_violation(v.metric_label());
+                return Err(refuse(
+                    Attestation::Forbidden,
+                    v.metric_label(),
+                    forbidden(v.code(), v.message()),
+                ));
+            }
+            Err(Refused::QuotaUnavailable(e)) => return Err(Refusal::Unavailable(e)),
+        };
 
         stage.done();
         tracing::debug!(target: TARGET, execution_id, tool = %tool_name, tenant = %tenant, "tool call authorized");

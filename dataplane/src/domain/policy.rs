@@ -8,9 +8,11 @@
 //! and the executor applies the size).
 //!
 //! Everything here is pure except [`RateLimiter`] and [`ConcurrencyLimiter`], which keep counters
-//! behind short-lived locks; time is always passed in so behaviour is deterministic under test.
+//! behind short-lived locks, and the [`Quota`] that [`evaluate`] takes `rate_limit` quota from;
+//! time is always passed in so behaviour is deterministic under test.
 
 use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -109,6 +111,15 @@ impl Violation {
 pub struct Grant {
     pub max_response_size: Option<u64>,
     pub running: Option<RunningPermit>,
+}
+
+/// Why [`evaluate`] did not allow a call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused<E> {
+    /// The policy refuses it (403).
+    Policy(Violation),
+    /// A `rate_limit` had to be consulted and its [`Quota`] could not answer.
+    QuotaUnavailable(E),
 }
 
 /// `*` matches all; `prefix.*` matches names starting with `prefix.` (on the dot boundary:
@@ -224,9 +235,36 @@ impl LimiterState {
     }
 }
 
-/// Fixed-window-free rate limiting per key (use a sliding log or GCRA; bounded memory: evict
-/// keys whose window passed; must be Send + Sync, use std::sync::Mutex held only briefly, never
-/// across awaits). `now` is injected (std::time::Instant) so tests are deterministic.
+/// Where a capability's `rate_limit` quota is counted.
+///
+/// [`RateLimiter`] counts in this process, which is exact for a gateway that serves its sessions
+/// alone. Replicas sharing a database count there instead
+/// (`infrastructure::persistence::RateLimits`), so a session has one quota whichever replica its
+/// calls reach.
+pub trait Quota {
+    /// Why the quota could not be read; the call is then refused as unavailable, not as over it.
+    type Error;
+
+    /// Whether one more call under `key` is within `limit`; an allowed call is counted, a
+    /// refused one is not.
+    fn take(
+        &self,
+        key: &str,
+        limit: &RateLimit,
+        now: Instant,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+}
+
+impl Quota for RateLimiter {
+    type Error = Infallible;
+
+    async fn take(&self, key: &str, limit: &RateLimit, now: Instant) -> Result<bool, Infallible> {
+        Ok(self.check(key, limit, now))
+    }
+}
+
+/// Rate limiting per key in this process, with bounded memory; `now` is passed in, so tests are
+/// deterministic, and the lock is held only for one check, never across an await.
 ///
 /// A sliding log rather than GCRA: GCRA with a burst of `calls` lets almost `2 * calls` through
 /// in one window, while the message promises "`calls` calls per `per_seconds` s". The log
@@ -416,7 +454,8 @@ impl Eq for RunningPermit {}
 /// first because giving it back is free, while spent quota cannot be returned. The slot is held
 /// by [`Grant::running`]. [`Grant::max_response_size`] is the smallest over every capability
 /// that passed its constraints (whether or not its limits were needed), so the bound does not
-/// depend on which limits happen to be reached.
+/// depend on which limits happen to be reached. Quota is taken from `quota`, which may be shared
+/// with other replicas: the only await, and only for a capability with a `rate_limit`.
 ///
 /// Constraints, each applied only when the capability sets it:
 /// * path (tools `fs.*`, `filesystem.*`, argument `path`): normalised lexically and required to
@@ -431,23 +470,23 @@ impl Eq for RunningPermit {}
 /// A missing (or `null`) argument passes, as upstream; a present argument that is not a string
 /// is refused when the constraint is set, because an executor that coerces it would act on a
 /// value this check never saw.
-pub fn evaluate(
+pub async fn evaluate<Q: Quota>(
     context: &SecurityContextEntry,
     tool: &str,
     arguments: &Value,
     scope: &str,
-    limiter: &RateLimiter,
+    quota: &Q,
     running: &ConcurrencyLimiter,
     now: Instant,
-) -> Result<Grant, Violation> {
+) -> Result<Grant, Refused<Q::Error>> {
     if context
         .deny_list
         .iter()
         .any(|pattern| tool_pattern_matches(pattern, tool))
     {
-        return Err(Violation::ToolDenied {
+        return Err(Refused::Policy(Violation::ToolDenied {
             tool: tool.to_owned(),
-        });
+        }));
     }
 
     let mut first_match: Option<usize> = None;
@@ -466,9 +505,9 @@ pub fn evaluate(
         }
     }
     let Some(first_match) = first_match else {
-        return Err(Violation::ToolNotAllowed {
+        return Err(Refused::Policy(Violation::ToolNotAllowed {
             tool: tool.to_owned(),
-        });
+        }));
     };
 
     let max_response_size = passing
@@ -500,7 +539,10 @@ pub fn evaluate(
             },
         };
         if let Some(limit) = capability.rate_limit
-            && !limiter.check(&key, &limit, now)
+            && !quota
+                .take(&key, &limit, now)
+                .await
+                .map_err(Refused::QuotaUnavailable)?
         {
             // `permit`, if any, is dropped here: the slot is free again.
             if index == first_match {
@@ -519,11 +561,11 @@ pub fn evaluate(
     }
     // The first matching capability either failed a constraint or passed and reached a limit,
     // so a violation is always recorded; the fallback only keeps this free of panics.
-    Err(
-        first_violation.unwrap_or_else(|| Violation::ToolNotAllowed {
+    Err(Refused::Policy(first_violation.unwrap_or_else(|| {
+        Violation::ToolNotAllowed {
             tool: tool.to_owned(),
-        }),
-    )
+        }
+    })))
 }
 
 /// The first constraint of `capability` that the call breaks, in upstream's order.
@@ -792,6 +834,25 @@ mod tests {
     use serde_json::json;
     use std::collections::BTreeMap;
 
+    /// [`evaluate`] with the in-process limiter, which answers at once: its future is ready on
+    /// its first poll.
+    fn evaluate_locally(
+        context: &SecurityContextEntry,
+        tool: &str,
+        arguments: &Value,
+        scope: &str,
+        limiter: &RateLimiter,
+        running: &ConcurrencyLimiter,
+        now: Instant,
+    ) -> Result<Grant, Violation> {
+        let evaluation = evaluate(context, tool, arguments, scope, limiter, running, now);
+        match futures::FutureExt::now_or_never(evaluation).expect("the in-process limiter waits") {
+            Ok(grant) => Ok(grant),
+            Err(Refused::Policy(violation)) => Err(violation),
+            Err(Refused::QuotaUnavailable(never)) => match never {},
+        }
+    }
+
     fn cap(pattern: &str) -> Capability {
         Capability::unconstrained(pattern)
     }
@@ -864,7 +925,7 @@ mod tests {
 
     /// Evaluates with a fresh limiter and a fixed clock, for tests that are not about limits.
     fn eval(context: &SecurityContextEntry, tool: &str, args: Value) -> Result<Grant, Violation> {
-        evaluate(
+        evaluate_locally(
             context,
             tool,
             &args,
@@ -997,7 +1058,7 @@ mod tests {
         let limiter = RateLimiter::new();
         let now = Instant::now();
         let run = |tool: &str, args: Value| {
-            evaluate(
+            evaluate_locally(
                 &context,
                 tool,
                 &args,
@@ -1671,6 +1732,55 @@ mod tests {
         assert!(limiter.check("k", &limit, t0 + secs(10)));
     }
 
+    /// A [`Quota`] whose store cannot answer, counting how often it was asked.
+    #[derive(Default)]
+    struct UnreachableQuota(std::sync::atomic::AtomicUsize);
+
+    impl Quota for UnreachableQuota {
+        type Error = &'static str;
+
+        async fn take(&self, _: &str, _: &RateLimit, _: Instant) -> Result<bool, &'static str> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err("connection refused")
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_quota_refuses_as_unavailable_and_only_rate_limits_ask_it() {
+        let quota = UnreachableQuota::default();
+        let context = ctx(vec![limited("limited", 1, 60), cap("free")], &["danger"]);
+        let run = |tool: &'static str| {
+            let context = &context;
+            let quota = &quota;
+            async move {
+                let running = ConcurrencyLimiter::new();
+                evaluate(
+                    context,
+                    tool,
+                    &json!({}),
+                    "s",
+                    quota,
+                    &running,
+                    Instant::now(),
+                )
+                .await
+                .map(|_| ())
+            }
+        };
+        assert_eq!(
+            run("limited").await,
+            Err(Refused::QuotaUnavailable("connection refused"))
+        );
+        assert_eq!(run("free").await, Ok(()));
+        assert_eq!(
+            run("danger").await,
+            Err(Refused::Policy(Violation::ToolDenied {
+                tool: "danger".into()
+            }))
+        );
+        assert_eq!(quota.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn limiter_keys_are_independent() {
         let limiter = RateLimiter::new();
@@ -1781,7 +1891,7 @@ mod tests {
         let limiter = RateLimiter::new();
         let t0 = Instant::now();
         let run = |path: &str, at: Instant| {
-            evaluate(
+            evaluate_locally(
                 &context,
                 "fs.read",
                 &json!({ "path": path }),
@@ -1823,7 +1933,7 @@ mod tests {
         let limiter = RateLimiter::new();
         let t0 = Instant::now();
         let run = || {
-            evaluate(
+            evaluate_locally(
                 &context,
                 "github.x",
                 &json!({}),
@@ -1848,7 +1958,7 @@ mod tests {
             ..a.clone()
         };
         let run = |context: &SecurityContextEntry, scope: &str| {
-            evaluate(
+            evaluate_locally(
                 context,
                 "t",
                 &json!({}),
@@ -1888,7 +1998,7 @@ mod tests {
         let running = ConcurrencyLimiter::new();
         let t0 = Instant::now();
         let run = |scope: &str| {
-            evaluate(
+            evaluate_locally(
                 &context,
                 "busybox",
                 &json!({}),
@@ -1928,7 +2038,7 @@ mod tests {
         let t0 = Instant::now();
         let fallback = ctx(vec![at_most("github.*", 1), cap("*")], &[]);
         let run = |context: &SecurityContextEntry| {
-            evaluate(context, "github.x", &json!({}), "s", &limiter, &running, t0)
+            evaluate_locally(context, "github.x", &json!({}), "s", &limiter, &running, t0)
         };
         let held = run(&fallback).expect("first call");
         assert!(held.running.is_some());
@@ -1965,7 +2075,7 @@ mod tests {
         let limiter = RateLimiter::new();
         let t0 = Instant::now();
         let run = |tool: &str| {
-            evaluate(
+            evaluate_locally(
                 &context,
                 tool,
                 &json!({}),

@@ -12,6 +12,7 @@ mod audit_verify;
 mod audit_writer;
 mod catalog;
 mod events;
+mod rate_limits;
 mod registry;
 mod replay;
 mod sessions;
@@ -32,6 +33,7 @@ pub use audit_verify::{Break, VerifyReport};
 pub use audit_writer::AuditWriter;
 pub use catalog::{CatalogEntries, CatalogSource, CatalogSync, ReplacedRestObject, row_id};
 pub use events::AuditEvent;
+pub use rate_limits::RateLimits;
 pub use registry::{
     CatalogTable, CliToolRow, NameHolder, REST_SOURCE, SecurityContextRow, SpecRow, WorkflowRow,
 };
