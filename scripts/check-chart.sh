@@ -103,6 +103,7 @@ refused "operator_jwks_uri is required by the ha preset" --set gateway.preset=ha
 refused "colour" --set gateway.settings.auth.colour=blue
 refused "retention_days" --set gateway.settings.audit.retention_days=0
 refused "max_objects_per_tenant" --set gateway.settings.control.max_objects_per_tenant=0
+refused "operator_read_only_roles/0" --set-string 'gateway.settings.auth.operator_read_only_roles[0]= '
 refused "delegated_audiences/github-api/0" --set 'gateway.settings.credentials.delegated_audiences.github-api[0]=https://api.github.com/v3'
 refused "semanticJudgeUrl" --set cliTools.enabled=true --set cliTools.semanticJudgeUrl=judge.local
 refused "networkPolicy.kubernetesApi" --set networkPolicy.enabled=true

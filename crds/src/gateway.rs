@@ -339,6 +339,12 @@ pub struct AuthSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub operator_accepted_roles: Option<Vec<String>>,
+    /// Roles that may only read the operator endpoints (`GET` and `HEAD`: sessions, tools,
+    /// events and the REST objects), for auditors and dashboards. A token whose roles are among
+    /// these and not among `operator_accepted_roles` is refused anything else with 403. None by
+    /// default; a role may not be in both lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operator_read_only_roles: Vec<String>,
     /// PEM RSA public key verifying RS256 SEAL security tokens.
     #[serde(default)]
     pub seal_jwt_public_key_pem: String,
@@ -383,6 +389,7 @@ impl Default for AuthSettings {
             operator_jwt_audience: default_operator_jwt_audience(),
             operator_role_claim: None,
             operator_accepted_roles: None,
+            operator_read_only_roles: Vec::new(),
             seal_jwt_public_key_pem: String::new(),
             seal_jwt_eddsa_public_key_pem: String::new(),
             seal_jwt_leeway_secs: default_seal_jwt_leeway_secs(),

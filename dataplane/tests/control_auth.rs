@@ -1,7 +1,8 @@
 //! Operator JWT authentication of the REST control plane, through the gateway's HTTP listener,
 //! against a real JWKS endpoint: every refusal is a 401 whose body names the failed check, keys
 //! rotate without a restart, a failing IdP is bridged by the cached key set, and an IdP that was
-//! never reachable answers 503. Also the OpenAPI document and its page, served without a token.
+//! never reachable answers 503. A read-only role's write is a 403. Also the OpenAPI document and
+//! its page, served without a token.
 
 mod control_support;
 mod support;
@@ -21,6 +22,65 @@ fn assert_refused(status: u16, body: &Value, check: &str) {
         body["message"].as_str().is_some_and(|m| !m.is_empty()),
         "{body}"
     );
+}
+
+/// `operator_read_only_roles` through the listener: an auditor's token reads every operator
+/// endpoint it may see and is refused every write, REST objects, sessions and the explorer alike,
+/// with 403 before the request is looked at; nothing it sent was stored.
+#[tokio::test]
+async fn a_read_only_role_reads_every_operator_endpoint_and_writes_none() {
+    let jwks = JwksServer::start(standard_jwks()).await;
+    let (control, _dir) = Control::on_sqlite(
+        &jwks.uri,
+        &[("SEAL_GATEWAY_OPERATOR_READ_ONLY_ROLES", "aegis:auditor")],
+    )
+    .await;
+    let auditor = operator(Some("acme"), "aegis:auditor");
+    for path in [
+        "/v1/specs",
+        "/v1/workflows",
+        "/v1/cli-tools",
+        "/v1/security-contexts",
+        "/v1/seal/sessions",
+        "/v1/tools",
+        "/v1/events",
+    ] {
+        let (status, body) = control.call("GET", path, Some(&auditor), None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let tool =
+        json!({"name": "t", "docker_image": "localhost/busybox", "allowed_subcommands": ["ls"]});
+    for (method, path, body) in [
+        ("POST", "/v1/cli-tools", Some(tool.clone())),
+        ("PUT", "/v1/cli-tools/t", Some(tool)),
+        ("DELETE", "/v1/cli-tools/t", None),
+        ("POST", "/v1/specs", Some(json!({}))),
+        ("DELETE", "/v1/workflows/w", None),
+        ("POST", "/v1/security-contexts", Some(json!({}))),
+        ("POST", "/v1/seal/sessions", Some(json!({}))),
+        ("DELETE", "/v1/seal/sessions/exec-1", None),
+        ("POST", "/v1/explorer", Some(json!({}))),
+    ] {
+        let (status, reply) = control.call(method, path, Some(&auditor), body).await;
+        assert_eq!(
+            (status, &reply["error"], &reply["check"]),
+            (403, &json!("forbidden"), &json!("role")),
+            "{method} {path}: {reply}"
+        );
+    }
+    let (status, tools) = control
+        .call("GET", "/v1/cli-tools", Some(&auditor), None)
+        .await;
+    assert_eq!((status, tools), (200, json!([])));
+    // An operator's token still writes.
+    let writer = operator(Some("acme"), "operator");
+    let tool =
+        json!({"name": "t", "docker_image": "localhost/busybox", "allowed_subcommands": ["ls"]});
+    let (status, reply) = control
+        .call("POST", "/v1/cli-tools", Some(&writer), Some(tool))
+        .await;
+    assert_eq!(status, 201, "{reply}");
+    control.shutdown().await;
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use aegis_seal_gateway::infrastructure::http_client::{HttpClient, HttpClientConf
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::Full;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -371,6 +371,7 @@ mod operator {
                 roles: vec!["operator".into()],
                 identity_kind: IdentityKind::Consumer,
                 platform_operator: false,
+                read_only: false,
             }
         );
 
@@ -830,6 +831,66 @@ mod operator {
         );
         assert!(
             text.contains("Insufficient role for SEAL operator access"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_only_role_may_read_and_is_refused_a_write_with_403() {
+        let server = JwksServer::start(standard_jwks()).await;
+        let settings = AuthSettings {
+            operator_jwks_uri: server.uri.clone(),
+            operator_read_only_roles: vec![" aegis:auditor ".into()],
+            ..AuthSettings::default()
+        };
+        let auth = authenticator(OperatorAuthConfig::from_settings(&settings));
+        let logs = captured_logs();
+
+        let token = rs256(&claims(json!({"aegis_role": ["viewer", "aegis:auditor"]})));
+        let auditor = auth.authenticate(&bearer(&token)).await.unwrap();
+        assert!(auditor.read_only);
+        assert_eq!(auditor.tenant_id.as_deref(), Some("acme"));
+        for method in [Method::GET, Method::HEAD] {
+            auth.authorize(&auditor, &method).unwrap();
+        }
+        for method in [Method::POST, Method::PUT, Method::DELETE] {
+            let error = auth.authorize(&auditor, &method).unwrap_err();
+            assert_eq!(error.status(), StatusCode::FORBIDDEN);
+            assert_eq!(
+                error.challenge(),
+                Some(r#"Bearer realm="aegis-seal-gateway", error="insufficient_scope""#)
+            );
+            assert_eq!(
+                error.body(),
+                json!({
+                    "error": "forbidden",
+                    "check": "role",
+                    "message": format!(
+                        "Read-only role for SEAL operator access: aegis_role is [\"viewer\", \
+                         \"aegis:auditor\"], which may only read (GET, HEAD); a {method} needs \
+                         a role among operator_accepted_roles"
+                    ),
+                })
+            );
+        }
+
+        // A role that may write as well makes a writer; the other roles are as before.
+        let token = rs256(&claims(
+            json!({"aegis_role": ["aegis:auditor", "operator"]}),
+        ));
+        let writer = auth.authenticate(&bearer(&token)).await.unwrap();
+        assert!(!writer.read_only);
+        auth.authorize(&writer, &Method::DELETE).unwrap();
+        let token = rs256(&claims(json!({"aegis_role": "viewer"})));
+        assert_unauthorized(auth.authenticate(&bearer(&token)).await, "role");
+        // Without the setting, the same auditor's token is refused outright.
+        let (_server, default) = standard().await;
+        let token = rs256(&claims(json!({"aegis_role": "aegis:auditor"})));
+        assert_unauthorized(default.authenticate(&bearer(&token)).await, "role");
+
+        let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+        assert!(
+            text.contains("Read-only role refused a write to a SEAL operator endpoint"),
             "{text}"
         );
     }

@@ -158,7 +158,8 @@ async fn route(
 }
 
 /// The operator behind a request to an operator endpoint (or a platform operator when operator
-/// authentication is disabled by configuration).
+/// authentication is disabled by configuration), if it may make this request: a read-only
+/// operator may only read.
 pub(crate) async fn authenticate(
     state: &GatewayState,
     req: &Request<Incoming>,
@@ -169,6 +170,11 @@ pub(crate) async fn authenticate(
     authenticator
         .authenticate(req.headers())
         .await
+        .and_then(|operator| {
+            authenticator
+                .authorize(&operator, req.method())
+                .map(|()| operator)
+        })
         .map_err(|e| {
             let mut response = json_response(e.status(), &e.body());
             if let Some(challenge) = e.challenge() {

@@ -6,7 +6,9 @@
 //! rate-limited by `min_refresh_interval`. When the IdP cannot be reached the last good key set is
 //! served for `stale_for` after its TTL; after that, or when nothing was ever fetched, requests get
 //! 503. Every token problem, role problems included, is a 401 (runbook, B-3) whose JSON body names
-//! the failed check; the token itself never appears in a body or a log.
+//! the failed check; the token itself never appears in a body or a log. A valid token whose roles
+//! may only read (`operator_read_only_roles`) is refused a write with 403: it is not a token
+//! problem, and a 401 would tell the client to get another token for the same role.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -63,6 +65,8 @@ pub struct OperatorAuthConfig {
     /// is followed into nested objects when no top-level claim has that exact name.
     pub role_claim: String,
     pub accepted_roles: Vec<String>,
+    /// Roles accepted for reading only (`GET` and `HEAD`).
+    pub read_only_roles: Vec<String>,
     /// How long a fetched JWKS is used before it is fetched again.
     pub cache_ttl: Duration,
     /// Clock skew allowed on `exp` and `nbf`.
@@ -76,6 +80,14 @@ pub struct OperatorAuthConfig {
 }
 
 impl OperatorAuthConfig {
+    /// The roles that may read and write: `operator_accepted_roles`, or the defaults.
+    pub fn accepted_roles(auth: &AuthSettings) -> Vec<String> {
+        match &auth.operator_accepted_roles {
+            Some(roles) => roles.iter().map(|r| r.trim().to_owned()).collect(),
+            None => DEFAULT_ACCEPTED_ROLES.map(String::from).to_vec(),
+        }
+    }
+
     pub fn from_settings(auth: &AuthSettings) -> Self {
         let role_claim = auth
             .operator_role_claim
@@ -89,10 +101,12 @@ impl OperatorAuthConfig {
             issuer: auth.operator_jwt_issuer.clone(),
             audience: auth.operator_jwt_audience.clone(),
             role_claim: role_claim.to_owned(),
-            accepted_roles: match &auth.operator_accepted_roles {
-                Some(roles) => roles.iter().map(|r| r.trim().to_owned()).collect(),
-                None => DEFAULT_ACCEPTED_ROLES.map(String::from).to_vec(),
-            },
+            accepted_roles: Self::accepted_roles(auth),
+            read_only_roles: auth
+                .operator_read_only_roles
+                .iter()
+                .map(|r| r.trim().to_owned())
+                .collect(),
             cache_ttl,
             leeway: DEFAULT_LEEWAY,
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
@@ -116,6 +130,8 @@ pub struct OperatorIdentity {
     pub identity_kind: IdentityKind,
     /// B-4: role `platform-admin`/`aegis:admin`, or no `tenant_id`.
     pub platform_operator: bool,
+    /// Its accepted roles are all `operator_read_only_roles`: it may only read.
+    pub read_only: bool,
 }
 
 impl OperatorIdentity {
@@ -127,6 +143,7 @@ impl OperatorIdentity {
             roles: Vec::new(),
             identity_kind: IdentityKind::Consumer,
             platform_operator: true,
+            read_only: false,
         }
     }
 
@@ -177,6 +194,15 @@ pub enum OperatorAuthError {
     MissingRole { claim: String },
     #[error("Insufficient role for SEAL operator access: {claim} is {roles:?}")]
     InsufficientRole { claim: String, roles: Vec<String> },
+    #[error(
+        "Read-only role for SEAL operator access: {claim} is {roles:?}, which may only read \
+         (GET, HEAD); a {method} needs a role among operator_accepted_roles"
+    )]
+    ReadOnlyRole {
+        claim: String,
+        roles: Vec<String>,
+        method: String,
+    },
     #[error("operator JWKS unavailable: {0}")]
     JwksUnavailable(String),
 }
@@ -205,10 +231,12 @@ fn audience_message(found: Option<&Value>, expected: &str) -> String {
 }
 
 impl OperatorAuthError {
-    /// 401 for every token problem (runbook "Operator JWT 401", B-3); 503 when no usable JWKS exists.
+    /// 401 for every token problem (runbook "Operator JWT 401", B-3); 403 for a read-only
+    /// operator's write; 503 when no usable JWKS exists.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::JwksUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ReadOnlyRole { .. } => StatusCode::FORBIDDEN,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -219,7 +247,9 @@ impl OperatorAuthError {
         match self {
             Self::JwksUnavailable(_) => None,
             Self::MissingToken | Self::NotBearer => Some(r#"Bearer realm="aegis-seal-gateway""#),
-            Self::MissingRole { .. } | Self::InsufficientRole { .. } => {
+            Self::MissingRole { .. }
+            | Self::InsufficientRole { .. }
+            | Self::ReadOnlyRole { .. } => {
                 Some(r#"Bearer realm="aegis-seal-gateway", error="insufficient_scope""#)
             }
             _ => Some(r#"Bearer realm="aegis-seal-gateway", error="invalid_token""#),
@@ -237,7 +267,9 @@ impl OperatorAuthError {
             Self::NotYetValid(_) => "not_before",
             Self::Issuer { .. } => "issuer",
             Self::Audience { .. } => "audience",
-            Self::MissingRole { .. } | Self::InsufficientRole { .. } => "role",
+            Self::MissingRole { .. }
+            | Self::InsufficientRole { .. }
+            | Self::ReadOnlyRole { .. } => "role",
             Self::JwksUnavailable(_) => "jwks",
         }
     }
@@ -250,6 +282,11 @@ impl OperatorAuthError {
                 "error": "operator JWKS unavailable",
                 "check": self.check(),
                 "message": "the operator JWKS could not be fetched and no cached copy is usable",
+            }),
+            Self::ReadOnlyRole { .. } => json!({
+                "error": "forbidden",
+                "check": self.check(),
+                "message": self.to_string(),
             }),
             _ => json!({
                 "error": "unauthorized",
@@ -364,6 +401,25 @@ impl OperatorAuthenticator {
             log_refusal(error);
         }
         result
+    }
+
+    /// Whether `operator` may make a request with `method`: a read-only operator may only read.
+    /// The refusal is logged like an authentication failure.
+    pub fn authorize(
+        &self,
+        operator: &OperatorIdentity,
+        method: &http::Method,
+    ) -> Result<(), OperatorAuthError> {
+        if !operator.read_only || matches!(*method, http::Method::GET | http::Method::HEAD) {
+            return Ok(());
+        }
+        let error = OperatorAuthError::ReadOnlyRole {
+            claim: self.config.role_claim.clone(),
+            roles: operator.roles.clone(),
+            method: method.to_string(),
+        };
+        log_refusal(&error);
+        Err(error)
     }
 
     async fn authenticate_inner(
@@ -643,7 +699,8 @@ impl OperatorAuthenticator {
                 .collect(),
             Some(_) => Vec::new(),
         };
-        if !roles.iter().any(|r| config.accepted_roles.contains(r)) {
+        let writes = roles.iter().any(|r| config.accepted_roles.contains(r));
+        if !writes && !roles.iter().any(|r| config.read_only_roles.contains(r)) {
             return Err(OperatorAuthError::InsufficientRole {
                 claim: config.role_claim.clone(),
                 roles,
@@ -680,6 +737,7 @@ impl OperatorAuthenticator {
             roles,
             identity_kind: IdentityKind::from_claims(&claims),
             platform_operator,
+            read_only: !writes,
         })
     }
 }
@@ -696,6 +754,13 @@ fn log_refusal(error: &OperatorAuthError) {
         }
         OperatorAuthError::InsufficientRole { claim, roles } => {
             warn!(check, claim = %claim, role = ?roles, "Insufficient role for SEAL operator access");
+        }
+        OperatorAuthError::ReadOnlyRole {
+            claim,
+            roles,
+            method,
+        } => {
+            warn!(check, claim = %claim, role = ?roles, method = %method, "Read-only role refused a write to a SEAL operator endpoint");
         }
         OperatorAuthError::JwksUnavailable(reason) => {
             warn!(check, error = %reason, "operator request refused: JWKS unavailable");

@@ -14,6 +14,8 @@ use aegis_seal_crds::manifest::strict;
 use aegis_seal_crds::{API_VERSION, SecretValue};
 use serde::Deserialize;
 
+use crate::infrastructure::auth::operator::OperatorAuthConfig;
+
 pub use manifests::{ManifestSet, fetch_documents, load_manifests};
 
 /// File name looked for in the working directory, `~/.aegis/` and `/etc/aegis/`.
@@ -356,6 +358,9 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
         s.auth.operator_accepted_roles =
             Some(list.split(',').map(|r| r.trim().to_owned()).collect());
     }
+    if let Some(list) = src.non_blank("SEAL_GATEWAY_OPERATOR_READ_ONLY_ROLES") {
+        s.auth.operator_read_only_roles = list.split(',').map(|r| r.trim().to_owned()).collect();
+    }
     set(&mut s.auth.seal_jwt_issuer, "SEAL_GATEWAY_SEAL_JWT_ISSUER");
     set(
         &mut s.auth.seal_jwt_audience,
@@ -595,6 +600,25 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
                     .into(),
             );
         }
+    }
+    if s.auth
+        .operator_read_only_roles
+        .iter()
+        .any(|r| r.trim().is_empty())
+    {
+        return Err("spec.auth.operator_read_only_roles: a role is blank".into());
+    }
+    let writers = OperatorAuthConfig::accepted_roles(&s.auth);
+    if let Some(both) = s
+        .auth
+        .operator_read_only_roles
+        .iter()
+        .find(|r| writers.iter().any(|w| w == r.trim()))
+    {
+        return Err(format!(
+            "spec.auth.operator_read_only_roles: {both:?} is also an accepted role \
+             (operator_accepted_roles), which may write"
+        ));
     }
     if !s.auth.disabled && s.auth.operator_jwks_uri.trim().is_empty() {
         return Err("spec.auth.operator_jwks_uri is required when auth is enabled".into());

@@ -151,6 +151,7 @@ fn spec_defaults() -> GatewaySettings {
             operator_jwt_audience: "aegis-seal-gateway".into(),
             operator_role_claim: None,
             operator_accepted_roles: None,
+            operator_read_only_roles: Vec::new(),
             seal_jwt_leeway_secs: 60,
             seal_jwt_eddsa_public_key_pem: String::new(),
             seal_jwt_public_key_pem: String::new(),
@@ -466,6 +467,7 @@ fn env_references_are_replaced_in_every_supported_field() {
             operator_jwt_audience: "op-audience".into(),
             operator_role_claim: None,
             operator_accepted_roles: None,
+            operator_read_only_roles: Vec::new(),
             seal_jwt_leeway_secs: 60,
             seal_jwt_eddsa_public_key_pem: String::new(),
             seal_jwt_public_key_pem: pem.into(),
@@ -782,6 +784,7 @@ fn file_values() -> GatewaySettings {
             operator_jwt_audience: "file-op-aud".into(),
             operator_role_claim: Some("file_role".into()),
             operator_accepted_roles: None,
+            operator_read_only_roles: Vec::new(),
             seal_jwt_leeway_secs: 60,
             seal_jwt_eddsa_public_key_pem: String::new(),
             seal_jwt_public_key_pem: "file-pem".into(),
@@ -899,6 +902,7 @@ fn every_override_replaces_the_file_value() {
             operator_jwt_audience: "env-op-aud".into(),
             operator_role_claim: Some("env_role".into()),
             operator_accepted_roles: None,
+            operator_read_only_roles: Vec::new(),
             seal_jwt_leeway_secs: 60,
             seal_jwt_eddsa_public_key_pem: String::new(),
             seal_jwt_public_key_pem: "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"
@@ -1151,6 +1155,58 @@ fn accepted_roles_cannot_be_empty_or_hold_a_blank() {
             .load()
             .unwrap_err()
             .contains("operator_accepted_roles")
+    );
+}
+
+#[test]
+fn read_only_roles_come_from_the_file_or_a_comma_separated_override_and_may_not_write() {
+    let sandbox = Sandbox::with_env(&[
+        ("SEAL_GATEWAY_AUTH_DISABLED", "true"),
+        (
+            "SEAL_GATEWAY_OPERATOR_READ_ONLY_ROLES",
+            " aegis:auditor, dashboards ",
+        ),
+    ]);
+    let config = sandbox.load().expect("loads");
+    assert_eq!(
+        config.settings.auth.operator_read_only_roles,
+        ["aegis:auditor", "dashboards"]
+    );
+
+    let file = |auth: &str| {
+        format!(
+            "apiVersion: seal.100monkeys.ai/v1\nkind: SealGatewayConfig\nmetadata: {{name: r}}\n\
+             spec: {{auth: {{disabled: true, {auth}}}}}\n"
+        )
+    };
+    assert_eq!(
+        config_error(&file("operator_read_only_roles: [auditor, \" \"]")),
+        "spec.auth.operator_read_only_roles: a role is blank"
+    );
+    // A role that may write cannot also be read-only: the defaults' and a configured list's.
+    assert_eq!(
+        config_error(&file("operator_read_only_roles: [auditor, operator]")),
+        "spec.auth.operator_read_only_roles: \"operator\" is also an accepted role \
+         (operator_accepted_roles), which may write"
+    );
+    assert_eq!(
+        config_error(&file(
+            "operator_accepted_roles: [ops], operator_read_only_roles: [\" ops\"]"
+        )),
+        "spec.auth.operator_read_only_roles: \" ops\" is also an accepted role \
+         (operator_accepted_roles), which may write"
+    );
+    let sandbox = Sandbox::new();
+    let (_, result) = sandbox.load_config_text(&file(
+        "operator_accepted_roles: [ops], operator_read_only_roles: [operator]",
+    ));
+    assert_eq!(
+        result
+            .expect("loads")
+            .settings
+            .auth
+            .operator_read_only_roles,
+        ["operator"]
     );
 }
 

@@ -561,6 +561,22 @@ fn build() -> Value {
                 json!({"description": description, "content": content}),
             );
         }
+        if op.operator && op.method != "get" {
+            const READ_ONLY: &str =
+                "the operator's role may only read (operator_read_only_roles; `check` is `role`)";
+            match responses.get_mut("403") {
+                Some(refused) => {
+                    let description = format!(
+                        "{}; or {READ_ONLY}",
+                        refused["description"].as_str().unwrap_or_default()
+                    );
+                    refused["description"] = Value::String(description);
+                }
+                None => {
+                    responses.insert("403".into(), json!({"description": READ_ONLY, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AuthError"}}}}));
+                }
+            }
+        }
         if op.operator {
             responses.insert("401".into(), json!({"description": "operator token refused; `check` names the failed check", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AuthError"}}}}));
             responses.insert("503".into(), json!({"description": "operator JWKS or database unavailable", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}));
