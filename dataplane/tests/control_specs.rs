@@ -561,3 +561,69 @@ async fn with_tenant_upstreams_public_only_a_tenant_operator_cannot_fetch_from_i
     assert_eq!(status, 201, "{reply}");
     control.shutdown().await;
 }
+
+/// `PUT /v1/specs/{id}` keeps every workflow on the spec compiling: a document that drops an
+/// operation a workflow calls is refused with a 400 naming that workflow (and only it), and the
+/// spec stays as it was; a document that keeps them is taken.
+#[tokio::test]
+async fn a_spec_update_its_workflows_cannot_compile_against_is_refused_naming_them() {
+    let jwks = JwksServer::start(standard_jwks()).await;
+    let (control, _dir) = Control::on_sqlite(&jwks.uri, &[]).await;
+    let token = operator(Some("acme"), "operator");
+    let spec = |document: Value| json!({"name": "repos", "base_url": "http://127.0.0.1:9", "inline_json": document});
+    let (status, body) = control
+        .call(
+            "POST",
+            "/v1/specs",
+            Some(&token),
+            Some(spec(openapi_document())),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    for (name, operation) in [("creates", "createRepo"), ("reads", "getRepo")] {
+        let workflow = json!({
+            "name": name, "api_spec_id": id,
+            "steps": [{"name": "call", "operation_id": operation}],
+        });
+        let (status, body) = control
+            .call("POST", "/v1/workflows", Some(&token), Some(workflow))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    let path = format!("/v1/specs/{id}");
+    let mut without_create = openapi_document();
+    without_create["paths"]
+        .as_object_mut()
+        .unwrap()
+        .remove("/repos");
+    let (status, body) = control
+        .call("PUT", &path, Some(&token), Some(spec(without_create)))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let problems: Vec<&str> = body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        !problems.is_empty()
+            && problems
+                .iter()
+                .all(|p| p.starts_with("workflow \"creates\": ") && p.contains("createRepo")),
+        "{body}"
+    );
+    let (status, stored) = control.call("GET", &path, Some(&token), None).await;
+    assert_eq!(status, 200, "{stored}");
+    assert!(stored.to_string().contains("createRepo"), "{stored}");
+
+    let mut more = openapi_document();
+    more["paths"]["/repos/{id}"]["delete"] = json!({"operationId": "deleteRepo"});
+    let (status, body) = control
+        .call("PUT", &path, Some(&token), Some(spec(more)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    control.shutdown().await;
+}

@@ -265,6 +265,28 @@ pub fn context_resource(c: &SecurityContextRow) -> Result<SecurityContext, Strin
 
 /// Compiles the resources of one REST request by the rules of `crds::compile` and returns their
 /// problems as REST clients see them, fields relative to the request body; empty when accepted.
+/// What keeps each of `workflows` from compiling against `spec`, each named, with the document
+/// read once for all of them ([`WorkflowResources`]): a spec update checks every workflow on it.
+pub fn problems_with_spec(spec: &SpecRow, workflows: &[WorkflowRow]) -> Vec<String> {
+    let specs = HashMap::from([(spec.id.clone(), spec.clone())]);
+    let mut resources = WorkflowResources::new(&specs);
+    let mut found = Vec::new();
+    for wf in workflows {
+        match resources.resource(wf) {
+            Ok(resource) => found.extend(
+                problems(&Resources {
+                    workflows: vec![resource],
+                    ..Resources::default()
+                })
+                .into_iter()
+                .map(|p| format!("workflow \"{}\": {p}", wf.name)),
+            ),
+            Err(e) => found.push(e),
+        }
+    }
+    found
+}
+
 pub fn problems(resources: &Resources) -> Vec<String> {
     compile(resources)
         .results

@@ -404,22 +404,7 @@ pub(super) async fn update(ctx: &Ctx<'_>, id: &str, body: Bytes) -> Response<Bod
         Ok(w) => w,
         Err(e) => return db_error(&e),
     };
-    let mut problems = Vec::new();
-    for wf in &dependents {
-        match registry::workflow_resource(wf, &row) {
-            Ok(resource) => {
-                problems.extend(
-                    registry::problems(&Resources {
-                        workflows: vec![resource],
-                        ..Resources::default()
-                    })
-                    .into_iter()
-                    .map(|p| format!("workflow \"{}\": {p}", wf.name)),
-                );
-            }
-            Err(e) => problems.push(e),
-        }
-    }
+    let problems = registry::problems_with_spec(&row, &dependents);
     if !problems.is_empty() {
         return invalid("api spec", problems);
     }
