@@ -104,6 +104,7 @@ refused "colour" --set gateway.settings.auth.colour=blue
 refused "retention_days" --set gateway.settings.audit.retention_days=0
 refused "max_objects_per_tenant" --set gateway.settings.control.max_objects_per_tenant=0
 refused "operator_read_only_roles/0" --set-string 'gateway.settings.auth.operator_read_only_roles[0]= '
+refused "seal_delegation_claim" --set-string 'gateway.settings.auth.seal_delegation_claim= '
 refused "delegated_audiences/github-api/0" --set 'gateway.settings.credentials.delegated_audiences.github-api[0]=https://api.github.com/v3'
 refused "semanticJudgeUrl" --set cliTools.enabled=true --set cliTools.semanticJudgeUrl=judge.local
 refused "networkPolicy.kubernetesApi" --set networkPolicy.enabled=true

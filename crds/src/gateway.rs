@@ -358,6 +358,13 @@ pub struct AuthSettings {
     pub seal_jwt_issuer: String,
     #[serde(default = "default_seal_jwt_audience")]
     pub seal_jwt_audience: String,
+    /// Claim of the SEAL security token listing the tenants a service account may act for
+    /// through `params._meta.tenant_id`: a string or an array of strings, `*` for every tenant
+    /// (the runbook's "delegation grant in the issuer"). When set, a service account is refused
+    /// any other tenant than its token's that the claim does not list; when unset, any service
+    /// account may act for any tenant, as upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_delegation_claim: Option<String>,
 }
 
 fn default_jwks_cache_ttl_secs() -> u64 {
@@ -395,6 +402,7 @@ impl Default for AuthSettings {
             seal_jwt_leeway_secs: default_seal_jwt_leeway_secs(),
             seal_jwt_issuer: default_seal_jwt_issuer(),
             seal_jwt_audience: default_seal_jwt_audience(),
+            seal_delegation_claim: None,
         }
     }
 }

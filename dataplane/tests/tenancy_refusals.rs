@@ -3,8 +3,9 @@
 //! The SEAL path (reference §4.2 TARGET, §13.1 items 3-5; runbook "Tenant Boundary Violation"): a
 //! tenant's workflow, session or SecurityContext used with another tenant's token is a 403
 //! `tenant mismatch`; a consumer token asking through `params._meta.tenant_id` to act for another
-//! tenant is a 403 `unauthorized tenant`; a service-account token may delegate, and the call's rows
-//! are then the delegated tenant's; a SecurityContext refusal (deny list, no capability) is a 403
+//! tenant is a 403 `unauthorized tenant`; a service-account token may delegate (to the tenants its
+//! grant claim lists, when `auth.seal_delegation_claim` is set), and the call's rows are then the
+//! delegated tenant's; a SecurityContext refusal (deny list, no capability) is a 403
 //! with its own code. Every policy or tenancy refusal leaves exactly one `PolicyViolationBlocked`
 //! row, pinned field by field, and nothing else.
 //!
@@ -142,6 +143,11 @@ impl<'a> Call<'a> {
 
 impl Seal {
     async fn start(url: &str) -> Self {
+        Self::start_with(url, &[]).await
+    }
+
+    /// [`Seal::start`] with `config` overrides beside the vectors' token key.
+    async fn start_with(url: &str, config: &[(&str, &str)]) -> Self {
         let upstream = support::serve(|_req| async {
             let mut response = http::Response::new(http_body_util::Full::new(
                 bytes::Bytes::from_static(br#"{"id": 7}"#),
@@ -184,7 +190,7 @@ impl Seal {
             db.upsert_session(&record).await.unwrap();
         }
         Self {
-            seal: SealGateway::start(db, snapshot, &[]).await,
+            seal: SealGateway::start(db, snapshot, config).await,
         }
     }
 
@@ -480,6 +486,91 @@ async fn a_service_account_may_delegate_and_the_rows_are_the_delegated_tenants()
             )
             .await;
         }
+        h.seal.gateway.shutdown().await;
+    }
+}
+
+/// Reference §B-4 and the runbook's fix for "Tenant Boundary Violation" ("give it the appropriate
+/// delegation grant in the issuer; the gateway will then accept its tenant claim"): with
+/// `auth.seal_delegation_claim` set, a service account acts only for the tenants that claim of
+/// its token lists (`*` for all). Any other is a 403 `unauthorized tenant` with one row of the
+/// token's tenant; its own tenant needs no grant; a consumer is refused as before.
+#[tokio::test]
+async fn with_a_delegation_claim_a_service_account_acts_only_for_the_tenants_it_grants() {
+    let refused = (
+        403,
+        2000,
+        "unauthorized tenant: the service account token for tenant 'acme' holds no delegation grant for tenant 'globex'",
+    );
+    for (backend, url, _dir) in support::both_backends().await {
+        let h = Seal::start_with(
+            &url,
+            &[("SEAL_GATEWAY_SEAL_DELEGATION_CLAIM", "delegable_tenants")],
+        )
+        .await;
+        let service = |grant: Value| {
+            let mut claims = json!({"identity_kind": "service_account"});
+            if !grant.is_null() {
+                claims["delegable_tenants"] = grant;
+            }
+            claims
+        };
+        for (i, grant) in [json!(["initech", "globex"]), json!("globex"), json!(["*"])]
+            .into_iter()
+            .enumerate()
+        {
+            h.assert_ran(
+                &format!("{backend}: granted {grant}"),
+                &Call::new("acme", ACME_SESSION, "globex-repos", &format!("g-ok-{i}"))
+                    .with_claims(&service(grant.clone()))
+                    .acting_for("globex"),
+                "globex",
+            )
+            .await;
+        }
+        for (i, grant) in [
+            Value::Null,
+            json!([]),
+            json!(["initech"]),
+            json!("Globex"),
+            json!({"globex": true}),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            h.assert_blocked(
+                &format!("{backend}: granted {grant}"),
+                &Call::new("acme", ACME_SESSION, "globex-repos", &format!("g-no-{i}"))
+                    .with_claims(&service(grant.clone()))
+                    .acting_for("globex"),
+                refused,
+                "unauthorized_tenant",
+                "acme",
+            )
+            .await;
+        }
+        h.assert_ran(
+            &format!("{backend}: its own tenant needs no grant"),
+            &Call::new("acme", ACME_SESSION, "acme-repos", "g-self")
+                .with_claims(&service(Value::Null))
+                .acting_for("acme"),
+            "acme",
+        )
+        .await;
+        h.assert_blocked(
+            &format!("{backend}: a consumer with a grant"),
+            &Call::new("acme", ACME_SESSION, "globex-repos", "g-consumer")
+                .with_claims(&json!({"delegable_tenants": ["globex"]}))
+                .acting_for("globex"),
+            (
+                403,
+                2000,
+                "unauthorized tenant: a consumer token for tenant 'acme' cannot act for tenant 'globex'",
+            ),
+            "unauthorized_tenant",
+            "acme",
+        )
+        .await;
         h.seal.gateway.shutdown().await;
     }
 }

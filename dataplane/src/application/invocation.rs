@@ -343,6 +343,19 @@ impl InvocationService {
                     ),
                 ));
             }
+            if !claims.delegation.allows(&requested) {
+                return Err(refuse(
+                    Attestation::Forbidden,
+                    "unauthorized_tenant",
+                    forbidden(
+                        code::TOOL_NOT_ALLOWED,
+                        format!(
+                            "unauthorized tenant: the service account token for tenant '{}' holds no delegation grant for tenant '{requested}'",
+                            claims.tenant_id
+                        ),
+                    ),
+                ));
+            }
             tenant = requested;
         }
         if let Some(owner) = &record.tenant_id

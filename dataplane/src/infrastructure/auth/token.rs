@@ -9,7 +9,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::{Map, Value};
 
 use crate::domain::seal_error::{SealError, code};
-use crate::domain::tenancy::IdentityKind;
+use crate::domain::tenancy::{DelegationGrant, IdentityKind};
 
 /// The claims a verified token carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,8 @@ pub struct SealClaims {
     pub workload_id: String,
     pub expires_at: i64,
     pub identity_kind: IdentityKind,
+    /// The tenants it may act for besides its own, when a service account.
+    pub delegation: DelegationGrant,
 }
 
 /// Verifies security tokens against the configured keys, issuer and audience.
@@ -32,6 +34,8 @@ pub struct SealTokenVerifier {
     rs256: Option<(DecodingKey, Validation)>,
     eddsa: Option<(DecodingKey, Validation)>,
     leeway: i64,
+    /// `auth.seal_delegation_claim`: where a service account's delegation grant is read.
+    delegation_claim: Option<String>,
 }
 
 /// A token's claims as read before verification, to find the session (see
@@ -73,6 +77,12 @@ impl SealTokenVerifier {
             rs256: rs256.map(|key| (key, validation(Algorithm::RS256))),
             eddsa: eddsa.map(|key| (key, validation(Algorithm::EdDSA))),
             leeway: i64::try_from(auth.seal_jwt_leeway_secs).unwrap_or(i64::MAX),
+            delegation_claim: auth
+                .seal_delegation_claim
+                .as_deref()
+                .map(str::trim)
+                .filter(|claim| !claim.is_empty())
+                .map(str::to_owned),
         })
     }
 
@@ -167,6 +177,10 @@ impl SealTokenVerifier {
                 _ => text("wid")?,
             },
             expires_at,
+            delegation: match &self.delegation_claim {
+                None => DelegationGrant::Unchecked,
+                Some(name) => DelegationGrant::from_claim(claims.get(name)),
+            },
             identity_kind: IdentityKind::from_claims(&Value::Object(claims)),
         })
     }

@@ -366,6 +366,10 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
         &mut s.auth.seal_jwt_audience,
         "SEAL_GATEWAY_SEAL_JWT_AUDIENCE",
     );
+    set_opt(
+        &mut s.auth.seal_delegation_claim,
+        "SEAL_GATEWAY_SEAL_DELEGATION_CLAIM",
+    );
     set_opt(&mut s.credentials.openbao_addr, "SEAL_GATEWAY_OPENBAO_ADDR");
     set_secret(
         &mut s.credentials.openbao_token,
@@ -600,6 +604,16 @@ fn validate(file: &ConfigFile) -> Result<(), String> {
                     .into(),
             );
         }
+    }
+    if s.auth
+        .seal_delegation_claim
+        .as_deref()
+        .is_some_and(|claim| claim.trim().is_empty())
+    {
+        return Err(
+            "spec.auth.seal_delegation_claim: name the claim, or leave it out for no grant check"
+                .into(),
+        );
     }
     if s.auth
         .operator_read_only_roles

@@ -157,6 +157,7 @@ fn spec_defaults() -> GatewaySettings {
             seal_jwt_public_key_pem: String::new(),
             seal_jwt_issuer: "aegis-orchestrator".into(),
             seal_jwt_audience: "aegis-agents".into(),
+            seal_delegation_claim: None,
         },
         credentials: CredentialSettings {
             openbao_addr: None,
@@ -473,6 +474,7 @@ fn env_references_are_replaced_in_every_supported_field() {
             seal_jwt_public_key_pem: pem.into(),
             seal_jwt_issuer: "seal-issuer".into(),
             seal_jwt_audience: "seal-audience".into(),
+            seal_delegation_claim: None,
         },
         credentials: CredentialSettings {
             openbao_addr: Some("http://bao:8200".into()),
@@ -790,6 +792,7 @@ fn file_values() -> GatewaySettings {
             seal_jwt_public_key_pem: "file-pem".into(),
             seal_jwt_issuer: "file-seal-iss".into(),
             seal_jwt_audience: "file-seal-aud".into(),
+            seal_delegation_claim: None,
         },
         credentials: CredentialSettings {
             openbao_addr: Some("http://file-bao".into()),
@@ -909,6 +912,7 @@ fn every_override_replaces_the_file_value() {
                 .into(),
             seal_jwt_issuer: "env-seal-iss".into(),
             seal_jwt_audience: "env-seal-aud".into(),
+            seal_delegation_claim: None,
         },
         credentials: CredentialSettings {
             openbao_addr: Some("http://env-bao".into()),
@@ -1155,6 +1159,26 @@ fn accepted_roles_cannot_be_empty_or_hold_a_blank() {
             .load()
             .unwrap_err()
             .contains("operator_accepted_roles")
+    );
+}
+
+#[test]
+fn the_delegation_claim_comes_from_the_file_or_its_override_and_is_not_blank() {
+    let sandbox = Sandbox::with_env(&[
+        ("SEAL_GATEWAY_AUTH_DISABLED", "true"),
+        ("SEAL_GATEWAY_SEAL_DELEGATION_CLAIM", "delegable_tenants"),
+    ]);
+    let config = sandbox.load().expect("loads");
+    assert_eq!(
+        config.settings.auth.seal_delegation_claim.as_deref(),
+        Some("delegable_tenants")
+    );
+    assert_eq!(
+        config_error(
+            "apiVersion: seal.100monkeys.ai/v1\nkind: SealGatewayConfig\nmetadata: {name: r}\n\
+             spec: {auth: {disabled: true, seal_delegation_claim: \" \"}}\n"
+        ),
+        "spec.auth.seal_delegation_claim: name the claim, or leave it out for no grant check"
     );
 }
 
