@@ -263,8 +263,6 @@ pub fn context_resource(c: &SecurityContextRow) -> Result<SecurityContext, Strin
     })
 }
 
-/// Compiles the resources of one REST request by the rules of `crds::compile` and returns their
-/// problems as REST clients see them, fields relative to the request body; empty when accepted.
 /// What keeps each of `workflows` from compiling against `spec`, each named, with the document
 /// read once for all of them ([`WorkflowResources`]): a spec update checks every workflow on it.
 pub fn problems_with_spec(spec: &SpecRow, workflows: &[WorkflowRow]) -> Vec<String> {
@@ -287,6 +285,8 @@ pub fn problems_with_spec(spec: &SpecRow, workflows: &[WorkflowRow]) -> Vec<Stri
     found
 }
 
+/// Compiles the resources of one REST request by the rules of `crds::compile` and returns their
+/// problems as REST clients see them, fields relative to the request body; empty when accepted.
 pub fn problems(resources: &Resources) -> Vec<String> {
     compile(resources)
         .results

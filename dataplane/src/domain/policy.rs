@@ -846,7 +846,9 @@ mod tests {
         now: Instant,
     ) -> Result<Grant, Violation> {
         let evaluation = evaluate(context, tool, arguments, scope, limiter, running, now);
-        match futures::FutureExt::now_or_never(evaluation).expect("the in-process limiter waits") {
+        match futures::FutureExt::now_or_never(evaluation)
+            .expect("the in-process limiter never waits")
+        {
             Ok(grant) => Ok(grant),
             Err(Refused::Policy(violation)) => Err(violation),
             Err(Refused::QuotaUnavailable(never)) => match never {},

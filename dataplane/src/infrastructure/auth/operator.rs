@@ -130,7 +130,7 @@ pub struct OperatorIdentity {
     pub identity_kind: IdentityKind,
     /// B-4: role `platform-admin`/`aegis:admin`, or no `tenant_id`.
     pub platform_operator: bool,
-    /// Its accepted roles are all `operator_read_only_roles`: it may only read.
+    /// None of its roles may write, one is among `operator_read_only_roles`: it may only read.
     pub read_only: bool,
 }
 
