@@ -330,29 +330,25 @@ impl InvocationService {
         if let Some(requested) = requested_tenant
             && requested != claims.tenant_id
         {
-            if claims.identity_kind != IdentityKind::ServiceAccount {
+            let owner = &claims.tenant_id;
+            let unauthorized = if claims.identity_kind != IdentityKind::ServiceAccount {
+                Some(format!(
+                    "a consumer token for tenant '{owner}' cannot act for tenant '{requested}'"
+                ))
+            } else if !claims.delegation.allows(&requested) {
+                Some(format!(
+                    "the service account token for tenant '{owner}' holds no delegation grant for tenant '{requested}'"
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = unauthorized {
                 return Err(refuse(
                     Attestation::Forbidden,
                     "unauthorized_tenant",
                     forbidden(
                         code::TOOL_NOT_ALLOWED,
-                        format!(
-                            "unauthorized tenant: a consumer token for tenant '{}' cannot act for tenant '{requested}'",
-                            claims.tenant_id
-                        ),
-                    ),
-                ));
-            }
-            if !claims.delegation.allows(&requested) {
-                return Err(refuse(
-                    Attestation::Forbidden,
-                    "unauthorized_tenant",
-                    forbidden(
-                        code::TOOL_NOT_ALLOWED,
-                        format!(
-                            "unauthorized tenant: the service account token for tenant '{}' holds no delegation grant for tenant '{requested}'",
-                            claims.tenant_id
-                        ),
+                        format!("unauthorized tenant: {why}"),
                     ),
                 ));
             }
