@@ -112,6 +112,16 @@ impl ConfigSources<'_> {
         self.var(key).filter(|v| !v.trim().is_empty())
     }
 
+    /// A non-blank variable as a comma-separated list, each entry trimmed; blank entries are
+    /// kept, so that validation can refuse them as the typos they are.
+    fn comma_list(&self, key: &str) -> Option<Vec<String>> {
+        self.non_blank(key).map(|list| {
+            list.split(',')
+                .map(|entry| entry.trim().to_owned())
+                .collect()
+        })
+    }
+
     /// A set variable as a switch that is on for `true` (any case) and off for anything else.
     fn switch(&self, key: &str) -> Option<bool> {
         self.var(key).map(|v| v.trim().eq_ignore_ascii_case("true"))
@@ -354,12 +364,11 @@ fn apply_overrides(s: &mut GatewaySettings, src: &ConfigSources<'_>) {
         &mut s.auth.operator_role_claim,
         "SEAL_GATEWAY_OPERATOR_ROLE_CLAIM",
     );
-    if let Some(list) = src.non_blank("SEAL_GATEWAY_OPERATOR_ACCEPTED_ROLES") {
-        s.auth.operator_accepted_roles =
-            Some(list.split(',').map(|r| r.trim().to_owned()).collect());
+    if let Some(roles) = src.comma_list("SEAL_GATEWAY_OPERATOR_ACCEPTED_ROLES") {
+        s.auth.operator_accepted_roles = Some(roles);
     }
-    if let Some(list) = src.non_blank("SEAL_GATEWAY_OPERATOR_READ_ONLY_ROLES") {
-        s.auth.operator_read_only_roles = list.split(',').map(|r| r.trim().to_owned()).collect();
+    if let Some(roles) = src.comma_list("SEAL_GATEWAY_OPERATOR_READ_ONLY_ROLES") {
+        s.auth.operator_read_only_roles = roles;
     }
     set(&mut s.auth.seal_jwt_issuer, "SEAL_GATEWAY_SEAL_JWT_ISSUER");
     set(
