@@ -58,14 +58,13 @@ pub struct Capability {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_response_size: Option<u64>,
     /// At most `calls` calls allowed by this capability in any `per_seconds` window, per session
-    /// (SEAL execution); one more is refused (403, SEAL code 2005). Counted by each data-plane
-    /// replica on its own, as a local rate limit: behind a load balancer over N replicas a
-    /// session may make up to N times `calls`.
+    /// (SEAL execution); one more is refused (403, SEAL code 2005). Data-plane replicas on one
+    /// Postgres database count one quota between them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
     /// At most this many calls allowed by this capability run at once in one session (SEAL
     /// execution); one more is refused (403, SEAL code 2005) until one of them has answered.
-    /// Counted by each replica on its own, as `rate_limit` is.
+    /// Data-plane replicas on one Postgres database count one limit between them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_concurrent: Option<u32>,

@@ -18,14 +18,15 @@ use crate::application::invocation::InvocationService;
 use crate::application::registry::{self, Registry};
 use crate::application::sessions::SessionCache;
 use crate::application::workflow::WorkflowEngine;
-use crate::domain::policy::{ConcurrencyLimiter, RateLimiter};
+use crate::domain::policy::RateLimiter;
 use crate::infrastructure::auth::operator::{OperatorAuthConfig, OperatorAuthenticator};
 use crate::infrastructure::auth::token::SealTokenVerifier;
 use crate::infrastructure::config::GatewayConfig;
 use crate::infrastructure::http_client::{HttpClient, HttpClientConfig};
 use crate::infrastructure::metrics::Metrics;
 use crate::infrastructure::persistence::{
-    AuditTasks, AuditWriter, CatalogSource, Database, RateLimits, ReplayGuard,
+    AuditTasks, AuditWriter, CatalogSource, Database, LEASE_RENEWAL, PersistenceError, RateLimits,
+    ReplayGuard, RunningSlots,
 };
 use crate::infrastructure::reload::ReloadStats;
 use crate::presentation::server;
@@ -79,6 +80,8 @@ pub struct RunningGateway {
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
     sweeper: JoinHandle<()>,
+    /// Keeps the shared `max_concurrent` slots of this replica's running calls (Postgres).
+    lease_renewer: JoinHandle<()>,
     /// Serves REST writes made through other replicas.
     rest_follower: JoinHandle<()>,
     /// Signs audit checkpoints on a timer and purges expired events (docs/audit.md).
@@ -139,7 +142,7 @@ impl RunningGateway {
             replay: replay.clone(),
             limiter: RateLimiter::new(),
             rate_limits: RateLimits::for_database(&db),
-            running: ConcurrencyLimiter::new(),
+            running: RunningSlots::for_database(&db),
             clock,
             metrics: metrics.clone(),
         };
@@ -176,6 +179,7 @@ impl RunningGateway {
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(server::serve(listener, state.clone(), stopped));
         let sweeper = tokio::spawn(sweep(state.clone()));
+        let lease_renewer = tokio::spawn(renew_leases(state.invocation.running.clone()));
         let rest_follower = tokio::spawn(registry::follow_rest_writes(state.clone()));
         release_freed_memory();
         tracing::info!("aegis-seal-gateway listening on {local_addr}");
@@ -185,6 +189,7 @@ impl RunningGateway {
             stop,
             server,
             sweeper,
+            lease_renewer,
             rest_follower,
             audit_tasks,
             sessions_gauge,
@@ -209,6 +214,8 @@ impl RunningGateway {
             tracing::error!(error = %e, "server task failed");
         }
         self.sweeper.abort();
+        // After the drain: the calls it waited for kept their slots' leases alive until the end.
+        self.lease_renewer.abort();
         self.rest_follower.abort();
         // First uses of calls that wrote no event, not yet carried by an audit commit (SQLite).
         if let Err(e) = self.state.invocation.replay.flush().await {
@@ -321,8 +328,8 @@ pub(crate) fn release_freed_memory() {
     }
 }
 
-/// Purges expired jtis and rate-limit logs and marks sessions past their expiry `Expired`, every
-/// [`JTI_SWEEP_INTERVAL`]; the first sweep runs at start.
+/// Purges expired jtis, rate-limit logs and running slots, and marks sessions past their expiry
+/// `Expired`, every [`JTI_SWEEP_INTERVAL`]; the first sweep runs at start.
 async fn sweep(state: Arc<GatewayState>) {
     let mut tick = tokio::time::interval(JTI_SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -331,36 +338,58 @@ async fn sweep(state: Arc<GatewayState>) {
         let now = state.invocation.clock.now();
         if let Err(e) = state.invocation.replay.sweep(now).await {
             tracing::warn!(
-                target: "aegis_seal_gateway::infrastructure::persistence",
+                target: PERSISTENCE_TARGET,
                 error = %e,
                 "JTI cleanup failed: {e}"
             );
         }
-        match state.db.sweep_rate_limits().await {
-            Ok(0) => {}
-            Ok(rows) => tracing::debug!(
-                target: "aegis_seal_gateway::infrastructure::persistence",
-                rows,
-                "rate-limit logs past their window deleted"
-            ),
-            Err(e) => tracing::warn!(
-                target: "aegis_seal_gateway::infrastructure::persistence",
+        log_sweep(
+            state.db.sweep_rate_limits().await,
+            "rate-limit logs past their window deleted",
+            "rate-limit log sweep failed",
+        );
+        log_sweep(
+            state.db.sweep_running_slots().await,
+            "running slots past their lease deleted",
+            "running slot sweep failed",
+        );
+        log_sweep(
+            state.db.expire_sessions(now).await,
+            "sessions past their expiry marked Expired",
+            "session expiry failed",
+        );
+    }
+}
+
+const PERSISTENCE_TARGET: &str = "aegis_seal_gateway::infrastructure::persistence";
+
+/// One sweep's outcome: the rows it changed at debug, a failure as a warning (the next sweep
+/// tries again).
+fn log_sweep(result: Result<u64, PersistenceError>, done: &str, failed: &str) {
+    match result {
+        Ok(0) => {}
+        Ok(rows) => tracing::debug!(target: PERSISTENCE_TARGET, rows, "{done}"),
+        Err(e) => tracing::warn!(target: PERSISTENCE_TARGET, error = %e, "{failed}: {e}"),
+    }
+}
+
+/// Renews the leases of this replica's running calls' shared slots every [`LEASE_RENEWAL`]
+/// (nothing to do on SQLite, whose slots are in memory). A failed renewal is tried again at the
+/// next tick; a lease outlives two failures in a row.
+async fn renew_leases(slots: RunningSlots) {
+    if matches!(slots, RunningSlots::InProcess(_)) {
+        return;
+    }
+    let mut tick = tokio::time::interval(LEASE_RENEWAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = slots.renew().await {
+            tracing::warn!(
+                target: PERSISTENCE_TARGET,
                 error = %e,
-                "rate-limit log sweep failed: {e}"
-            ),
-        }
-        match state.db.expire_sessions(now).await {
-            Ok(0) => {}
-            Ok(expired) => tracing::debug!(
-                target: "aegis_seal_gateway::infrastructure::persistence",
-                expired,
-                "sessions past their expiry marked Expired"
-            ),
-            Err(e) => tracing::warn!(
-                target: "aegis_seal_gateway::infrastructure::persistence",
-                error = %e,
-                "session expiry failed: {e}"
-            ),
+                "running slot lease renewal failed: {e}"
+            );
         }
     }
 }

@@ -756,6 +756,92 @@ async fn replicas_on_postgres_share_a_capability_rate_limit() {
     }
 }
 
+/// `max_concurrent` on Postgres is one limit for all replicas: while a session's call runs on one
+/// replica, the next is refused on the other with the same 403 and `PolicyViolationBlocked` row;
+/// once the first call has answered, its slot is free on the other replica at once.
+#[tokio::test]
+async fn replicas_on_postgres_share_a_capability_max_concurrent() {
+    let upstream = held_upstream().await;
+    let manifest = slow_tool(
+        upstream.addr,
+        r#"---
+apiVersion: seal.100monkeys.ai/v1
+kind: SecurityContext
+metadata: {name: aegis-system-default}
+spec:
+  capabilities: [{tool_pattern: slow-tool, max_concurrent: 1}]
+"#,
+    );
+    let snapshot = support::snapshot_of(&manifest);
+    let signer = support::Signer::from_vectors();
+    let url = support::fresh_postgres_url().await;
+    let db = Database::connect(&url).await.unwrap();
+    db.upsert_session(&signer.session_record(chrono::Utc::now()))
+        .await
+        .unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let pool = Database::connect(&url).await.unwrap();
+        let replica = RunningGateway::start(
+            &signer.gateway_config(&[]),
+            pool,
+            snapshot.clone(),
+            Clock::System,
+        )
+        .await
+        .unwrap();
+        replicas.push(replica);
+    }
+    let now = chrono::Utc::now().timestamp();
+    let call = |replica: usize, jti: &str| {
+        let body = signer.envelope("slow-tool", json!({}), jti, now);
+        invoke_json(replicas[replica].local_addr, body)
+    };
+    let message = "concurrent execution limit exceeded: slow-tool (1 running)";
+
+    for round in 0..3 {
+        let (runs_on, other) = (round % 2, (round + 1) % 2);
+        let first = tokio::spawn(call(runs_on, &format!("jti-running-{round}")));
+        upstream.arrived.notified().await;
+        let (status, body) = call(other, &format!("jti-refused-{round}")).await;
+        assert_eq!(
+            (status, &body["error"]["code"], &body["error"]["message"]),
+            (403, &json!(2005), &json!(message)),
+            "round {round}: {body}"
+        );
+        upstream.release.add_permits(1);
+        assert_eq!(first.await.unwrap().0, 200, "round {round}");
+        // The answer came after the slot was given back: the other replica takes it at once.
+        upstream.release.add_permits(1);
+        let (status, body) = call(other, &format!("jti-next-{round}")).await;
+        assert_eq!(status, 200, "round {round}: {body}");
+    }
+
+    let Database::Postgres(pool) = &db else {
+        unreachable!()
+    };
+    let blocked: Vec<(String, String)> = sqlx::query_as(
+        "SELECT payload->>'violation_type', payload->>'reason' FROM gateway_events \
+         WHERE event_type = 'PolicyViolationBlocked'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let row = (
+        "concurrent_exec_limit_exceeded".to_owned(),
+        message.to_owned(),
+    );
+    assert_eq!(blocked, [row.clone(), row.clone(), row]);
+    let slots: i64 = sqlx::query_scalar("SELECT count(*) FROM running_slots")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(slots, 0, "a slot outlived its call");
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
+
 /// A gateway on SQLite serving `slow-tool`, whose agent sent one call (returned) and hung up while
 /// the upstream holds it, long enough ago for hyper to have seen the hang-up.
 struct HungUpCall {

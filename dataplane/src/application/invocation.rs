@@ -16,16 +16,14 @@ use crate::application::catalog::{Lookup, ServedSnapshot, ToolRef};
 use crate::application::clock::Clock;
 use crate::application::sessions::SessionCache;
 use crate::domain::envelope::{Envelope, PROTOCOL};
-use crate::domain::policy::{
-    self, ConcurrencyLimiter, Grant, POLICY_VIOLATION_BLOCKED, RateLimiter, Refused,
-};
+use crate::domain::policy::{self, Grant, POLICY_VIOLATION_BLOCKED, RateLimiter, Refused, Slots};
 use crate::domain::seal_error::{SealError, code};
 use crate::domain::tenancy::IdentityKind;
 use crate::infrastructure::auth::envelope::{TARGET as AUTH_TARGET, verify_signature};
 use crate::infrastructure::auth::token::{SealTokenVerifier, UnverifiedToken};
 use crate::infrastructure::metrics::{Attestation, Metrics};
 use crate::infrastructure::persistence::{
-    AuditEvent, PersistenceError, RateLimits, ReplayGuard, SessionStatus,
+    AuditEvent, PersistenceError, RateLimits, ReplayGuard, RunningSlots, SessionStatus, SlotPermit,
 };
 use crate::infrastructure::telemetry::{self, Stage};
 
@@ -45,8 +43,9 @@ pub const ATTESTATION_AUDIT_BUDGET: RateLimit = RateLimit {
     per_seconds: 60,
 };
 
-/// A call that passed every check. Dropping it frees the running slot its grant may hold, so it
-/// lives until the call has answered.
+/// A call that passed every check. The running slot its grant may hold is given to
+/// [`InvocationService::finish`] once the call has answered (or freed by its drop, without
+/// waiting).
 #[derive(Debug)]
 pub struct AuthorizedCall {
     pub execution_id: String,
@@ -57,7 +56,7 @@ pub struct AuthorizedCall {
     /// `None` when no such tool exists: authorized by policy, answered 404 at dispatch.
     pub tool: Option<ToolRef>,
     pub arguments: Value,
-    pub grant: Grant,
+    pub grant: Grant<SlotPermit>,
     pub security_context: String,
     /// The SecurityContext allows human-delegated credentials (a `*` or `credentials.*` capability).
     pub allows_human_delegated: bool,
@@ -103,14 +102,23 @@ pub struct InvocationService {
     pub limiter: RateLimiter,
     /// Capabilities' `rate_limit` quota: in this process on SQLite, shared by replicas on Postgres.
     pub rate_limits: RateLimits,
-    /// Calls running per session and capability, for `max_concurrent`.
-    pub running: ConcurrencyLimiter,
+    /// Capabilities' `max_concurrent` slots: in this process on SQLite, shared by replicas on
+    /// Postgres.
+    pub running: RunningSlots,
     pub clock: Clock,
     /// `aegis_seal_attestations_total` and friends, one outcome per envelope.
     pub metrics: Metrics,
 }
 
 impl InvocationService {
+    /// Gives back the running slot of a call that has answered, and returns once another call
+    /// may take it: the agent may send its next call as soon as it has this one's answer.
+    pub async fn finish(&self, running: Option<SlotPermit>) {
+        if let Some(permit) = running {
+            self.running.release(permit).await;
+        }
+    }
+
     pub async fn authorize(
         &self,
         body: &[u8],
@@ -443,7 +451,7 @@ impl InvocationService {
                     forbidden(v.code(), v.message()),
                 ));
             }
-            Err(Refused::QuotaUnavailable(e)) => return Err(Refusal::Unavailable(e)),
+            Err(Refused::LimitUnavailable(e)) => return Err(Refusal::Unavailable(e)),
         };
 
         stage.done();

@@ -8,8 +8,9 @@
 //! and the executor applies the size).
 //!
 //! Everything here is pure except [`RateLimiter`] and [`ConcurrencyLimiter`], which keep counters
-//! behind short-lived locks, and the [`Quota`] that [`evaluate`] takes `rate_limit` quota from;
-//! time is always passed in so behaviour is deterministic under test.
+//! behind short-lived locks, and the [`Quota`] and [`Slots`] that [`evaluate`] takes `rate_limit`
+//! quota and `max_concurrent` slots from; time is always passed in so behaviour is deterministic
+//! under test.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -106,11 +107,21 @@ impl Violation {
 
 /// What an allowed call may do: the tightest `max_response_size` of the capabilities that allowed
 /// it (None = unbounded), for the executor to enforce, and the running slot it holds when the
-/// allowing capability sets `max_concurrent`, to keep until the call has answered.
-#[derive(Debug, PartialEq, Eq, Default)]
-pub struct Grant {
+/// allowing capability sets `max_concurrent`, to keep until the call has answered and then give
+/// back through [`Slots::release`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Grant<P = RunningPermit> {
     pub max_response_size: Option<u64>,
-    pub running: Option<RunningPermit>,
+    pub running: Option<P>,
+}
+
+impl<P> Default for Grant<P> {
+    fn default() -> Self {
+        Self {
+            max_response_size: None,
+            running: None,
+        }
+    }
 }
 
 /// Why [`evaluate`] did not allow a call.
@@ -118,8 +129,9 @@ pub struct Grant {
 pub enum Refused<E> {
     /// The policy refuses it (403).
     Policy(Violation),
-    /// A `rate_limit` had to be consulted and its [`Quota`] could not answer.
-    QuotaUnavailable(E),
+    /// A `rate_limit` or `max_concurrent` had to be consulted and its [`Quota`] or [`Slots`]
+    /// could not answer.
+    LimitUnavailable(E),
 }
 
 /// `*` matches all; `prefix.*` matches names starting with `prefix.` (on the dot boundary:
@@ -253,6 +265,29 @@ pub trait Quota {
         limit: &RateLimit,
         now: Instant,
     ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+}
+
+/// Where a capability's `max_concurrent` slots are counted.
+///
+/// [`ConcurrencyLimiter`] counts in this process. Replicas sharing a database count there
+/// instead (`infrastructure::persistence::RunningSlots`), so a session's calls running on every
+/// replica count against one limit.
+pub trait Slots {
+    /// Why the slots could not be counted; the call is then refused as unavailable.
+    type Error;
+    /// A slot held by one running call.
+    type Permit: Send;
+
+    /// A slot under `key` when fewer than `limit` calls hold one.
+    fn try_acquire(
+        &self,
+        key: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<Option<Self::Permit>, Self::Error>> + Send;
+
+    /// Gives the slot back, and returns once another call may take it: a client whose call has
+    /// answered may start the next one at once, on any replica.
+    fn release(&self, permit: Self::Permit) -> impl Future<Output = ()> + Send;
 }
 
 impl Quota for RateLimiter {
@@ -395,6 +430,16 @@ impl ConcurrencyLimiter {
         })
     }
 
+    /// How many calls hold a slot, over every key.
+    pub fn calls(&self) -> usize {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|&count| count as usize)
+            .sum()
+    }
+
     /// How many keys have calls running.
     pub fn len(&self) -> usize {
         self.running
@@ -440,6 +485,23 @@ impl PartialEq for RunningPermit {
 
 impl Eq for RunningPermit {}
 
+impl Slots for ConcurrencyLimiter {
+    type Error = Infallible;
+    type Permit = RunningPermit;
+
+    async fn try_acquire(
+        &self,
+        key: &str,
+        limit: u32,
+    ) -> Result<Option<RunningPermit>, Infallible> {
+        Ok(ConcurrencyLimiter::try_acquire(self, key.to_owned(), limit))
+    }
+
+    async fn release(&self, permit: RunningPermit) {
+        drop(permit);
+    }
+}
+
 /// Evaluates a call. Order: (1) any deny_list pattern matching → ToolDenied. (2) Capabilities
 /// whose tool_pattern matches, in order: the call is allowed if ANY of them passes all its
 /// constraints (RFC; upstream stopped at the first). Rate limits and running calls are counted
@@ -451,11 +513,12 @@ impl Eq for RunningPermit {}
 /// In detail: the capabilities that match and pass their constraints are tried in order, and
 /// the first with a free running slot (or no `max_concurrent`) and quota left (or no
 /// `rate_limit`) allows the call; only that one's slot and quota are taken. The slot is taken
-/// first because giving it back is free, while spent quota cannot be returned. The slot is held
+/// first because it can be given back, while spent quota cannot be returned. The slot is held
 /// by [`Grant::running`]. [`Grant::max_response_size`] is the smallest over every capability
 /// that passed its constraints (whether or not its limits were needed), so the bound does not
-/// depend on which limits happen to be reached. Quota is taken from `quota`, which may be shared
-/// with other replicas: the only await, and only for a capability with a `rate_limit`.
+/// depend on which limits happen to be reached. Quota is taken from `quota` and slots from
+/// `running`, either of which may be shared with other replicas: the only awaits, and only for a
+/// capability with a `rate_limit` or a `max_concurrent`.
 ///
 /// Constraints, each applied only when the capability sets it:
 /// * path (tools `fs.*`, `filesystem.*`, argument `path`): normalised lexically and required to
@@ -470,15 +533,19 @@ impl Eq for RunningPermit {}
 /// A missing (or `null`) argument passes, as upstream; a present argument that is not a string
 /// is refused when the constraint is set, because an executor that coerces it would act on a
 /// value this check never saw.
-pub async fn evaluate<Q: Quota>(
+pub async fn evaluate<Q, S>(
     context: &SecurityContextEntry,
     tool: &str,
     arguments: &Value,
     scope: &str,
     quota: &Q,
-    running: &ConcurrencyLimiter,
+    running: &S,
     now: Instant,
-) -> Result<Grant, Refused<Q::Error>> {
+) -> Result<Grant<S::Permit>, Refused<Q::Error>>
+where
+    Q: Quota,
+    S: Slots<Error = Q::Error>,
+{
     if context
         .deny_list
         .iter()
@@ -525,7 +592,11 @@ pub async fn evaluate<Q: Quota>(
         let key = format!("{scope}\u{1f}{}\u{1f}{index}", context.name);
         let permit = match capability.max_concurrent {
             None => None,
-            Some(limit) => match running.try_acquire(key.clone(), limit) {
+            Some(limit) => match running
+                .try_acquire(&key, limit)
+                .await
+                .map_err(Refused::LimitUnavailable)?
+            {
                 Some(permit) => Some(permit),
                 None => {
                     if index == first_match {
@@ -538,21 +609,23 @@ pub async fn evaluate<Q: Quota>(
                 }
             },
         };
-        if let Some(limit) = capability.rate_limit
-            && !quota
-                .take(&key, &limit, now)
-                .await
-                .map_err(Refused::QuotaUnavailable)?
-        {
-            // `permit`, if any, is dropped here: the slot is free again.
-            if index == first_match {
-                first_violation = Some(Violation::RateLimitExceeded {
-                    tool: tool.to_owned(),
-                    calls: limit.calls,
-                    per_seconds: limit.per_seconds,
-                });
+        if let Some(limit) = capability.rate_limit {
+            let taken = quota.take(&key, &limit, now).await;
+            if !matches!(taken, Ok(true)) {
+                // The slot goes back before the refusal is answered.
+                if let Some(permit) = permit {
+                    running.release(permit).await;
+                }
+                taken.map_err(Refused::LimitUnavailable)?;
+                if index == first_match {
+                    first_violation = Some(Violation::RateLimitExceeded {
+                        tool: tool.to_owned(),
+                        calls: limit.calls,
+                        per_seconds: limit.per_seconds,
+                    });
+                }
+                continue;
             }
-            continue;
         }
         return Ok(Grant {
             max_response_size,
@@ -833,6 +906,7 @@ mod tests {
     use aegis_seal_crds::ResourceRef;
     use serde_json::json;
     use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// [`evaluate`] with the in-process limiter, which answers at once: its future is ready on
     /// its first poll.
@@ -851,7 +925,7 @@ mod tests {
         {
             Ok(grant) => Ok(grant),
             Err(Refused::Policy(violation)) => Err(violation),
-            Err(Refused::QuotaUnavailable(never)) => match never {},
+            Err(Refused::LimitUnavailable(never)) => match never {},
         }
     }
 
@@ -1734,45 +1808,56 @@ mod tests {
         assert!(limiter.check("k", &limit, t0 + secs(10)));
     }
 
-    /// A [`Quota`] whose store cannot answer, counting how often it was asked.
+    /// A shared store that cannot answer, counting how often each counter was asked.
     #[derive(Default)]
-    struct UnreachableQuota(std::sync::atomic::AtomicUsize);
+    struct UnreachableStore {
+        quota_asks: AtomicUsize,
+        slot_asks: AtomicUsize,
+    }
 
-    impl Quota for UnreachableQuota {
+    impl Quota for UnreachableStore {
         type Error = &'static str;
 
         async fn take(&self, _: &str, _: &RateLimit, _: Instant) -> Result<bool, &'static str> {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.quota_asks.fetch_add(1, Ordering::SeqCst);
             Err("connection refused")
         }
     }
 
+    impl Slots for UnreachableStore {
+        type Error = &'static str;
+        type Permit = ();
+
+        async fn try_acquire(&self, _: &str, _: u32) -> Result<Option<()>, &'static str> {
+            self.slot_asks.fetch_add(1, Ordering::SeqCst);
+            Err("connection refused")
+        }
+
+        async fn release(&self, (): ()) {}
+    }
+
     #[tokio::test]
-    async fn an_unanswered_quota_refuses_as_unavailable_and_only_rate_limits_ask_it() {
-        let quota = UnreachableQuota::default();
-        let context = ctx(vec![limited("limited", 1, 60), cap("free")], &["danger"]);
+    async fn an_unanswered_store_refuses_as_unavailable_and_only_limited_calls_ask_it() {
+        let store = UnreachableStore::default();
+        let bounded = Capability {
+            max_concurrent: Some(1),
+            ..cap("bounded")
+        };
+        let context = ctx(
+            vec![limited("limited", 1, 60), bounded, cap("free")],
+            &["danger"],
+        );
         let run = |tool: &'static str| {
-            let context = &context;
-            let quota = &quota;
+            let (context, store) = (&context, &store);
             async move {
-                let running = ConcurrencyLimiter::new();
-                evaluate(
-                    context,
-                    tool,
-                    &json!({}),
-                    "s",
-                    quota,
-                    &running,
-                    Instant::now(),
-                )
-                .await
-                .map(|_| ())
+                evaluate(context, tool, &json!({}), "s", store, store, Instant::now())
+                    .await
+                    .map(|_| ())
             }
         };
-        assert_eq!(
-            run("limited").await,
-            Err(Refused::QuotaUnavailable("connection refused"))
-        );
+        let unavailable = Err(Refused::LimitUnavailable("connection refused"));
+        assert_eq!(run("limited").await, unavailable);
+        assert_eq!(run("bounded").await, unavailable);
         assert_eq!(run("free").await, Ok(()));
         assert_eq!(
             run("danger").await,
@@ -1780,7 +1865,57 @@ mod tests {
                 tool: "danger".into()
             }))
         );
-        assert_eq!(quota.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(store.quota_asks.load(Ordering::SeqCst), 1);
+        assert_eq!(store.slot_asks.load(Ordering::SeqCst), 1);
+    }
+
+    /// Slots counted in the process whose releases are counted too.
+    #[derive(Default)]
+    struct CountedReleases {
+        slots: ConcurrencyLimiter,
+        released: AtomicUsize,
+    }
+
+    impl Slots for CountedReleases {
+        type Error = Infallible;
+        type Permit = RunningPermit;
+
+        async fn try_acquire(
+            &self,
+            key: &str,
+            limit: u32,
+        ) -> Result<Option<RunningPermit>, Infallible> {
+            Ok(self.slots.try_acquire(key.to_owned(), limit))
+        }
+
+        async fn release(&self, permit: RunningPermit) {
+            self.released.fetch_add(1, Ordering::SeqCst);
+            drop(permit);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slot_taken_for_a_call_its_quota_refuses_is_released_before_the_refusal() {
+        let both = Capability {
+            max_concurrent: Some(1),
+            ..limited("tool", 1, 60)
+        };
+        let context = ctx(vec![both], &[]);
+        let (quota, running) = (RateLimiter::new(), CountedReleases::default());
+        let now = Instant::now();
+        let first = evaluate(&context, "tool", &json!({}), "s", &quota, &running, now)
+            .await
+            .unwrap();
+        assert!(first.running.is_some());
+        running.release(first.running.unwrap()).await;
+        let second = evaluate(&context, "tool", &json!({}), "s", &quota, &running, now).await;
+        assert!(matches!(
+            second,
+            Err(Refused::Policy(Violation::RateLimitExceeded { .. }))
+        ));
+        // Once for the first call's answer, once for the refused second call's slot.
+        assert_eq!(running.released.load(Ordering::SeqCst), 2);
+        assert!(running.slots.is_empty());
     }
 
     #[test]

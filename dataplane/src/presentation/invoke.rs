@@ -151,6 +151,7 @@ async fn dispatch(
         Ok(()) => response,
         Err(e) => unavailable(HANDLER, &e),
     };
+    state.invocation.finish(call.grant.running.take()).await;
     let ok = response.status().is_success();
     state
         .metrics

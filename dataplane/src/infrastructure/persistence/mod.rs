@@ -15,6 +15,7 @@ mod events;
 mod rate_limits;
 mod registry;
 mod replay;
+mod running_slots;
 mod sessions;
 
 use std::str::FromStr;
@@ -38,6 +39,7 @@ pub use registry::{
     CatalogTable, CliToolRow, NameHolder, REST_SOURCE, SecurityContextRow, SpecRow, WorkflowRow,
 };
 pub use replay::{PendingJtis, ReplayGuard};
+pub use running_slots::{LEASE, LEASE_RENEWAL, RunningSlots, SlotPermit};
 pub use sessions::{SessionRecord, SessionRevoke, SessionStatus, SessionWrite};
 
 /// A statement of the catalog and REST tables, written for Postgres, in the backend's dialect:

@@ -1,0 +1,233 @@
+//! Where a capability's `max_concurrent` slots are counted. A gateway on SQLite runs alone (one
+//! process per file), so it counts in its own memory. Replicas on Postgres count in
+//! `running_slots` (migration 0006), so a session's calls running on every replica count against
+//! one limit. Such a call then takes two statements, one to take its slot and one to give it back
+//! before its answer is sent; calls without a `max_concurrent` take none.
+//!
+//! A slot is a lease: the replica renews the leases of its running calls every
+//! [`LEASE_RENEWAL`], and a slot left by a replica that died stops counting [`LEASE`] after its
+//! last renewal.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use sqlx::postgres::PgPool;
+
+use super::replay::SWEEP_BATCH;
+use super::{Database, PersistenceError};
+use crate::domain::policy::{ConcurrencyLimiter, RunningPermit, Slots};
+
+/// How long a slot counts after its last renewal: how long a dead replica's calls keep their
+/// slots.
+pub const LEASE: Duration = Duration::from_secs(30);
+
+/// How often a replica renews the leases of its running calls: a third of [`LEASE`], so that two
+/// renewals in a row may fail (a database restarting) before a running call's slot lapses.
+pub const LEASE_RENEWAL: Duration = Duration::from_secs(10);
+
+/// The gateway's `max_concurrent` counter, chosen by its database.
+#[derive(Debug, Clone)]
+pub enum RunningSlots {
+    /// SQLite: this process is the only one serving the database's sessions.
+    InProcess(ConcurrencyLimiter),
+    /// Postgres: shared by every replica on the database.
+    Shared(SharedSlots),
+}
+
+/// The slots this replica holds in `running_slots`. Cloning shares them.
+#[derive(Debug, Clone)]
+pub struct SharedSlots {
+    pool: PgPool,
+    /// The ids of the slots of this replica's running calls: those it renews.
+    held: Arc<Mutex<HashSet<i64>>>,
+}
+
+/// A running call's slot, held until [`Slots::release`] (or, failing that, its drop) gives it
+/// back.
+#[derive(Debug)]
+pub enum SlotPermit {
+    InProcess(RunningPermit),
+    Shared(SharedSlot),
+}
+
+/// One row of `running_slots`, held by a call running on this replica.
+#[derive(Debug)]
+pub struct SharedSlot {
+    id: i64,
+    slots: SharedSlots,
+    released: bool,
+}
+
+impl RunningSlots {
+    pub fn for_database(db: &Database) -> Self {
+        match db {
+            Database::Sqlite(_) => Self::InProcess(ConcurrencyLimiter::new()),
+            Database::Postgres(pool) => Self::Shared(SharedSlots {
+                pool: pool.clone(),
+                held: Arc::default(),
+            }),
+        }
+    }
+
+    /// How many slots this replica's running calls hold.
+    pub fn held(&self) -> usize {
+        match self {
+            Self::InProcess(limiter) => limiter.calls(),
+            Self::Shared(shared) => shared.lock().len(),
+        }
+    }
+
+    /// Extends the leases of this replica's running calls by [`LEASE`]; a no-op without any, and
+    /// on SQLite. A slot found gone while its call runs had lapsed (the database was unreachable
+    /// for longer than a lease) and another replica's call took its place: that is logged, and
+    /// the call runs on uncounted.
+    pub async fn renew(&self) -> Result<(), PersistenceError> {
+        let Self::Shared(shared) = self else {
+            return Ok(());
+        };
+        let ids: Vec<i64> = shared.lock().iter().copied().collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let renewed: Vec<i64> = sqlx::query_scalar(
+            "UPDATE running_slots SET expires_at = clock_timestamp() + make_interval(secs => $2) \
+             WHERE id = ANY($1) RETURNING id",
+        )
+        .bind(&ids)
+        .bind(lease_secs())
+        .fetch_all(&shared.pool)
+        .await?;
+        if renewed.len() < ids.len() {
+            let renewed: HashSet<i64> = renewed.into_iter().collect();
+            // A call's slot leaves `held` before its row is deleted, so a slot still held here
+            // was not released: its lease lapsed.
+            let held = shared.lock();
+            let lapsed = ids
+                .iter()
+                .filter(|id| !renewed.contains(id) && held.contains(id))
+                .count();
+            if lapsed > 0 {
+                tracing::warn!(
+                    lapsed,
+                    "Running slots lapsed before their calls ended; max_concurrent may be exceeded until they end"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SharedSlots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn delete(pool: &PgPool, id: i64) -> Result<(), PersistenceError> {
+        sqlx::query("DELETE FROM running_slots WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn lease_secs() -> i32 {
+    i32::try_from(LEASE.as_secs()).unwrap_or(i32::MAX)
+}
+
+impl Slots for RunningSlots {
+    type Error = PersistenceError;
+    type Permit = SlotPermit;
+
+    async fn try_acquire(&self, key: &str, limit: u32) -> Result<Option<SlotPermit>, Self::Error> {
+        match self {
+            Self::InProcess(limiter) => Ok(limiter
+                .try_acquire(key.to_owned(), limit)
+                .map(SlotPermit::InProcess)),
+            Self::Shared(shared) => {
+                let id: Option<i64> = sqlx::query_scalar("SELECT take_running_slot($1, $2, $3)")
+                    .bind(key)
+                    .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+                    .bind(lease_secs())
+                    .fetch_one(&shared.pool)
+                    .await?;
+                Ok(id.map(|id| {
+                    shared.lock().insert(id);
+                    SlotPermit::Shared(SharedSlot {
+                        id,
+                        slots: shared.clone(),
+                        released: false,
+                    })
+                }))
+            }
+        }
+    }
+
+    async fn release(&self, permit: SlotPermit) {
+        let SlotPermit::Shared(mut slot) = permit else {
+            return;
+        };
+        slot.released = true;
+        slot.slots.lock().remove(&slot.id);
+        if let Err(e) = SharedSlots::delete(&slot.slots.pool, slot.id).await {
+            // No longer renewed, the slot stops counting when its lease expires.
+            tracing::warn!(
+                error = %e,
+                lease_secs = LEASE.as_secs(),
+                "Running slot release failed; the slot frees when its lease expires"
+            );
+        }
+    }
+}
+
+/// A slot dropped without [`Slots::release`] (its call's task was cancelled) is given back in the
+/// background: nobody waits for it, and if that fails too, its lease expires.
+impl Drop for SharedSlot {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        self.slots.lock().remove(&self.id);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (pool, id) = (self.slots.pool.clone(), self.id);
+            runtime.spawn(async move {
+                if let Err(e) = SharedSlots::delete(&pool, id).await {
+                    tracing::warn!(
+                            error = %e,
+                        lease_secs = LEASE.as_secs(),
+                        "Running slot release failed; the slot frees when its lease expires"
+                    );
+                }
+            });
+        }
+    }
+}
+
+impl Database {
+    /// Deletes the shared running slots whose lease has expired, in batches of [`SWEEP_BATCH`]:
+    /// they count for nothing already. Returns the rows deleted (none on SQLite, which keeps no
+    /// such table).
+    pub async fn sweep_running_slots(&self) -> Result<u64, PersistenceError> {
+        let Self::Postgres(pool) = self else {
+            return Ok(0);
+        };
+        let mut total = 0;
+        loop {
+            // The outer condition is checked again on a row that a renewal updated meanwhile, so
+            // a lease renewed since the inner select is kept.
+            let deleted = sqlx::query(
+                "DELETE FROM running_slots WHERE expires_at < clock_timestamp() AND id IN \
+                 (SELECT id FROM running_slots WHERE expires_at < clock_timestamp() LIMIT $1)",
+            )
+            .bind(SWEEP_BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            total += deleted;
+            if deleted < SWEEP_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! A capability's `max_concurrent` on Postgres is one limit for every replica on the database
+//! (`running_slots`, migration 0006): each replica below is its own connection pool, as in a
+//! cluster. Exact under racing takes, a released slot free at once on every replica, a dropped
+//! one freed in the background, a dead replica's slots freed when their leases expire, leases
+//! renewed while their calls run, and expired slots swept.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aegis_seal_gateway::domain::policy::Slots;
+use aegis_seal_gateway::infrastructure::persistence::{Database, RunningSlots, SlotPermit};
+use sqlx::PgPool;
+
+async fn replicas(n: usize) -> (PgPool, Vec<RunningSlots>) {
+    let url = support::fresh_postgres_url().await;
+    let mut slots = Vec::new();
+    for _ in 0..n {
+        slots.push(RunningSlots::for_database(
+            &Database::connect(&url).await.unwrap(),
+        ));
+    }
+    let Database::Postgres(pool) = Database::connect(&url).await.unwrap() else {
+        unreachable!()
+    };
+    (pool, slots)
+}
+
+async fn take(replica: &RunningSlots, key: &str, limit: u32) -> Option<SlotPermit> {
+    replica.try_acquire(key, limit).await.unwrap()
+}
+
+/// `attempts` takes of `key` at once, spread over the replicas; the slots taken.
+async fn burst(
+    replicas: &[RunningSlots],
+    key: &str,
+    limit: u32,
+    attempts: usize,
+) -> Vec<SlotPermit> {
+    let takes = (0..attempts).map(|i| take(&replicas[i % replicas.len()], key, limit));
+    futures::future::join_all(takes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The keys of the slots in the table, expired or not.
+async fn rows(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar("SELECT key FROM running_slots ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_one_limit_exactly_even_when_calls_race() {
+    let (pool, replicas) = replicas(3).await;
+    assert!(matches!(replicas[0], RunningSlots::Shared(_)));
+
+    // Every pool has its connections open, so that the takes below reach the database at once.
+    for permit in burst(&replicas, "warm-up", 60, 60).await {
+        replicas[0].release(permit).await;
+    }
+    // 60 calls at once through three replicas, 4 of them run.
+    let running = burst(&replicas, "session-a", 4, 60).await;
+    assert_eq!(running.len(), 4);
+    // Another key (another session, context or capability) has its own slots.
+    let other = burst(&replicas, "session-b", 2, 10).await;
+    assert_eq!(other.len(), 2);
+    // A lower limit applies to the calls already running.
+    assert!(take(&replicas[1], "session-a", 3).await.is_none());
+    let held: usize = replicas.iter().map(RunningSlots::held).sum();
+    assert_eq!(held, 6);
+    assert_eq!(rows(&pool).await.len(), 6);
+
+    // Each replica gives back the slots it took, whoever releases through it.
+    for permit in running.into_iter().chain(other) {
+        replicas[0].release(permit).await;
+    }
+    assert!(rows(&pool).await.is_empty());
+    assert_eq!(replicas.iter().map(RunningSlots::held).sum::<usize>(), 0);
+}
+
+/// What keeps racing takes exact: a take waits for the one in progress on its key and then
+/// counts the slot that one took. Here the take in progress is an open transaction that holds
+/// the key's lock and has inserted a slot nobody else can see yet.
+#[tokio::test]
+async fn a_take_waits_for_the_take_in_progress_on_its_key() {
+    let (pool, replicas) = replicas(1).await;
+    let mut in_progress = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('k', 0))")
+        .execute(&mut *in_progress)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO running_slots (key, expires_at) \
+         VALUES ('k', clock_timestamp() + interval '30 seconds')",
+    )
+    .execute(&mut *in_progress)
+    .await
+    .unwrap();
+
+    let replica = replicas[0].clone();
+    let waiting = tokio::spawn(async move { take(&replica, "k", 1).await.is_some() });
+    // Another key does not wait.
+    assert!(take(&replicas[0], "other", 1).await.is_some());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the take did not wait for the lock");
+    in_progress.commit().await.unwrap();
+    assert!(
+        !waiting.await.unwrap(),
+        "the take did not count the slot taken before it"
+    );
+}
+
+#[tokio::test]
+async fn a_released_slot_is_free_on_every_replica_as_soon_as_release_returns() {
+    let (_pool, replicas) = replicas(2).await;
+    for round in 0..5 {
+        let permit = take(&replicas[round % 2], "k", 1)
+            .await
+            .expect("a free slot");
+        assert!(take(&replicas[(round + 1) % 2], "k", 1).await.is_none());
+        replicas[round % 2].release(permit).await;
+    }
+    assert!(take(&replicas[1], "k", 1).await.is_some());
+}
+
+#[tokio::test]
+async fn a_dropped_slot_is_given_back_in_the_background() {
+    let (pool, replicas) = replicas(2).await;
+    let permit = take(&replicas[0], "k", 1).await.unwrap();
+    drop(permit);
+    assert_eq!(replicas[0].held(), 0, "no longer renewed");
+    let mut waited = Duration::ZERO;
+    while !rows(&pool).await.is_empty() {
+        assert!(
+            waited < Duration::from_secs(5),
+            "the slot was never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
+    assert!(take(&replicas[1], "k", 1).await.is_some());
+}
+
+#[tokio::test]
+async fn a_dead_replicas_slot_counts_until_its_lease_expires_and_is_then_swept() {
+    let (pool, replicas) = replicas(2).await;
+    let db = Database::Postgres(pool.clone());
+    // A replica that dies with a call running neither releases nor renews its slot.
+    std::mem::forget(take(&replicas[0], "k", 1).await.unwrap());
+    assert!(take(&replicas[1], "k", 1).await.is_none());
+    assert_eq!(db.sweep_running_slots().await.unwrap(), 0);
+
+    // Its lease runs out (LEASE after its last renewal).
+    sqlx::query("UPDATE running_slots SET expires_at = clock_timestamp() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let next = take(&replicas[1], "k", 1)
+        .await
+        .expect("the expired slot no longer counts");
+    assert_eq!(rows(&pool).await, ["k", "k"]);
+    assert_eq!(db.sweep_running_slots().await.unwrap(), 1);
+    assert_eq!(rows(&pool).await, ["k"]);
+    // The live call's slot still counts.
+    assert!(take(&replicas[0], "k", 1).await.is_none());
+    replicas[1].release(next).await;
+    assert!(rows(&pool).await.is_empty());
+}
+
+/// Log lines written on this thread while `f` runs.
+async fn logs_of<F: std::future::Future<Output = ()>>(f: F) -> String {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter("aegis_seal_gateway=debug")
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    f.await;
+    String::from_utf8_lossy(&buffer.0.lock().unwrap()).into_owned()
+}
+
+#[tokio::test]
+async fn renewal_extends_the_leases_of_running_calls_and_reports_a_lapsed_one() {
+    let (pool, replicas) = replicas(2).await;
+    let running = take(&replicas[0], "k", 2).await.unwrap();
+    let lapsing = take(&replicas[0], "k", 2).await.unwrap();
+    let elsewhere = take(&replicas[1], "other", 1).await.unwrap();
+    sqlx::query("UPDATE running_slots SET expires_at = clock_timestamp() + interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // `lapsing`'s lease ran out while the database was unreachable, and the sweep took it.
+    sqlx::query(
+        "DELETE FROM running_slots WHERE id = (SELECT max(id) FROM running_slots WHERE key = 'k')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let logs = logs_of(async { replicas[0].renew().await.unwrap() }).await;
+    assert!(
+        logs.contains("Running slots lapsed before their calls ended") && logs.contains("lapsed=1"),
+        "{logs}"
+    );
+    let leases: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT key, extract(epoch FROM expires_at - clock_timestamp())::float8 \
+         FROM running_slots ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    // This replica's running call has a whole lease again; the other replica's is untouched.
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    assert_eq!(leases[0].0, "k");
+    assert!(leases[0].1 > 25.0, "{leases:?}");
+    assert_eq!(leases[1].0, "other");
+    assert!(leases[1].1 < 2.0, "{leases:?}");
+
+    // Once its calls have answered, a replica renews nothing.
+    replicas[0].release(running).await;
+    replicas[0].release(lapsing).await;
+    let logs = logs_of(async { replicas[0].renew().await.unwrap() }).await;
+    assert!(!logs.contains("lapsed"), "{logs}");
+    replicas[1].release(elsewhere).await;
+    assert!(rows(&pool).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_database_that_cannot_answer_is_an_error_not_a_verdict() {
+    let (pool, replicas) = replicas(1).await;
+    sqlx::query("DROP FUNCTION take_running_slot")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let result = replicas[0].try_acquire("k", 1).await;
+    assert!(result.is_err(), "{result:?}");
+    assert_eq!(replicas[0].held(), 0);
+}
+
+#[tokio::test]
+async fn sqlite_counts_in_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::connect(&support::sqlite_url(dir.path()))
+        .await
+        .unwrap();
+    let slots = RunningSlots::for_database(&db);
+    assert!(matches!(slots, RunningSlots::InProcess(_)));
+    let running = burst(std::slice::from_ref(&slots), "k", 3, 5).await;
+    assert_eq!(running.len(), 3);
+    assert_eq!(slots.held(), 3);
+    for permit in running {
+        slots.release(permit).await;
+    }
+    assert_eq!(slots.held(), 0);
+    assert!(slots.renew().await.is_ok());
+    assert_eq!(db.sweep_running_slots().await.unwrap(), 0);
+}
