@@ -199,18 +199,24 @@ async fn logs_of<F: std::future::Future<Output = ()>>(f: F) -> String {
 }
 
 #[tokio::test]
-async fn renewal_extends_the_leases_of_running_calls_and_reports_a_lapsed_one() {
+async fn renewal_extends_the_leases_of_running_calls_and_reports_lapsed_ones() {
     let (pool, replicas) = replicas(2).await;
-    let running = take(&replicas[0], "k", 2).await.unwrap();
-    let lapsing = take(&replicas[0], "k", 2).await.unwrap();
+    let running = take(&replicas[0], "k", 3).await.unwrap();
+    let swept = take(&replicas[0], "k", 3).await.unwrap();
+    let expired = take(&replicas[0], "k", 3).await.unwrap();
     let elsewhere = take(&replicas[1], "other", 1).await.unwrap();
     sqlx::query("UPDATE running_slots SET expires_at = clock_timestamp() + interval '1 second'")
         .execute(&pool)
         .await
         .unwrap();
-    // `lapsing`'s lease ran out while the database was unreachable, and the sweep took it.
+    // While the database was unreachable, two leases ran out: one was swept, the other not yet.
+    sqlx::query("DELETE FROM running_slots WHERE id = (SELECT min(id) + 1 FROM running_slots)")
+        .execute(&pool)
+        .await
+        .unwrap();
     sqlx::query(
-        "DELETE FROM running_slots WHERE id = (SELECT max(id) FROM running_slots WHERE key = 'k')",
+        "UPDATE running_slots SET expires_at = clock_timestamp() - interval '1 second' \
+         WHERE id = (SELECT min(id) + 2 FROM running_slots)",
     )
     .execute(&pool)
     .await
@@ -218,7 +224,7 @@ async fn renewal_extends_the_leases_of_running_calls_and_reports_a_lapsed_one() 
 
     let logs = logs_of(async { replicas[0].renew().await.unwrap() }).await;
     assert!(
-        logs.contains("Running slots lapsed before their calls ended") && logs.contains("lapsed=1"),
+        logs.contains("Running slots lapsed before their calls ended") && logs.contains("lapsed=2"),
         "{logs}"
     );
     let leases: Vec<(String, f64)> = sqlx::query_as(
@@ -228,16 +234,20 @@ async fn renewal_extends_the_leases_of_running_calls_and_reports_a_lapsed_one() 
     .fetch_all(&pool)
     .await
     .unwrap();
-    // This replica's running call has a whole lease again; the other replica's is untouched.
-    assert_eq!(leases.len(), 2, "{leases:?}");
+    // This replica's running call has a whole lease again, the lapsed one is not revived (a
+    // call may have taken its place), and the other replica's is untouched.
+    assert_eq!(leases.len(), 3, "{leases:?}");
     assert_eq!(leases[0].0, "k");
     assert!(leases[0].1 > 25.0, "{leases:?}");
-    assert_eq!(leases[1].0, "other");
-    assert!(leases[1].1 < 2.0, "{leases:?}");
+    assert_eq!(leases[1].0, "k");
+    assert!(leases[1].1 < 0.0, "{leases:?}");
+    assert_eq!(leases[2].0, "other");
+    assert!((0.0..2.0).contains(&leases[2].1), "{leases:?}");
 
     // Once its calls have answered, a replica renews nothing.
-    replicas[0].release(running).await;
-    replicas[0].release(lapsing).await;
+    for permit in [running, swept, expired] {
+        replicas[0].release(permit).await;
+    }
     let logs = logs_of(async { replicas[0].renew().await.unwrap() }).await;
     assert!(!logs.contains("lapsed"), "{logs}");
     replicas[1].release(elsewhere).await;

@@ -79,9 +79,9 @@ impl RunningSlots {
     }
 
     /// Extends the leases of this replica's running calls by [`LEASE`]; a no-op without any, and
-    /// on SQLite. A slot found gone while its call runs had lapsed (the database was unreachable
-    /// for longer than a lease) and another replica's call took its place: that is logged, and
-    /// the call runs on uncounted.
+    /// on SQLite. A slot found expired or gone while its call runs has lapsed (the database was
+    /// unreachable for longer than a lease), and another call may have taken its place: it is not
+    /// revived, the lapse is logged, and the call runs on uncounted.
     pub async fn renew(&self) -> Result<(), PersistenceError> {
         let Self::Shared(shared) = self else {
             return Ok(());
@@ -92,7 +92,7 @@ impl RunningSlots {
         }
         let renewed: Vec<i64> = sqlx::query_scalar(
             "UPDATE running_slots SET expires_at = clock_timestamp() + make_interval(secs => $2) \
-             WHERE id = ANY($1) RETURNING id",
+             WHERE id = ANY($1) AND expires_at > clock_timestamp() RETURNING id",
         )
         .bind(&ids)
         .bind(lease_secs())
