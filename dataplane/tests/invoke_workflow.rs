@@ -815,6 +815,8 @@ spec:
         upstream.release.add_permits(1);
         let (status, body) = call(other, &format!("jti-next-{round}")).await;
         assert_eq!(status, 200, "round {round}: {body}");
+        // Its arrival at the upstream, so that the next round waits for its own first call.
+        upstream.arrived.notified().await;
     }
 
     let Database::Postgres(pool) = &db else {
@@ -832,7 +834,7 @@ spec:
         message.to_owned(),
     );
     assert_eq!(blocked, [row.clone(), row.clone(), row]);
-    let slots: i64 = sqlx::query_scalar("SELECT count(*) FROM running_slots")
+    let slots: i64 = sqlx::query_scalar("SELECT count(*) FROM running_slots, unnest(slot_ids)")
         .fetch_one(pool)
         .await
         .unwrap();

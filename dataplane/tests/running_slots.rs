@@ -2,7 +2,7 @@
 //! (`running_slots`, migration 0006): each replica below is its own connection pool, as in a
 //! cluster. Exact under racing takes, a released slot free at once on every replica, a dropped
 //! one freed in the background, a dead replica's slots freed when their leases expire, leases
-//! renewed while their calls run, and expired slots swept.
+//! renewed while their calls run, and keys without a live slot swept.
 
 mod support;
 
@@ -47,12 +47,27 @@ async fn burst(
         .collect()
 }
 
-/// The keys of the slots in the table, expired or not.
+/// The key of each slot in the table, expired or not.
 async fn rows(pool: &PgPool) -> Vec<String> {
-    sqlx::query_scalar("SELECT key FROM running_slots ORDER BY id")
+    sqlx::query_scalar("SELECT key FROM running_slots, unnest(slot_ids) AS i ORDER BY key, i")
         .fetch_all(pool)
         .await
         .unwrap()
+}
+
+/// Lets every lease of `key` run out, as [`LEASE`] after their last renewal.
+///
+/// [`LEASE`]: aegis_seal_gateway::infrastructure::persistence::LEASE
+async fn expire(pool: &PgPool, key: &str) {
+    sqlx::query(
+        "UPDATE running_slots SET slot_expires = \
+         array_fill(clock_timestamp() - interval '1 second', ARRAY[cardinality(slot_ids)]) \
+         WHERE key = $1",
+    )
+    .bind(key)
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -85,23 +100,19 @@ async fn replicas_share_one_limit_exactly_even_when_calls_race() {
 }
 
 /// What keeps racing takes exact: a take waits for the one in progress on its key and then
-/// counts the slot that one took. Here the take in progress is an open transaction that holds
-/// the key's lock and has inserted a slot nobody else can see yet.
+/// counts the slot that one took. Here the take in progress is an open transaction.
 #[tokio::test]
 async fn a_take_waits_for_the_take_in_progress_on_its_key() {
     let (pool, replicas) = replicas(1).await;
+    // The key's row exists, as for a session that has made calls before.
+    let earlier = take(&replicas[0], "k", 1).await.unwrap();
+    replicas[0].release(earlier).await;
     let mut in_progress = pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('k', 0))")
-        .execute(&mut *in_progress)
+    let taken: Option<i64> = sqlx::query_scalar("SELECT take_running_slot('k', 1, 30)")
+        .fetch_one(&mut *in_progress)
         .await
         .unwrap();
-    sqlx::query(
-        "INSERT INTO running_slots (key, expires_at) \
-         VALUES ('k', clock_timestamp() + interval '30 seconds')",
-    )
-    .execute(&mut *in_progress)
-    .await
-    .unwrap();
+    assert!(taken.is_some());
 
     let replica = replicas[0].clone();
     let waiting = tokio::spawn(async move { take(&replica, "k", 1).await.is_some() });
@@ -148,7 +159,7 @@ async fn a_dropped_slot_is_given_back_in_the_background() {
 }
 
 #[tokio::test]
-async fn a_dead_replicas_slot_counts_until_its_lease_expires_and_is_then_swept() {
+async fn a_dead_replicas_slots_count_until_their_leases_expire() {
     let (pool, replicas) = replicas(2).await;
     let db = Database::Postgres(pool.clone());
     // A replica that dies with a call running neither releases nor renews its slot.
@@ -156,21 +167,25 @@ async fn a_dead_replicas_slot_counts_until_its_lease_expires_and_is_then_swept()
     assert!(take(&replicas[1], "k", 1).await.is_none());
     assert_eq!(db.sweep_running_slots().await.unwrap(), 0);
 
-    // Its lease runs out (LEASE after its last renewal).
-    sqlx::query("UPDATE running_slots SET expires_at = clock_timestamp() - interval '1 second'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    expire(&pool, "k").await;
     let next = take(&replicas[1], "k", 1)
         .await
         .expect("the expired slot no longer counts");
-    assert_eq!(rows(&pool).await, ["k", "k"]);
+    // The take dropped the expired slot; the live call's slot counts.
+    assert_eq!(rows(&pool).await, ["k"]);
+    assert!(take(&replicas[0], "k", 1).await.is_none());
+    assert_eq!(db.sweep_running_slots().await.unwrap(), 0);
+
+    // A key whose every slot has expired is swept.
+    std::mem::forget(take(&replicas[0], "gone", 2).await.unwrap());
+    std::mem::forget(take(&replicas[0], "gone", 2).await.unwrap());
+    expire(&pool, "gone").await;
     assert_eq!(db.sweep_running_slots().await.unwrap(), 1);
     assert_eq!(rows(&pool).await, ["k"]);
-    // The live call's slot still counts.
-    assert!(take(&replicas[0], "k", 1).await.is_none());
     replicas[1].release(next).await;
     assert!(rows(&pool).await.is_empty());
+    // A key whose calls have all answered is swept too.
+    assert_eq!(db.sweep_running_slots().await.unwrap(), 1);
 }
 
 /// Log lines written on this thread while `f` runs.
@@ -202,21 +217,22 @@ async fn logs_of<F: std::future::Future<Output = ()>>(f: F) -> String {
 async fn renewal_extends_the_leases_of_running_calls_and_reports_lapsed_ones() {
     let (pool, replicas) = replicas(2).await;
     let running = take(&replicas[0], "k", 3).await.unwrap();
-    let swept = take(&replicas[0], "k", 3).await.unwrap();
+    let dropped = take(&replicas[0], "k", 3).await.unwrap();
     let expired = take(&replicas[0], "k", 3).await.unwrap();
     let elsewhere = take(&replicas[1], "other", 1).await.unwrap();
-    sqlx::query("UPDATE running_slots SET expires_at = clock_timestamp() + interval '1 second'")
-        .execute(&pool)
-        .await
-        .unwrap();
-    // While the database was unreachable, two leases ran out: one was swept, the other not yet.
-    sqlx::query("DELETE FROM running_slots WHERE id = (SELECT min(id) + 1 FROM running_slots)")
-        .execute(&pool)
-        .await
-        .unwrap();
     sqlx::query(
-        "UPDATE running_slots SET expires_at = clock_timestamp() - interval '1 second' \
-         WHERE id = (SELECT min(id) + 2 FROM running_slots)",
+        "UPDATE running_slots SET slot_expires = \
+         array_fill(clock_timestamp() + interval '1 second', ARRAY[cardinality(slot_ids)])",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // While the database was unreachable, two leases ran out: a take has dropped one already,
+    // the other is still there.
+    sqlx::query(
+        "UPDATE running_slots SET slot_ids = slot_ids[1:1] || slot_ids[3:3], \
+         slot_expires = slot_expires[1:1] || (clock_timestamp() - interval '1 second') \
+         WHERE key = 'k'",
     )
     .execute(&pool)
     .await
@@ -228,8 +244,8 @@ async fn renewal_extends_the_leases_of_running_calls_and_reports_lapsed_ones() {
         "{logs}"
     );
     let leases: Vec<(String, f64)> = sqlx::query_as(
-        "SELECT key, extract(epoch FROM expires_at - clock_timestamp())::float8 \
-         FROM running_slots ORDER BY id",
+        "SELECT key, extract(epoch FROM e - clock_timestamp())::float8 \
+         FROM running_slots, unnest(slot_ids, slot_expires) AS s(i, e) ORDER BY i",
     )
     .fetch_all(&pool)
     .await
@@ -245,7 +261,7 @@ async fn renewal_extends_the_leases_of_running_calls_and_reports_lapsed_ones() {
     assert!((0.0..2.0).contains(&leases[2].1), "{leases:?}");
 
     // Once its calls have answered, a replica renews nothing.
-    for permit in [running, swept, expired] {
+    for permit in [running, dropped, expired] {
         replicas[0].release(permit).await;
     }
     let logs = logs_of(async { replicas[0].renew().await.unwrap() }).await;

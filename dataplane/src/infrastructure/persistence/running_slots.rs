@@ -8,7 +8,7 @@
 //! [`LEASE_RENEWAL`], and a slot left by a replica that died stops counting [`LEASE`] after its
 //! last renewal.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -39,8 +39,8 @@ pub enum RunningSlots {
 #[derive(Debug, Clone)]
 pub struct SharedSlots {
     pool: PgPool,
-    /// The ids of the slots of this replica's running calls: those it renews.
-    held: Arc<Mutex<HashSet<i64>>>,
+    /// The slots of this replica's running calls, by id, with their keys: those it renews.
+    held: Arc<Mutex<HashMap<i64, String>>>,
 }
 
 /// A running call's slot, held until [`Slots::release`] (or, failing that, its drop) gives it
@@ -51,10 +51,11 @@ pub enum SlotPermit {
     Shared(SharedSlot),
 }
 
-/// One row of `running_slots`, held by a call running on this replica.
+/// One slot in `running_slots`, held by a call running on this replica.
 #[derive(Debug)]
 pub struct SharedSlot {
     id: i64,
+    key: String,
     slots: SharedSlots,
     released: bool,
 }
@@ -86,26 +87,28 @@ impl RunningSlots {
         let Self::Shared(shared) = self else {
             return Ok(());
         };
-        let ids: Vec<i64> = shared.lock().iter().copied().collect();
+        let (ids, keys): (Vec<i64>, Vec<String>) = shared
+            .lock()
+            .iter()
+            .map(|(id, key)| (*id, key.clone()))
+            .unzip();
         if ids.is_empty() {
             return Ok(());
         }
-        let renewed: Vec<i64> = sqlx::query_scalar(
-            "UPDATE running_slots SET expires_at = clock_timestamp() + make_interval(secs => $2) \
-             WHERE id = ANY($1) AND expires_at > clock_timestamp() RETURNING id",
-        )
-        .bind(&ids)
-        .bind(lease_secs())
-        .fetch_all(&shared.pool)
-        .await?;
+        let renewed: Vec<i64> = sqlx::query_scalar("SELECT renew_running_slots($1, $2, $3)")
+            .bind(&keys)
+            .bind(&ids)
+            .bind(lease_secs())
+            .fetch_all(&shared.pool)
+            .await?;
         if renewed.len() < ids.len() {
             let renewed: HashSet<i64> = renewed.into_iter().collect();
-            // A call's slot leaves `held` before its row is deleted, so a slot still held here
+            // A call's slot leaves `held` before it is given back, so a slot still held here
             // was not released: its lease lapsed.
             let held = shared.lock();
             let lapsed = ids
                 .iter()
-                .filter(|id| !renewed.contains(id) && held.contains(id))
+                .filter(|id| !renewed.contains(id) && held.contains_key(id))
                 .count();
             if lapsed > 0 {
                 tracing::warn!(
@@ -119,12 +122,13 @@ impl RunningSlots {
 }
 
 impl SharedSlots {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, String>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn delete(pool: &PgPool, id: i64) -> Result<(), PersistenceError> {
-        sqlx::query("DELETE FROM running_slots WHERE id = $1")
+    async fn release(pool: &PgPool, key: &str, id: i64) -> Result<(), PersistenceError> {
+        sqlx::query("SELECT release_running_slot($1, $2)")
+            .bind(key)
             .bind(id)
             .execute(pool)
             .await?;
@@ -153,9 +157,10 @@ impl Slots for RunningSlots {
                     .fetch_one(&shared.pool)
                     .await?;
                 Ok(id.map(|id| {
-                    shared.lock().insert(id);
+                    shared.lock().insert(id, key.to_owned());
                     SlotPermit::Shared(SharedSlot {
                         id,
+                        key: key.to_owned(),
                         slots: shared.clone(),
                         released: false,
                     })
@@ -170,7 +175,7 @@ impl Slots for RunningSlots {
         };
         slot.released = true;
         slot.slots.lock().remove(&slot.id);
-        if let Err(e) = SharedSlots::delete(&slot.slots.pool, slot.id).await {
+        if let Err(e) = SharedSlots::release(&slot.slots.pool, &slot.key, slot.id).await {
             // No longer renewed, the slot stops counting when its lease expires.
             tracing::warn!(
                 error = %e,
@@ -190,9 +195,13 @@ impl Drop for SharedSlot {
         }
         self.slots.lock().remove(&self.id);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (pool, id) = (self.slots.pool.clone(), self.id);
+            let (pool, key, id) = (
+                self.slots.pool.clone(),
+                std::mem::take(&mut self.key),
+                self.id,
+            );
             runtime.spawn(async move {
-                if let Err(e) = SharedSlots::delete(&pool, id).await {
+                if let Err(e) = SharedSlots::release(&pool, &key, id).await {
                     tracing::warn!(
                             error = %e,
                         lease_secs = LEASE.as_secs(),
@@ -205,20 +214,21 @@ impl Drop for SharedSlot {
 }
 
 impl Database {
-    /// Deletes the shared running slots whose lease has expired, in batches of [`SWEEP_BATCH`]:
-    /// they count for nothing already. Returns the rows deleted (none on SQLite, which keeps no
-    /// such table).
+    /// Deletes the shared running-slot rows of keys with no unexpired slot, in batches of
+    /// [`SWEEP_BATCH`]: such a row allows the next take exactly as no row does. Returns the rows
+    /// deleted (none on SQLite, which keeps no such table).
     pub async fn sweep_running_slots(&self) -> Result<u64, PersistenceError> {
         let Self::Postgres(pool) = self else {
             return Ok(0);
         };
         let mut total = 0;
         loop {
-            // The outer condition is checked again on a row that a renewal updated meanwhile, so
-            // a lease renewed since the inner select is kept.
+            // The outer condition is checked again on a row that a take or a renewal updated
+            // meanwhile, so a key given a live slot since the inner select is kept.
             let deleted = sqlx::query(
-                "DELETE FROM running_slots WHERE expires_at < clock_timestamp() AND id IN \
-                 (SELECT id FROM running_slots WHERE expires_at < clock_timestamp() LIMIT $1)",
+                "DELETE FROM running_slots WHERE NOT (clock_timestamp() < ANY(slot_expires)) \
+                 AND key IN (SELECT key FROM running_slots \
+                             WHERE NOT (clock_timestamp() < ANY(slot_expires)) LIMIT $1)",
             )
             .bind(SWEEP_BATCH)
             .execute(pool)
