@@ -146,12 +146,16 @@ async fn dispatch(
             run_cli_tool(state, &call, tool, user_token, &mut events).await
         }
     };
-    // The call's events are durable before the caller hears about it.
-    let response = match audit_commit(state, events).await {
+    // The call's events are durable before the caller hears about it, and its running slot is
+    // free: its work is done, so the slot goes back while the events commit, not after.
+    let (committed, ()) = tokio::join!(
+        audit_commit(state, events),
+        state.invocation.finish(call.grant.running.take())
+    );
+    let response = match committed {
         Ok(()) => response,
         Err(e) => unavailable(HANDLER, &e),
     };
-    state.invocation.finish(call.grant.running.take()).await;
     let ok = response.status().is_success();
     state
         .metrics
