@@ -273,12 +273,20 @@ async fn renewal_extends_the_leases_of_running_calls_and_reports_lapsed_ones() {
 #[tokio::test]
 async fn a_database_that_cannot_answer_is_an_error_not_a_verdict() {
     let (pool, replicas) = replicas(1).await;
-    sqlx::query("DROP FUNCTION take_running_slot")
+    let running = take(&replicas[0], "k", 1).await.unwrap();
+    sqlx::query("DROP FUNCTION take_running_slot, release_running_slot")
         .execute(&pool)
         .await
         .unwrap();
-    let result = replicas[0].try_acquire("k", 1).await;
+    let result = replicas[0].try_acquire("k", 2).await;
     assert!(result.is_err(), "{result:?}");
+    assert_eq!(replicas[0].held(), 1);
+    // A release that fails is logged; the slot is no longer renewed, so its lease runs out.
+    let logs = logs_of(replicas[0].release(running)).await;
+    assert!(
+        logs.contains("Running slot release failed; the slot frees when its lease expires"),
+        "{logs}"
+    );
     assert_eq!(replicas[0].held(), 0);
 }
 

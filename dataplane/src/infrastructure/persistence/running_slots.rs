@@ -126,13 +126,21 @@ impl SharedSlots {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn release(pool: &PgPool, key: &str, id: i64) -> Result<(), PersistenceError> {
-        sqlx::query("SELECT release_running_slot($1, $2)")
+    /// Gives the slot back. On failure the slot, no longer renewed, stops counting when its
+    /// lease expires, so the call's answer does not wait for the database to come back.
+    async fn give_back(pool: &PgPool, key: &str, id: i64) {
+        let released = sqlx::query("SELECT release_running_slot($1, $2)")
             .bind(key)
             .bind(id)
             .execute(pool)
-            .await?;
-        Ok(())
+            .await;
+        if let Err(e) = released {
+            tracing::warn!(
+                error = %e,
+                lease_secs = LEASE.as_secs(),
+                "Running slot release failed; the slot frees when its lease expires"
+            );
+        }
     }
 }
 
@@ -175,19 +183,12 @@ impl Slots for RunningSlots {
         };
         slot.released = true;
         slot.slots.lock().remove(&slot.id);
-        if let Err(e) = SharedSlots::release(&slot.slots.pool, &slot.key, slot.id).await {
-            // No longer renewed, the slot stops counting when its lease expires.
-            tracing::warn!(
-                error = %e,
-                lease_secs = LEASE.as_secs(),
-                "Running slot release failed; the slot frees when its lease expires"
-            );
-        }
+        SharedSlots::give_back(&slot.slots.pool, &slot.key, slot.id).await;
     }
 }
 
 /// A slot dropped without [`Slots::release`] (its call's task was cancelled) is given back in the
-/// background: nobody waits for it, and if that fails too, its lease expires.
+/// background: nobody waits for it.
 impl Drop for SharedSlot {
     fn drop(&mut self) {
         if self.released {
@@ -200,15 +201,7 @@ impl Drop for SharedSlot {
                 std::mem::take(&mut self.key),
                 self.id,
             );
-            runtime.spawn(async move {
-                if let Err(e) = SharedSlots::release(&pool, &key, id).await {
-                    tracing::warn!(
-                            error = %e,
-                        lease_secs = LEASE.as_secs(),
-                        "Running slot release failed; the slot frees when its lease expires"
-                    );
-                }
-            });
+            runtime.spawn(async move { SharedSlots::give_back(&pool, &key, id).await });
         }
     }
 }
