@@ -33,7 +33,7 @@ use sqlx::Executor;
 
 use crate::gateway::Gateway;
 use crate::load::{Outcome, Pace, Requests};
-use crate::manifests::{DENIED, ONE_STEP, ONE_STEP_CREDENTIAL, THREE_STEPS};
+use crate::manifests::{DENIED, ONE_STEP, ONE_STEP_CREDENTIAL, ONE_STEP_LIMITED, THREE_STEPS};
 use crate::report::Row;
 use crate::signer::{Call, Signer};
 
@@ -126,6 +126,7 @@ fn main() -> anyhow::Result<()> {
 /// The calls the workloads make.
 struct Calls {
     one_step: Call,
+    one_step_limited: Call,
     one_step_credential: Call,
     three_steps: Call,
     denied: Call,
@@ -136,6 +137,9 @@ struct Backend {
     database: &'static str,
     one_step_closed: Outcome,
     one_step_open: Outcome,
+    /// The limited workload, closed loop and fixed rate.
+    limited_closed: Outcome,
+    limited_open: Outcome,
     /// The credential workload, closed loop and fixed rate (SQLite only).
     credential: Option<(Outcome, Outcome)>,
 }
@@ -143,6 +147,8 @@ struct Backend {
 /// The credential workload's name, on this gateway and on upstream's.
 const CREDENTIAL_WORKLOAD: &str = "1-step + KV credential";
 const UPSTREAM_CREDENTIAL_WORKLOAD: &str = "upstream gw 1.2.0-beta: 1-step + KV credential";
+/// The limited workload's name.
+const LIMITED_WORKLOAD: &str = "1-step + rate_limit, max_concurrent";
 
 async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
     let sizes = Sizes::of(&args);
@@ -157,6 +163,10 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
     let calls = Calls {
         one_step: Call {
             tool: ONE_STEP,
+            arguments: json!({"name": "bench"}),
+        },
+        one_step_limited: Call {
+            tool: ONE_STEP_LIMITED,
             arguments: json!({"name": "bench"}),
         },
         one_step_credential: Call {
@@ -282,6 +292,17 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
             sizes.rate,
             b.one_step_open.ms(0.5) - direct.ms(0.5),
             b.one_step_open.ms(0.99) - direct.ms(0.99),
+        );
+    }
+    for b in &backends {
+        let _ = writeln!(
+            out,
+            "{}: counting a rate_limit and a max_concurrent ({LIMITED_WORKLOAD}): {:.2}x the 1-step throughput; at {:.0} req/s p50 {:+.3} ms, p99 {:+.3} ms over the 1-step workflow",
+            b.database,
+            b.limited_closed.throughput() / b.one_step_closed.throughput(),
+            sizes.rate,
+            b.limited_open.ms(0.5) - b.one_step_open.ms(0.5),
+            b.limited_open.ms(0.99) - b.one_step_open.ms(0.99),
         );
     }
     if let (Some((theirs_closed, theirs_open)), Some((ours_closed, ours_open))) =
@@ -540,6 +561,22 @@ impl Runner<'_> {
             true,
         )
         .await?;
+        let limited_closed = run(
+            LIMITED_WORKLOAD,
+            s.closed(),
+            200,
+            invoke(&self.calls.one_step_limited, s.requests)?,
+            true,
+        )
+        .await?;
+        let limited_open = run(
+            LIMITED_WORKLOAD,
+            s.open(),
+            200,
+            invoke(&self.calls.one_step_limited, s.rate_requests)?,
+            true,
+        )
+        .await?;
         let mut credential = None;
         if all {
             let closed = run(
@@ -606,12 +643,16 @@ impl Runner<'_> {
             database,
             one_step_closed: closed.outcome.clone(),
             one_step_open: open.outcome.clone(),
+            limited_closed: limited_closed.outcome.clone(),
+            limited_open: limited_open.outcome.clone(),
             credential,
         };
         let health = if all { Some(measured.remove(0)) } else { None };
         rows.extend(health);
         rows.push(closed);
         rows.push(open);
+        rows.push(limited_closed);
+        rows.push(limited_open);
         rows.extend(measured);
         Ok(backend)
     }

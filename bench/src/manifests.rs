@@ -15,6 +15,10 @@ pub const THREE_STEPS: &str = "bench_three_steps";
 pub const ONE_STEP_CREDENTIAL: &str = "bench_one_step_credential";
 /// The static credential's KV key.
 pub const CREDENTIAL_KEY: &str = "bench";
+/// The one-step workflow under a capability with a `rate_limit` and a `max_concurrent`, both
+/// far above what the bench reaches: what counting them costs a call (one statement each way on
+/// Postgres, shared by replicas; nothing but memory on SQLite).
+pub const ONE_STEP_LIMITED: &str = "bench_one_step_limited";
 /// Refused by the context's deny list (`admin.*`) before anything runs.
 pub const DENIED: &str = "admin.purge";
 
@@ -51,7 +55,12 @@ fn security_context() -> Value {
         "metadata": {"name": SECURITY_CONTEXT},
         "spec": {
             "description": "What the bench agent may call",
-            "capabilities": [{"tool_pattern": "*"}],
+            // The limited capability first: the first capability that allows a call counts it.
+            "capabilities": [
+                {"tool_pattern": ONE_STEP_LIMITED, "max_concurrent": 1000,
+                 "rate_limit": {"calls": 1_000_000_000, "per_seconds": 60}},
+                {"tool_pattern": "*"},
+            ],
             "deny_list": ["admin.*"],
         },
     })
@@ -135,6 +144,7 @@ pub fn write(
     let documents = [
         security_context(),
         one_step(ONE_STEP, upstream),
+        one_step(ONE_STEP_LIMITED, upstream),
         one_step_credential(upstream),
         three_steps(upstream),
     ];
