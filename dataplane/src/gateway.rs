@@ -350,7 +350,7 @@ async fn sweep(state: Arc<GatewayState>) {
         );
         log_sweep(
             state.db.sweep_running_slots().await,
-            "running slots past their lease deleted",
+            "running-slot keys without a live slot deleted",
             "running slot sweep failed",
         );
         log_sweep(
