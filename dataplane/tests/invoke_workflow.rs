@@ -599,6 +599,34 @@ spec:
     gateway.shutdown().await;
 }
 
+/// Two replicas serving `manifests` on one fresh Postgres database, each with its own pool as in
+/// a cluster, and the signer's session registered; also a pool of the test's own.
+async fn postgres_replicas(
+    manifests: &str,
+    signer: &support::Signer,
+) -> (Database, Vec<RunningGateway>) {
+    let snapshot = support::snapshot_of(manifests);
+    let url = support::fresh_postgres_url().await;
+    let db = Database::connect(&url).await.unwrap();
+    db.upsert_session(&signer.session_record(chrono::Utc::now()))
+        .await
+        .unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let pool = Database::connect(&url).await.unwrap();
+        let replica = RunningGateway::start(
+            &signer.gateway_config(&[]),
+            pool,
+            snapshot.clone(),
+            Clock::System,
+        )
+        .await
+        .unwrap();
+        replicas.push(replica);
+    }
+    (db, replicas)
+}
+
 /// Reference §5.4 `rate_limit` with checklist #60 [FIX] (enforced, code 2005): a capability's
 /// `rate_limit` lets a session make `calls` calls of it per `per_seconds`; the next is a 403 SEAL
 /// error with code 2005 and `rate limit exceeded: <tool> (<calls> calls per <per_seconds> s)`,
@@ -692,26 +720,8 @@ spec:
 #[tokio::test]
 async fn replicas_on_postgres_share_a_capability_rate_limit() {
     let (upstream, hits) = counting_upstream().await;
-    let snapshot = support::snapshot_of(&limited_tool(upstream, 3));
     let signer = support::Signer::from_vectors();
-    let url = support::fresh_postgres_url().await;
-    let db = Database::connect(&url).await.unwrap();
-    db.upsert_session(&signer.session_record(chrono::Utc::now()))
-        .await
-        .unwrap();
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let pool = Database::connect(&url).await.unwrap();
-        let replica = RunningGateway::start(
-            &signer.gateway_config(&[]),
-            pool,
-            snapshot.clone(),
-            Clock::System,
-        )
-        .await
-        .unwrap();
-        replicas.push(replica);
-    }
+    let (db, replicas) = postgres_replicas(&limited_tool(upstream, 3), &signer).await;
 
     let now = chrono::Utc::now().timestamp();
     let mut answers = Vec::new();
@@ -772,26 +782,8 @@ spec:
   capabilities: [{tool_pattern: slow-tool, max_concurrent: 1}]
 "#,
     );
-    let snapshot = support::snapshot_of(&manifest);
     let signer = support::Signer::from_vectors();
-    let url = support::fresh_postgres_url().await;
-    let db = Database::connect(&url).await.unwrap();
-    db.upsert_session(&signer.session_record(chrono::Utc::now()))
-        .await
-        .unwrap();
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let pool = Database::connect(&url).await.unwrap();
-        let replica = RunningGateway::start(
-            &signer.gateway_config(&[]),
-            pool,
-            snapshot.clone(),
-            Clock::System,
-        )
-        .await
-        .unwrap();
-        replicas.push(replica);
-    }
+    let (db, replicas) = postgres_replicas(&manifest, &signer).await;
     let now = chrono::Utc::now().timestamp();
     let call = |replica: usize, jti: &str| {
         let body = signer.envelope("slow-tool", json!({}), jti, now);

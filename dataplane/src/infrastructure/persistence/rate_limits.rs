@@ -9,7 +9,7 @@ use std::time::Instant;
 use aegis_seal_crds::RateLimit;
 use sqlx::postgres::PgPool;
 
-use super::replay::SWEEP_BATCH;
+use super::replay::delete_in_batches;
 use super::{Database, PersistenceError};
 use crate::domain::policy::{Quota, RateLimiter};
 
@@ -53,29 +53,20 @@ impl Quota for RateLimits {
 
 impl Database {
     /// Deletes the shared rate-limit logs whose every call has left its window, in batches of
-    /// [`SWEEP_BATCH`]: such a log allows the next call exactly as no log does. Returns the rows
-    /// deleted (none on SQLite, which keeps no such table).
+    /// [`SWEEP_BATCH`](super::replay::SWEEP_BATCH): such a log allows the next call exactly as no
+    /// log does. Returns the rows deleted (none on SQLite, which keeps no such table).
     pub async fn sweep_rate_limits(&self) -> Result<u64, PersistenceError> {
         let Self::Postgres(pool) = self else {
             return Ok(0);
         };
-        let mut total = 0;
-        loop {
-            // The database's own clock, as `take_rate_limit_quota` stamps calls with it. A log
-            // that a call is extending holds its row lock; the outer condition is checked again
-            // on the row that call leaves, so a log it just extended is kept.
-            let deleted = sqlx::query(
-                "DELETE FROM rate_limit_logs WHERE expires_at < clock_timestamp() AND key IN \
-                 (SELECT key FROM rate_limit_logs WHERE expires_at < clock_timestamp() LIMIT $1)",
-            )
-            .bind(SWEEP_BATCH)
-            .execute(pool)
-            .await?
-            .rows_affected();
-            total += deleted;
-            if deleted < SWEEP_BATCH as u64 {
-                return Ok(total);
-            }
-        }
+        // The database's own clock, as `take_rate_limit_quota` stamps calls with it. A log
+        // that a call is extending holds its row lock; the outer condition is checked again
+        // on the row that call leaves, so a log it just extended is kept.
+        delete_in_batches(
+            pool,
+            "DELETE FROM rate_limit_logs WHERE expires_at < clock_timestamp() AND key IN \
+             (SELECT key FROM rate_limit_logs WHERE expires_at < clock_timestamp() LIMIT $1)",
+        )
+        .await
     }
 }

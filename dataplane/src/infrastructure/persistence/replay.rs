@@ -21,6 +21,26 @@ use super::{Database, PersistenceError};
 
 /// Rows deleted per statement by the sweep, so no statement holds a connection for long.
 pub const SWEEP_BATCH: i64 = 1000;
+
+/// Runs `delete`, whose `$1` bounds the rows it deletes, with [`SWEEP_BATCH`] until a run
+/// deletes fewer: the rows deleted in all.
+pub(super) async fn delete_in_batches(
+    pool: &PgPool,
+    delete: &'static str,
+) -> Result<u64, PersistenceError> {
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(delete)
+            .bind(SWEEP_BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        total += deleted;
+        if deleted < SWEEP_BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
 /// How long a row outlives its `expires_at` before the sweep deletes it. Deleting decides
 /// nothing (an expired row is reused by the next first use), except when the sweeping replica's
 /// clock runs ahead of another's: that replica could then accept, as a first use, the replay of

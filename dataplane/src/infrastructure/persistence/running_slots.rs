@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgPool;
 
-use super::replay::SWEEP_BATCH;
+use super::replay::delete_in_batches;
 use super::{Database, PersistenceError};
 use crate::domain::policy::{ConcurrencyLimiter, RunningPermit, Slots};
 
@@ -208,29 +208,20 @@ impl Drop for SharedSlot {
 
 impl Database {
     /// Deletes the shared running-slot rows of keys with no unexpired slot, in batches of
-    /// [`SWEEP_BATCH`]: such a row allows the next take exactly as no row does. Returns the rows
-    /// deleted (none on SQLite, which keeps no such table).
+    /// [`SWEEP_BATCH`](super::replay::SWEEP_BATCH): such a row allows the next take exactly as no
+    /// row does. Returns the rows deleted (none on SQLite, which keeps no such table).
     pub async fn sweep_running_slots(&self) -> Result<u64, PersistenceError> {
         let Self::Postgres(pool) = self else {
             return Ok(0);
         };
-        let mut total = 0;
-        loop {
-            // The outer condition is checked again on a row that a take or a renewal updated
-            // meanwhile, so a key given a live slot since the inner select is kept.
-            let deleted = sqlx::query(
-                "DELETE FROM running_slots WHERE NOT (clock_timestamp() < ANY(slot_expires)) \
-                 AND key IN (SELECT key FROM running_slots \
-                             WHERE NOT (clock_timestamp() < ANY(slot_expires)) LIMIT $1)",
-            )
-            .bind(SWEEP_BATCH)
-            .execute(pool)
-            .await?
-            .rows_affected();
-            total += deleted;
-            if deleted < SWEEP_BATCH as u64 {
-                return Ok(total);
-            }
-        }
+        // The outer condition is checked again on a row that a take or a renewal updated
+        // meanwhile, so a key given a live slot since the inner select is kept.
+        delete_in_batches(
+            pool,
+            "DELETE FROM running_slots WHERE NOT (clock_timestamp() < ANY(slot_expires)) \
+             AND key IN (SELECT key FROM running_slots \
+                         WHERE NOT (clock_timestamp() < ANY(slot_expires)) LIMIT $1)",
+        )
+        .await
     }
 }
