@@ -542,11 +542,10 @@ spec:
     )
 }
 
-#[tokio::test]
-async fn a_session_runs_at_most_max_concurrent_calls_of_a_capability() {
-    let upstream = held_upstream().await;
-    let manifest = slow_tool(
-        upstream.addr,
+/// `slow-tool`, which the default context lets a session run once at a time.
+fn slow_tool_one_at_a_time(upstream: SocketAddr) -> String {
+    slow_tool(
+        upstream,
         r#"---
 apiVersion: seal.100monkeys.ai/v1
 kind: SecurityContext
@@ -554,7 +553,13 @@ metadata: {name: aegis-system-default}
 spec:
   capabilities: [{tool_pattern: slow-tool, max_concurrent: 1}]
 "#,
-    );
+    )
+}
+
+#[tokio::test]
+async fn a_session_runs_at_most_max_concurrent_calls_of_a_capability() {
+    let upstream = held_upstream().await;
+    let manifest = slow_tool_one_at_a_time(upstream.addr);
     let (gateway, db, signer, _dir) = sqlite_gateway(&manifest, &[]).await;
     let now = chrono::Utc::now();
     let call = |jti: &'static str| {
@@ -772,16 +777,7 @@ async fn replicas_on_postgres_share_a_capability_rate_limit() {
 #[tokio::test]
 async fn replicas_on_postgres_share_a_capability_max_concurrent() {
     let upstream = held_upstream().await;
-    let manifest = slow_tool(
-        upstream.addr,
-        r#"---
-apiVersion: seal.100monkeys.ai/v1
-kind: SecurityContext
-metadata: {name: aegis-system-default}
-spec:
-  capabilities: [{tool_pattern: slow-tool, max_concurrent: 1}]
-"#,
-    );
+    let manifest = slow_tool_one_at_a_time(upstream.addr);
     let signer = support::Signer::from_vectors();
     let (db, replicas) = postgres_replicas(&manifest, &signer).await;
     let now = chrono::Utc::now().timestamp();
