@@ -367,6 +367,77 @@ async fn catalog_tables_mirror_the_served_snapshot_on_both_backends() {
 }
 
 #[tokio::test]
+async fn a_large_catalog_is_mirrored_in_full_and_a_name_given_twice_keeps_its_last_entry_on_both_backends()
+ {
+    let mut snapshot = support::snapshot_of(CATALOG);
+    let template = snapshot.workflows[0].clone();
+    // More rows than one statement writes (500), so the sync takes several, and a tenant-less one.
+    for i in 0..1_201 {
+        let mut workflow = template.clone();
+        workflow.tool_name = format!("tool_{i}");
+        workflow.source.name = format!("tool-{i}");
+        workflow.tenant_id = (i % 2 == 0).then(|| "acme".to_owned());
+        snapshot.workflows.push(workflow);
+    }
+    // Compiling refuses a name defined twice, but a snapshot built otherwise may hold one: the
+    // later entry wins, as it did when each entry was its own statement.
+    let mut again = template.clone();
+    again.description = "the later one".into();
+    again.source.name = "echo-message-again".into();
+    snapshot.workflows.push(again.clone());
+    let mut context_again = snapshot.security_contexts[0].clone();
+    context_again.description = "the later context".into();
+    snapshot.security_contexts.push(context_again);
+
+    for (backend, url, _dir) in support::both_backends().await {
+        let db = Database::connect(&url).await.unwrap();
+        for _ in 0..2 {
+            db.sync_catalog(&snapshot, CatalogSource::Manifest)
+                .await
+                .unwrap();
+            let count = query_text(
+                &db,
+                "SELECT CAST(COUNT(*) AS TEXT) FROM workflows WHERE source = 'manifest'",
+            )
+            .await;
+            assert_eq!(count, [[Some("1202".into())]], "{backend}");
+        }
+        let rows = query_text(
+            &db,
+            "SELECT id, description FROM workflows WHERE name = 'echo_message'",
+        )
+        .await;
+        assert_eq!(
+            rows,
+            [[
+                Some(aegis_seal_gateway::infrastructure::persistence::row_id(
+                    &again.source
+                )),
+                Some("the later one".into())
+            ]],
+            "{backend}"
+        );
+        let rows = query_text(
+            &db,
+            "SELECT tenant_id, steps->0->>'name' FROM workflows WHERE name IN ('tool_0', 'tool_1199', 'tool_1200') ORDER BY name",
+        )
+        .await;
+        assert_eq!(
+            rows,
+            [
+                [Some("acme".into()), Some("echo".into())],
+                [None, Some("echo".into())],
+                [Some("acme".into()), Some("echo".into())]
+            ],
+            "{backend}"
+        );
+        let rows = query_text(&db, "SELECT description FROM security_contexts").await;
+        assert_eq!(rows, [[Some("the later context".into())]], "{backend}");
+        db.close().await;
+    }
+}
+
+#[tokio::test]
 async fn an_exhausted_pool_reports_pool_timed_out_on_both_backends() {
     for (backend, url, _dir) in support::both_backends().await {
         let settings = PoolSettings {

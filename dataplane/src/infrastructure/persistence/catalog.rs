@@ -2,6 +2,7 @@
 //! the runbook's queries (`SELECT id, name, tenant_id FROM workflows WHERE name = ...`) see objects
 //! that came from manifests or custom resources as well as those registered over REST.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use aegis_seal_crds::{CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot, WorkflowEntry};
@@ -95,12 +96,205 @@ macro_rules! execute {
     };
 }
 
+/// Rows per multi-row upsert. The widest row (a CLI tool's) binds 11 values, so a statement
+/// binds at most 5,500: below SQLite's limit of 32,766 and Postgres's of 65,535.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// One value of a catalog row, bound on either backend.
+enum Cell<'a> {
+    Text(Option<Cow<'a, str>>),
+    Bool(bool),
+    Int(i64),
+}
+
+impl<'a> Cell<'a> {
+    fn text(value: String) -> Self {
+        Self::Text(Some(Cow::Owned(value)))
+    }
+
+    fn borrowed(value: &'a str) -> Self {
+        Self::Text(Some(Cow::Borrowed(value)))
+    }
+}
+
+/// Binds a row's cells in order; one body for both backends' query types.
+macro_rules! bind_cells {
+    ($query:expr, $cells:expr) => {{
+        let mut query = $query;
+        for cell in $cells {
+            query = match cell {
+                Cell::Text(text) => query.bind(text.as_deref()),
+                Cell::Bool(value) => query.bind(*value),
+                Cell::Int(value) => query.bind(*value),
+            };
+        }
+        query
+    }};
+}
+
+/// The entries that one upsert per entry would have left: the last of each tenant and name.
+/// Compiling a snapshot refuses a name defined twice, but Postgres fails a whole multi-row upsert
+/// that names a row twice ("cannot affect row a second time"), so the sync does not rely on it.
+fn last_of_each_name<'a, T>(
+    entries: impl Iterator<Item = &'a T>,
+    key: impl Fn(&'a T) -> (Option<&'a str>, &'a str),
+) -> Vec<&'a T> {
+    let entries: Vec<&'a T> = entries.collect();
+    let last: HashMap<_, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, &entry)| (key(entry), i))
+        .collect();
+    entries
+        .iter()
+        .enumerate()
+        .filter(|&(i, &entry)| last[&key(entry)] == i)
+        .map(|(_, &entry)| entry)
+        .collect()
+}
+
+/// `INSERT`, one row's `VALUES` and the conflict clause of each catalog table's upsert. The
+/// conflict clauses are for a REST row written after the sync's deletes, on another replica: the
+/// declarative object still takes the name.
+const UPSERT_WORKFLOW: (&str, &str, &str) = (
+    "INSERT INTO workflows (id, name, tenant_id, description, input_schema, api_spec_id, steps, source, created_at)",
+    "(?, ?, ?, ?, ?::jsonb, NULL, ?::jsonb, ?, now_utc())",
+    "ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
+     description = excluded.description, input_schema = excluded.input_schema, \
+     api_spec_id = NULL, steps = excluded.steps, source = excluded.source",
+);
+const UPSERT_CLI_TOOL: (&str, &str, &str) = (
+    "INSERT INTO cli_tools (id, name, tenant_id, description, docker_image, allowed_subcommands, \
+     require_semantic_judge, default_timeout_seconds, resources, registry_credential_path, source, created_at)",
+    "(?, ?, ?, ?, ?, ?::jsonb, ?, ?, ?::jsonb, ?::jsonb, ?, now_utc())",
+    "ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
+     description = excluded.description, docker_image = excluded.docker_image, \
+     allowed_subcommands = excluded.allowed_subcommands, \
+     require_semantic_judge = excluded.require_semantic_judge, \
+     default_timeout_seconds = excluded.default_timeout_seconds, resources = excluded.resources, \
+     registry_credential_path = excluded.registry_credential_path, source = excluded.source",
+);
+const UPSERT_CONTEXT: (&str, &str, &str) = (
+    "INSERT INTO security_contexts (id, name, tenant_id, description, capabilities, deny_list, source, created_at)",
+    "(?, ?, ?, ?, ?::jsonb, ?::jsonb, ?, now_utc())",
+    "ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
+     description = excluded.description, capabilities = excluded.capabilities, \
+     deny_list = excluded.deny_list, source = excluded.source",
+);
+
+/// A workflow's row but its source, in [`UPSERT_WORKFLOW`]'s order.
+fn workflow_cells(w: &WorkflowEntry) -> Vec<Cell<'_>> {
+    vec![
+        Cell::text(row_id(&w.source)),
+        Cell::borrowed(&w.tool_name),
+        Cell::Text(w.tenant_id.as_deref().map(Cow::Borrowed)),
+        Cell::borrowed(&w.description),
+        Cell::text(w.input_schema.to_string()),
+        Cell::text(serde_json::to_string(&w.steps).unwrap_or_else(|_| "[]".into())),
+    ]
+}
+
+/// A CLI tool's row but its source, in [`UPSERT_CLI_TOOL`]'s order.
+fn cli_tool_cells(t: &CliToolEntry) -> Vec<Cell<'_>> {
+    vec![
+        Cell::text(row_id(&t.source)),
+        Cell::borrowed(&t.tool_name),
+        Cell::Text(t.tenant_id.as_deref().map(Cow::Borrowed)),
+        Cell::borrowed(&t.description),
+        Cell::borrowed(&t.docker_image),
+        Cell::text(Value::from(t.allowed_subcommands.clone()).to_string()),
+        Cell::Bool(t.require_semantic_judge),
+        Cell::Int(i64::from(t.default_timeout_seconds)),
+        Cell::text(serde_json::to_string(&t.resources).unwrap_or_else(|_| "{}".into())),
+        Cell::Text(
+            t.registry_credential_path
+                .as_ref()
+                .and_then(|p| serde_json::to_string(p).ok())
+                .map(Cow::Owned),
+        ),
+    ]
+}
+
+/// A SecurityContext's row but its source, in [`UPSERT_CONTEXT`]'s order.
+fn context_cells(c: &SecurityContextEntry) -> Vec<Cell<'_>> {
+    vec![
+        Cell::text(row_id(&c.source)),
+        Cell::borrowed(&c.name),
+        Cell::Text(c.tenant_id.as_deref().map(Cow::Borrowed)),
+        Cell::borrowed(&c.description),
+        Cell::text(serde_json::to_string(&c.capabilities).unwrap_or_else(|_| "[]".into())),
+        Cell::text(Value::from(c.deny_list.clone()).to_string()),
+    ]
+}
+
 enum Tx {
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
 impl Tx {
+    /// Writes the rows of `entries` (`cells`, then the source) with `insert` and `conflict`,
+    /// [`ROWS_PER_STATEMENT`] rows a statement. `row` is one row's `VALUES` tuple with `?` for
+    /// each cell. A statement per row made a
+    /// reload of 2,000 workflows 2,000 round trips, all inside the sync's transaction: on SQLite
+    /// that holds the write lock the audit writer's commits wait for.
+    async fn upsert_rows<'a, T>(
+        &mut self,
+        backend: super::Backend,
+        (insert, row, conflict): (&str, &str, &str),
+        entries: &[&'a T],
+        cells: fn(&'a T) -> Vec<Cell<'a>>,
+        source: CatalogSource,
+    ) -> Result<(), PersistenceError> {
+        // A statement's rows at a time: their serialized JSON is not held for the whole catalog.
+        for entries in entries.chunks(ROWS_PER_STATEMENT) {
+            let chunk: Vec<Vec<Cell<'a>>> = entries
+                .iter()
+                .map(|&entry| {
+                    let mut row = cells(entry);
+                    row.push(Cell::borrowed(source.as_str()));
+                    row
+                })
+                .collect();
+            let mut sql = format!("{insert} VALUES ");
+            let mut next = 1;
+            for (i, cells) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                // Numbered placeholders (`$n`, which `dialect` makes `?n` for SQLite).
+                for part in row.split_inclusive('?') {
+                    match part.strip_suffix('?') {
+                        Some(text) => {
+                            sql.push_str(text);
+                            sql.push_str(&format!("${next}"));
+                            next += 1;
+                        }
+                        None => sql.push_str(part),
+                    }
+                }
+                debug_assert_eq!(next - 1, (i + 1) * cells.len(), "one `?` per cell");
+            }
+            sql.push(' ');
+            sql.push_str(conflict);
+            let sql = sqlx::AssertSqlSafe(dialect(backend, &sql));
+            let cells = chunk.iter().flatten();
+            match self {
+                Self::Sqlite(tx) => {
+                    bind_cells!(sqlx::query(sql), cells)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Self::Postgres(tx) => {
+                    bind_cells!(sqlx::query(sql), cells)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `(id, name, tenant_id)` of `table`'s REST-registered rows.
     async fn rest_rows(
         &mut self,
@@ -245,78 +439,21 @@ impl Database {
 
         // The conflict clauses are for a REST row written after the deletes above, on another
         // replica: the declarative object still takes the name.
-        let upsert_workflow = sql(
-            "INSERT INTO workflows (id, name, tenant_id, description, input_schema, api_spec_id, steps, source, created_at) \
-             VALUES ($1, $2, $3, $4, $5::jsonb, NULL, $6::jsonb, $7, now_utc()) \
-             ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
-             description = excluded.description, input_schema = excluded.input_schema, \
-             api_spec_id = NULL, steps = excluded.steps, source = excluded.source",
-        );
-        for w in snapshot.workflows() {
-            execute!(
-                tx,
-                upsert_workflow.clone(),
-                row_id(&w.source),
-                &w.tool_name,
-                &w.tenant_id,
-                &w.description,
-                w.input_schema.to_string(),
-                serde_json::to_string(&w.steps).unwrap_or_else(|_| "[]".into()),
-                src,
-            );
-        }
-
-        let upsert_cli = sql(
-            "INSERT INTO cli_tools (id, name, tenant_id, description, docker_image, allowed_subcommands, \
-             require_semantic_judge, default_timeout_seconds, resources, registry_credential_path, source, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, $10::jsonb, $11, now_utc()) \
-             ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
-             description = excluded.description, docker_image = excluded.docker_image, \
-             allowed_subcommands = excluded.allowed_subcommands, \
-             require_semantic_judge = excluded.require_semantic_judge, \
-             default_timeout_seconds = excluded.default_timeout_seconds, resources = excluded.resources, \
-             registry_credential_path = excluded.registry_credential_path, source = excluded.source",
-        );
-        for t in snapshot.cli_tools() {
-            execute!(
-                tx,
-                upsert_cli.clone(),
-                row_id(&t.source),
-                &t.tool_name,
-                &t.tenant_id,
-                &t.description,
-                &t.docker_image,
-                Value::from(t.allowed_subcommands.clone()).to_string(),
-                t.require_semantic_judge,
-                i64::from(t.default_timeout_seconds),
-                serde_json::to_string(&t.resources).unwrap_or_else(|_| "{}".into()),
-                t.registry_credential_path
-                    .as_ref()
-                    .and_then(|p| serde_json::to_string(p).ok()),
-                src,
-            );
-        }
-
-        let upsert_context = sql(
-            "INSERT INTO security_contexts (id, name, tenant_id, description, capabilities, deny_list, source, created_at) \
-             VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, now_utc()) \
-             ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
-             description = excluded.description, capabilities = excluded.capabilities, \
-             deny_list = excluded.deny_list, source = excluded.source",
-        );
-        for c in snapshot.security_contexts() {
-            execute!(
-                tx,
-                upsert_context.clone(),
-                row_id(&c.source),
-                &c.name,
-                &c.tenant_id,
-                &c.description,
-                serde_json::to_string(&c.capabilities).unwrap_or_else(|_| "[]".into()),
-                Value::from(c.deny_list.clone()).to_string(),
-                src,
-            );
-        }
+        let workflows = last_of_each_name(snapshot.workflows(), |w| {
+            (w.tenant_id.as_deref(), w.tool_name.as_str())
+        });
+        tx.upsert_rows(backend, UPSERT_WORKFLOW, &workflows, workflow_cells, source)
+            .await?;
+        let cli_tools = last_of_each_name(snapshot.cli_tools(), |t| {
+            (t.tenant_id.as_deref(), t.tool_name.as_str())
+        });
+        tx.upsert_rows(backend, UPSERT_CLI_TOOL, &cli_tools, cli_tool_cells, source)
+            .await?;
+        let contexts = last_of_each_name(snapshot.security_contexts(), |c| {
+            (c.tenant_id.as_deref(), c.name.as_str())
+        });
+        tx.upsert_rows(backend, UPSERT_CONTEXT, &contexts, context_cells, source)
+            .await?;
 
         match tx {
             Tx::Sqlite(tx) => tx.commit().await?,
