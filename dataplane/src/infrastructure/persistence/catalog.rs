@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use aegis_seal_crds::{CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot, WorkflowEntry};
 use serde_json::Value;
@@ -235,9 +236,9 @@ enum Tx {
 impl Tx {
     /// Writes the rows of `entries` (`cells`, then the source) with `insert` and `conflict`,
     /// [`ROWS_PER_STATEMENT`] rows a statement. `row` is one row's `VALUES` tuple with `?` for
-    /// each cell. A statement per row made a
-    /// reload of 2,000 workflows 2,000 round trips, all inside the sync's transaction: on SQLite
-    /// that holds the write lock the audit writer's commits wait for.
+    /// each cell. A statement per row made a reload of 2,000 workflows 2,000 round trips, all
+    /// inside the sync's transaction: on SQLite that holds the write lock the audit writer's
+    /// commits wait for.
     async fn upsert_rows<'a, T>(
         &mut self,
         backend: super::Backend,
@@ -258,7 +259,7 @@ impl Tx {
                 .collect();
             let mut sql = format!("{insert} VALUES ");
             let mut next = 1;
-            for (i, cells) in chunk.iter().enumerate() {
+            for (i, values) in chunk.iter().enumerate() {
                 if i > 0 {
                     sql.push_str(", ");
                 }
@@ -266,27 +267,26 @@ impl Tx {
                 for part in row.split_inclusive('?') {
                     match part.strip_suffix('?') {
                         Some(text) => {
-                            sql.push_str(text);
-                            sql.push_str(&format!("${next}"));
+                            let _ = write!(sql, "{text}${next}");
                             next += 1;
                         }
                         None => sql.push_str(part),
                     }
                 }
-                debug_assert_eq!(next - 1, (i + 1) * cells.len(), "one `?` per cell");
+                debug_assert_eq!(next - 1, (i + 1) * values.len(), "one `?` per cell");
             }
             sql.push(' ');
             sql.push_str(conflict);
             let sql = sqlx::AssertSqlSafe(dialect(backend, &sql));
-            let cells = chunk.iter().flatten();
+            let values = chunk.iter().flatten();
             match self {
                 Self::Sqlite(tx) => {
-                    bind_cells!(sqlx::query(sql), cells)
+                    bind_cells!(sqlx::query(sql), values)
                         .execute(&mut **tx)
                         .await?;
                 }
                 Self::Postgres(tx) => {
-                    bind_cells!(sqlx::query(sql), cells)
+                    bind_cells!(sqlx::query(sql), values)
                         .execute(&mut **tx)
                         .await?;
                 }
