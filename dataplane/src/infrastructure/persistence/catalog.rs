@@ -136,96 +136,140 @@ macro_rules! bind_cells {
 /// The entries that one upsert per entry would have left: the last of each tenant and name.
 /// Compiling a snapshot refuses a name defined twice, but Postgres fails a whole multi-row upsert
 /// that names a row twice ("cannot affect row a second time"), so the sync does not rely on it.
-fn last_of_each_name<'a, T>(
-    entries: impl Iterator<Item = &'a T>,
-    key: impl Fn(&'a T) -> (Option<&'a str>, &'a str),
-) -> Vec<&'a T> {
+fn last_of_each_name<'a, T: CatalogRow>(entries: impl Iterator<Item = &'a T>) -> Vec<&'a T> {
     let entries: Vec<&'a T> = entries.collect();
     let last: HashMap<_, usize> = entries
         .iter()
         .enumerate()
-        .map(|(i, &entry)| (key(entry), i))
+        .map(|(i, &entry)| (entry.owner(), i))
         .collect();
     entries
         .iter()
         .enumerate()
-        .filter(|&(i, &entry)| last[&key(entry)] == i)
+        .filter(|&(i, &entry)| last[&entry.owner()] == i)
         .map(|(_, &entry)| entry)
         .collect()
 }
 
-/// `INSERT`, one row's `VALUES` and the conflict clause of each catalog table's upsert. The
-/// conflict clauses are for a REST row written after the sync's deletes, on another replica: the
-/// declarative object still takes the name.
-const UPSERT_WORKFLOW: (&str, &str, &str) = (
-    "INSERT INTO workflows (id, name, tenant_id, description, input_schema, api_spec_id, steps, source, created_at)",
-    "(?, ?, ?, ?, ?::jsonb, NULL, ?::jsonb, ?, now_utc())",
-    "ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
-     description = excluded.description, input_schema = excluded.input_schema, \
-     api_spec_id = NULL, steps = excluded.steps, source = excluded.source",
-);
-const UPSERT_CLI_TOOL: (&str, &str, &str) = (
-    "INSERT INTO cli_tools (id, name, tenant_id, description, docker_image, allowed_subcommands, \
-     require_semantic_judge, default_timeout_seconds, resources, registry_credential_path, source, created_at)",
-    "(?, ?, ?, ?, ?, ?::jsonb, ?, ?, ?::jsonb, ?::jsonb, ?, now_utc())",
-    "ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
-     description = excluded.description, docker_image = excluded.docker_image, \
-     allowed_subcommands = excluded.allowed_subcommands, \
-     require_semantic_judge = excluded.require_semantic_judge, \
-     default_timeout_seconds = excluded.default_timeout_seconds, resources = excluded.resources, \
-     registry_credential_path = excluded.registry_credential_path, source = excluded.source",
-);
-const UPSERT_CONTEXT: (&str, &str, &str) = (
-    "INSERT INTO security_contexts (id, name, tenant_id, description, capabilities, deny_list, source, created_at)",
-    "(?, ?, ?, ?, ?::jsonb, ?::jsonb, ?, now_utc())",
-    "ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
-     description = excluded.description, capabilities = excluded.capabilities, \
-     deny_list = excluded.deny_list, source = excluded.source",
-);
+/// What the sync needs of each kind of declarative object, beside its table.
+trait CatalogRow {
+    const TABLE: CatalogTable;
+    /// `INSERT`, one row's `VALUES` tuple (`?` for each cell) and the conflict clause of the
+    /// table's upsert. The conflict clauses are for a REST row written after the sync's deletes,
+    /// on another replica: the declarative object still takes the name.
+    const UPSERT: (&'static str, &'static str, &'static str);
 
-/// A workflow's row but its source, in [`UPSERT_WORKFLOW`]'s order.
-fn workflow_cells(w: &WorkflowEntry) -> Vec<Cell<'_>> {
-    vec![
-        Cell::text(row_id(&w.source)),
-        Cell::borrowed(&w.tool_name),
-        Cell::Text(w.tenant_id.as_deref().map(Cow::Borrowed)),
-        Cell::borrowed(&w.description),
-        Cell::text(w.input_schema.to_string()),
-        Cell::text(serde_json::to_string(&w.steps).unwrap_or_else(|_| "[]".into())),
-    ]
+    /// The tenant and name that own the object's row.
+    fn owner(&self) -> (Option<&str>, &str);
+
+    /// The manifest or custom resource it came from.
+    fn source(&self) -> &ResourceRef;
+
+    /// The row but its source, in [`Self::UPSERT`]'s order.
+    fn cells(&self) -> Vec<Cell<'_>>;
 }
 
-/// A CLI tool's row but its source, in [`UPSERT_CLI_TOOL`]'s order.
-fn cli_tool_cells(t: &CliToolEntry) -> Vec<Cell<'_>> {
-    vec![
-        Cell::text(row_id(&t.source)),
-        Cell::borrowed(&t.tool_name),
-        Cell::Text(t.tenant_id.as_deref().map(Cow::Borrowed)),
-        Cell::borrowed(&t.description),
-        Cell::borrowed(&t.docker_image),
-        Cell::text(Value::from(t.allowed_subcommands.clone()).to_string()),
-        Cell::Bool(t.require_semantic_judge),
-        Cell::Int(i64::from(t.default_timeout_seconds)),
-        Cell::text(serde_json::to_string(&t.resources).unwrap_or_else(|_| "{}".into())),
-        Cell::Text(
-            t.registry_credential_path
-                .as_ref()
-                .and_then(|p| serde_json::to_string(p).ok())
-                .map(Cow::Owned),
-        ),
-    ]
+impl CatalogRow for WorkflowEntry {
+    const TABLE: CatalogTable = CatalogTable::Workflows;
+    const UPSERT: (&'static str, &'static str, &'static str) = (
+        "INSERT INTO workflows (id, name, tenant_id, description, input_schema, api_spec_id, steps, source, created_at)",
+        "(?, ?, ?, ?, ?::jsonb, NULL, ?::jsonb, ?, now_utc())",
+        "ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
+         description = excluded.description, input_schema = excluded.input_schema, \
+         api_spec_id = NULL, steps = excluded.steps, source = excluded.source",
+    );
+
+    fn owner(&self) -> (Option<&str>, &str) {
+        (self.tenant_id.as_deref(), &self.tool_name)
+    }
+
+    fn source(&self) -> &ResourceRef {
+        &self.source
+    }
+
+    fn cells(&self) -> Vec<Cell<'_>> {
+        vec![
+            Cell::text(row_id(&self.source)),
+            Cell::borrowed(&self.tool_name),
+            Cell::Text(self.tenant_id.as_deref().map(Cow::Borrowed)),
+            Cell::borrowed(&self.description),
+            Cell::text(self.input_schema.to_string()),
+            Cell::text(serde_json::to_string(&self.steps).unwrap_or_else(|_| "[]".into())),
+        ]
+    }
 }
 
-/// A SecurityContext's row but its source, in [`UPSERT_CONTEXT`]'s order.
-fn context_cells(c: &SecurityContextEntry) -> Vec<Cell<'_>> {
-    vec![
-        Cell::text(row_id(&c.source)),
-        Cell::borrowed(&c.name),
-        Cell::Text(c.tenant_id.as_deref().map(Cow::Borrowed)),
-        Cell::borrowed(&c.description),
-        Cell::text(serde_json::to_string(&c.capabilities).unwrap_or_else(|_| "[]".into())),
-        Cell::text(Value::from(c.deny_list.clone()).to_string()),
-    ]
+impl CatalogRow for CliToolEntry {
+    const TABLE: CatalogTable = CatalogTable::CliTools;
+    const UPSERT: (&'static str, &'static str, &'static str) = (
+        "INSERT INTO cli_tools (id, name, tenant_id, description, docker_image, allowed_subcommands, \
+         require_semantic_judge, default_timeout_seconds, resources, registry_credential_path, source, created_at)",
+        "(?, ?, ?, ?, ?, ?::jsonb, ?, ?, ?::jsonb, ?::jsonb, ?, now_utc())",
+        "ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
+         description = excluded.description, docker_image = excluded.docker_image, \
+         allowed_subcommands = excluded.allowed_subcommands, \
+         require_semantic_judge = excluded.require_semantic_judge, \
+         default_timeout_seconds = excluded.default_timeout_seconds, resources = excluded.resources, \
+         registry_credential_path = excluded.registry_credential_path, source = excluded.source",
+    );
+
+    fn owner(&self) -> (Option<&str>, &str) {
+        (self.tenant_id.as_deref(), &self.tool_name)
+    }
+
+    fn source(&self) -> &ResourceRef {
+        &self.source
+    }
+
+    fn cells(&self) -> Vec<Cell<'_>> {
+        vec![
+            Cell::text(row_id(&self.source)),
+            Cell::borrowed(&self.tool_name),
+            Cell::Text(self.tenant_id.as_deref().map(Cow::Borrowed)),
+            Cell::borrowed(&self.description),
+            Cell::borrowed(&self.docker_image),
+            Cell::text(Value::from(self.allowed_subcommands.clone()).to_string()),
+            Cell::Bool(self.require_semantic_judge),
+            Cell::Int(i64::from(self.default_timeout_seconds)),
+            Cell::text(serde_json::to_string(&self.resources).unwrap_or_else(|_| "{}".into())),
+            Cell::Text(
+                self.registry_credential_path
+                    .as_ref()
+                    .and_then(|p| serde_json::to_string(p).ok())
+                    .map(Cow::Owned),
+            ),
+        ]
+    }
+}
+
+impl CatalogRow for SecurityContextEntry {
+    const TABLE: CatalogTable = CatalogTable::SecurityContexts;
+    const UPSERT: (&'static str, &'static str, &'static str) = (
+        "INSERT INTO security_contexts (id, name, tenant_id, description, capabilities, deny_list, source, created_at)",
+        "(?, ?, ?, ?, ?::jsonb, ?::jsonb, ?, now_utc())",
+        "ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
+         description = excluded.description, capabilities = excluded.capabilities, \
+         deny_list = excluded.deny_list, source = excluded.source",
+    );
+
+    fn owner(&self) -> (Option<&str>, &str) {
+        (self.tenant_id.as_deref(), &self.name)
+    }
+
+    fn source(&self) -> &ResourceRef {
+        &self.source
+    }
+
+    fn cells(&self) -> Vec<Cell<'_>> {
+        vec![
+            Cell::text(row_id(&self.source)),
+            Cell::borrowed(&self.name),
+            Cell::Text(self.tenant_id.as_deref().map(Cow::Borrowed)),
+            Cell::borrowed(&self.description),
+            Cell::text(serde_json::to_string(&self.capabilities).unwrap_or_else(|_| "[]".into())),
+            Cell::text(Value::from(self.deny_list.clone()).to_string()),
+        ]
+    }
 }
 
 enum Tx {
@@ -234,25 +278,23 @@ enum Tx {
 }
 
 impl Tx {
-    /// Writes the rows of `entries` (`cells`, then the source) with `insert` and `conflict`,
-    /// [`ROWS_PER_STATEMENT`] rows a statement. `row` is one row's `VALUES` tuple with `?` for
-    /// each cell. A statement per row made a reload of 2,000 workflows 2,000 round trips, all
+    /// Upserts the rows of `entries` (their cells, then `source`), [`ROWS_PER_STATEMENT`] rows a
+    /// statement. A statement per row made a reload of 2,000 workflows 2,000 round trips, all
     /// inside the sync's transaction: on SQLite that holds the write lock the audit writer's
     /// commits wait for.
-    async fn upsert_rows<'a, T>(
+    async fn upsert_rows<T: CatalogRow>(
         &mut self,
         backend: super::Backend,
-        (insert, row, conflict): (&str, &str, &str),
-        entries: &[&'a T],
-        cells: fn(&'a T) -> Vec<Cell<'a>>,
+        entries: &[&T],
         source: CatalogSource,
     ) -> Result<(), PersistenceError> {
+        let (insert, row, conflict) = T::UPSERT;
         // A statement's rows at a time: their serialized JSON is not held for the whole catalog.
         for entries in entries.chunks(ROWS_PER_STATEMENT) {
-            let chunk: Vec<Vec<Cell<'a>>> = entries
+            let chunk: Vec<Vec<Cell<'_>>> = entries
                 .iter()
                 .map(|&entry| {
-                    let mut row = cells(entry);
+                    let mut row = entry.cells();
                     row.push(Cell::borrowed(source.as_str()));
                     row
                 })
@@ -340,13 +382,13 @@ impl Tx {
 
     /// Removes the REST rows whose tenant and name a declarative object of `table` now has
     /// (`entries`: its `(tenant, name, resource)`s), so that the upserts that follow insert.
-    async fn replace_rest_rows<'a>(
+    async fn replace_rest_rows<'a, T: CatalogRow + 'a>(
         &mut self,
         backend: super::Backend,
-        table: CatalogTable,
-        entries: impl Iterator<Item = (Option<&'a str>, &'a str, &'a ResourceRef)>,
+        entries: impl Iterator<Item = &'a T>,
         replaced: &mut Vec<ReplacedRestObject>,
     ) -> Result<(), PersistenceError> {
+        let table = T::TABLE;
         let name = table.name();
         let rest = self
             .rest_rows(&dialect(
@@ -366,7 +408,8 @@ impl Tx {
             backend,
             &format!("DELETE FROM {name} WHERE id = $1 AND source = $2"),
         );
-        for (tenant, object, by) in entries {
+        for entry in entries {
+            let (tenant, object) = entry.owner();
             let Some(&id) = rest.get(&(tenant, object)) else {
                 continue;
             };
@@ -376,7 +419,7 @@ impl Tx {
                     id: id.to_owned(),
                     name: object.to_owned(),
                     tenant_id: tenant.map(str::to_owned),
-                    by: by.clone(),
+                    by: entry.source().clone(),
                 });
             }
         }
@@ -409,51 +452,19 @@ impl Database {
         }
 
         let mut replaced = Vec::new();
-        tx.replace_rest_rows(
-            backend,
-            CatalogTable::Workflows,
-            snapshot
-                .workflows()
-                .map(|w| (w.tenant_id.as_deref(), w.tool_name.as_str(), &w.source)),
-            &mut replaced,
-        )
-        .await?;
-        tx.replace_rest_rows(
-            backend,
-            CatalogTable::CliTools,
-            snapshot
-                .cli_tools()
-                .map(|t| (t.tenant_id.as_deref(), t.tool_name.as_str(), &t.source)),
-            &mut replaced,
-        )
-        .await?;
-        tx.replace_rest_rows(
-            backend,
-            CatalogTable::SecurityContexts,
-            snapshot
-                .security_contexts()
-                .map(|c| (c.tenant_id.as_deref(), c.name.as_str(), &c.source)),
-            &mut replaced,
-        )
-        .await?;
+        tx.replace_rest_rows(backend, snapshot.workflows(), &mut replaced)
+            .await?;
+        tx.replace_rest_rows(backend, snapshot.cli_tools(), &mut replaced)
+            .await?;
+        tx.replace_rest_rows(backend, snapshot.security_contexts(), &mut replaced)
+            .await?;
 
-        // The conflict clauses are for a REST row written after the deletes above, on another
-        // replica: the declarative object still takes the name.
-        let workflows = last_of_each_name(snapshot.workflows(), |w| {
-            (w.tenant_id.as_deref(), w.tool_name.as_str())
-        });
-        tx.upsert_rows(backend, UPSERT_WORKFLOW, &workflows, workflow_cells, source)
-            .await?;
-        let cli_tools = last_of_each_name(snapshot.cli_tools(), |t| {
-            (t.tenant_id.as_deref(), t.tool_name.as_str())
-        });
-        tx.upsert_rows(backend, UPSERT_CLI_TOOL, &cli_tools, cli_tool_cells, source)
-            .await?;
-        let contexts = last_of_each_name(snapshot.security_contexts(), |c| {
-            (c.tenant_id.as_deref(), c.name.as_str())
-        });
-        tx.upsert_rows(backend, UPSERT_CONTEXT, &contexts, context_cells, source)
-            .await?;
+        let workflows = last_of_each_name(snapshot.workflows());
+        tx.upsert_rows(backend, &workflows, source).await?;
+        let cli_tools = last_of_each_name(snapshot.cli_tools());
+        tx.upsert_rows(backend, &cli_tools, source).await?;
+        let contexts = last_of_each_name(snapshot.security_contexts());
+        tx.upsert_rows(backend, &contexts, source).await?;
 
         match tx {
             Tx::Sqlite(tx) => tx.commit().await?,
