@@ -437,6 +437,138 @@ async fn a_large_catalog_is_mirrored_in_full_and_a_name_given_twice_keeps_its_la
     }
 }
 
+/// Logs each row the catalog sync inserts, updates or deletes in `workflows` into `writes`.
+const LOG_WORKFLOW_WRITES_SQLITE: &str = "
+CREATE TABLE writes (seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, name TEXT NOT NULL);
+CREATE TRIGGER log_insert AFTER INSERT ON workflows BEGIN INSERT INTO writes (op, name) VALUES ('insert', new.name); END;
+CREATE TRIGGER log_update AFTER UPDATE ON workflows BEGIN INSERT INTO writes (op, name) VALUES ('update', new.name); END;
+CREATE TRIGGER log_delete AFTER DELETE ON workflows BEGIN INSERT INTO writes (op, name) VALUES ('delete', old.name); END;
+";
+const LOG_WORKFLOW_WRITES_POSTGRES: &str = "
+CREATE TABLE writes (seq BIGSERIAL PRIMARY KEY, op TEXT NOT NULL, name TEXT NOT NULL);
+CREATE FUNCTION log_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO writes (op, name) VALUES (lower(TG_OP), CASE WHEN TG_OP = 'DELETE' THEN OLD.name ELSE NEW.name END);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER log_write AFTER INSERT OR UPDATE OR DELETE ON workflows FOR EACH ROW EXECUTE FUNCTION log_write();
+";
+
+#[tokio::test]
+async fn a_reload_writes_only_the_catalog_rows_that_changed_on_both_backends() {
+    let mut snapshot = support::snapshot_of(CATALOG);
+    let template = snapshot.workflows.remove(0);
+    for i in 0..5 {
+        let mut workflow = template.clone();
+        workflow.tool_name = format!("tool_{i}");
+        workflow.source.name = format!("tool-{i}");
+        workflow.tenant_id = (i % 2 == 0).then(|| "acme".to_owned());
+        snapshot.workflows.push(workflow);
+    }
+    // The next reload: one description changed, one workflow gone, one renamed (the same
+    // resource, so the same row id, under another name), one new.
+    let mut next = snapshot.clone();
+    next.workflows[1].description = "changed".into();
+    next.workflows[3].tool_name = "tool_3_renamed".into();
+    next.workflows.remove(2);
+    let mut added = template.clone();
+    added.tool_name = "tool_5".into();
+    added.source.name = "tool-5".into();
+    next.workflows.push(added);
+
+    for (backend, url, _dir) in support::both_backends().await {
+        let db = Database::connect(&url).await.unwrap();
+        match &db {
+            Database::Sqlite(pool) => {
+                sqlx::raw_sql(LOG_WORKFLOW_WRITES_SQLITE)
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+            Database::Postgres(pool) => {
+                sqlx::raw_sql(LOG_WORKFLOW_WRITES_POSTGRES)
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+        }
+        // Reads and empties the log.
+        let writes = async || {
+            let rows = query_text(&db, "SELECT op, name FROM writes ORDER BY seq").await;
+            query_text(&db, "DELETE FROM writes").await;
+            rows.into_iter()
+                .map(|row| {
+                    format!(
+                        "{} {}",
+                        row[0].as_deref().unwrap(),
+                        row[1].as_deref().unwrap()
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+
+        db.sync_catalog(&snapshot, CatalogSource::Manifest)
+            .await
+            .unwrap();
+        assert_eq!(writes().await.len(), 5, "{backend}: five inserts");
+        let created = query_text(&db, "SELECT name, created_at FROM workflows ORDER BY name").await;
+
+        // The same snapshot again (every replica reloads it): no row is written.
+        db.sync_catalog(&snapshot, CatalogSource::Manifest)
+            .await
+            .unwrap();
+        assert_eq!(writes().await, Vec::<String>::new(), "{backend}");
+
+        db.sync_catalog(&next, CatalogSource::Manifest)
+            .await
+            .unwrap();
+        let mut written = writes().await;
+        written.sort();
+        assert_eq!(
+            written,
+            [
+                "delete tool_2",
+                "delete tool_3",
+                "insert tool_3_renamed",
+                "insert tool_5",
+                "update tool_1",
+            ],
+            "{backend}"
+        );
+        let rows = query_text(
+            &db,
+            "SELECT name, description, id FROM workflows ORDER BY name",
+        )
+        .await;
+        let names: Vec<_> = rows.iter().map(|row| row[0].as_deref().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["tool_0", "tool_1", "tool_3_renamed", "tool_4", "tool_5"],
+            "{backend}"
+        );
+        assert_eq!(rows[1][1].as_deref(), Some("changed"), "{backend}");
+        assert_eq!(
+            rows[2][2],
+            Some(aegis_seal_gateway::infrastructure::persistence::row_id(
+                &next.workflows[2].source
+            )),
+            "{backend}: the renamed row keeps its resource's id"
+        );
+        // Rows left alone keep when they were first mirrored.
+        let created_now =
+            query_text(&db, "SELECT name, created_at FROM workflows ORDER BY name").await;
+        for name in ["tool_0", "tool_1", "tool_4"] {
+            let find = |rows: &[Vec<Option<String>>]| {
+                rows.iter()
+                    .find(|row| row[0].as_deref() == Some(name))
+                    .cloned()
+            };
+            assert_eq!(find(&created_now), find(&created), "{backend}: {name}");
+        }
+        db.close().await;
+    }
+}
+
 #[tokio::test]
 async fn an_exhausted_pool_reports_pool_timed_out_on_both_backends() {
     for (backend, url, _dir) in support::both_backends().await {

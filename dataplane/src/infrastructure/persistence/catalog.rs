@@ -3,7 +3,7 @@
 //! that came from manifests or custom resources as well as those registered over REST.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use aegis_seal_crds::{CliToolEntry, ResourceRef, SecurityContextEntry, Snapshot, WorkflowEntry};
@@ -83,20 +83,6 @@ pub fn row_id(source: &ResourceRef) -> String {
     Uuid::new_v5(&Uuid::NAMESPACE_URL, key.as_bytes()).to_string()
 }
 
-/// Runs one statement with the same binds on whichever backend.
-macro_rules! execute {
-    ($tx:expr, $sql:expr $(, $bind:expr)* $(,)?) => {
-        match &mut $tx {
-            Tx::Sqlite(tx) => {
-                sqlx::query(sqlx::AssertSqlSafe($sql)) $(.bind($bind))* .execute(&mut **tx).await?;
-            }
-            Tx::Postgres(tx) => {
-                sqlx::query(sqlx::AssertSqlSafe($sql)) $(.bind($bind))* .execute(&mut **tx).await?;
-            }
-        }
-    };
-}
-
 /// Rows per multi-row upsert. The widest row (a CLI tool's) binds 11 values, so a statement
 /// binds at most 5,500: below SQLite's limit of 32,766 and Postgres's of 65,535.
 const ROWS_PER_STATEMENT: usize = 500;
@@ -154,10 +140,10 @@ fn last_of_each_name<'a, T: CatalogRow>(entries: impl Iterator<Item = &'a T>) ->
 /// What the sync needs of each kind of declarative object, beside its table.
 trait CatalogRow {
     const TABLE: CatalogTable;
-    /// `INSERT`, one row's `VALUES` tuple (`?` for each cell) and the conflict clause of the
-    /// table's upsert. The conflict clauses are for a REST row written after the sync's deletes,
-    /// on another replica: the declarative object still takes the name.
-    const UPSERT: (&'static str, &'static str, &'static str);
+    /// The columns the object's row sets, each with its placeholder's cast (`::jsonb` for JSON),
+    /// in [`Self::cells`]'s order; `name` and `tenant_id` are the conflict key. The sync
+    /// adds `source`, and `created_at` when it inserts.
+    const COLUMNS: &'static [(&'static str, &'static str)];
 
     /// The tenant and name that own the object's row.
     fn owner(&self) -> (Option<&str>, &str);
@@ -165,19 +151,25 @@ trait CatalogRow {
     /// The manifest or custom resource it came from.
     fn source(&self) -> &ResourceRef;
 
-    /// The row but its source, in [`Self::UPSERT`]'s order.
+    /// The row but its source, in [`Self::COLUMNS`]'s order.
     fn cells(&self) -> Vec<Cell<'_>>;
 }
 
+/// The columns of the catalog tables' conflict key, `(COALESCE(tenant_id, ''), name)`.
+const KEY_COLUMNS: [&str; 2] = ["name", "tenant_id"];
+
 impl CatalogRow for WorkflowEntry {
     const TABLE: CatalogTable = CatalogTable::Workflows;
-    const UPSERT: (&'static str, &'static str, &'static str) = (
-        "INSERT INTO workflows (id, name, tenant_id, description, input_schema, api_spec_id, steps, source, created_at)",
-        "(?, ?, ?, ?, ?::jsonb, NULL, ?::jsonb, ?, now_utc())",
-        "ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
-         description = excluded.description, input_schema = excluded.input_schema, \
-         api_spec_id = NULL, steps = excluded.steps, source = excluded.source",
-    );
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("id", ""),
+        ("name", ""),
+        ("tenant_id", ""),
+        ("description", ""),
+        ("input_schema", "::jsonb"),
+        // Only REST-registered workflows reference a stored OpenAPI spec.
+        ("api_spec_id", ""),
+        ("steps", "::jsonb"),
+    ];
 
     fn owner(&self) -> (Option<&str>, &str) {
         (self.tenant_id.as_deref(), &self.tool_name)
@@ -194,6 +186,7 @@ impl CatalogRow for WorkflowEntry {
             Cell::Text(self.tenant_id.as_deref().map(Cow::Borrowed)),
             Cell::borrowed(&self.description),
             Cell::text(self.input_schema.to_string()),
+            Cell::Text(None),
             Cell::text(serde_json::to_string(&self.steps).unwrap_or_else(|_| "[]".into())),
         ]
     }
@@ -201,17 +194,18 @@ impl CatalogRow for WorkflowEntry {
 
 impl CatalogRow for CliToolEntry {
     const TABLE: CatalogTable = CatalogTable::CliTools;
-    const UPSERT: (&'static str, &'static str, &'static str) = (
-        "INSERT INTO cli_tools (id, name, tenant_id, description, docker_image, allowed_subcommands, \
-         require_semantic_judge, default_timeout_seconds, resources, registry_credential_path, source, created_at)",
-        "(?, ?, ?, ?, ?, ?::jsonb, ?, ?, ?::jsonb, ?::jsonb, ?, now_utc())",
-        "ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
-         description = excluded.description, docker_image = excluded.docker_image, \
-         allowed_subcommands = excluded.allowed_subcommands, \
-         require_semantic_judge = excluded.require_semantic_judge, \
-         default_timeout_seconds = excluded.default_timeout_seconds, resources = excluded.resources, \
-         registry_credential_path = excluded.registry_credential_path, source = excluded.source",
-    );
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("id", ""),
+        ("name", ""),
+        ("tenant_id", ""),
+        ("description", ""),
+        ("docker_image", ""),
+        ("allowed_subcommands", "::jsonb"),
+        ("require_semantic_judge", ""),
+        ("default_timeout_seconds", ""),
+        ("resources", "::jsonb"),
+        ("registry_credential_path", "::jsonb"),
+    ];
 
     fn owner(&self) -> (Option<&str>, &str) {
         (self.tenant_id.as_deref(), &self.tool_name)
@@ -244,13 +238,14 @@ impl CatalogRow for CliToolEntry {
 
 impl CatalogRow for SecurityContextEntry {
     const TABLE: CatalogTable = CatalogTable::SecurityContexts;
-    const UPSERT: (&'static str, &'static str, &'static str) = (
-        "INSERT INTO security_contexts (id, name, tenant_id, description, capabilities, deny_list, source, created_at)",
-        "(?, ?, ?, ?, ?::jsonb, ?::jsonb, ?, now_utc())",
-        "ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET id = excluded.id, \
-         description = excluded.description, capabilities = excluded.capabilities, \
-         deny_list = excluded.deny_list, source = excluded.source",
-    );
+    const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("id", ""),
+        ("name", ""),
+        ("tenant_id", ""),
+        ("description", ""),
+        ("capabilities", "::jsonb"),
+        ("deny_list", "::jsonb"),
+    ];
 
     fn owner(&self) -> (Option<&str>, &str) {
         (self.tenant_id.as_deref(), &self.name)
@@ -272,6 +267,51 @@ impl CatalogRow for SecurityContextEntry {
     }
 }
 
+/// `T`'s upsert of `rows` rows, with numbered placeholders (`$n`, which `dialect` makes `?n` for
+/// SQLite). On a conflict it updates the row only where a column differs, so a reload that
+/// changed nothing writes nothing: no new row versions on Postgres, no pages on SQLite.
+///
+/// The conflict is also what lets a declarative object take the name of a REST row written after
+/// the sync's deletes, on another replica.
+fn upsert_sql<T: CatalogRow>(rows: usize) -> String {
+    let table = T::TABLE.name();
+    let columns: Vec<&str> = T::COLUMNS.iter().map(|&(column, _)| column).collect();
+    let mut sql = format!(
+        "INSERT INTO {table} ({}, source, created_at) VALUES ",
+        columns.join(", ")
+    );
+    let mut next = 1;
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for &(_, cast) in T::COLUMNS {
+            let _ = write!(sql, "${next}{cast}, ");
+            next += 1;
+        }
+        let _ = write!(sql, "${next}, now_utc())");
+        next += 1;
+    }
+    let updated: Vec<&str> = columns
+        .into_iter()
+        .filter(|column| !KEY_COLUMNS.contains(column))
+        .chain(["source"])
+        .collect();
+    let set: Vec<String> = updated
+        .iter()
+        .map(|column| format!("{column} = excluded.{column}"))
+        .collect();
+    let changed: Vec<String> = updated
+        .iter()
+        .map(|column| format!("{table}.{column} IS DISTINCT FROM excluded.{column}"))
+        .collect();
+    let _ = write!(
+        sql,
+        " ON CONFLICT (COALESCE(tenant_id, ''), name) DO UPDATE SET {} WHERE {}",
+        set.join(", "),
+        changed.join(" OR ")
+    );
+    sql
+}
+
 enum Tx {
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
@@ -288,38 +328,18 @@ impl Tx {
         entries: &[&T],
         source: CatalogSource,
     ) -> Result<(), PersistenceError> {
-        let (insert, row, conflict) = T::UPSERT;
         // A statement's rows at a time: their serialized JSON is not held for the whole catalog.
         for entries in entries.chunks(ROWS_PER_STATEMENT) {
             let chunk: Vec<Vec<Cell<'_>>> = entries
                 .iter()
                 .map(|&entry| {
                     let mut row = entry.cells();
+                    debug_assert_eq!(row.len(), T::COLUMNS.len(), "one cell per column");
                     row.push(Cell::borrowed(source.as_str()));
                     row
                 })
                 .collect();
-            let mut sql = format!("{insert} VALUES ");
-            let mut next = 1;
-            for (i, values) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                // Numbered placeholders (`$n`, which `dialect` makes `?n` for SQLite).
-                for part in row.split_inclusive('?') {
-                    match part.strip_suffix('?') {
-                        Some(text) => {
-                            let _ = write!(sql, "{text}${next}");
-                            next += 1;
-                        }
-                        None => sql.push_str(part),
-                    }
-                }
-                debug_assert_eq!(next - 1, (i + 1) * values.len(), "one `?` per cell");
-            }
-            sql.push(' ');
-            sql.push_str(conflict);
-            let sql = sqlx::AssertSqlSafe(dialect(backend, &sql));
+            let sql = sqlx::AssertSqlSafe(dialect(backend, &upsert_sql::<T>(chunk.len())));
             let values = chunk.iter().flatten();
             match self {
                 Self::Sqlite(tx) => {
@@ -337,26 +357,86 @@ impl Tx {
         Ok(())
     }
 
-    /// `(id, name, tenant_id)` of `table`'s REST-registered rows.
-    async fn rest_rows(
+    /// `(id, name, tenant_id)` of `table`'s rows from `source`.
+    async fn rows_of(
         &mut self,
-        sql: &str,
+        backend: super::Backend,
+        table: CatalogTable,
+        source: &str,
     ) -> Result<Vec<(String, String, Option<String>)>, PersistenceError> {
-        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        let sql = sqlx::AssertSqlSafe(dialect(
+            backend,
+            &format!(
+                "SELECT id, name, tenant_id FROM {} WHERE source = $1",
+                table.name()
+            ),
+        ));
         Ok(match self {
             Self::Sqlite(tx) => {
                 sqlx::query_as(sql)
-                    .bind(REST_SOURCE)
+                    .bind(source)
                     .fetch_all(&mut **tx)
                     .await?
             }
             Self::Postgres(tx) => {
                 sqlx::query_as(sql)
-                    .bind(REST_SOURCE)
+                    .bind(source)
                     .fetch_all(&mut **tx)
                     .await?
             }
         })
+    }
+
+    /// Deletes the rows of `source` that `entries` no longer have as they are: gone, or now with
+    /// another id, tenant or name. The rest are left for the upserts to update in place, where a
+    /// column changed.
+    async fn delete_stale_rows<T: CatalogRow>(
+        &mut self,
+        backend: super::Backend,
+        entries: &[&T],
+        source: CatalogSource,
+    ) -> Result<(), PersistenceError> {
+        let table = T::TABLE;
+        let rows = self.rows_of(backend, table, source.as_str()).await?;
+        let ids: Vec<String> = entries.iter().map(|entry| row_id(entry.source())).collect();
+        let wanted: HashSet<(&str, Option<&str>, &str)> = ids
+            .iter()
+            .zip(entries)
+            .map(|(id, entry)| {
+                let (tenant, name) = entry.owner();
+                (id.as_str(), tenant, name)
+            })
+            .collect();
+        let stale: Vec<&str> = rows
+            .iter()
+            .filter(|(id, name, tenant)| !wanted.contains(&(id, tenant.as_deref(), name)))
+            .map(|(id, _, _)| id.as_str())
+            .collect();
+        for ids in stale.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = format!("DELETE FROM {} WHERE source = $1 AND id IN (", table.name());
+            for i in 0..ids.len() {
+                let _ = write!(sql, "{}${}", if i == 0 { "" } else { ", " }, i + 2);
+            }
+            sql.push(')');
+            let sql = sqlx::AssertSqlSafe(dialect(backend, &sql));
+            match self {
+                Self::Sqlite(tx) => {
+                    let query = sqlx::query(sql).bind(source.as_str());
+                    ids.iter()
+                        .fold(query, |query, id| query.bind(*id))
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Self::Postgres(tx) => {
+                    let query = sqlx::query(sql).bind(source.as_str());
+                    ids.iter()
+                        .fold(query, |query, id| query.bind(*id))
+                        .execute(&mut **tx)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the REST row `id`; whether this transaction deleted it (a concurrent sync on
@@ -390,12 +470,7 @@ impl Tx {
     ) -> Result<(), PersistenceError> {
         let table = T::TABLE;
         let name = table.name();
-        let rest = self
-            .rest_rows(&dialect(
-                backend,
-                &format!("SELECT id, name, tenant_id FROM {name} WHERE source = $1"),
-            ))
-            .await?;
+        let rest = self.rows_of(backend, table, REST_SOURCE).await?;
         if rest.is_empty() {
             return Ok(());
         }
@@ -428,7 +503,9 @@ impl Tx {
 }
 
 impl Database {
-    /// Replaces the declarative rows of `source` with the snapshot's entries, in one transaction.
+    /// Makes the declarative rows of `source` the snapshot's entries, in one transaction: rows it
+    /// no longer has are deleted, rows whose columns changed are updated, new ones inserted, and
+    /// the rest left alone, so each replica's reload writes only what changed.
     /// A declarative object owns its name: it replaces a REST row of the same tenant and name,
     /// which the result lists.
     pub async fn sync_catalog(
@@ -437,19 +514,16 @@ impl Database {
         source: CatalogSource,
     ) -> Result<CatalogSync, PersistenceError> {
         let backend = self.backend();
-        let sql = |s: &str| dialect(backend, s);
         let mut tx = match self {
             Self::Sqlite(pool) => Tx::Sqlite(pool.begin().await?),
             Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         };
-        let src = source.as_str();
-        for table in ["workflows", "cli_tools", "security_contexts"] {
-            execute!(
-                tx,
-                sql(&format!("DELETE FROM {table} WHERE source = $1")),
-                src
-            );
-        }
+        let workflows = last_of_each_name(snapshot.workflows());
+        let cli_tools = last_of_each_name(snapshot.cli_tools());
+        let contexts = last_of_each_name(snapshot.security_contexts());
+        tx.delete_stale_rows(backend, &workflows, source).await?;
+        tx.delete_stale_rows(backend, &cli_tools, source).await?;
+        tx.delete_stale_rows(backend, &contexts, source).await?;
 
         let mut replaced = Vec::new();
         tx.replace_rest_rows(backend, snapshot.workflows(), &mut replaced)
@@ -459,11 +533,8 @@ impl Database {
         tx.replace_rest_rows(backend, snapshot.security_contexts(), &mut replaced)
             .await?;
 
-        let workflows = last_of_each_name(snapshot.workflows());
         tx.upsert_rows(backend, &workflows, source).await?;
-        let cli_tools = last_of_each_name(snapshot.cli_tools());
         tx.upsert_rows(backend, &cli_tools, source).await?;
-        let contexts = last_of_each_name(snapshot.security_contexts());
         tx.upsert_rows(backend, &contexts, source).await?;
 
         match tx {
@@ -476,7 +547,11 @@ impl Database {
             security_contexts: snapshot.security_contexts().len(),
             replaced,
         };
-        tracing::debug!(source = src, ?sync, "catalog tables synchronised");
+        tracing::debug!(
+            source = source.as_str(),
+            ?sync,
+            "catalog tables synchronised"
+        );
         Ok(sync)
     }
 }
