@@ -4,6 +4,9 @@
 #   cli_arguments     a CLI tool's arguments into the container CLI's argv (the agent's strings
 #                     kept whole and after the image, mount paths normalized and unreserved);
 #   envelope          the SEAL envelope parser and canonicalizer;
+#   manifests         a manifests file (or custom resources) through parse_manifests, compile and
+#                     the data plane's served snapshot (no panic, a bad file adds nothing,
+#                     compile deterministic, and whatever it builds a data plane can serve);
 #   workflow_request  arguments through a step's templates into the upstream request (no escape
 #                     from a JSON string, one path segment per path parameter, nothing added).
 # CI runs each for 60 s from scripts/test.sh; developers run them for longer.

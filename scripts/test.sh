@@ -46,7 +46,7 @@ mapfile -t manifests < <(find charts/seal-gateway/crds examples -name '*.yaml' !
 step "helm chart: lint, render, validate, schema (scripts/check-chart.sh)"
 scripts/check-chart.sh
 
-step "cargo fuzz: the cli_arguments, envelope and workflow_request targets (${SEAL_FUZZ_SECONDS:-60} s each)"
+step "cargo fuzz: the cli_arguments, envelope, manifests and workflow_request targets (${SEAL_FUZZ_SECONDS:-60} s each)"
 scripts/fuzz.sh
 
 step "schemathesis: the HTTP API from its own /openapi.json answers no 5xx"
