@@ -140,9 +140,9 @@ fn last_of_each_name<'a, T: CatalogRow>(entries: impl Iterator<Item = &'a T>) ->
 /// What the sync needs of each kind of declarative object, beside its table.
 trait CatalogRow {
     const TABLE: CatalogTable;
-    /// The columns the object's row sets, each with its placeholder's cast (`::jsonb` for JSON),
-    /// in [`Self::cells`]'s order; `name` and `tenant_id` are the conflict key. The sync
-    /// adds `source`, and `created_at` when it inserts.
+    /// The columns of the object's own kind, after [`COMMON_COLUMNS`], each with its
+    /// placeholder's cast (`::jsonb` for JSON), in [`Self::cells`]'s order. The sync adds
+    /// `source`, and `created_at` when it inserts.
     const COLUMNS: &'static [(&'static str, &'static str)];
 
     /// The tenant and name that own the object's row.
@@ -151,20 +151,38 @@ trait CatalogRow {
     /// The manifest or custom resource it came from.
     fn source(&self) -> &ResourceRef;
 
-    /// The row but its source, in [`Self::COLUMNS`]'s order.
+    fn description(&self) -> &str;
+
+    /// The values of [`Self::COLUMNS`], in order.
     fn cells(&self) -> Vec<Cell<'_>>;
 }
+
+/// The columns every catalog table starts with, filled from [`CatalogRow::source`] (the row id),
+/// [`CatalogRow::owner`] and [`CatalogRow::description`].
+const COMMON_COLUMNS: [&str; 4] = ["id", "name", "tenant_id", "description"];
 
 /// The columns of the catalog tables' conflict key, `(COALESCE(tenant_id, ''), name)`.
 const KEY_COLUMNS: [&str; 2] = ["name", "tenant_id"];
 
+/// A row's cells in its upsert's order: [`COMMON_COLUMNS`], the kind's own, then `source`.
+fn row_cells<'a, T: CatalogRow>(entry: &'a T, source: CatalogSource) -> Vec<Cell<'a>> {
+    let (tenant, name) = entry.owner();
+    let mut row = vec![
+        Cell::text(row_id(entry.source())),
+        Cell::borrowed(name),
+        Cell::Text(tenant.map(Cow::Borrowed)),
+        Cell::borrowed(entry.description()),
+    ];
+    let own = entry.cells();
+    debug_assert_eq!(own.len(), T::COLUMNS.len(), "one cell per column");
+    row.extend(own);
+    row.push(Cell::borrowed(source.as_str()));
+    row
+}
+
 impl CatalogRow for WorkflowEntry {
     const TABLE: CatalogTable = CatalogTable::Workflows;
     const COLUMNS: &'static [(&'static str, &'static str)] = &[
-        ("id", ""),
-        ("name", ""),
-        ("tenant_id", ""),
-        ("description", ""),
         ("input_schema", "::jsonb"),
         // Only REST-registered workflows reference a stored OpenAPI spec.
         ("api_spec_id", ""),
@@ -179,12 +197,12 @@ impl CatalogRow for WorkflowEntry {
         &self.source
     }
 
+    fn description(&self) -> &str {
+        &self.description
+    }
+
     fn cells(&self) -> Vec<Cell<'_>> {
         vec![
-            Cell::text(row_id(&self.source)),
-            Cell::borrowed(&self.tool_name),
-            Cell::Text(self.tenant_id.as_deref().map(Cow::Borrowed)),
-            Cell::borrowed(&self.description),
             Cell::text(self.input_schema.to_string()),
             Cell::Text(None),
             Cell::text(serde_json::to_string(&self.steps).unwrap_or_else(|_| "[]".into())),
@@ -195,10 +213,6 @@ impl CatalogRow for WorkflowEntry {
 impl CatalogRow for CliToolEntry {
     const TABLE: CatalogTable = CatalogTable::CliTools;
     const COLUMNS: &'static [(&'static str, &'static str)] = &[
-        ("id", ""),
-        ("name", ""),
-        ("tenant_id", ""),
-        ("description", ""),
         ("docker_image", ""),
         ("allowed_subcommands", "::jsonb"),
         ("require_semantic_judge", ""),
@@ -215,12 +229,12 @@ impl CatalogRow for CliToolEntry {
         &self.source
     }
 
+    fn description(&self) -> &str {
+        &self.description
+    }
+
     fn cells(&self) -> Vec<Cell<'_>> {
         vec![
-            Cell::text(row_id(&self.source)),
-            Cell::borrowed(&self.tool_name),
-            Cell::Text(self.tenant_id.as_deref().map(Cow::Borrowed)),
-            Cell::borrowed(&self.description),
             Cell::borrowed(&self.docker_image),
             Cell::text(Value::from(self.allowed_subcommands.clone()).to_string()),
             Cell::Bool(self.require_semantic_judge),
@@ -238,14 +252,8 @@ impl CatalogRow for CliToolEntry {
 
 impl CatalogRow for SecurityContextEntry {
     const TABLE: CatalogTable = CatalogTable::SecurityContexts;
-    const COLUMNS: &'static [(&'static str, &'static str)] = &[
-        ("id", ""),
-        ("name", ""),
-        ("tenant_id", ""),
-        ("description", ""),
-        ("capabilities", "::jsonb"),
-        ("deny_list", "::jsonb"),
-    ];
+    const COLUMNS: &'static [(&'static str, &'static str)] =
+        &[("capabilities", "::jsonb"), ("deny_list", "::jsonb")];
 
     fn owner(&self) -> (Option<&str>, &str) {
         (self.tenant_id.as_deref(), &self.name)
@@ -255,12 +263,12 @@ impl CatalogRow for SecurityContextEntry {
         &self.source
     }
 
+    fn description(&self) -> &str {
+        &self.description
+    }
+
     fn cells(&self) -> Vec<Cell<'_>> {
         vec![
-            Cell::text(row_id(&self.source)),
-            Cell::borrowed(&self.name),
-            Cell::Text(self.tenant_id.as_deref().map(Cow::Borrowed)),
-            Cell::borrowed(&self.description),
             Cell::text(serde_json::to_string(&self.capabilities).unwrap_or_else(|_| "[]".into())),
             Cell::text(Value::from(self.deny_list.clone()).to_string()),
         ]
@@ -275,7 +283,10 @@ impl CatalogRow for SecurityContextEntry {
 /// the sync's deletes, on another replica.
 fn upsert_sql<T: CatalogRow>(rows: usize) -> String {
     let table = T::TABLE.name();
-    let columns: Vec<&str> = T::COLUMNS.iter().map(|&(column, _)| column).collect();
+    let columns: Vec<&str> = COMMON_COLUMNS
+        .into_iter()
+        .chain(T::COLUMNS.iter().map(|&(column, _)| column))
+        .collect();
     let mut sql = format!(
         "INSERT INTO {table} ({}, source, created_at) VALUES ",
         columns.join(", ")
@@ -283,7 +294,8 @@ fn upsert_sql<T: CatalogRow>(rows: usize) -> String {
     let mut next = 1;
     for row in 0..rows {
         sql.push_str(if row == 0 { "(" } else { ", (" });
-        for &(_, cast) in T::COLUMNS {
+        let casts = COMMON_COLUMNS.map(|_| "").into_iter();
+        for cast in casts.chain(T::COLUMNS.iter().map(|&(_, cast)| cast)) {
             let _ = write!(sql, "${next}{cast}, ");
             next += 1;
         }
@@ -318,7 +330,29 @@ enum Tx {
 }
 
 impl Tx {
-    /// Upserts the rows of `entries` (their cells, then `source`), [`ROWS_PER_STATEMENT`] rows a
+    /// Runs one statement with `cells` bound in order.
+    async fn execute<'c>(
+        &mut self,
+        sql: String,
+        cells: impl Iterator<Item = &'c Cell<'c>>,
+    ) -> Result<(), PersistenceError> {
+        let sql = sqlx::AssertSqlSafe(sql);
+        match self {
+            Self::Sqlite(tx) => {
+                bind_cells!(sqlx::query(sql), cells)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Self::Postgres(tx) => {
+                bind_cells!(sqlx::query(sql), cells)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Upserts the rows of `entries` ([`row_cells`]), [`ROWS_PER_STATEMENT`] rows a
     /// statement. A statement per row made a reload of 2,000 workflows 2,000 round trips, all
     /// inside the sync's transaction: on SQLite that holds the write lock the audit writer's
     /// commits wait for.
@@ -332,27 +366,10 @@ impl Tx {
         for entries in entries.chunks(ROWS_PER_STATEMENT) {
             let chunk: Vec<Vec<Cell<'_>>> = entries
                 .iter()
-                .map(|&entry| {
-                    let mut row = entry.cells();
-                    debug_assert_eq!(row.len(), T::COLUMNS.len(), "one cell per column");
-                    row.push(Cell::borrowed(source.as_str()));
-                    row
-                })
+                .map(|&entry| row_cells(entry, source))
                 .collect();
-            let sql = sqlx::AssertSqlSafe(dialect(backend, &upsert_sql::<T>(chunk.len())));
-            let values = chunk.iter().flatten();
-            match self {
-                Self::Sqlite(tx) => {
-                    bind_cells!(sqlx::query(sql), values)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                Self::Postgres(tx) => {
-                    bind_cells!(sqlx::query(sql), values)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-            }
+            let sql = dialect(backend, &upsert_sql::<T>(chunk.len()));
+            self.execute(sql, chunk.iter().flatten()).await?;
         }
         Ok(())
     }
@@ -418,23 +435,11 @@ impl Tx {
                 let _ = write!(sql, "{}${}", if i == 0 { "" } else { ", " }, i + 2);
             }
             sql.push(')');
-            let sql = sqlx::AssertSqlSafe(dialect(backend, &sql));
-            match self {
-                Self::Sqlite(tx) => {
-                    let query = sqlx::query(sql).bind(source.as_str());
-                    ids.iter()
-                        .fold(query, |query, id| query.bind(*id))
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                Self::Postgres(tx) => {
-                    let query = sqlx::query(sql).bind(source.as_str());
-                    ids.iter()
-                        .fold(query, |query, id| query.bind(*id))
-                        .execute(&mut **tx)
-                        .await?;
-                }
-            }
+            let binds: Vec<Cell<'_>> = std::iter::once(source.as_str())
+                .chain(ids.iter().copied())
+                .map(Cell::borrowed)
+                .collect();
+            self.execute(dialect(backend, &sql), binds.iter()).await?;
         }
         Ok(())
     }
