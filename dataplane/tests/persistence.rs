@@ -569,6 +569,47 @@ async fn a_reload_writes_only_the_catalog_rows_that_changed_on_both_backends() {
     }
 }
 
+/// Another connection (the audit writer, a REST change, the jti sweep) holds SQLite's write lock
+/// and writes while a reload's sync starts: the sync waits for it and commits. A sync that read
+/// the catalog before taking the lock could not write once the other connection had committed,
+/// and the reload was refused with "database is locked".
+#[tokio::test]
+async fn a_catalog_sync_waits_for_another_writer_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("gateway.db").display());
+    let db = Database::connect(&url).await.unwrap();
+    let Database::Sqlite(pool) = &db else {
+        unreachable!("a SQLite URL")
+    };
+    sqlx::raw_sql("CREATE TABLE other_writes (n INTEGER)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut other = pool.acquire().await.unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE; INSERT INTO other_writes VALUES (1)")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+
+    let snapshot = support::snapshot_of(CATALOG);
+    let sync = tokio::spawn({
+        let db = db.clone();
+        async move { db.sync_catalog(&snapshot, CatalogSource::Manifest).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::raw_sql("COMMIT").execute(&mut *other).await.unwrap();
+    drop(other);
+
+    let sync = sync
+        .await
+        .unwrap()
+        .expect("the sync waits out the other writer");
+    assert_eq!(sync.workflows, 1);
+    let mirrored = query_text(&db, "SELECT name FROM workflows").await;
+    assert_eq!(mirrored, [[Some("echo_message".to_owned())]]);
+    db.close().await;
+}
+
 #[tokio::test]
 async fn an_exhausted_pool_reports_pool_timed_out_on_both_backends() {
     for (backend, url, _dir) in support::both_backends().await {

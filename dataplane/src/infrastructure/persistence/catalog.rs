@@ -520,7 +520,10 @@ impl Database {
     ) -> Result<CatalogSync, PersistenceError> {
         let backend = self.backend();
         let mut tx = match self {
-            Self::Sqlite(pool) => Tx::Sqlite(pool.begin().await?),
+            // IMMEDIATE takes the write lock (waiting out `busy_timeout`) before the stale rows
+            // are read: a deferred transaction that read first fails with "database is locked",
+            // without waiting, once another connection has written since its read.
+            Self::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
             Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         };
         let workflows = last_of_each_name(snapshot.workflows());
