@@ -330,26 +330,23 @@ enum Tx {
 }
 
 impl Tx {
-    /// Runs one statement with `cells` bound in order.
+    /// Runs one statement with `cells` bound in order; the rows it affected.
     async fn execute<'c>(
         &mut self,
         sql: String,
         cells: impl Iterator<Item = &'c Cell<'c>>,
-    ) -> Result<(), PersistenceError> {
+    ) -> Result<u64, PersistenceError> {
         let sql = sqlx::AssertSqlSafe(sql);
-        match self {
-            Self::Sqlite(tx) => {
-                bind_cells!(sqlx::query(sql), cells)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            Self::Postgres(tx) => {
-                bind_cells!(sqlx::query(sql), cells)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-        }
-        Ok(())
+        Ok(match self {
+            Self::Sqlite(tx) => bind_cells!(sqlx::query(sql), cells)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+            Self::Postgres(tx) => bind_cells!(sqlx::query(sql), cells)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+        })
     }
 
     /// Upserts the rows of `entries` ([`row_cells`]), [`ROWS_PER_STATEMENT`] rows a
@@ -447,22 +444,8 @@ impl Tx {
     /// Deletes the REST row `id`; whether this transaction deleted it (a concurrent sync on
     /// another replica may have replaced it first).
     async fn delete_rest_row(&mut self, sql: &str, id: &str) -> Result<bool, PersistenceError> {
-        let sql = sqlx::AssertSqlSafe(sql.to_owned());
-        let affected = match self {
-            Self::Sqlite(tx) => sqlx::query(sql)
-                .bind(id)
-                .bind(REST_SOURCE)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected(),
-            Self::Postgres(tx) => sqlx::query(sql)
-                .bind(id)
-                .bind(REST_SOURCE)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected(),
-        };
-        Ok(affected > 0)
+        let binds = [Cell::borrowed(id), Cell::borrowed(REST_SOURCE)];
+        Ok(self.execute(sql.to_owned(), binds.iter()).await? > 0)
     }
 
     /// Removes the REST rows whose tenant and name a declarative object of `table` now has
