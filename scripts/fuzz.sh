@@ -30,8 +30,8 @@
 # Layout: cargo-fuzz is installed from crates.io into target/tools/cargo; the instrumented build
 # goes to target/fuzz (it shares nothing with the main build); the growing corpus lives in
 # target/fuzz/corpus/TARGET, seeded read-only from dataplane/fuzz/corpus/TARGET when that folder
-# exists; crashes are written to dataplane/fuzz/artifacts/TARGET (git-ignored). Exits non-zero on
-# any crash.
+# exists (the manifests target from the examples' manifests folders); crashes are written to
+# dataplane/fuzz/artifacts/TARGET (git-ignored). Exits non-zero on any crash.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -113,6 +113,8 @@ for target in "${targets[@]}"; do
   mkdir -p "$work_corpus" "$artifacts"
   corpora=("$work_corpus")
   [[ -d $FUZZ_DIR/corpus/$target ]] && corpora+=("$FUZZ_DIR/corpus/$target")
+  # The manifests target starts from the example manifests themselves, so its seeds follow them.
+  [[ $target == manifests ]] && corpora+=(examples/quickstart/manifests examples/kubernetes/manifests)
   dict=()
   [[ -f $FUZZ_DIR/$target.dict ]] && dict=(-dict="$FUZZ_DIR/$target.dict")
   t0=$SECONDS
