@@ -37,10 +37,17 @@ fn textual_forms(secrets: &[String]) -> impl Iterator<Item = Cow<'_, str>> {
 
 /// `text` with every occurrence of every secret, plain or JSON-escaped, replaced by [`REDACTED`].
 pub fn redact_text<'t>(text: &'t str, secrets: &[String]) -> Cow<'t, str> {
+    let forms: Vec<_> = textual_forms(secrets).collect();
+    replace_forms(text, &forms)
+}
+
+/// `text` with every occurrence of each of `forms` replaced by [`REDACTED`], borrowed when none
+/// occurs (the usual case: most strings of a response carry no secret).
+fn replace_forms<'t>(text: &'t str, forms: &[Cow<'_, str>]) -> Cow<'t, str> {
     let mut out = Cow::Borrowed(text);
-    for secret in textual_forms(secrets) {
-        if out.contains(secret.as_ref()) {
-            out = Cow::Owned(out.replace(secret.as_ref(), REDACTED));
+    for form in forms {
+        if out.contains(form.as_ref()) {
+            out = Cow::Owned(out.replace(form.as_ref(), REDACTED));
         }
     }
     out
@@ -48,15 +55,14 @@ pub fn redact_text<'t>(text: &'t str, secrets: &[String]) -> Cow<'t, str> {
 
 /// Redacts every string (values and object keys) of a JSON value in place; true if anything changed.
 pub fn redact_json(value: &mut Value, secrets: &[String]) -> bool {
-    if searchable(secrets).next().is_none() {
-        return false;
-    }
-    redact_value(value, secrets)
+    // The forms are worked out once for the whole value, not once for each of its strings.
+    let forms: Vec<_> = textual_forms(secrets).collect();
+    !forms.is_empty() && redact_value(value, &forms)
 }
 
-fn redact_value(value: &mut Value, secrets: &[String]) -> bool {
+fn redact_value(value: &mut Value, forms: &[Cow<'_, str>]) -> bool {
     match value {
-        Value::String(s) => match redact_text(s, secrets) {
+        Value::String(s) => match replace_forms(s, forms) {
             Cow::Borrowed(_) => false,
             Cow::Owned(redacted) => {
                 *s = redacted;
@@ -65,21 +71,25 @@ fn redact_value(value: &mut Value, secrets: &[String]) -> bool {
         },
         Value::Array(items) => items
             .iter_mut()
-            .fold(false, |changed, item| redact_value(item, secrets) | changed),
+            .fold(false, |changed, item| redact_value(item, forms) | changed),
         Value::Object(map) => {
             let mut changed = false;
-            let keys: Vec<String> = map.keys().cloned().collect();
-            for key in keys {
-                let redacted_key = redact_text(&key, secrets).into_owned();
-                if redacted_key != key
-                    && let Some(mut item) = map.remove(&key)
-                {
-                    redact_value(&mut item, secrets);
-                    map.insert(redacted_key, item);
+            // Only keys that carry a secret are renamed, so only those are copied.
+            let renamed: Vec<(String, String)> = map
+                .keys()
+                .filter_map(|key| match replace_forms(key, forms) {
+                    Cow::Borrowed(_) => None,
+                    Cow::Owned(redacted) => Some((key.clone(), redacted)),
+                })
+                .collect();
+            for (key, redacted) in renamed {
+                if let Some(item) = map.remove(&key) {
+                    map.insert(redacted, item);
                     changed = true;
-                } else if let Some(item) = map.get_mut(&key) {
-                    changed |= redact_value(item, secrets);
                 }
+            }
+            for item in map.values_mut() {
+                changed |= redact_value(item, forms);
             }
             changed
         }
@@ -129,6 +139,29 @@ mod tests {
             b"\xff [REDACTED] [REDACTED]"
         );
         assert_eq!(redact_text("nothing", &secrets), "nothing");
+    }
+
+    #[test]
+    fn a_renamed_key_keeps_its_value_redacted_and_its_siblings_untouched() {
+        let secrets = vec!["tok-123456".to_owned()];
+        let mut v = json!({
+            "outer": {"tok-123456": {"deep": "Bearer tok-123456", "n": 1}, "kept": "plain"},
+            "list": [{"x-tok-123456-y": null}, "quoted {\"t\":\"tok-123456\"}"],
+        });
+        assert!(redact_json(&mut v, &secrets));
+        assert_eq!(
+            v,
+            json!({
+                "outer": {"[REDACTED]": {"deep": "Bearer [REDACTED]", "n": 1}, "kept": "plain"},
+                "list": [{"x-[REDACTED]-y": null}, "quoted {\"t\":\"[REDACTED]\"}"],
+            })
+        );
+        let mut clean = json!({"a": ["b", {"c": "d"}]});
+        assert!(!redact_json(&mut clean, &secrets));
+        assert!(
+            !redact_json(&mut v, &["abc".to_owned()]),
+            "too short to search for"
+        );
     }
 
     #[test]
