@@ -176,6 +176,24 @@ impl Gateway {
         Ok(ticks as f64 / per_second as f64)
     }
 
+    /// Read- and write-family syscalls so far (`syscr` + `syscw` of `/proc/<pid>/io`, which
+    /// keeps the counts of threads that have exited): `read`, `pread64`, `write`, `pwrite64`,
+    /// `writev`, so each WAL frame's two `pwrite`s, each `writev` of a response or an upstream
+    /// request, each eventfd wake-up. Socket `recv` and `send` are not in it. A count, unlike a
+    /// time, does not depend on how busy the machine is.
+    pub fn rw_syscalls(&self) -> anyhow::Result<u64> {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.pid()))?;
+        ["syscr:", "syscw:"]
+            .iter()
+            .map(|field| {
+                io.lines()
+                    .find_map(|l| l.strip_prefix(field))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .with_context(|| format!("no {field} in /proc/<pid>/io"))
+            })
+            .sum()
+    }
+
     fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         status

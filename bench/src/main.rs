@@ -34,7 +34,7 @@ use sqlx::Executor;
 use crate::gateway::Gateway;
 use crate::load::{Outcome, Pace, Requests};
 use crate::manifests::{DENIED, ONE_STEP, ONE_STEP_CREDENTIAL, ONE_STEP_LIMITED, THREE_STEPS};
-use crate::report::Row;
+use crate::report::{Row, Usage};
 use crate::signer::{Call, Signer};
 
 #[derive(Parser)]
@@ -402,8 +402,8 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One workload against a running gateway: its outcome, and the gateway's CPU and peak RSS
-/// during it.
+/// One workload against a running gateway: its outcome, and the gateway's CPU, syscalls and peak
+/// RSS during it.
 async fn measured_run(
     gw: &Gateway,
     workload: &'static str,
@@ -415,14 +415,18 @@ async fn measured_run(
 ) -> anyhow::Result<Row> {
     progress(&format!("  {workload} ({pace})"));
     gw.reset_peak_rss()?;
-    let cpu = gw.cpu_seconds()?;
+    let (cpu, syscalls) = (gw.cpu_seconds()?, gw.rw_syscalls()?);
     let outcome = load::run(gw.addr, &requests, pace).await?;
     Ok(Row {
         workload,
         database,
         pace,
         expected,
-        gateway: Some((gw.cpu_seconds()? - cpu, gw.peak_rss_mib()?)),
+        gateway: Some(Usage {
+            cpu_seconds: gw.cpu_seconds()? - cpu,
+            peak_rss_mib: gw.peak_rss_mib()?,
+            rw_syscalls: gw.rw_syscalls()?.saturating_sub(syscalls),
+        }),
         verifies,
         outcome,
     })

@@ -10,10 +10,19 @@ pub struct Row {
     pub pace: Pace,
     pub expected: u16,
     pub outcome: Outcome,
-    /// The gateway's CPU seconds and peak RSS (MiB) over the run; `None` for the direct reference.
-    pub gateway: Option<(f64, f64)>,
+    /// What the gateway used over the run; `None` for the direct reference.
+    pub gateway: Option<Usage>,
     /// Whether each request costs the envelope's crypto, so the ceiling applies.
     pub verifies: bool,
+}
+
+/// What the gateway process used over one workload.
+#[derive(Clone, Copy)]
+pub struct Usage {
+    pub cpu_seconds: f64,
+    pub peak_rss_mib: f64,
+    /// Read- and write-family syscalls (`/proc/<pid>/io`; see `Gateway::rw_syscalls`).
+    pub rw_syscalls: u64,
 }
 
 impl Row {
@@ -30,7 +39,7 @@ impl Row {
     /// The gateway's CPU per request over the run, in µs.
     pub fn cpu_micros_per_request(&self) -> Option<f64> {
         self.gateway
-            .map(|(cpu, _)| cpu * 1e6 / self.outcome.requests().max(1) as f64)
+            .map(|g| g.cpu_seconds * 1e6 / self.outcome.requests().max(1) as f64)
     }
 
     /// Responses other than the expected status, as `status×count`.
@@ -57,9 +66,9 @@ pub fn table(rows: &[Row], ceiling_per_second: f64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| workload | db | pace | requests | expected | errors | req/s | x ceiling | p50 ms | p90 ms | p99 ms | max ms | gw CPU s | gw CPU µs/req | gw peak RSS MiB |"
+        "| workload | db | pace | requests | expected | errors | req/s | x ceiling | p50 ms | p90 ms | p99 ms | max ms | gw CPU s | gw CPU µs/req | gw r/w syscalls/req | gw peak RSS MiB |"
     );
-    let _ = writeln!(out, "|{}", "---|".repeat(15));
+    let _ = writeln!(out, "|{}", "---|".repeat(16));
     for row in rows {
         let o = &row.outcome;
         // At a fixed rate, throughput is the rate: only a closed loop measures capacity.
@@ -68,17 +77,18 @@ pub fn table(rows: &[Row], ceiling_per_second: f64) -> String {
         } else {
             "-".into()
         };
-        let (cpu, per_request, rss) = match (row.gateway, row.cpu_micros_per_request()) {
-            (Some((cpu, rss)), Some(per_request)) => (
-                format!("{cpu:.2}"),
+        let (cpu, per_request, syscalls, rss) = match (row.gateway, row.cpu_micros_per_request()) {
+            (Some(g), Some(per_request)) => (
+                format!("{:.2}", g.cpu_seconds),
                 format!("{per_request:.0}"),
-                format!("{rss:.1}"),
+                format!("{:.1}", g.rw_syscalls as f64 / o.requests().max(1) as f64),
+                format!("{:.1}", g.peak_rss_mib),
             ),
-            _ => ("-".into(), "-".into(), "-".into()),
+            _ => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} |",
             row.workload,
             row.database,
             row.pace,
@@ -93,6 +103,7 @@ pub fn table(rows: &[Row], ceiling_per_second: f64) -> String {
             o.max_ms(),
             cpu,
             per_request,
+            syscalls,
             rss,
         );
     }
