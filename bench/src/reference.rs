@@ -87,8 +87,10 @@ pub fn crypto_ceiling(signer: &Signer, envelopes: &[Bytes], pin: bool) -> anyhow
 /// WAL frames a one-call SQLite commit writes: the audit rows, their four indexes and the jti
 /// (measured from a copy of the gateway's WAL with `dbstat`; bench/README.md, third round).
 const FRAMES_PER_COMMIT: usize = 17;
-/// A WAL frame: a 24-byte header and one 4 KiB page.
-const FRAME_BYTES: usize = 24 + 4096;
+/// A WAL frame's header, written before its 4 KiB page.
+const FRAME_HEADER: usize = 24;
+/// A WAL frame: its header and one 4 KiB page.
+const FRAME_BYTES: usize = FRAME_HEADER + 4096;
 /// The commits are written round this region of a file, allocated beforehand, as the gateway's
 /// WAL is overwritten in place once it has its bounded size.
 const LOG_BYTES: usize = 16 << 20;
@@ -97,9 +99,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
 const PAGES_PER_CHECKPOINT: usize = 40;
 
 /// The disk alone, doing what the gateway's SQLite audit writer asks of it, without SQLite or the
-/// gateway: on the gateway's core, `commits` commits at `per_second`, each one `pwrite` of a
-/// commit's frames to a log file (no sync: the gateway runs `synchronous = NORMAL`, so a commit
-/// only writes), and beside them every 25 ms a checkpoint's work on its own thread: `fsync` of the
+/// gateway: on the gateway's core, `commits` commits at `per_second`, each writing a commit's
+/// frames to a log file as SQLite does, two `pwrite`s a frame (its header, then its page), and no
+/// sync (the gateway runs `synchronous = NORMAL`, so a commit only writes); and beside them every 25 ms a checkpoint's work on its own thread: `fsync` of the
 /// log, `PAGES_PER_CHECKPOINT` pages written into a database file, `fsync` of it (SQLite's bundled
 /// build syncs with `fsync`). Returns the commits' latencies in µs: what the file system alone
 /// adds to a commit, with the checkpoints it must share the disk with. A commit due while the
@@ -169,7 +171,11 @@ pub fn disk_alone(
                     std::thread::sleep(due - ready);
                     Instant::now()
                 };
-                log.write_all_at(&commit, offset as u64)?;
+                for (n, frame) in commit.chunks(FRAME_BYTES).enumerate() {
+                    let at = (offset + n * FRAME_BYTES) as u64;
+                    log.write_all_at(&frame[..FRAME_HEADER], at)?;
+                    log.write_all_at(&frame[FRAME_HEADER..], at + FRAME_HEADER as u64)?;
+                }
                 latency.record(from.elapsed().as_micros().max(1) as u64)?;
                 offset = (offset + commit.len()) % (LOG_BYTES - commit.len());
             }
