@@ -101,11 +101,12 @@ const PAGES_PER_CHECKPOINT: usize = 40;
 /// The disk alone, doing what the gateway's SQLite audit writer asks of it, without SQLite or the
 /// gateway: on the gateway's core, `commits` commits at `per_second`, each writing a commit's
 /// frames to a log file as SQLite does, two `pwrite`s a frame (its header, then its page), and no
-/// sync (the gateway runs `synchronous = NORMAL`, so a commit only writes); and beside them every 25 ms a checkpoint's work on its own thread: `fsync` of the
-/// log, `PAGES_PER_CHECKPOINT` pages written into a database file, `fsync` of it (SQLite's bundled
-/// build syncs with `fsync`). Returns the commits' latencies in µs: what the file system alone
-/// adds to a commit, with the checkpoints it must share the disk with. A commit due while the
-/// previous one was still writing is timed from when it was due.
+/// sync (the gateway runs `synchronous = NORMAL`, so a commit only writes); and beside them every
+/// 25 ms a checkpoint's work on its own thread: `fsync` of the log, `PAGES_PER_CHECKPOINT` pages
+/// written into a database file, `fsync` of it (SQLite's bundled build syncs with `fsync`).
+/// Returns the commits' latencies in µs: what the file system alone adds to a commit, with the
+/// checkpoints it must share the disk with. A commit due while the previous one was still writing
+/// is timed from when it was due.
 pub fn disk_alone(
     dir: &Path,
     per_second: f64,
