@@ -182,25 +182,17 @@ impl Gateway {
     /// request, each eventfd wake-up. Socket `recv` and `send` are not in it. A count, unlike a
     /// time, does not depend on how busy the machine is.
     pub fn rw_syscalls(&self) -> anyhow::Result<u64> {
-        let io = std::fs::read_to_string(format!("/proc/{}/io", self.pid()))?;
-        ["syscr:", "syscw:"]
-            .iter()
-            .map(|field| {
-                io.lines()
-                    .find_map(|l| l.strip_prefix(field))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .with_context(|| format!("no {field} in /proc/<pid>/io"))
-            })
-            .sum()
+        let io = self.proc_file("io")?;
+        Ok(proc_field(&io, "io", "syscr:")? + proc_field(&io, "io", "syscw:")?)
     }
 
     fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("no {field} in /proc/<pid>/status"))
+        proc_field(&self.proc_file("status")?, "status", field)
+    }
+
+    fn proc_file(&self, name: &str) -> anyhow::Result<String> {
+        let path = format!("/proc/{}/{name}", self.pid());
+        std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))
     }
 
     /// Resident memory now, in MiB.
@@ -239,4 +231,13 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The number after `field` in the text of `/proc/<pid>/<file>` (`status` or `io`), a `kB`
+/// unit dropped.
+fn proc_field(text: &str, file: &str, field: &str) -> anyhow::Result<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/<pid>/{file}"))
 }

@@ -38,8 +38,11 @@ impl Row {
 
     /// The gateway's CPU per request over the run, in µs.
     pub fn cpu_micros_per_request(&self) -> Option<f64> {
-        self.gateway
-            .map(|g| g.cpu_seconds * 1e6 / self.outcome.requests().max(1) as f64)
+        self.gateway.map(|g| self.per_request(g.cpu_seconds * 1e6))
+    }
+
+    fn per_request(&self, total: f64) -> f64 {
+        total / self.outcome.requests().max(1) as f64
     }
 
     /// Responses other than the expected status, as `status×count`.
@@ -77,14 +80,14 @@ pub fn table(rows: &[Row], ceiling_per_second: f64) -> String {
         } else {
             "-".into()
         };
-        let (cpu, per_request, syscalls, rss) = match (row.gateway, row.cpu_micros_per_request()) {
-            (Some(g), Some(per_request)) => (
+        let (cpu, per_request, syscalls, rss) = match row.gateway {
+            Some(g) => (
                 format!("{:.2}", g.cpu_seconds),
-                format!("{per_request:.0}"),
-                format!("{:.1}", g.rw_syscalls as f64 / o.requests().max(1) as f64),
+                format!("{:.0}", row.per_request(g.cpu_seconds * 1e6)),
+                format!("{:.1}", row.per_request(g.rw_syscalls as f64)),
                 format!("{:.1}", g.peak_rss_mib),
             ),
-            _ => ("-".into(), "-".into(), "-".into(), "-".into()),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
         let _ = writeln!(
             out,
