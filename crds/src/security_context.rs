@@ -86,7 +86,7 @@ impl Capability {
     }
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub struct RateLimit {
     pub calls: u32,
     pub per_seconds: u32,

@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aegis_seal_crds::RateLimit;
@@ -74,6 +75,56 @@ async fn replicas_share_one_quota_exactly_even_when_calls_race() {
     );
 }
 
+/// A replica sends one statement per key at a time: the calls that arrive while one waits for
+/// the key's log wait in the replica and go together in the next, which allows as many as the
+/// quota has left and counts them in one slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_calls_wait_in_the_replica_for_its_statement_and_go_together_in_the_next() {
+    let (db, mut replicas) = replicas(1).await;
+    let Database::Postgres(pool) = &db else {
+        unreachable!()
+    };
+    let replica = Arc::new(replicas.remove(0));
+    let ten = limit(10, 60);
+    assert!(replica.take("k", &ten, Instant::now()).await.unwrap());
+    let mut in_progress = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM rate_limit_logs WHERE key = 'k' FOR UPDATE")
+        .execute(&mut *in_progress)
+        .await
+        .unwrap();
+
+    let spawn_take = || {
+        let replica = Arc::clone(&replica);
+        tokio::spawn(async move { replica.take("k", &ten, Instant::now()).await.unwrap() })
+    };
+    let first = spawn_take();
+    support::wait_for_statements(pool, "take_rate_limit_quotas", 1).await;
+    let queued: Vec<_> = (0..20).map(|_| spawn_take()).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        support::statements_running(pool, "take_rate_limit_quotas").await,
+        1,
+        "the queued calls went to the database one by one"
+    );
+
+    in_progress.commit().await.unwrap();
+    assert!(first.await.unwrap());
+    let allowed = futures::future::join_all(queued)
+        .await
+        .into_iter()
+        .filter(|allowed| *allowed.as_ref().unwrap())
+        .count();
+    assert_eq!(allowed, 8);
+    // One slot per statement: the call before, the one that waited, the 20 queued behind it.
+    let counts: Vec<i32> =
+        sqlx::query_scalar("SELECT unnest(slot_count) FROM rate_limit_logs WHERE key = 'k'")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(counts, [1, 1, 8]);
+    assert!(!replica.take("k", &ten, Instant::now()).await.unwrap());
+}
+
 #[tokio::test]
 async fn quota_comes_back_as_calls_leave_the_window_and_refusals_are_not_counted() {
     let (_db, replicas) = replicas(2).await;
@@ -109,7 +160,7 @@ async fn a_database_that_cannot_answer_is_an_error_not_a_verdict() {
     let Database::Postgres(pool) = &db else {
         unreachable!()
     };
-    sqlx::query("DROP FUNCTION take_rate_limit_quota")
+    sqlx::query("DROP FUNCTION take_rate_limit_quotas")
         .execute(pool)
         .await
         .unwrap();

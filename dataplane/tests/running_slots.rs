@@ -108,11 +108,12 @@ async fn a_take_waits_for_the_take_in_progress_on_its_key() {
     let earlier = take(&replicas[0], "k", 1).await.unwrap();
     replicas[0].release(earlier).await;
     let mut in_progress = pool.begin().await.unwrap();
-    let taken: Option<i64> = sqlx::query_scalar("SELECT take_running_slot('k', 1, 30)")
-        .fetch_one(&mut *in_progress)
-        .await
-        .unwrap();
-    assert!(taken.is_some());
+    let taken: Vec<Option<i64>> =
+        sqlx::query_scalar("SELECT exchange_running_slots('k', '{}', '{1}', 30)")
+            .fetch_one(&mut *in_progress)
+            .await
+            .unwrap();
+    assert!(taken[0].is_some());
 
     let replica = replicas[0].clone();
     let waiting = tokio::spawn(async move { take(&replica, "k", 1).await.is_some() });
@@ -125,6 +126,56 @@ async fn a_take_waits_for_the_take_in_progress_on_its_key() {
         !waiting.await.unwrap(),
         "the take did not count the slot taken before it"
     );
+}
+
+/// A replica sends one statement per key at a time: the takes and give-backs that arrive while
+/// one waits for the key's row wait in the replica, go together in the next, and count exactly
+/// (give-backs first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_calls_wait_in_the_replica_for_its_statement_and_go_together_in_the_next() {
+    let (pool, replicas) = replicas(1).await;
+    let replica = replicas[0].clone();
+    let earlier = take(&replica, "k", 5).await.unwrap();
+    let mut in_progress = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM running_slots WHERE key = 'k' FOR UPDATE")
+        .execute(&mut *in_progress)
+        .await
+        .unwrap();
+
+    let spawn_take = || {
+        let replica = replica.clone();
+        tokio::spawn(async move { take(&replica, "k", 5).await })
+    };
+    let first = spawn_take();
+    support::wait_for_statements(&pool, "exchange_running_slots", 1).await;
+    let queued: Vec<_> = (0..20).map(|_| spawn_take()).collect();
+    let given_back = {
+        let replica = replica.clone();
+        tokio::spawn(async move { replica.release(earlier).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        support::statements_running(&pool, "exchange_running_slots").await,
+        1,
+        "the queued calls went to the database one by one"
+    );
+
+    in_progress.commit().await.unwrap();
+    let first = first.await.unwrap().expect("a free slot");
+    given_back.await.unwrap();
+    let running: Vec<SlotPermit> = futures::future::join_all(queued)
+        .await
+        .into_iter()
+        .filter_map(Result::unwrap)
+        .collect();
+    // The earlier call's slot went back in the same statement, before its takes: 5 run.
+    assert_eq!(running.len(), 4);
+    assert_eq!(rows(&pool).await.len(), 5);
+    assert_eq!(replica.held(), 5);
+    for permit in running.into_iter().chain([first]) {
+        replica.release(permit).await;
+    }
+    assert!(rows(&pool).await.is_empty());
 }
 
 #[tokio::test]
@@ -274,7 +325,7 @@ async fn renewal_extends_the_leases_of_running_calls_and_reports_lapsed_ones() {
 async fn a_database_that_cannot_answer_is_an_error_not_a_verdict() {
     let (pool, replicas) = replicas(1).await;
     let running = take(&replicas[0], "k", 1).await.unwrap();
-    sqlx::query("DROP FUNCTION take_running_slot, release_running_slot")
+    sqlx::query("DROP FUNCTION exchange_running_slots")
         .execute(&pool)
         .await
         .unwrap();

@@ -241,3 +241,28 @@ impl Signer {
         }
     }
 }
+
+/// Statements of this database's other connections now running `function`, waiting for a lock
+/// or not.
+pub async fn statements_running(pool: &sqlx::PgPool, function: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() AND state = 'active' AND query LIKE '%' || $1 || '%'",
+    )
+    .bind(function)
+    .fetch_one(pool)
+    .await
+    .expect("read pg_stat_activity")
+}
+
+/// Waits (up to 10 s) until `n` statements of this database's other connections run `function`.
+pub async fn wait_for_statements(pool: &sqlx::PgPool, function: &str, n: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while statements_running(pool, function).await != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} statements never ran {function}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -12,6 +12,7 @@ mod audit_verify;
 mod audit_writer;
 mod catalog;
 mod events;
+mod key_batches;
 mod rate_limits;
 mod registry;
 mod replay;

@@ -1,8 +1,10 @@
 //! Where a capability's `max_concurrent` slots are counted. A gateway on SQLite runs alone (one
 //! process per file), so it counts in its own memory. Replicas on Postgres count in
 //! `running_slots` (migration 0006), so a session's calls running on every replica count against
-//! one limit. Such a call then takes two statements, one to take its slot and one to give it back
-//! before its answer is sent; calls without a `max_concurrent` take none.
+//! one limit. Such a call then takes its slot in one statement and gives it back in another,
+//! before its answer is sent; calls without a `max_concurrent` take none. A key's takes and
+//! give-backs that arrive while its statement is in flight go together in its next
+//! (`exchange_running_slots`, migration 0007; see [`super::key_batches`]).
 //!
 //! A slot is a lease: the replica renews the leases of its running calls every
 //! [`LEASE_RENEWAL`], and a slot left by a replica that died stops counting [`LEASE`] after its
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgPool;
 
+use super::key_batches::{BatchStatement, KeyBatches};
 use super::replay::delete_in_batches;
 use super::{Database, PersistenceError};
 use crate::domain::policy::{ConcurrencyLimiter, RunningPermit, Slots};
@@ -41,6 +44,17 @@ pub struct SharedSlots {
     pool: PgPool,
     /// The slots of this replica's running calls, by id, with their keys: those it renews.
     held: Arc<Mutex<HashMap<i64, String>>>,
+    /// Each key's takes and give-backs waiting for its statement in flight.
+    changes: KeyBatches<String, SlotChange, Option<SharedSlot>>,
+}
+
+/// What a call asks of its key's slots.
+#[derive(Debug)]
+enum SlotChange {
+    /// A slot, when fewer than `limit` calls hold one.
+    Take { limit: u32 },
+    /// Give back slot `id`.
+    GiveBack { id: i64 },
 }
 
 /// A running call's slot, held until [`Slots::release`] (or, failing that, its drop) gives it
@@ -67,6 +81,7 @@ impl RunningSlots {
             Database::Postgres(pool) => Self::Shared(SharedSlots {
                 pool: pool.clone(),
                 held: Arc::default(),
+                changes: KeyBatches::default(),
             }),
         }
     }
@@ -128,19 +143,65 @@ impl SharedSlots {
 
     /// Gives the slot back. On failure the slot, no longer renewed, stops counting when its
     /// lease expires, so the call's answer does not wait for the database to come back.
-    async fn give_back(pool: &PgPool, key: &str, id: i64) {
-        let released = sqlx::query("SELECT release_running_slot($1, $2)")
-            .bind(key)
-            .bind(id)
-            .execute(pool)
+    async fn give_back(&self, key: String, id: i64) {
+        let given_back = self
+            .changes
+            .submit(&key, SlotChange::GiveBack { id }, self.clone())
             .await;
-        if let Err(e) = released {
+        if let Err(e) = given_back {
             tracing::warn!(
                 error = %e,
                 lease_secs = LEASE.as_secs(),
                 "Running slot release failed; the slot frees when its lease expires"
             );
         }
+    }
+}
+
+/// One `exchange_running_slots` for a batch of one key's changes.
+impl BatchStatement<String, SlotChange, Option<SharedSlot>> for SharedSlots {
+    async fn run(
+        &self,
+        key: &String,
+        changes: Vec<SlotChange>,
+    ) -> Result<Vec<Option<SharedSlot>>, PersistenceError> {
+        let mut given_back = Vec::new();
+        let mut limits = Vec::new();
+        for change in &changes {
+            match change {
+                SlotChange::Take { limit } => {
+                    limits.push(i32::try_from(*limit).unwrap_or(i32::MAX))
+                }
+                SlotChange::GiveBack { id } => given_back.push(*id),
+            }
+        }
+        let taken: Vec<Option<i64>> =
+            sqlx::query_scalar("SELECT exchange_running_slots($1, $2, $3, $4)")
+                .bind(key)
+                .bind(&given_back)
+                .bind(&limits)
+                .bind(lease_secs())
+                .fetch_one(&self.pool)
+                .await?;
+        // Each slot taken is held, and renewed, from here: a call that has gone away drops it,
+        // which gives it back.
+        let mut taken = taken.into_iter();
+        let answers = changes
+            .into_iter()
+            .map(|change| match change {
+                SlotChange::GiveBack { .. } => None,
+                SlotChange::Take { .. } => taken.next().flatten().map(|id| {
+                    self.lock().insert(id, key.clone());
+                    SharedSlot {
+                        id,
+                        key: key.clone(),
+                        slots: self.clone(),
+                        released: false,
+                    }
+                }),
+            })
+            .collect();
+        Ok(answers)
     }
 }
 
@@ -157,23 +218,11 @@ impl Slots for RunningSlots {
             Self::InProcess(limiter) => Ok(limiter
                 .try_acquire(key.to_owned(), limit)
                 .map(SlotPermit::InProcess)),
-            Self::Shared(shared) => {
-                let id: Option<i64> = sqlx::query_scalar("SELECT take_running_slot($1, $2, $3)")
-                    .bind(key)
-                    .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-                    .bind(lease_secs())
-                    .fetch_one(&shared.pool)
-                    .await?;
-                Ok(id.map(|id| {
-                    shared.lock().insert(id, key.to_owned());
-                    SlotPermit::Shared(SharedSlot {
-                        id,
-                        key: key.to_owned(),
-                        slots: shared.clone(),
-                        released: false,
-                    })
-                }))
-            }
+            Self::Shared(shared) => Ok(shared
+                .changes
+                .submit(&key.to_owned(), SlotChange::Take { limit }, shared.clone())
+                .await?
+                .map(SlotPermit::Shared)),
         }
     }
 
@@ -183,7 +232,8 @@ impl Slots for RunningSlots {
         };
         slot.released = true;
         slot.slots.lock().remove(&slot.id);
-        SharedSlots::give_back(&slot.slots.pool, &slot.key, slot.id).await;
+        let key = std::mem::take(&mut slot.key);
+        slot.slots.give_back(key, slot.id).await;
     }
 }
 
@@ -196,12 +246,8 @@ impl Drop for SharedSlot {
         }
         self.slots.lock().remove(&self.id);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (pool, key, id) = (
-                self.slots.pool.clone(),
-                std::mem::take(&mut self.key),
-                self.id,
-            );
-            runtime.spawn(async move { SharedSlots::give_back(&pool, &key, id).await });
+            let (slots, key, id) = (self.slots.clone(), std::mem::take(&mut self.key), self.id);
+            runtime.spawn(async move { slots.give_back(key, id).await });
         }
     }
 }
