@@ -154,6 +154,20 @@ async fn the_sweep_deletes_only_logs_whose_calls_all_left_their_window() {
     assert!(take("short", limit(1, 1)).await);
 }
 
+/// A take commits without waiting for its WAL flush, so the key's row lock is not held through
+/// it; the setting lasts for the take's transaction only (migration 0007).
+#[tokio::test]
+async fn a_take_does_not_wait_for_its_wal_flush_and_nothing_else_changes() {
+    let (db, _replicas) = replicas(1).await;
+    let Database::Postgres(pool) = &db else {
+        unreachable!()
+    };
+    let around =
+        support::synchronous_commit_around(pool, "SELECT take_rate_limit_quotas('k', 1, 60, 1)")
+            .await;
+    assert_eq!(around, ["off", "on"]);
+}
+
 #[tokio::test]
 async fn a_database_that_cannot_answer_is_an_error_not_a_verdict() {
     let (db, replicas) = replicas(1).await;

@@ -321,6 +321,19 @@ async fn renewal_extends_the_leases_of_running_calls_and_reports_lapsed_ones() {
     assert!(rows(&pool).await.is_empty());
 }
 
+/// A take or give-back commits without waiting for its WAL flush, so the key's row lock is not
+/// held through it; the setting lasts for its transaction only (migration 0007).
+#[tokio::test]
+async fn slots_change_without_waiting_for_the_wal_flush_and_nothing_else_changes() {
+    let (pool, _replicas) = replicas(1).await;
+    let around = support::synchronous_commit_around(
+        &pool,
+        "SELECT exchange_running_slots('k', '{}', '{1}', 30)",
+    )
+    .await;
+    assert_eq!(around, ["off", "on"]);
+}
+
 #[tokio::test]
 async fn a_database_that_cannot_answer_is_an_error_not_a_verdict() {
     let (pool, replicas) = replicas(1).await;

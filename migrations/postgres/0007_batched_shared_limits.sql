@@ -8,6 +8,15 @@
 --
 -- The rows are those of migrations 0005 and 0006, unchanged, and their functions stay: a replica
 -- of the previous release, during a rolling upgrade, counts on the same rows with them.
+--
+-- Both functions commit their transaction without waiting for its WAL flush
+-- (`synchronous_commit` off for that transaction only): a row lock is otherwise held through the
+-- flush, and every call of the session waits for it. What that gives up: if the database server
+-- crashes, the counts of about its last 0.6 s (three `wal_writer_delay`s by default) may be lost,
+-- so for a moment after its restart a session may make a few calls more than its `rate_limit`, or
+-- run a few more than its `max_concurrent`, and a slot given back may count again until its lease
+-- expires. The calls' audit events and the replay set still commit synchronously; a later
+-- synchronous commit (the next audit group) flushes these counts with it.
 
 -- How many of `p_takes` calls made at once under `p_key` are within `p_calls` per
 -- `p_window_secs`: the first that many are allowed and counted, the rest refused and not
@@ -31,6 +40,7 @@ BEGIN
     IF p_calls <= 0 OR p_window_secs <= 0 OR p_takes <= 0 THEN
         RETURN 0;
     END IF;
+    PERFORM set_config('synchronous_commit', 'off', true);
     LOOP
         SELECT slot_first, slot_last, slot_count INTO firsts, lasts, counts
             FROM rate_limit_logs WHERE key = p_key FOR UPDATE;
@@ -98,6 +108,7 @@ DECLARE
     slot BIGINT;
     taken BIGINT[] := '{}';
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
     LOOP
         SELECT slot_ids, slot_expires INTO ids, expires
             FROM running_slots WHERE key = p_key FOR UPDATE;

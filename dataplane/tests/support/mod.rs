@@ -266,3 +266,26 @@ pub async fn wait_for_statements(pool: &sqlx::PgPool, function: &str, n: i64) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// `synchronous_commit` within a transaction that runs `statement` on a session where it is on,
+/// and after that transaction.
+pub async fn synchronous_commit_around(
+    pool: &sqlx::PgPool,
+    statement: &'static str,
+) -> [String; 2] {
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET synchronous_commit = on")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let show = "SELECT current_setting('synchronous_commit')";
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    sqlx::query(statement).execute(&mut *tx).await.unwrap();
+    let within: String = sqlx::query_scalar(show).fetch_one(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let after: String = sqlx::query_scalar(show)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    [within, after]
+}
