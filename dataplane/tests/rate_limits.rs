@@ -168,6 +168,28 @@ async fn a_take_does_not_wait_for_its_wal_flush_and_nothing_else_changes() {
     assert_eq!(around, ["off", "on"]);
 }
 
+/// During a rolling upgrade (or after a rollback), replicas of the previous release take quota
+/// with migration 0005's function: from the same log, against the same limit.
+#[tokio::test]
+async fn the_previous_releases_function_counts_against_the_same_quota() {
+    let (db, replicas) = replicas(1).await;
+    let Database::Postgres(pool) = &db else {
+        unreachable!()
+    };
+    let old_take = || async {
+        sqlx::query_scalar::<_, bool>("SELECT take_rate_limit_quota('k', 3, 60)")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    let three = limit(3, 60);
+    assert!(old_take().await);
+    assert!(replicas[0].take("k", &three, Instant::now()).await.unwrap());
+    assert!(old_take().await);
+    assert!(!replicas[0].take("k", &three, Instant::now()).await.unwrap());
+    assert!(!old_take().await);
+}
+
 #[tokio::test]
 async fn a_database_that_cannot_answer_is_an_error_not_a_verdict() {
     let (db, replicas) = replicas(1).await;

@@ -334,6 +334,36 @@ async fn slots_change_without_waiting_for_the_wal_flush_and_nothing_else_changes
     assert_eq!(around, ["off", "on"]);
 }
 
+/// During a rolling upgrade (or after a rollback), replicas of the previous release take and give
+/// back slots with migration 0006's functions: on the same rows, against the same limit.
+#[tokio::test]
+async fn the_previous_releases_functions_count_against_the_same_limit() {
+    let (pool, replicas) = replicas(1).await;
+    let old_take = || async {
+        sqlx::query_scalar::<_, Option<i64>>("SELECT take_running_slot('k', 2, 30)")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let previous = old_take().await.expect("a free slot");
+    let current = take(&replicas[0], "k", 2).await.expect("a free slot");
+    assert!(take(&replicas[0], "k", 2).await.is_none());
+    assert!(old_take().await.is_none());
+    sqlx::query("SELECT release_running_slot('k', $1)")
+        .bind(previous)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows(&pool).await.len(), 1);
+    let next = take(&replicas[0], "k", 2)
+        .await
+        .expect("the slot given back");
+    for permit in [current, next] {
+        replicas[0].release(permit).await;
+    }
+    assert!(rows(&pool).await.is_empty());
+}
+
 #[tokio::test]
 async fn a_database_that_cannot_answer_is_an_error_not_a_verdict() {
     let (pool, replicas) = replicas(1).await;

@@ -6,8 +6,9 @@
 -- that arrived meanwhile together in the next: these functions. One session's calls then queue on
 -- its rows once per batch rather than once per call.
 --
--- The rows are those of migrations 0005 and 0006, unchanged, and their functions stay: a replica
--- of the previous release, during a rolling upgrade, counts on the same rows with them.
+-- The rows are those of migrations 0005 and 0006, unchanged, and their functions stay (at the end
+-- of this file): a replica of the previous release, during a rolling upgrade, counts on the same
+-- rows with them.
 --
 -- Both functions commit their transaction without waiting for its WAL flush
 -- (`synchronous_commit` off for that transaction only): a row lock is otherwise held through the
@@ -145,4 +146,23 @@ BEGIN
         UPDATE running_slots SET slot_ids = ids, slot_expires = expires WHERE key = p_key;
     END IF;
     RETURN taken;
+END $$;
+
+-- Migrations 0005's and 0006's functions, which replicas of the previous release call during a
+-- rolling upgrade (and after a rollback), now as one call of those above: one implementation
+-- counts, whichever release asks.
+CREATE OR REPLACE FUNCTION take_rate_limit_quota(p_key TEXT, p_calls INTEGER, p_window_secs INTEGER)
+RETURNS BOOLEAN LANGUAGE sql AS $$
+    SELECT take_rate_limit_quotas(p_key, p_calls, p_window_secs, 1) = 1;
+$$;
+
+CREATE OR REPLACE FUNCTION take_running_slot(p_key TEXT, p_limit INTEGER, p_lease_secs INTEGER)
+RETURNS BIGINT LANGUAGE sql AS $$
+    SELECT (exchange_running_slots(p_key, '{}', ARRAY[p_limit], p_lease_secs))[1];
+$$;
+
+CREATE OR REPLACE FUNCTION release_running_slot(p_key TEXT, p_id BIGINT)
+RETURNS VOID LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM exchange_running_slots(p_key, ARRAY[p_id], '{}', 0);
 END $$;
