@@ -105,9 +105,11 @@ where
             tokio::spawn(driver.run(vec![first], statement));
         }
         // The sender is dropped unanswered only if the statement panicked.
-        answered
-            .await
-            .unwrap_or(Err(PersistenceError::WriterStopped))
+        answered.await.unwrap_or_else(|_| {
+            Err(PersistenceError::Batch(
+                "the statement's task panicked".to_owned(),
+            ))
+        })
     }
 
     /// Keys with a statement in flight.
@@ -338,7 +340,7 @@ mod tests {
             .submit(&"k", 0, Doubler::default())
             .await
             .unwrap_err();
-        assert!(matches!(error, PersistenceError::WriterStopped), "{error}");
+        assert_eq!(error.to_string(), "the statement's task panicked");
         settle().await;
         assert_eq!(batches.in_flight(), 0);
         assert_eq!(
