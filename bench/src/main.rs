@@ -231,11 +231,11 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
             .measure(&sqlite_dir, &sqlite_url, "sqlite", true, &mut rows)
             .await?,
     ];
-    if let Some(url) = std::env::var("DATABASE_URL")
+    let postgres = std::env::var("DATABASE_URL")
         .ok()
-        .filter(|u| !u.trim().is_empty())
-    {
-        let database = TempDatabase::create(&url).await?;
+        .filter(|u| !u.trim().is_empty());
+    if let Some(url) = &postgres {
+        let database = TempDatabase::create(url).await?;
         let measured = runner
             .measure(
                 &work.path().join("postgres"),
@@ -258,21 +258,36 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
         None => None,
     };
 
-    progress(&format!("{} workflows loaded", sizes.workflows));
-    let memory = runner
-        .memory(&work.path().join("workflows"), sizes.workflows)
-        .await?;
-    progress(&format!(
-        "reload of {} workflows in process",
-        sizes.workflows
-    ));
-    let reload = reference::reload_in_process(
-        &work.path().join("reload"),
-        upstream,
-        sizes.workflows,
-        &signer,
-    )
-    .await?;
+    let sqlite_file = |dir: PathBuf| {
+        let url = format!("sqlite://{}", dir.join("gateway.db").display());
+        (dir, url)
+    };
+    let mut at_scale = vec![
+        runner
+            .at_scale(
+                "sqlite",
+                sqlite_file(work.path().join("scale-sqlite")),
+                sqlite_file(work.path().join("reload-sqlite")),
+            )
+            .await?,
+    ];
+    if let Some(base) = &postgres {
+        // A database each, so that the catalog mirror starts empty, as on a first install.
+        let (served, reloaded) = (
+            TempDatabase::create(base).await?,
+            TempDatabase::create(base).await?,
+        );
+        let measured = runner
+            .at_scale(
+                "postgres",
+                (work.path().join("scale-postgres"), served.url.clone()),
+                (work.path().join("reload-postgres"), reloaded.url.clone()),
+            )
+            .await;
+        served.drop().await?;
+        reloaded.drop().await?;
+        at_scale.push(measured?);
+    }
 
     let mut out = report::table(&rows, ceiling.per_second());
     let _ = writeln!(out);
@@ -356,31 +371,38 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
         disk.value_at_quantile(0.99) as f64 / 1000.0,
         disk.max() as f64 / 1000.0,
     );
-    let _ = writeln!(
-        out,
-        "{} workflows loaded (sqlite, idle after start): RSS {:.1} MiB, peak {:.1} MiB (target <= 64 MiB)",
-        sizes.workflows, memory.rss, memory.peak
-    );
-    let _ = writeln!(
-        out,
-        "reload of {} workflows, in process: load_folder {:.0} ms + gateway::reload {:.0} ms = {:.0} ms (target < 1 s); through the folder watcher, seen on /ready: {:.0} ms (includes up to 500 ms of polling)",
-        reload.workflows,
-        ms(reload.load),
-        ms(reload.swap),
-        ms(reload.load + reload.swap),
-        ms(memory.observed_reload),
-    );
-    let [idle, reloading] = &memory.health;
-    let _ = writeln!(
-        out,
-        "/health at {:.0}/s for {:.1} s, idle: p99 {:.3} ms, max {:.3} ms; through that reload: p99 {:.3} ms, max {:.3} ms",
-        sizes.rate,
-        RELOAD_PROBE.as_secs_f64(),
-        idle.ms(0.99),
-        idle.max_ms(),
-        reloading.ms(0.99),
-        reloading.max_ms(),
-    );
+    for AtScale {
+        database,
+        memory,
+        reload,
+    } in &at_scale
+    {
+        let _ = writeln!(
+            out,
+            "{} workflows loaded ({database}, idle after start): RSS {:.1} MiB, peak {:.1} MiB (target <= 64 MiB)",
+            sizes.workflows, memory.rss, memory.peak
+        );
+        let _ = writeln!(
+            out,
+            "reload of {} workflows ({database}), in process: load_folder {:.0} ms + gateway::reload {:.0} ms = {:.0} ms (target < 1 s); through the folder watcher, seen on /ready: {:.0} ms (includes up to 500 ms of polling)",
+            reload.workflows,
+            ms(reload.load),
+            ms(reload.swap),
+            ms(reload.load + reload.swap),
+            ms(memory.observed_reload),
+        );
+        let [idle, reloading] = &memory.health;
+        let _ = writeln!(
+            out,
+            "/health at {:.0}/s for {:.1} s ({database}), idle: p99 {:.3} ms, max {:.3} ms; through that reload: p99 {:.3} ms, max {:.3} ms",
+            sizes.rate,
+            RELOAD_PROBE.as_secs_f64(),
+            idle.ms(0.99),
+            idle.max_ms(),
+            reloading.ms(0.99),
+            reloading.max_ms(),
+        );
+    }
     let _ = writeln!(
         out,
         "machine: {} cores, {}; gateway {}; run took {:.0} s (after building the gateway)",
@@ -452,6 +474,13 @@ fn cpu_model() -> String {
                 .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// The figures of a gateway serving many workflows, on one database.
+struct AtScale {
+    database: &'static str,
+    memory: Memory,
+    reload: reference::Reload,
 }
 
 struct Memory {
@@ -707,12 +736,45 @@ impl Runner<'_> {
         Ok(outcomes)
     }
 
+    /// [`Self::memory`], then [`reference::reload_in_process`], each in a folder and database of
+    /// its own: `(folder, database URL)`.
+    async fn at_scale(
+        &self,
+        database: &'static str,
+        (served_dir, served_url): (PathBuf, String),
+        (reloaded_dir, reloaded_url): (PathBuf, String),
+    ) -> anyhow::Result<AtScale> {
+        let workflows = self.sizes.workflows;
+        progress(&format!("{workflows} workflows loaded ({database})"));
+        let memory = self.memory(&served_dir, &served_url, workflows).await?;
+        progress(&format!(
+            "reload of {workflows} workflows in process ({database})"
+        ));
+        let reload = reference::reload_in_process(
+            &reloaded_dir,
+            &reloaded_url,
+            self.upstream,
+            workflows,
+            self.signer,
+        )
+        .await?;
+        Ok(AtScale {
+            database,
+            memory,
+            reload,
+        })
+    }
+
     /// RSS with `workflows` workflows loaded, then a folder rewrite timed until `/ready` serves it.
     /// `/health` is called at the fixed rate throughout the reload, and as long again while
     /// nothing changes: a reload that held the runtime would show in the first one's tail.
-    async fn memory(&self, dir: &Path, workflows: usize) -> anyhow::Result<Memory> {
-        let url = format!("sqlite://{}", dir.join("gateway.db").display());
-        let gw = self.start(dir, &url, workflows).await?;
+    async fn memory(
+        &self,
+        dir: &Path,
+        database_url: &str,
+        workflows: usize,
+    ) -> anyhow::Result<Memory> {
+        let gw = self.start(dir, database_url, workflows).await?;
         let rss = gw.rss_mib()?;
         let peak = gw.peak_rss_mib()?;
         let before = gw.snapshot_hash().await?;

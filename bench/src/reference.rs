@@ -207,6 +207,7 @@ pub struct Reload {
 /// times the reload the folder watcher would do: `load_folder`, then `gateway::reload`.
 pub async fn reload_in_process(
     dir: &Path,
+    database_url: &str,
     upstream: SocketAddr,
     workflows: usize,
     signer: &Signer,
@@ -214,10 +215,9 @@ pub async fn reload_in_process(
     let folder = dir.join("manifests");
     manifests::write(&folder, upstream, workflows, 1)?;
     let config_path = dir.join("seal-gateway-config.yaml");
-    let database = format!("sqlite://{}", dir.join("gateway.db").display());
     std::fs::write(
         &config_path,
-        manifests::config("127.0.0.1:0".parse()?, &database, signer, upstream),
+        manifests::config("127.0.0.1:0".parse()?, database_url, signer, upstream),
     )?;
     let config = load_config(&ConfigSources {
         explicit: Some(&config_path),
