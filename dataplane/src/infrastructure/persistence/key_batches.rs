@@ -142,6 +142,7 @@ impl<K: Hash + Eq + Clone, Q, A> Driver<K, Q, A> {
             match statement.run(&key, requests).await {
                 // A caller that has gone drops its answer.
                 Ok(results) => {
+                    debug_assert_eq!(results.len(), answers.len(), "one answer per request");
                     for (answer, result) in answers.into_iter().zip(results) {
                         let _ = answer.send(Ok(result));
                     }
