@@ -25,7 +25,7 @@ use crate::infrastructure::config::GatewayConfig;
 use crate::infrastructure::http_client::{HttpClient, HttpClientConfig};
 use crate::infrastructure::metrics::Metrics;
 use crate::infrastructure::persistence::{
-    AuditTasks, AuditWriter, CatalogSource, Database, LEASE_RENEWAL, PersistenceError, RateLimits,
+    AuditTasks, AuditWriter, CallLimits, CatalogSource, Database, LEASE_RENEWAL, PersistenceError,
     ReplayGuard, RunningSlots,
 };
 use crate::infrastructure::reload::ReloadStats;
@@ -141,8 +141,7 @@ impl RunningGateway {
             sessions: SessionCache::new(db.clone()),
             replay: replay.clone(),
             limiter: RateLimiter::new(),
-            rate_limits: RateLimits::for_database(&db),
-            running: RunningSlots::for_database(&db),
+            limits: CallLimits::for_database(&db),
             clock,
             metrics: metrics.clone(),
         };
@@ -179,7 +178,7 @@ impl RunningGateway {
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(server::serve(listener, state.clone(), stopped));
         let sweeper = tokio::spawn(sweep(state.clone()));
-        let lease_renewer = tokio::spawn(renew_leases(state.invocation.running.clone()));
+        let lease_renewer = tokio::spawn(renew_leases(state.invocation.limits.running.clone()));
         let rest_follower = tokio::spawn(registry::follow_rest_writes(state.clone()));
         release_freed_memory();
         tracing::info!("aegis-seal-gateway listening on {local_addr}");

@@ -23,7 +23,7 @@ use crate::infrastructure::auth::envelope::{TARGET as AUTH_TARGET, verify_signat
 use crate::infrastructure::auth::token::{SealTokenVerifier, UnverifiedToken};
 use crate::infrastructure::metrics::{Attestation, Metrics};
 use crate::infrastructure::persistence::{
-    AuditEvent, PersistenceError, RateLimits, ReplayGuard, RunningSlots, SessionStatus, SlotPermit,
+    AuditEvent, CallLimits, PersistenceError, ReplayGuard, SessionStatus, SlotPermit,
 };
 use crate::infrastructure::telemetry::{self, Stage};
 
@@ -100,11 +100,9 @@ pub struct InvocationService {
     pub replay: Arc<ReplayGuard>,
     /// The attestation-audit budget (each replica writes its own refusals' events).
     pub limiter: RateLimiter,
-    /// Capabilities' `rate_limit` quota: in this process on SQLite, shared by replicas on Postgres.
-    pub rate_limits: RateLimits,
-    /// Capabilities' `max_concurrent` slots: in this process on SQLite, shared by replicas on
-    /// Postgres.
-    pub running: RunningSlots,
+    /// Capabilities' `max_concurrent` slots and `rate_limit` quota: in this process on SQLite,
+    /// shared by replicas on Postgres.
+    pub limits: CallLimits,
     pub clock: Clock,
     /// `aegis_seal_attestations_total` and friends, one outcome per envelope.
     pub metrics: Metrics,
@@ -115,7 +113,7 @@ impl InvocationService {
     /// may take it: the agent may send its next call as soon as it has this one's answer.
     pub async fn finish(&self, running: Option<SlotPermit>) {
         if let Some(permit) = running {
-            self.running.release(permit).await;
+            self.limits.running.release(permit).await;
         }
     }
 
@@ -436,8 +434,7 @@ impl InvocationService {
             &tool_name,
             &arguments,
             &execution_id,
-            &self.rate_limits,
-            &self.running,
+            &self.limits,
             std::time::Instant::now(),
         )
         .await

@@ -8,9 +8,9 @@
 //! and the executor applies the size).
 //!
 //! Everything here is pure except [`RateLimiter`] and [`ConcurrencyLimiter`], which keep counters
-//! behind short-lived locks, and the [`Quota`] and [`Slots`] that [`evaluate`] takes `rate_limit`
-//! quota and `max_concurrent` slots from; time is always passed in so behaviour is deterministic
-//! under test.
+//! behind short-lived locks, and the [`Limits`] that [`evaluate`] takes `max_concurrent` slots
+//! and `rate_limit` quota from; time is always passed in so behaviour is deterministic under
+//! test.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -129,8 +129,8 @@ impl<P> Default for Grant<P> {
 pub enum Refused<E> {
     /// The policy refuses it (403).
     Policy(Violation),
-    /// A `rate_limit` or `max_concurrent` had to be consulted and its [`Quota`] or [`Slots`]
-    /// could not answer.
+    /// A `rate_limit` or `max_concurrent` had to be consulted and its [`Limits`] could not
+    /// answer.
     LimitUnavailable(E),
 }
 
@@ -288,6 +288,96 @@ pub trait Slots {
     /// Gives the slot back, and returns once another call may take it: a client whose call has
     /// answered may start the next one at once, on any replica.
     fn release(&self, permit: Self::Permit) -> impl Future<Output = ()> + Send;
+}
+
+/// What a capability's limits answer for one call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission<P> {
+    /// Within its limits: the call's running slot, when the capability sets `max_concurrent`.
+    Admitted(Option<P>),
+    /// Its `max_concurrent` calls are running.
+    SlotsFull,
+    /// A slot was free but its `rate_limit` quota is spent; the call keeps no slot.
+    QuotaSpent,
+}
+
+impl<P> Admission<P> {
+    /// The same answer, with the admitted call's slot mapped by `f`.
+    pub fn map<T>(self, f: impl FnOnce(P) -> T) -> Admission<T> {
+        match self {
+            Self::Admitted(slot) => Admission::Admitted(slot.map(f)),
+            Self::SlotsFull => Admission::SlotsFull,
+            Self::QuotaSpent => Admission::QuotaSpent,
+        }
+    }
+}
+
+/// Where a capability's `max_concurrent` slots and `rate_limit` quota are taken, together.
+///
+/// [`InTurn`] asks a [`Slots`] and then a [`Quota`]. Replicas sharing a database take both in
+/// one statement when a capability sets both (`infrastructure::persistence::CallLimits`), which
+/// saves the call a round trip; the answers are the same.
+pub trait Limits {
+    /// Why the limits could not be counted; the call is then refused as unavailable.
+    type Error;
+    /// A slot held by one running call.
+    type Permit: Send;
+
+    /// Takes a slot under `key` when fewer than `max_concurrent` calls hold one, then a call of
+    /// `rate_limit`'s quota; a limit that is `None` is not counted. The slot is looked at first
+    /// because a slot can be given back while spent quota cannot, so a call refused by either
+    /// limit has taken nothing: its slot is given back before this returns.
+    fn admit(
+        &self,
+        key: &str,
+        max_concurrent: Option<u32>,
+        rate_limit: Option<&RateLimit>,
+        now: Instant,
+    ) -> impl Future<Output = Result<Admission<Self::Permit>, Self::Error>> + Send;
+}
+
+/// A [`Slots`] and a [`Quota`] asked in turn: the slot, then, when there is one, the quota.
+#[derive(Debug)]
+pub struct InTurn<'a, S, Q> {
+    pub running: &'a S,
+    pub quota: &'a Q,
+}
+
+impl<S, Q> Limits for InTurn<'_, S, Q>
+where
+    S: Slots<Error = Q::Error> + Sync,
+    Q: Quota + Sync,
+    Q::Error: Send,
+{
+    type Error = Q::Error;
+    type Permit = S::Permit;
+
+    async fn admit(
+        &self,
+        key: &str,
+        max_concurrent: Option<u32>,
+        rate_limit: Option<&RateLimit>,
+        now: Instant,
+    ) -> Result<Admission<S::Permit>, Q::Error> {
+        let permit = match max_concurrent {
+            None => None,
+            Some(limit) => match self.running.try_acquire(key, limit).await? {
+                Some(permit) => Some(permit),
+                None => return Ok(Admission::SlotsFull),
+            },
+        };
+        if let Some(limit) = rate_limit {
+            let taken = self.quota.take(key, limit, now).await;
+            if !matches!(taken, Ok(true)) {
+                if let Some(permit) = permit {
+                    self.running.release(permit).await;
+                }
+                taken?;
+                return Ok(Admission::QuotaSpent);
+            }
+        }
+        Ok(Admission::Admitted(permit))
+    }
 }
 
 impl Quota for RateLimiter {
@@ -512,13 +602,12 @@ impl Slots for ConcurrencyLimiter {
 ///
 /// In detail: the capabilities that match and pass their constraints are tried in order, and
 /// the first with a free running slot (or no `max_concurrent`) and quota left (or no
-/// `rate_limit`) allows the call; only that one's slot and quota are taken. The slot is taken
-/// first because it can be given back, while spent quota cannot be returned. The slot is held
-/// by [`Grant::running`]. [`Grant::max_response_size`] is the smallest over every capability
-/// that passed its constraints (whether or not its limits were needed), so the bound does not
-/// depend on which limits happen to be reached. Quota is taken from `quota` and slots from
-/// `running`, either of which may be shared with other replicas: the only awaits, and only for a
-/// capability with a `rate_limit` or a `max_concurrent`.
+/// `rate_limit`) allows the call; only that one's slot and quota are taken (see
+/// [`Limits::admit`]). The slot is held by [`Grant::running`]. [`Grant::max_response_size`] is
+/// the smallest over every capability that passed its constraints (whether or not its limits
+/// were needed), so the bound does not depend on which limits happen to be reached. Slots and
+/// quota are taken from `limits`, which may be shared with other replicas: the only awaits, and
+/// only for a capability with a `rate_limit` or a `max_concurrent`.
 ///
 /// Constraints, each applied only when the capability sets it:
 /// * path (tools `fs.*`, `filesystem.*`, argument `path`): normalised lexically and required to
@@ -533,19 +622,14 @@ impl Slots for ConcurrencyLimiter {
 /// A missing (or `null`) argument passes, as upstream; a present argument that is not a string
 /// is refused when the constraint is set, because an executor that coerces it would act on a
 /// value this check never saw.
-pub async fn evaluate<Q, S>(
+pub async fn evaluate<L: Limits>(
     context: &SecurityContextEntry,
     tool: &str,
     arguments: &Value,
     scope: &str,
-    quota: &Q,
-    running: &S,
+    limits: &L,
     now: Instant,
-) -> Result<Grant<S::Permit>, Refused<Q::Error>>
-where
-    Q: Quota,
-    S: Slots<Error = Q::Error>,
-{
+) -> Result<Grant<L::Permit>, Refused<L::Error>> {
     if context
         .deny_list
         .iter()
@@ -590,47 +674,43 @@ where
             });
         }
         let key = format!("{scope}\u{1f}{}\u{1f}{index}", context.name);
-        let permit = match capability.max_concurrent {
-            None => None,
-            Some(limit) => match running
-                .try_acquire(&key, limit)
-                .await
-                .map_err(Refused::LimitUnavailable)?
-            {
-                Some(permit) => Some(permit),
-                None => {
-                    if index == first_match {
-                        first_violation = Some(Violation::ConcurrentExecLimitExceeded {
-                            tool: tool.to_owned(),
-                            limit,
-                        });
-                    }
-                    continue;
-                }
-            },
-        };
-        if let Some(limit) = capability.rate_limit {
-            let taken = quota.take(&key, &limit, now).await;
-            if !matches!(taken, Ok(true)) {
-                // The slot goes back before the refusal is answered.
-                if let Some(permit) = permit {
-                    running.release(permit).await;
-                }
-                taken.map_err(Refused::LimitUnavailable)?;
-                if index == first_match {
-                    first_violation = Some(Violation::RateLimitExceeded {
+        let admission = limits
+            .admit(
+                &key,
+                capability.max_concurrent,
+                capability.rate_limit.as_ref(),
+                now,
+            )
+            .await
+            .map_err(Refused::LimitUnavailable)?;
+        let refusal = match admission {
+            Admission::Admitted(running) => {
+                return Ok(Grant {
+                    max_response_size,
+                    running,
+                });
+            }
+            Admission::SlotsFull => {
+                capability
+                    .max_concurrent
+                    .map(|limit| Violation::ConcurrentExecLimitExceeded {
+                        tool: tool.to_owned(),
+                        limit,
+                    })
+            }
+            Admission::QuotaSpent => {
+                capability
+                    .rate_limit
+                    .map(|limit| Violation::RateLimitExceeded {
                         tool: tool.to_owned(),
                         calls: limit.calls,
                         per_seconds: limit.per_seconds,
-                    });
-                }
-                continue;
+                    })
             }
+        };
+        if index == first_match {
+            first_violation = refusal;
         }
-        return Ok(Grant {
-            max_response_size,
-            running: permit,
-        });
     }
     // The first matching capability either failed a constraint or passed and reached a limit,
     // so a violation is always recorded; the fallback only keeps this free of panics.
@@ -919,7 +999,11 @@ mod tests {
         running: &ConcurrencyLimiter,
         now: Instant,
     ) -> Result<Grant, Violation> {
-        let evaluation = evaluate(context, tool, arguments, scope, limiter, running, now);
+        let limits = InTurn {
+            running,
+            quota: limiter,
+        };
+        let evaluation = evaluate(context, tool, arguments, scope, &limits, now);
         match futures::FutureExt::now_or_never(evaluation)
             .expect("the in-process limiter never waits")
         {
@@ -1850,7 +1934,11 @@ mod tests {
         let run = |tool: &'static str| {
             let (context, store) = (&context, &store);
             async move {
-                evaluate(context, tool, &json!({}), "s", store, store, Instant::now())
+                let limits = InTurn {
+                    running: store,
+                    quota: store,
+                };
+                evaluate(context, tool, &json!({}), "s", &limits, Instant::now())
                     .await
                     .map(|_| ())
             }
@@ -1902,13 +1990,17 @@ mod tests {
         };
         let context = ctx(vec![both], &[]);
         let (quota, running) = (RateLimiter::new(), CountedReleases::default());
+        let limits = InTurn {
+            running: &running,
+            quota: &quota,
+        };
         let now = Instant::now();
-        let first = evaluate(&context, "tool", &json!({}), "s", &quota, &running, now)
+        let first = evaluate(&context, "tool", &json!({}), "s", &limits, now)
             .await
             .unwrap();
         assert!(first.running.is_some());
         running.release(first.running.unwrap()).await;
-        let second = evaluate(&context, "tool", &json!({}), "s", &quota, &running, now).await;
+        let second = evaluate(&context, "tool", &json!({}), "s", &limits, now).await;
         assert!(matches!(
             second,
             Err(Refused::Policy(Violation::RateLimitExceeded { .. }))

@@ -1,8 +1,9 @@
 //! Where a capability's `rate_limit` is counted. A gateway on SQLite runs alone (one process per
 //! file), so it counts in its own memory, with no round trip. Replicas on Postgres count in
 //! `rate_limit_logs` (migration 0005), so a session's quota is one quota whichever replica its
-//! calls reach; each rate-limited call then takes one statement, and calls without a
-//! `rate_limit` take none. A key's calls that arrive while its statement is in flight go together
+//! calls reach; each rate-limited call then takes one statement (shared with its running slot
+//! under a `max_concurrent` too: [`super::CallLimits`]), and calls without a `rate_limit` take
+//! none. A key's calls that arrive while its statement is in flight go together
 //! in its next (`take_rate_limit_quotas`, migration 0007; see [`super::key_batches`]).
 
 use std::time::Instant;

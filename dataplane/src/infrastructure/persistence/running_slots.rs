@@ -4,7 +4,9 @@
 //! one limit. Such a call then takes its slot in one statement and gives it back in another,
 //! before its answer is sent; calls without a `max_concurrent` take none. A key's takes and
 //! give-backs that arrive while its statement is in flight go together in its next
-//! (`exchange_running_slots`, migration 0007; see [`super::key_batches`]).
+//! (`exchange_running_slots`, migration 0007; see [`super::key_batches`]). A call under a
+//! `rate_limit` too takes its slot and its quota in one statement (`admit_limited_calls`,
+//! migration 0008; see [`super::CallLimits`]).
 //!
 //! A slot is a lease: the replica renews the leases of its running calls every
 //! [`LEASE_RENEWAL`], and a slot left by a replica that died stops counting [`LEASE`] after its
@@ -14,12 +16,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use aegis_seal_crds::RateLimit;
 use sqlx::postgres::PgPool;
 
 use super::key_batches::{BatchStatement, KeyBatches};
 use super::replay::delete_in_batches;
 use super::{Database, PersistenceError};
-use crate::domain::policy::{ConcurrencyLimiter, RunningPermit, Slots};
+use crate::domain::policy::{Admission, ConcurrencyLimiter, RunningPermit, Slots};
 
 /// How long a slot counts after its last renewal: how long a dead replica's calls keep their
 /// slots.
@@ -46,6 +49,9 @@ pub struct SharedSlots {
     held: Arc<Mutex<HashMap<i64, String>>>,
     /// Each key's takes and give-backs waiting for its statement in flight.
     changes: KeyBatches<String, SlotChange, Option<SharedSlot>>,
+    /// Each key's takes of a slot and quota together waiting for their statement in flight, by
+    /// key and `rate_limit` (a key's slot limits may differ call by call, its quota may not).
+    admissions: KeyBatches<(String, RateLimit), u32, Admission<SharedSlot>>,
 }
 
 /// What a call asks of its key's slots.
@@ -82,6 +88,7 @@ impl RunningSlots {
                 pool: pool.clone(),
                 held: Arc::default(),
                 changes: KeyBatches::default(),
+                admissions: KeyBatches::default(),
             }),
         }
     }
@@ -141,6 +148,31 @@ impl SharedSlots {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A slot under `key` when fewer than `limit` calls hold one and, with it, a call of
+    /// `rate_limit`'s quota, counted in the same `rate_limit_logs` as [`super::RateLimits`]: in
+    /// one statement. A call the quota refuses keeps no slot.
+    pub(super) async fn admit(
+        &self,
+        key: &str,
+        limit: u32,
+        rate_limit: &RateLimit,
+    ) -> Result<Admission<SharedSlot>, PersistenceError> {
+        let key = (key.to_owned(), *rate_limit);
+        self.admissions.submit(&key, limit, self.clone()).await
+    }
+
+    /// Slot `id` of `key`, just taken: held, and renewed, from here. A call that has gone away
+    /// drops it, which gives it back.
+    fn hold(&self, id: i64, key: &str) -> SharedSlot {
+        self.lock().insert(id, key.to_owned());
+        SharedSlot {
+            id,
+            key: key.to_owned(),
+            slots: self.clone(),
+            released: false,
+        }
+    }
+
     /// Gives the slot back. On failure the slot, no longer renewed, stops counting when its
     /// lease expires, so the call's answer does not wait for the database to come back.
     async fn give_back(&self, key: String, id: i64) {
@@ -183,25 +215,48 @@ impl BatchStatement<String, SlotChange, Option<SharedSlot>> for SharedSlots {
                 .bind(lease_secs())
                 .fetch_one(&self.pool)
                 .await?;
-        // Each slot taken is held, and renewed, from here: a call that has gone away drops it,
-        // which gives it back.
         let mut taken = taken.into_iter();
         let answers = changes
             .into_iter()
             .map(|change| match change {
                 SlotChange::GiveBack { .. } => None,
-                SlotChange::Take { .. } => taken.next().flatten().map(|id| {
-                    self.lock().insert(id, key.clone());
-                    SharedSlot {
-                        id,
-                        key: key.clone(),
-                        slots: self.clone(),
-                        released: false,
-                    }
-                }),
+                SlotChange::Take { .. } => taken.next().flatten().map(|id| self.hold(id, key)),
             })
             .collect();
         Ok(answers)
+    }
+}
+
+/// One `admit_limited_calls` for a batch of one key's calls under one `rate_limit`.
+impl BatchStatement<(String, RateLimit), u32, Admission<SharedSlot>> for SharedSlots {
+    async fn run(
+        &self,
+        (key, rate_limit): &(String, RateLimit),
+        limits: Vec<u32>,
+    ) -> Result<Vec<Admission<SharedSlot>>, PersistenceError> {
+        let limits: Vec<i32> = limits
+            .into_iter()
+            .map(|limit| i32::try_from(limit).unwrap_or(i32::MAX))
+            .collect();
+        // Per call: its new slot's id; NULL when the slots are all held; 0 when its quota is
+        // spent (slot ids start at 1).
+        let answers: Vec<Option<i64>> =
+            sqlx::query_scalar("SELECT admit_limited_calls($1, $2, $3, $4, $5)")
+                .bind(key)
+                .bind(&limits)
+                .bind(lease_secs())
+                .bind(i32::try_from(rate_limit.calls).unwrap_or(i32::MAX))
+                .bind(i32::try_from(rate_limit.per_seconds).unwrap_or(i32::MAX))
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(answers
+            .into_iter()
+            .map(|answer| match answer {
+                None => Admission::SlotsFull,
+                Some(0) => Admission::QuotaSpent,
+                Some(id) => Admission::Admitted(Some(self.hold(id, key))),
+            })
+            .collect())
     }
 }
 
