@@ -123,7 +123,7 @@ async fn one_statements_calls_are_answered_as_if_they_came_one_after_another() {
     ];
     for (key, limits, quota, want) in cases {
         let answers: Vec<Option<i64>> =
-            sqlx::query_scalar("SELECT admit_limited_calls($1, $2::INTEGER[], 30, $3, 60)")
+            sqlx::query_scalar("SELECT admit_limited_calls($1, '{}', $2::INTEGER[], 30, $3, 60)")
                 .bind(key)
                 .bind(limits)
                 .bind(quota)
@@ -187,14 +187,14 @@ async fn replicas_admit_exactly_even_when_calls_race() {
     }
 }
 
-/// A replica sends one `admit_limited_calls` per key at a time: the calls that arrive while one
-/// waits for the key's row wait in the replica and go together in the next.
+/// A replica sends one `admit_limited_calls` per key at a time: the calls, and the give-backs of
+/// slots taken so, that arrive while one waits for the key's row wait in the replica and go
+/// together in the next (give-backs first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keys_calls_wait_in_the_replica_for_its_statement_and_go_together_in_the_next() {
     let (pool, replicas) = replicas(1).await;
     let replica = std::sync::Arc::new(replicas.into_iter().next().unwrap());
     let earlier = admit(&replica, "k", 4, rate(100, 60)).await;
-    release(&replica, earlier).await;
     let mut in_progress = pool.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM running_slots WHERE key = 'k' FOR UPDATE")
         .execute(&mut *in_progress)
@@ -203,32 +203,47 @@ async fn a_keys_calls_wait_in_the_replica_for_its_statement_and_go_together_in_t
 
     let spawn_admit = || {
         let replica = std::sync::Arc::clone(&replica);
-        tokio::spawn(async move {
-            let admission = admit(&replica, "k", 4, rate(100, 60)).await;
-            matches!(admission, Admission::Admitted(Some(_)))
-        })
+        tokio::spawn(async move { admit(&replica, "k", 4, rate(100, 60)).await })
     };
     let first = spawn_admit();
     support::wait_for_statements(&pool, "admit_limited_calls", 1).await;
     let queued: Vec<_> = (0..20).map(|_| spawn_admit()).collect();
+    let given_back = {
+        let replica = std::sync::Arc::clone(&replica);
+        tokio::spawn(async move { release(&replica, earlier).await })
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         support::statements_running(&pool, "admit_limited_calls").await,
         1,
         "the queued calls went to the database one by one"
     );
+    assert_eq!(
+        support::statements_running(&pool, "exchange_running_slots").await,
+        0,
+        "the give-back went in a statement of its own"
+    );
 
     in_progress.commit().await.unwrap();
-    assert!(first.await.unwrap());
-    let admitted = futures::future::join_all(queued)
+    let first = first.await.unwrap();
+    assert!(matches!(first, Admission::Admitted(Some(_))));
+    given_back.await.unwrap();
+    let admitted: Vec<_> = futures::future::join_all(queued)
         .await
         .into_iter()
-        .filter(|admitted| *admitted.as_ref().unwrap())
-        .count();
-    assert_eq!(admitted, 3);
+        .map(Result::unwrap)
+        .filter(|admission| matches!(admission, Admission::Admitted(Some(_))))
+        .collect();
+    // The earlier call's slot went back in the same statement, before its takes: 4 run.
+    assert_eq!(admitted.len(), 3);
+    assert_eq!(slots_held(&pool).await, 4);
     // The earlier call, the first, and the 3 of the queued 20 that found a slot; the 17 others
     // were refused by their slots and spent no quota.
     assert_eq!(quota_spent(&pool, "k").await, 5);
+    for admission in admitted.into_iter().chain([first]) {
+        release(&replica, admission).await;
+    }
+    assert_eq!(slots_held(&pool).await, 0);
 }
 
 #[tokio::test]
@@ -281,7 +296,7 @@ async fn an_admission_does_not_wait_for_its_wal_flush_and_nothing_else_changes()
     let (pool, _replicas) = replicas(1).await;
     let around = support::synchronous_commit_around(
         &pool,
-        "SELECT admit_limited_calls('k', '{1}', 30, 1, 60)",
+        "SELECT admit_limited_calls('k', '{}', '{1}', 30, 1, 60)",
     )
     .await;
     assert_eq!(around, ["off", "on"]);

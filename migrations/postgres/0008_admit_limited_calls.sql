@@ -4,21 +4,25 @@
 -- Taken one after the other, such a call made three statements in a row (take a slot, take
 -- quota, give the slot back), each waiting for the last. This function does the first two at
 -- once, with the same answers: the slot is looked at first, since a slot can be given back and
--- spent quota cannot, and a call that its quota refuses keeps no slot.
+-- spent quota cannot, and a call that its quota refuses keeps no slot. The third, giving the
+-- slot back, goes in the key's next statement, with the calls that arrive meanwhile.
 --
 -- It locks the key's `running_slots` row, then its `rate_limit_logs` row (through
 -- `take_rate_limit_quotas`). Every other statement on these tables locks one row of one key, so
 -- the order cannot deadlock. Like the functions of migration 0007 it commits without waiting
 -- for its WAL flush (see there for what that gives up).
 
--- For each of `p_limits` in order, one call of `p_key`: admitted when fewer than that limit
--- unexpired slots hold the key and the quota of `p_calls` per `p_window_secs` has a call left.
--- Returns one element per call: the admitted call's new slot id; NULL when its slots are all
--- held; 0 (never a slot id: the sequence starts at 1) when a slot was free but its quota is
--- spent. As many calls in a row of `take_running_slot`, then, for a slot taken,
+-- Gives back the slots `p_release` of `p_key` (those no longer there are ignored), as
+-- `exchange_running_slots` does, so that the calls admitted here give their slots back in the
+-- same batches. Then, for each of `p_limits` in order, one call of `p_key`: admitted when fewer
+-- than that limit unexpired slots hold the key and the quota of `p_calls` per `p_window_secs`
+-- has a call left. Returns one element per call: the admitted call's new slot id; NULL when its
+-- slots are all held; 0 (never a slot id: the sequence starts at 1) when a slot was free but its
+-- quota is spent. As many calls in a row of `take_running_slot`, then, for a slot taken,
 -- `take_rate_limit_quota`, with the slot given back when the quota refuses.
 CREATE OR REPLACE FUNCTION admit_limited_calls(
-    p_key TEXT, p_limits INTEGER[], p_lease_secs INTEGER, p_calls INTEGER, p_window_secs INTEGER)
+    p_key TEXT, p_release BIGINT[], p_limits INTEGER[], p_lease_secs INTEGER, p_calls INTEGER,
+    p_window_secs INTEGER)
 RETURNS BIGINT[] LANGUAGE plpgsql AS $$
 DECLARE
     lease INTERVAL := make_interval(secs => p_lease_secs);
@@ -34,13 +38,14 @@ DECLARE
     answers BIGINT[] := '{}';
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
-    IF cardinality(p_limits) = 0 THEN
-        RETURN answers;
-    END IF;
     LOOP
         SELECT slot_ids, slot_expires INTO ids, expires
             FROM running_slots WHERE key = p_key FOR UPDATE;
         EXIT WHEN FOUND;
+        IF cardinality(p_limits) = 0 THEN
+            -- Nothing to give back and nothing to take.
+            RETURN answers;
+        END IF;
         INSERT INTO running_slots (key, slot_ids, slot_expires) VALUES (p_key, '{}', '{}')
             ON CONFLICT (key) DO NOTHING;
     END LOOP;
@@ -49,7 +54,7 @@ BEGIN
     SELECT coalesce(array_agg(i ORDER BY o), '{}'), coalesce(array_agg(e ORDER BY o), '{}')
         INTO ids, expires
         FROM unnest(ids, expires) WITH ORDINALITY AS s(i, e, o)
-        WHERE e > now_ts;
+        WHERE e > now_ts AND i <> ALL(p_release);
     changed := cardinality(ids) < held;
     -- The calls that would find a free slot if each before them took one. The quota admits the
     -- first of them; once it is spent, no later call takes a slot either, so the calls admitted

@@ -49,9 +49,10 @@ pub struct SharedSlots {
     held: Arc<Mutex<HashMap<i64, String>>>,
     /// Each key's takes and give-backs waiting for its statement in flight.
     changes: KeyBatches<String, SlotChange, Option<SharedSlot>>,
-    /// Each key's takes of a slot and quota together waiting for their statement in flight, by
-    /// key and `rate_limit` (a key's slot limits may differ call by call, its quota may not).
-    admissions: KeyBatches<(String, RateLimit), u32, Admission<SharedSlot>>,
+    /// Each key's takes of a slot and quota together, and the give-backs of the slots taken so,
+    /// waiting for their statement in flight, by key and `rate_limit` (a key's slot limits may
+    /// differ call by call, its quota may not). `None` answers a give-back.
+    admissions: KeyBatches<(String, RateLimit), SlotChange, Option<Admission<SharedSlot>>>,
 }
 
 /// What a call asks of its key's slots.
@@ -76,6 +77,9 @@ pub enum SlotPermit {
 pub struct SharedSlot {
     id: i64,
     key: String,
+    /// The `rate_limit` it was taken with, quota and all: its give-back goes in that key's
+    /// admissions.
+    rate_limit: Option<RateLimit>,
     slots: SharedSlots,
     released: bool,
 }
@@ -158,28 +162,45 @@ impl SharedSlots {
         rate_limit: &RateLimit,
     ) -> Result<Admission<SharedSlot>, PersistenceError> {
         let key = (key.to_owned(), *rate_limit);
-        self.admissions.submit(&key, limit, self.clone()).await
+        let admission = self
+            .admissions
+            .submit(&key, SlotChange::Take { limit }, self.clone())
+            .await?;
+        Ok(admission.unwrap_or(Admission::SlotsFull))
     }
 
-    /// Slot `id` of `key`, just taken: held, and renewed, from here. A call that has gone away
-    /// drops it, which gives it back.
-    fn hold(&self, id: i64, key: &str) -> SharedSlot {
+    /// Slot `id` of `key`, just taken (with `rate_limit`'s quota, if any): held, and renewed,
+    /// from here. A call that has gone away drops it, which gives it back.
+    fn hold(&self, id: i64, key: &str, rate_limit: Option<RateLimit>) -> SharedSlot {
         self.lock().insert(id, key.to_owned());
         SharedSlot {
             id,
             key: key.to_owned(),
+            rate_limit,
             slots: self.clone(),
             released: false,
         }
     }
 
-    /// Gives the slot back. On failure the slot, no longer renewed, stops counting when its
-    /// lease expires, so the call's answer does not wait for the database to come back.
-    async fn give_back(&self, key: String, id: i64) {
-        let given_back = self
-            .changes
-            .submit(&key, SlotChange::GiveBack { id }, self.clone())
-            .await;
+    /// Gives the slot back, in the statement that took it. On failure the slot, no longer
+    /// renewed, stops counting when its lease expires, so the call's answer does not wait for
+    /// the database to come back.
+    async fn give_back(&self, key: String, id: i64, rate_limit: Option<RateLimit>) {
+        let change = SlotChange::GiveBack { id };
+        let given_back = match rate_limit {
+            None => self
+                .changes
+                .submit(&key, change, self.clone())
+                .await
+                .map(drop),
+            Some(rate_limit) => {
+                let key = (key, rate_limit);
+                self.admissions
+                    .submit(&key, change, self.clone())
+                    .await
+                    .map(drop)
+            }
+        };
         if let Err(e) = given_back {
             tracing::warn!(
                 error = %e,
@@ -197,16 +218,7 @@ impl BatchStatement<String, SlotChange, Option<SharedSlot>> for SharedSlots {
         key: &String,
         changes: Vec<SlotChange>,
     ) -> Result<Vec<Option<SharedSlot>>, PersistenceError> {
-        let mut given_back = Vec::new();
-        let mut limits = Vec::new();
-        for change in &changes {
-            match change {
-                SlotChange::Take { limit } => {
-                    limits.push(i32::try_from(*limit).unwrap_or(i32::MAX))
-                }
-                SlotChange::GiveBack { id } => given_back.push(*id),
-            }
-        }
+        let (given_back, limits) = split(&changes);
         let taken: Vec<Option<i64>> =
             sqlx::query_scalar("SELECT exchange_running_slots($1, $2, $3, $4)")
                 .bind(key)
@@ -220,7 +232,9 @@ impl BatchStatement<String, SlotChange, Option<SharedSlot>> for SharedSlots {
             .into_iter()
             .map(|change| match change {
                 SlotChange::GiveBack { .. } => None,
-                SlotChange::Take { .. } => taken.next().flatten().map(|id| self.hold(id, key)),
+                SlotChange::Take { .. } => {
+                    taken.next().flatten().map(|id| self.hold(id, key, None))
+                }
             })
             .collect();
         Ok(answers)
@@ -228,36 +242,53 @@ impl BatchStatement<String, SlotChange, Option<SharedSlot>> for SharedSlots {
 }
 
 /// One `admit_limited_calls` for a batch of one key's calls under one `rate_limit`.
-impl BatchStatement<(String, RateLimit), u32, Admission<SharedSlot>> for SharedSlots {
+impl BatchStatement<(String, RateLimit), SlotChange, Option<Admission<SharedSlot>>>
+    for SharedSlots
+{
     async fn run(
         &self,
         (key, rate_limit): &(String, RateLimit),
-        limits: Vec<u32>,
-    ) -> Result<Vec<Admission<SharedSlot>>, PersistenceError> {
-        let limits: Vec<i32> = limits
-            .into_iter()
-            .map(|limit| i32::try_from(limit).unwrap_or(i32::MAX))
-            .collect();
+        changes: Vec<SlotChange>,
+    ) -> Result<Vec<Option<Admission<SharedSlot>>>, PersistenceError> {
+        let (given_back, limits) = split(&changes);
         // Per call: its new slot's id; NULL when the slots are all held; 0 when its quota is
         // spent (slot ids start at 1).
         let answers: Vec<Option<i64>> =
-            sqlx::query_scalar("SELECT admit_limited_calls($1, $2, $3, $4, $5)")
+            sqlx::query_scalar("SELECT admit_limited_calls($1, $2, $3, $4, $5, $6)")
                 .bind(key)
+                .bind(&given_back)
                 .bind(&limits)
                 .bind(lease_secs())
                 .bind(i32::try_from(rate_limit.calls).unwrap_or(i32::MAX))
                 .bind(i32::try_from(rate_limit.per_seconds).unwrap_or(i32::MAX))
                 .fetch_one(&self.pool)
                 .await?;
-        Ok(answers
+        let mut answers = answers.into_iter();
+        Ok(changes
             .into_iter()
-            .map(|answer| match answer {
-                None => Admission::SlotsFull,
-                Some(0) => Admission::QuotaSpent,
-                Some(id) => Admission::Admitted(Some(self.hold(id, key))),
+            .map(|change| match change {
+                SlotChange::GiveBack { .. } => None,
+                SlotChange::Take { .. } => Some(match answers.next().flatten() {
+                    None => Admission::SlotsFull,
+                    Some(0) => Admission::QuotaSpent,
+                    Some(id) => Admission::Admitted(Some(self.hold(id, key, Some(*rate_limit)))),
+                }),
             })
             .collect())
     }
+}
+
+/// A batch's give-backs (slot ids) and takes (slot limits), each in arrival order.
+fn split(changes: &[SlotChange]) -> (Vec<i64>, Vec<i32>) {
+    let mut given_back = Vec::new();
+    let mut limits = Vec::new();
+    for change in changes {
+        match change {
+            SlotChange::Take { limit } => limits.push(i32::try_from(*limit).unwrap_or(i32::MAX)),
+            SlotChange::GiveBack { id } => given_back.push(*id),
+        }
+    }
+    (given_back, limits)
 }
 
 fn lease_secs() -> i32 {
@@ -288,7 +319,7 @@ impl Slots for RunningSlots {
         slot.released = true;
         slot.slots.lock().remove(&slot.id);
         let key = std::mem::take(&mut slot.key);
-        slot.slots.give_back(key, slot.id).await;
+        slot.slots.give_back(key, slot.id, slot.rate_limit).await;
     }
 }
 
@@ -301,8 +332,9 @@ impl Drop for SharedSlot {
         }
         self.slots.lock().remove(&self.id);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (slots, key, id) = (self.slots.clone(), std::mem::take(&mut self.key), self.id);
-            runtime.spawn(async move { slots.give_back(key, id).await });
+            let (slots, key) = (self.slots.clone(), std::mem::take(&mut self.key));
+            let (id, rate_limit) = (self.id, self.rate_limit);
+            runtime.spawn(async move { slots.give_back(key, id, rate_limit).await });
         }
     }
 }
