@@ -166,6 +166,7 @@ impl SharedSlots {
             .admissions
             .submit(&key, SlotChange::Take { limit }, self.clone())
             .await?;
+        // Only a give-back is answered `None`.
         Ok(admission.unwrap_or(Admission::SlotsFull))
     }
 
@@ -182,9 +183,10 @@ impl SharedSlots {
         }
     }
 
-    /// Gives the slot back, in the statement that took it. On failure the slot, no longer
-    /// renewed, stops counting when its lease expires, so the call's answer does not wait for
-    /// the database to come back.
+    /// Gives the slot back in the batches of the statement that took it: a slot taken with its
+    /// quota in its key's admissions, any other in its key's exchanges. On failure the slot, no
+    /// longer renewed, stops counting when its lease expires, so the call's answer does not wait
+    /// for the database to come back.
     async fn give_back(&self, key: String, id: i64, rate_limit: Option<RateLimit>) {
         let change = SlotChange::GiveBack { id };
         let given_back = match rate_limit {
