@@ -16,14 +16,8 @@ use aegis_seal_gateway::infrastructure::persistence::{
 use sqlx::PgPool;
 
 async fn replicas(n: usize) -> (PgPool, Vec<CallLimits>) {
-    let url = support::fresh_postgres_url().await;
-    let mut limits = Vec::new();
-    for _ in 0..n {
-        limits.push(CallLimits::for_database(
-            &Database::connect(&url).await.unwrap(),
-        ));
-    }
-    let Database::Postgres(pool) = Database::connect(&url).await.unwrap() else {
+    let (db, limits) = support::postgres_replicas(n, CallLimits::for_database).await;
+    let Database::Postgres(pool) = db else {
         unreachable!()
     };
     (pool, limits)

@@ -13,15 +13,7 @@ use aegis_seal_gateway::domain::policy::Quota;
 use aegis_seal_gateway::infrastructure::persistence::{Database, RateLimits};
 
 async fn replicas(n: usize) -> (Database, Vec<RateLimits>) {
-    let url = support::fresh_postgres_url().await;
-    let mut limits = Vec::new();
-    for _ in 0..n {
-        limits.push(RateLimits::for_database(
-            &Database::connect(&url).await.unwrap(),
-        ));
-    }
-    let db = Database::connect(&url).await.unwrap();
-    (db, limits)
+    support::postgres_replicas(n, RateLimits::for_database).await
 }
 
 fn limit(calls: u32, per_seconds: u32) -> RateLimit {

@@ -15,14 +15,8 @@ use aegis_seal_gateway::infrastructure::persistence::{Database, RunningSlots, Sl
 use sqlx::PgPool;
 
 async fn replicas(n: usize) -> (PgPool, Vec<RunningSlots>) {
-    let url = support::fresh_postgres_url().await;
-    let mut slots = Vec::new();
-    for _ in 0..n {
-        slots.push(RunningSlots::for_database(
-            &Database::connect(&url).await.unwrap(),
-        ));
-    }
-    let Database::Postgres(pool) = Database::connect(&url).await.unwrap() else {
+    let (db, slots) = support::postgres_replicas(n, RunningSlots::for_database).await;
+    let Database::Postgres(pool) = db else {
         unreachable!()
     };
     (pool, slots)

@@ -41,6 +41,24 @@ pub async fn fresh_postgres_url() -> String {
     format!("{base}/{name}")
 }
 
+/// `n` replicas' counters (`make` of a database, each on its own connection pool, as in a
+/// cluster) on a fresh Postgres database, and one more connection to it for the test itself.
+pub async fn postgres_replicas<T>(
+    n: usize,
+    make: impl Fn(&aegis_seal_gateway::infrastructure::persistence::Database) -> T,
+) -> (
+    aegis_seal_gateway::infrastructure::persistence::Database,
+    Vec<T>,
+) {
+    use aegis_seal_gateway::infrastructure::persistence::Database;
+    let url = fresh_postgres_url().await;
+    let mut replicas = Vec::new();
+    for _ in 0..n {
+        replicas.push(make(&Database::connect(&url).await.unwrap()));
+    }
+    (Database::connect(&url).await.unwrap(), replicas)
+}
+
 /// A SQLite file in a folder that does not exist yet (the gateway must create it).
 pub fn sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}/data/gateway.db", dir.display())
