@@ -11,6 +11,7 @@
 //!   cargo run -p bench -- --smoke           # a tiny run, seconds (CI)
 
 mod affinity;
+mod forwarder;
 mod gateway;
 mod load;
 mod manifests;
@@ -31,6 +32,7 @@ use http::Method;
 use serde_json::json;
 use sqlx::Executor;
 
+use crate::forwarder::Forwarder;
 use crate::gateway::Gateway;
 use crate::load::{Outcome, Pace, Requests};
 use crate::manifests::{DENIED, ONE_STEP, ONE_STEP_CREDENTIAL, ONE_STEP_LIMITED, THREE_STEPS};
@@ -211,6 +213,34 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
     }
     let direct_open = rows.len() - 1;
 
+    progress("forwarding only");
+    let forwarder = Forwarder::start(upstream, pin)?;
+    let mut forwarding_cpu = f64::NAN;
+    for (pace, count) in [
+        (sizes.closed(), sizes.requests),
+        (sizes.open(), sizes.rate_requests),
+    ] {
+        let requests = Requests {
+            count,
+            ..direct.clone()
+        };
+        let cpu = forwarder.cpu_seconds()?;
+        let outcome = load::run(forwarder.addr, &requests, pace).await?;
+        if matches!(pace, Pace::Concurrency(_)) {
+            forwarding_cpu = (forwarder.cpu_seconds()? - cpu) * 1e6 / count.max(1) as f64;
+        }
+        rows.push(Row {
+            workload: "forwarding only",
+            database: "-",
+            pace,
+            expected: 200,
+            outcome,
+            gateway: None,
+            verifies: false,
+        });
+    }
+    let forwarding_open = rows.len() - 1;
+
     let gateway_cpu = pin.then_some(affinity::GATEWAY_CPU);
     let runner = Runner {
         binary: &binary,
@@ -298,15 +328,41 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
         ceiling.micros_each()
     );
     let direct = &rows[direct_open].outcome;
+    let forwarding = &rows[forwarding_open].outcome;
+    let forwarding_closed = &rows[forwarding_open - 1].outcome;
+    let _ = writeln!(
+        out,
+        "forwarding only (hyper's server and the gateway's HttpClient on core 0, each call sent on to the upstream, nothing else): {:.0} req/s at {}, {:.1} µs of CPU a call; at {:.0} req/s p50 {:+.3} ms, p99 {:+.3} ms over the upstream direct",
+        forwarding_closed.throughput(),
+        sizes.closed(),
+        forwarding_cpu,
+        sizes.rate,
+        forwarding.ms(0.5) - direct.ms(0.5),
+        forwarding.ms(0.99) - direct.ms(0.99),
+    );
+    // The crypto and the forwarding, one after the other on one core: what a gateway that did
+    // nothing else per call would serve.
+    let bound = 1e6 / (ceiling.micros_each() + forwarding_cpu);
+    let _ = writeln!(
+        out,
+        "verify-and-forward bound: {:.1} µs of crypto and {:.1} µs of forwarding a call in series, {:.0} req/s, {:.2}x the ceiling (the most a gateway that verifies and forwards each call serves on this core)",
+        ceiling.micros_each(),
+        forwarding_cpu,
+        bound,
+        bound / ceiling.per_second(),
+    );
     for b in &backends {
         let _ = writeln!(
             out,
-            "{}: 1-step throughput {:.2}x the ceiling (target >= 0.8); added latency at {:.0} req/s p50 {:+.3} ms, p99 {:+.3} ms (target p99 <= 1 ms)",
+            "{}: 1-step throughput {:.2}x the ceiling (target >= 0.8), {:.2}x the verify-and-forward bound; added latency at {:.0} req/s p50 {:+.3} ms, p99 {:+.3} ms (target p99 <= 1 ms), over forwarding only p50 {:+.3} ms, p99 {:+.3} ms",
             b.database,
             b.one_step_closed.throughput() / ceiling.per_second(),
+            b.one_step_closed.throughput() / bound,
             sizes.rate,
             b.one_step_open.ms(0.5) - direct.ms(0.5),
             b.one_step_open.ms(0.99) - direct.ms(0.99),
+            b.one_step_open.ms(0.5) - forwarding.ms(0.5),
+            b.one_step_open.ms(0.99) - forwarding.ms(0.99),
         );
     }
     for b in &backends {
