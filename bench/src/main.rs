@@ -151,6 +151,9 @@ const CREDENTIAL_WORKLOAD: &str = "1-step + KV credential";
 const UPSTREAM_CREDENTIAL_WORKLOAD: &str = "upstream gw 1.2.0-beta: 1-step + KV credential";
 /// The limited workload's name.
 const LIMITED_WORKLOAD: &str = "1-step + rate_limit, max_concurrent";
+/// The references' names: the upstream called directly, and through a proxy that only forwards.
+const DIRECT: &str = "upstream direct";
+const FORWARDING: &str = "forwarding only";
 
 async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
     let sizes = Sizes::of(&args);
@@ -191,55 +194,38 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
     let envelopes = signer.presign(&calls.one_step, sizes.ceiling_envelopes)?;
     let ceiling = reference::crypto_ceiling(&signer, &envelopes, pin)?;
 
-    progress("upstream called directly");
+    // The references that are not gateways: the upstream called directly, and through a proxy
+    // that only forwards; each closed, then at the fixed rate.
     let direct = Requests::post_same("/fixed", Bytes::from_static(br#"{"name":"bench"}"#), 0);
-    for (pace, count) in [
-        (sizes.closed(), sizes.requests),
-        (sizes.open(), sizes.rate_requests),
-    ] {
-        let requests = Requests {
-            count,
-            ..direct.clone()
-        };
-        rows.push(Row {
-            workload: "upstream direct",
-            database: "-",
-            pace,
-            expected: 200,
-            outcome: load::run(upstream, &requests, pace).await?,
-            gateway: None,
-            verifies: false,
-        });
-    }
-    let direct_open = rows.len() - 1;
-
-    progress("forwarding only");
     let forwarder = Forwarder::start(upstream, pin)?;
     let mut forwarding_cpu = f64::NAN;
-    for (pace, count) in [
-        (sizes.closed(), sizes.requests),
-        (sizes.open(), sizes.rate_requests),
-    ] {
-        let requests = Requests {
-            count,
-            ..direct.clone()
-        };
-        let cpu = forwarder.cpu_seconds()?;
-        let outcome = load::run(forwarder.addr, &requests, pace).await?;
-        if matches!(pace, Pace::Concurrency(_)) {
-            forwarding_cpu = (forwarder.cpu_seconds()? - cpu) * 1e6 / count.max(1) as f64;
+    for (workload, addr) in [(DIRECT, upstream), (FORWARDING, forwarder.addr)] {
+        progress(workload);
+        for (pace, count) in [
+            (sizes.closed(), sizes.requests),
+            (sizes.open(), sizes.rate_requests),
+        ] {
+            let requests = Requests {
+                count,
+                ..direct.clone()
+            };
+            let cpu = forwarder.cpu_seconds()?;
+            let outcome = load::run(addr, &requests, pace).await?;
+            if workload == FORWARDING && matches!(pace, Pace::Concurrency(_)) {
+                forwarding_cpu = (forwarder.cpu_seconds()? - cpu) * 1e6 / count.max(1) as f64;
+            }
+            rows.push(Row {
+                workload,
+                database: "-",
+                pace,
+                expected: 200,
+                outcome,
+                gateway: None,
+                verifies: false,
+            });
         }
-        rows.push(Row {
-            workload: "forwarding only",
-            database: "-",
-            pace,
-            expected: 200,
-            outcome,
-            gateway: None,
-            verifies: false,
-        });
     }
-    let forwarding_open = rows.len() - 1;
+    let (direct_open, forwarding_open) = (rows.len() - 3, rows.len() - 1);
 
     let gateway_cpu = pin.then_some(affinity::GATEWAY_CPU);
     let runner = Runner {
