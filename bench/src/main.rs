@@ -318,7 +318,7 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<()> {
     let forwarding_closed = &rows[forwarding_open - 1].outcome;
     let _ = writeln!(
         out,
-        "forwarding only (hyper's server and the gateway's HttpClient on core 0, each call sent on to the upstream, nothing else): {:.0} req/s at {}, {:.1} µs of CPU a call; at {:.0} req/s p50 {:+.3} ms, p99 {:+.3} ms over the upstream direct",
+        "forwarding only (hyper's server and the gateway's HttpClient on the gateway's core, each call sent on to the upstream, nothing else): {:.0} req/s at {}, {:.1} µs of CPU a call; at {:.0} req/s p50 {:+.3} ms, p99 {:+.3} ms over the upstream direct",
         forwarding_closed.throughput(),
         sizes.closed(),
         forwarding_cpu,
